@@ -1,0 +1,70 @@
+"""Checks a config before anything is built or compiled; one clear message per problem."""
+
+import os
+
+import jax
+import ml_collections
+
+from animesion_jax import models
+from animesion_jax.data import datasets
+from animesion_jax.data import preprocess
+
+_SOURCES = ("", "vit_npz", "pytorch_vit", "torchvision_resnet", "animesion")
+_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("step", "warmup_cosine", "constant"),
+    "dtype": ("float32", "bfloat16"),
+    "normalization": tuple(preprocess.NORMALIZATIONS),
+}
+
+
+class ConfigError(ValueError):
+  """A config field has a value the run cannot use."""
+
+
+def patch_size_of(config: ml_collections.ConfigDict) -> int | None:
+  """The ViT patch size the config asks for (None for models without patches)."""
+  if "patch_size" in config.model:
+    return int(config.model.patch_size)
+  model = models.create_model(config.model.name, num_classes=1)
+  return getattr(model, "patch_size", None)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int | None = None) -> None:
+  """Raises ConfigError naming the first field that is wrong."""
+  num_devices = num_devices or jax.device_count()
+  num_processes = num_processes or jax.process_count()
+  for field, choices in _CHOICES.items():
+    if config[field] not in choices:
+      raise ConfigError(f"config.{field}={config[field]!r}: choose one of {list(choices)}.")
+  if config.model.name not in models.MODELS:
+    raise ConfigError(f"config.model.name={config.model.name!r} is not a known model; "
+                      f"choose one of {sorted(models.MODELS)}.")
+  if config.dataset not in datasets.DATASETS:
+    raise ConfigError(f"config.dataset={config.dataset!r}: choose one of {sorted(datasets.DATASETS)}.")
+  if config.image_size <= 0 or config.resize_margin < 0:
+    raise ConfigError(f"config.image_size={config.image_size} must be > 0 and "
+                      f"config.resize_margin={config.resize_margin} >= 0.")
+  patch = patch_size_of(config)
+  if patch and config.image_size % patch:
+    raise ConfigError(f"config.image_size={config.image_size} is not divisible by the patch size "
+                      f"{patch} of config.model.name={config.model.name!r}.")
+  for field in ("batch_size", "eval_batch_size"):
+    value = config[field]
+    if value <= 0 or value % num_devices or value % num_processes:
+      raise ConfigError(f"config.{field}={value} must be a positive multiple of the device count "
+                        f"({num_devices}) and process count ({num_processes}).")
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
+  if config.learning_rate <= 0:
+    raise ConfigError(f"config.learning_rate={config.learning_rate} must be > 0.")
+  if config.init_from.source not in _SOURCES:
+    raise ConfigError(f"config.init_from.source={config.init_from.source!r}: choose one of "
+                      f"{list(_SOURCES)}.")
+  if config.init_from.source and not os.path.exists(config.init_from.path):
+    raise ConfigError(f"config.init_from.path={config.init_from.path!r} does not exist "
+                      f"(config.init_from.source={config.init_from.source!r}).")
+  if config.init_from.path and not config.init_from.source:
+    raise ConfigError("config.init_from.path is set but config.init_from.source is empty; "
+                      f"choose one of {list(_SOURCES[1:])}.")

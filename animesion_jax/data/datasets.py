@@ -1,0 +1,101 @@
+"""The datasets the train loop knows, and how to open their TFDS records."""
+
+import dataclasses
+import importlib
+import os
+from typing import Any
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How to find one dataset's builder and which splits it has."""
+  builder_module: str  # Importing it defines (and registers with TFDS) the builder class `Builder`.
+  train_split: str
+  eval_splits: tuple[str, ...]  # Splits that exist for evaluation, in report order.
+  needs_download: bool  # False: it can be built here with no files from the user.
+  build_command: str  # What the user runs to build it.
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "synthetic_characters": DatasetSpec(
+        builder_module="tfds_builders.synthetic_characters",
+        train_split="train",
+        eval_splits=("validation", "test"),
+        needs_download=False,
+        build_command="tfds build tfds_builders/synthetic_characters",
+    ),
+    "moeimouto": DatasetSpec(
+        builder_module="tfds_builders.moeimouto",
+        train_split="train",
+        eval_splits=("test",),  # The paper's moeImouto split has no validation part.
+        needs_download=True,
+        build_command="tfds build tfds_builders/moeimouto --manual_dir=DIR",
+    ),
+    "dafre": DatasetSpec(
+        builder_module="tfds_builders.dafre",
+        train_split="train",
+        eval_splits=("validation", "test"),
+        needs_download=True,
+        build_command="tfds build tfds_builders/dafre --manual_dir=DIR",
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(
+        f"config.dataset={name!r} is not a known dataset; choose one of {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+def get_builder(name: str, data_dir: str = "", builder_config: str = "") -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a dataset in `DATASETS` (nothing is built or read yet)."""
+  spec = get_spec(name)
+  builder_cls = importlib.import_module(spec.builder_module).Builder
+  kwargs: dict[str, Any] = {"data_dir": data_dir or None}
+  if builder_config:
+    kwargs["config"] = builder_config
+  return builder_cls(**kwargs)
+
+
+def is_built(builder: tfds.core.DatasetBuilder) -> bool:
+  return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def open_dataset(name: str, data_dir: str = "", builder_config: str = "",
+                 build_if_missing: bool = False) -> tfds.core.DatasetBuilder:
+  """Returns the builder of a prepared dataset, building it first if allowed.
+
+  Raises:
+    FileNotFoundError: the dataset is not built and cannot or may not be built here; the
+      message gives the command that builds it.
+  """
+  spec = get_spec(name)
+  builder = get_builder(name, data_dir, builder_config)
+  if is_built(builder):
+    return builder
+  if build_if_missing and not spec.needs_download:
+    logging.info("Building %s in %s (first use).", name, builder.data_dir)
+    builder.download_and_prepare(file_format="array_record")
+    return builder
+  data_dir_flag = f" --data_dir={data_dir}" if data_dir else ""
+  raise FileNotFoundError(
+      f"Dataset {name!r} is not built in {builder.data_dir}. Build it first with:\n"
+      f"  {spec.build_command}{data_dir_flag}\n"
+      + ("(see README.md, section 'Datasets', for where to download the files)"
+         if spec.needs_download else
+         "(or set --config.build_dataset_if_missing=True)"))
+
+
+def available_eval_splits(builder: tfds.core.DatasetBuilder, wanted: tuple[str, ...]) -> list[str]:
+  """The wanted evaluation splits that this dataset has, in the order asked for."""
+  return [split for split in wanted if split in builder.info.splits]
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str):
+  """Random-access records with the image left encoded (decoded by the input pipeline)."""
+  return builder.as_data_source(
+      split, decoders={"image": tfds.decode.SkipDecoding()}, file_format="array_record")

@@ -1,0 +1,51 @@
+"""Command line entry point for training.
+
+  python -m animesion_jax.main --config=configs/vit_b16.py:dafre --workdir=runs/b16 \\
+      --config.batch_size=128
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from animesion_jax import config_validation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() (multi-host). Default: on when the "
+    "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _wants_distributed() -> bool:
+  if _DISTRIBUTED.value is not None:
+    return _DISTRIBUTED.value
+  return any(name in os.environ for name in (
+      "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  if _wants_distributed():
+    jax.distributed.initialize()
+  # Keep TensorFlow (used only for dataset metadata and summaries) off the accelerator.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  from animesion_jax import train  # pylint: disable=g-import-not-at-top
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_validation.ConfigError as error:
+    raise app.UsageError(str(error)) from None
+
+
+if __name__ == "__main__":
+  app.run(main)

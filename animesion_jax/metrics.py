@@ -1,0 +1,67 @@
+"""clu metric collections for training and evaluation.
+
+Eval metrics are masked sums, so a padded last batch counts nothing and the result is exact
+over the whole split (float32 counts are exact up to 2**24 examples).
+"""
+
+import flax
+import jax.numpy as jnp
+from clu import metrics
+
+
+def top_k_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
+  """1.0 where the label is among the k highest logits, else 0.0."""
+  k = min(k, logits.shape[-1])
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  # Rank = number of classes with a strictly higher logit; ties count in the label's favour.
+  rank = jnp.sum(logits > label_logit, axis=-1)
+  return (rank < k).astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class Top1(metrics.Average):
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask=None, **_):
+    return super().from_model_output(values=top_k_correct(logits, labels, 1), mask=mask)
+
+
+@flax.struct.dataclass
+class Top5(metrics.Average):
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask=None, **_):
+    return super().from_model_output(values=top_k_correct(logits, labels, 5), mask=mask)
+
+
+@flax.struct.dataclass
+class NumExamples(metrics.Metric):
+  """How many (unmasked) examples were seen."""
+  count: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, *, labels, mask=None, **_):
+    if mask is None:
+      return cls(count=jnp.asarray(labels.shape[0], jnp.float32))
+    return cls(count=jnp.sum(mask.astype(jnp.float32)))
+
+  def merge(self, other):
+    return type(self)(count=self.count + other.count)
+
+  def compute(self):
+    return self.count
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  top1: Top1
+  learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  top1: Top1
+  top5: Top5
+  num_examples: NumExamples

@@ -1,0 +1,101 @@
+"""Builds the model, optimizer and (sharded) initial train state a config asks for."""
+
+import dataclasses
+from typing import Any, Callable
+
+from absl import logging
+import flax
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from animesion_jax import models
+from animesion_jax import optim
+from animesion_jax import sharding
+from animesion_jax import steps
+
+# Numeric settings a converted checkpoint dictates (they are how its weights were trained).
+_CHECKPOINT_NUMERICS = ("gelu_approximate", "layer_norm_epsilon")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Setup:
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  state: steps.TrainState
+  abstract_state: Any  # jax.ShapeDtypeStruct tree with shardings, for restoring checkpoints.
+  state_sharding: Any
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The model named by config.model.name with the config's overrides."""
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  if overrides.get("representation_size") == 0:
+    overrides["representation_size"] = None
+  return models.create_model(config.model.name, num_classes=num_classes,
+                             dtype=_DTYPES[config.dtype], **overrides)
+
+
+def _shape_mismatches(expected: Any, actual: Any) -> list[str]:
+  flat_expected = flax.traverse_util.flatten_dict(expected, sep="/")
+  flat_actual = flax.traverse_util.flatten_dict(actual, sep="/")
+  problems = []
+  for key in sorted(set(flat_expected) | set(flat_actual)):
+    want = tuple(flat_expected[key].shape) if key in flat_expected else None
+    have = tuple(flat_actual[key].shape) if key in flat_actual else None
+    if want != have:
+      problems.append(f"{key}: model {want}, checkpoint {have}")
+  return problems
+
+
+def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
+                           num_classes: int, abstract_variables: Any) -> tuple[nn.Module, Any]:
+  """Variables from config.init_from, checked against the config's model."""
+  from animesion_jax import convert  # pylint: disable=g-import-not-at-top
+  loaded_model, variables = convert.load(config.init_from.source, config.init_from.path,
+                                         num_classes=num_classes, image_size=config.image_size)
+  numerics = {name: getattr(loaded_model, name) for name in _CHECKPOINT_NUMERICS
+              if hasattr(loaded_model, name) and hasattr(model, name)}
+  model = model.clone(**numerics)
+  if numerics:
+    logging.info("Using the checkpoint's numerics: %s", numerics)
+  problems = _shape_mismatches(dict(abstract_variables), dict(variables))
+  if problems:
+    raise ValueError(
+        f"config.init_from.path={config.init_from.path!r} does not fit "
+        f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems))
+  return model, variables
+
+
+def create(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
+           steps_per_epoch: int, total_steps: int) -> Setup:
+  """Model, optimizer and an initial state created directly with its shardings."""
+  model = build_model(config, num_classes)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  init_variables = lambda: model.init({"params": init_rng, "dropout": init_rng}, dummy, train=False)
+  abstract_variables = jax.eval_shape(init_variables)
+  tx = optim.create_optimizer(config, steps_per_epoch, total_steps,
+                              params=abstract_variables["params"])
+  schedule = optim.create_schedule(config, steps_per_epoch, total_steps)
+
+  make_state = lambda variables: steps.create_train_state(dict(variables), tx, train_rng)
+  abstract_state = jax.eval_shape(make_state, abstract_variables)
+  state_sharding = sharding.state_shardings(abstract_state, mesh)
+  if config.init_from.source:
+    model, loaded = load_initial_variables(config, model, num_classes, abstract_variables)
+    # Passed as an argument (not closed over) so large checkpoints are not baked into the program.
+    state = jax.jit(make_state, out_shardings=state_sharding)(loaded)
+  else:
+    state = jax.jit(lambda: make_state(init_variables()), out_shardings=state_sharding)()
+  abstract_state = jax.tree.map(
+      lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
+      abstract_state, state_sharding)
+  logging.info("Model %s: %s parameters.", config.model.name,
+               f"{models.count_params(state.params):,}")
+  return Setup(model=model, tx=tx, schedule=schedule, state=state,
+               abstract_state=abstract_state, state_sharding=state_sharding)

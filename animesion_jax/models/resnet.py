@@ -1,0 +1,136 @@
+"""ResNet in Flax Linen with torchvision's layout, names and padding.
+
+Module names mirror torchvision's state-dict keys (`layer2.0.downsample.0`
+becomes `layer2_0/downsample_conv`) so a converter maps them one to one. All
+paddings are explicit and symmetric: Flax's 'SAME' pads only on the bottom and
+right for stride 2, which torch never does and which changes the logits of a
+converted model.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
+_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torch.nn.Linear's default weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_FC_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+_BLOCK_KINDS = ('basic', 'bottleneck')
+
+
+def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  return ((size, size), (size, size))
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Dtype,
+          name: str) -> nn.Conv:
+  """Bias-free square conv with torch's symmetric padding of kernel // 2."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=_pad(kernel // 2), use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=_CONV_INIT, name=name)
+
+
+def _norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+  # torch's momentum 0.1 weights the new batch; Flax's momentum the old stats.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
+
+
+def _shortcut(x: jax.Array, out_channels: int, stride: int, train: bool,
+              dtype: Dtype) -> jax.Array:
+  """Identity, or 1x1 conv + BN when the stride or channel count changes."""
+  if stride == 1 and x.shape[-1] == out_channels:
+    return x
+  x = _conv(out_channels, 1, stride, dtype, 'downsample_conv')(x)
+  return _norm(train, dtype, 'downsample_bn')(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity or 1x1-conv shortcut."""
+
+  planes: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv(self.planes, 3, self.stride, self.dtype, 'conv1')(x)
+    y = nn.relu(_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.planes, 3, 1, self.dtype, 'conv2')(y)
+    y = _norm(train, self.dtype, 'bn2')(y)
+    shortcut = _shortcut(x, self.planes, self.stride, train, self.dtype)
+    return nn.relu(y + shortcut)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, "v1.5") -> 1x1 convolutions, 4x expansion."""
+
+  planes: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv(self.planes, 1, 1, self.dtype, 'conv1')(x)
+    y = nn.relu(_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.planes, 3, self.stride, self.dtype, 'conv2')(y)
+    y = nn.relu(_norm(train, self.dtype, 'bn2')(y))
+    y = _conv(self.planes * 4, 1, 1, self.dtype, 'conv3')(y)
+    y = _norm(train, self.dtype, 'bn3')(y)
+    shortcut = _shortcut(x, self.planes * 4, self.stride, train, self.dtype)
+    return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+  """torchvision-compatible ResNet classifier.
+
+  Attributes:
+    num_classes: Number of output classes.
+    stage_sizes: Residual blocks per stage (torchvision has four stages).
+    block: 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101/152).
+    base_width: Channels of the stem and of the first stage (planes); doubled
+      at every later stage. torchvision uses 64.
+    dtype: Compute dtype; parameters and batch statistics stay float32 and
+      logits are float32.
+  """
+
+  num_classes: int
+  stage_sizes: Sequence[int]
+  block: str = 'basic'
+  base_width: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """Returns float32 logits [N, num_classes] for NHWC `images`."""
+    if self.block not in _BLOCK_KINDS:
+      raise ValueError(
+          f'Unknown ResNet block {self.block!r}; expected one of {_BLOCK_KINDS}.')
+    if images.ndim != 4:
+      raise ValueError(
+          f'Expected NHWC images of rank 4, got shape {images.shape}.')
+    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+
+    x = images.astype(self.dtype)
+    x = _conv(self.base_width, 7, 2, self.dtype, 'conv1')(x)
+    x = nn.relu(_norm(train, self.dtype, 'bn1')(x))
+    # Flax pads max-pooling windows with -inf, as torch does.
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
+
+    for s, num_blocks in enumerate(self.stage_sizes):
+      planes = self.base_width * 2**s
+      for j in range(num_blocks):
+        stride = 2 if s > 0 and j == 0 else 1
+        x = block_cls(planes=planes, stride=stride, dtype=self.dtype,
+                      name=f'layer{s + 1}_{j}')(x, train=train)
+
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=_FC_INIT, name='fc')(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,78 @@
+"""Optimizer and learning-rate schedules from the config."""
+
+from typing import Any
+
+import ml_collections
+import optax
+import flax.traverse_util
+
+# Top-level parameter names of the classifier of each model family; with
+# `freeze_backbone` only these train (the paper's recipe for pretrained ResNets).
+CLASSIFIER_PARAMS = ("head", "fc", "classifier")
+
+
+def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    total_steps: int) -> optax.Schedule:
+  """The learning rate at each step, as configured."""
+  peak = config.learning_rate
+  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.schedule == "constant":
+    main = optax.constant_schedule(peak)
+  elif config.schedule == "step":
+    # Multiply by decay_factor every decay_every_epochs (paper: 1/3 every 20 of 50 epochs).
+    every = max(1, int(round(config.decay_every_epochs * steps_per_epoch)))
+    boundaries = {step - warmup_steps: config.decay_factor
+                  for step in range(every, total_steps + 1, every) if step > warmup_steps}
+    main = optax.piecewise_constant_schedule(peak, boundaries)
+  elif config.schedule == "warmup_cosine":
+    main = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup_steps))
+  else:
+    raise ValueError(f"config.schedule={config.schedule!r}; choose 'step', 'warmup_cosine' or "
+                     "'constant'.")
+  if warmup_steps == 0:
+    return main
+  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def classifier_mask(params: Any) -> Any:
+  """True for the classifier's parameters, False for the backbone's."""
+  flat = flax.traverse_util.flatten_dict(params)
+  missing = not any(path[0] in CLASSIFIER_PARAMS for path in flat)
+  if missing:
+    raise ValueError(f"freeze_backbone: no classifier parameters named {CLASSIFIER_PARAMS} in "
+                     f"the model (top-level names: {sorted({p[0] for p in flat})}).")
+  return flax.traverse_util.unflatten_dict(
+      {path: path[0] in CLASSIFIER_PARAMS for path in flat})
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
+                     params: Any = None) -> optax.GradientTransformation:
+  """SGD+momentum (or AdamW) with the configured schedule, clipping and freezing.
+
+  `params` (or an abstract tree of the same structure) is needed only for `freeze_backbone`.
+  """
+  schedule = create_schedule(config, steps_per_epoch, total_steps)
+  chain = []
+  if config.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.optimizer == "sgd":
+    if config.weight_decay > 0:
+      chain.append(optax.add_decayed_weights(config.weight_decay))
+    chain.append(optax.sgd(schedule, momentum=config.momentum or None))
+  elif config.optimizer == "adamw":
+    chain.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+  else:
+    raise ValueError(f"config.optimizer={config.optimizer!r}; choose 'sgd' or 'adamw'.")
+  tx = optax.chain(*chain)
+  if config.freeze_backbone:
+    if params is None:
+      raise ValueError("freeze_backbone needs the parameter tree to know what to freeze.")
+    labels = jax_tree_labels(classifier_mask(params))
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+def jax_tree_labels(mask: Any) -> Any:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)

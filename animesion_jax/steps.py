@@ -1,0 +1,111 @@
+"""Train state and the pure train / eval step functions (jitted by the loop)."""
+
+from typing import Any, Callable
+
+import flax
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from animesion_jax import metrics as metrics_lib
+from animesion_jax.data import preprocess
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree, checkpointed as a whole."""
+  step: jax.Array  # Optimizer steps taken (including skipped non-finite ones).
+  params: Any
+  batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm).
+  opt_state: Any
+  rng: jax.Array  # Base key; each step's dropout key is fold_in(rng, step).
+  nonfinite_steps: jax.Array  # Steps whose loss or gradients were NaN/Inf (update skipped).
+  first_nonfinite_step: jax.Array  # -1 until the first such step.
+
+
+def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=rng,
+      nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def model_variables(state: TrainState) -> dict[str, Any]:
+  if state.batch_stats:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+  return {"params": state.params}
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                  label_smoothing: float = 0.0) -> jnp.ndarray:
+  """Per-example softmax cross-entropy with integer labels."""
+  if label_smoothing == 0.0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _all_finite(tree: Any) -> jnp.ndarray:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
+               normalization: str, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+  """One SGD step on a global batch of uint8 images.
+
+  A step whose loss or gradients are not finite changes nothing but the counters, so the
+  parameters never absorb NaN/Inf; the loop decides whether to stop or carry on.
+  """
+  images = preprocess.normalize(batch["image"], normalization, model.dtype)
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  has_batch_stats = bool(state.batch_stats)
+
+  def loss_fn(params):
+    variables = {"params": params}
+    if has_batch_stats:
+      variables["batch_stats"] = state.batch_stats
+      logits, updates = model.apply(variables, images, train=True,
+                                    rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    else:
+      logits, updates = model.apply(variables, images, train=True,
+                                    rngs={"dropout": dropout_rng}), {}
+    loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, param_updates)
+  new_batch_stats = updates.get("batch_stats", state.batch_stats)
+
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep_if_bad(new_params, state.params),
+      batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
+      opt_state=keep_if_bad(new_opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where(
+          (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step))
+  step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=batch["label"],
+      learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
+              normalization: str) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
+  """Masked metrics of one eval batch, and each example's top-5 class ids (best first)."""
+  images = preprocess.normalize(batch["image"], normalization, model.dtype)
+  logits = model.apply(model_variables(state), images, train=False).astype(jnp.float32)
+  loss = cross_entropy(logits, batch["label"])
+  step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return step_metrics, top5

@@ -1,0 +1,60 @@
+"""Fields shared by every model family; each family's config file starts from here.
+
+Not a config file itself: `configs/<family>.py` calls `get_base_config()` and sets the model.
+"""
+
+import ml_collections
+
+
+def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
+  """The paper's training recipe (image 128, batch 64, 50 epochs, SGD 0.001, step decay 1/3 every 20)."""
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = dataset  # TFDS name: 'synthetic_characters', 'moeimouto' or 'dafre'.
+  config.dataset_config = ""  # TFDS builder config ('' = the builder's default, e.g. dafre 'faces').
+  config.data_dir = ""  # TFDS data directory ('' = TFDS default, ~/tensorflow_datasets).
+  config.build_dataset_if_missing = False  # Build the dataset when absent (only download-free datasets).
+  config.image_size = 128  # Side of the square model input, in pixels.
+  config.resize_margin = 32  # Train: resize to image_size + margin, then random-crop image_size.
+  config.horizontal_flip = True  # Train: random horizontal flip.
+  config.normalization = "half"  # 'half' (mean 0.5, std 0.5, as the paper's ViTs) or 'imagenet'.
+  config.data_workers = 0  # grain worker processes for decoding (0 = in the main process).
+  config.eval_splits = ("validation", "test")  # Splits evaluated; ones the dataset lacks are skipped.
+
+  # Model.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "vit_b16"  # Key of animesion_jax.models.MODELS.
+  config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+
+  # Initialisation from a checkpoint (the paper's "pretrained" rows).
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.source = ""  # '' (random init), 'vit_npz', 'pytorch_vit', 'torchvision_resnet', 'animesion'.
+  config.init_from.path = ""  # File (or converted directory) to load.
+  config.freeze_backbone = False  # Train only the classifier head (the paper's pretrained-ResNet recipe).
+
+  # Optimisation.
+  config.batch_size = 64  # Global batch size (all devices and processes together).
+  config.num_epochs = 50  # Training length in epochs (ignored when num_train_steps > 0).
+  config.num_train_steps = -1  # Training length in steps; -1 derives it from num_epochs.
+  config.optimizer = "sgd"  # 'sgd' (with momentum) or 'adamw'.
+  config.learning_rate = 0.001  # Peak learning rate.
+  config.momentum = 0.9  # SGD momentum.
+  config.weight_decay = 0.0  # Decoupled weight decay (adamw) or L2 added to gradients (sgd).
+  config.schedule = "step"  # 'step', 'warmup_cosine' or 'constant'.
+  config.decay_every_epochs = 20  # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
+  config.decay_factor = 1.0 / 3.0  # 'step' schedule: multiply the learning rate by this at each decay.
+  config.warmup_epochs = 0.0  # 'warmup_cosine' (and 'step'): linear warm-up length in epochs.
+  config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0 = off).
+  config.label_smoothing = 0.0  # Label smoothing of the cross-entropy targets.
+  config.skip_nonfinite_steps = False  # True: skip NaN/Inf steps and go on; False: stop the run.
+
+  # Loop, logging and checkpoints.
+  config.seed = 0  # Seed of initialisation, shuffling, augmentation and dropout.
+  config.log_every_steps = 50  # Console/TensorBoard train metrics every this many steps.
+  config.eval_every_epochs = 1  # Evaluate every this many epochs (and always at the end).
+  config.eval_batch_size = 256  # Global batch size for evaluation.
+  config.checkpoint_every_steps = 1000  # Save the latest checkpoint every this many steps.
+  config.keep_checkpoints = 2  # How many latest checkpoints to keep (plus the best one).
+  config.halt_after_steps = -1  # Stop this run (after saving) once it has done this many steps; -1 = never.
+  return config

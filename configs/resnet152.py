@@ -1,0 +1,12 @@
+"""ResNet-152 with the paper's settings (Tables 1 and 2).
+
+  python -m animesion_jax.main --config=configs/resnet152.py:dafre --workdir=runs/r152_dafre
+Pretrained row: add --config.init_from.source=torchvision_resnet --config.init_from.path=FILE
+--config.freeze_backbone=True (the paper trains only the classifier of pretrained ResNets).
+"""
+
+from configs import resnet_family
+
+
+def get_config(dataset: str = "moeimouto"):
+  return resnet_family.get_resnet_config("resnet152", dataset)

@@ -1,0 +1,11 @@
+"""ViT-B/32 with the paper's settings (Tables 1 and 2).
+
+  python -m animesion_jax.main --config=configs/vit_b32.py:dafre --workdir=runs/b32_dafre
+The argument after ':' picks the dataset (default moeimouto).
+"""
+
+from configs import vit_family
+
+
+def get_config(dataset: str = "moeimouto"):
+  return vit_family.get_vit_config("vit_b32", dataset)

@@ -1,0 +1,433 @@
+"""Tests for animesion_jax.models: parameter layout, counts and behaviour."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+from animesion_jax import models
+
+_KEY = jax.random.key(0)
+
+
+def _abstract_variables(model, size):
+  """Variables of `model` at `size` px without allocating or computing them."""
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda: model.init(_KEY, images, train=False))
+
+
+def _shapes(tree):
+  flat = flax.traverse_util.flatten_dict(tree, sep='/')
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def _images(n, height, width=None, seed=1):
+  width = height if width is None else width
+  return jax.random.normal(jax.random.key(seed), (n, height, width, 3))
+
+
+def _perturbed(params, scale=0.3):
+  """Adds noise to every parameter, so zero heads and biases matter."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(42), len(leaves))
+  noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, noisy)
+
+
+def _vit_count(patch, hidden, mlp, layers, image, classes):
+  """ViT parameter count from its formula (no representation layer)."""
+  tokens = (image // patch)**2 + 1
+  embedding = patch * patch * 3 * hidden + hidden
+  block = 2 * 2 * hidden + 4 * (hidden * hidden + hidden) + (
+      hidden * mlp + mlp + mlp * hidden + hidden)
+  return (embedding + hidden + tokens * hidden + layers * block + 2 * hidden +
+          hidden * classes + classes)
+
+
+# ----------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize('size, expected', [(224, 86_567_656),
+                                            (128, 86_466_280)])
+def test_vit_b16_param_count(size, expected):
+  variables = _abstract_variables(models.create_model('vit_b16', 1000), size)
+  assert models.count_params(variables['params']) == expected
+
+
+@pytest.mark.parametrize('name, patch, hidden, mlp, layers', [
+    ('vit_b32', 32, 768, 3072, 12),
+    ('vit_l16', 16, 1024, 4096, 24),
+    ('vit_l32', 32, 1024, 4096, 24),
+])
+def test_vit_param_counts_match_formula(name, patch, hidden, mlp, layers):
+  for size, classes in [(224, 1000), (128, 173)]:
+    model = models.create_model(name, classes)
+    count = models.count_params(_abstract_variables(model, size)['params'])
+    assert count == _vit_count(patch, hidden, mlp, layers, size, classes)
+
+
+def test_vit_representation_layer_adds_dense():
+  model = models.create_model('vit_b16', 1000, representation_size=768)
+  count = models.count_params(_abstract_variables(model, 224)['params'])
+  assert count == 86_567_656 + 768 * 768 + 768
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('resnet18', 11_689_512),
+    ('resnet34', 21_797_672),
+    ('resnet50', 25_557_032),
+    ('resnet101', 44_549_160),
+    ('resnet152', 60_192_808),
+])
+def test_resnet_param_counts_equal_torchvision(name, expected):
+  variables = _abstract_variables(models.create_model(name, 1000), 64)
+  assert models.count_params(variables['params']) == expected
+
+
+# ------------------------------------------------------- parameter trees
+
+
+def test_vit_tiny_parameter_tree_uses_original_names():
+  model = models.create_model('vit_tiny', 5, representation_size=16)
+  got = _shapes(_abstract_variables(model, 8)['params'])
+  expected = {
+      'embedding/kernel': (4, 4, 3, 32),
+      'embedding/bias': (32,),
+      'cls': (1, 1, 32),
+      'Transformer/posembed_input/pos_embedding': (1, 5, 32),
+      'Transformer/encoder_norm/scale': (32,),
+      'Transformer/encoder_norm/bias': (32,),
+      'pre_logits/kernel': (32, 16),
+      'pre_logits/bias': (16,),
+      'head/kernel': (16, 5),
+      'head/bias': (5,),
+  }
+  for i in range(2):
+    block = f'Transformer/encoderblock_{i}'
+    attention = f'{block}/MultiHeadDotProductAttention_1'
+    for ln in ('LayerNorm_0', 'LayerNorm_2'):
+      expected[f'{block}/{ln}/scale'] = (32,)
+      expected[f'{block}/{ln}/bias'] = (32,)
+    for proj in ('query', 'key', 'value'):
+      expected[f'{attention}/{proj}/kernel'] = (32, 2, 16)
+      expected[f'{attention}/{proj}/bias'] = (2, 16)
+    expected[f'{attention}/out/kernel'] = (2, 16, 32)
+    expected[f'{attention}/out/bias'] = (32,)
+    expected[f'{block}/MlpBlock_3/Dense_0/kernel'] = (32, 64)
+    expected[f'{block}/MlpBlock_3/Dense_0/bias'] = (64,)
+    expected[f'{block}/MlpBlock_3/Dense_1/kernel'] = (64, 32)
+    expected[f'{block}/MlpBlock_3/Dense_1/bias'] = (32,)
+  assert got == expected
+
+
+def _bn(prefix, width):
+  return {f'{prefix}/scale': (width,), f'{prefix}/bias': (width,)}
+
+
+def test_basic_resnet_parameter_tree_is_torchvision_layout():
+  model = models.create_model('resnet18', 5, stage_sizes=(1, 1), base_width=4)
+  variables = _abstract_variables(model, 32)
+  expected = {
+      'conv1/kernel': (7, 7, 3, 4), **_bn('bn1', 4),
+      'layer1_0/conv1/kernel': (3, 3, 4, 4), **_bn('layer1_0/bn1', 4),
+      'layer1_0/conv2/kernel': (3, 3, 4, 4), **_bn('layer1_0/bn2', 4),
+      'layer2_0/conv1/kernel': (3, 3, 4, 8), **_bn('layer2_0/bn1', 8),
+      'layer2_0/conv2/kernel': (3, 3, 8, 8), **_bn('layer2_0/bn2', 8),
+      'layer2_0/downsample_conv/kernel': (1, 1, 4, 8),
+      **_bn('layer2_0/downsample_bn', 8),
+      'fc/kernel': (8, 5), 'fc/bias': (5,),
+  }
+  assert _shapes(variables['params']) == expected
+  stats = {k.replace('/scale', '/mean').replace('/bias', '/var'): v
+           for k, v in expected.items() if 'bn' in k}
+  assert _shapes(variables['batch_stats']) == stats
+
+
+def test_bottleneck_resnet_parameter_tree_is_torchvision_layout():
+  model = models.create_model('resnet50', 5, stage_sizes=(2, 1), base_width=2)
+  got = _shapes(_abstract_variables(model, 32)['params'])
+  expected = {
+      'conv1/kernel': (7, 7, 3, 2), **_bn('bn1', 2),
+      # The first block widens 2 -> 8 channels, so it needs a downsample.
+      'layer1_0/conv1/kernel': (1, 1, 2, 2), **_bn('layer1_0/bn1', 2),
+      'layer1_0/conv2/kernel': (3, 3, 2, 2), **_bn('layer1_0/bn2', 2),
+      'layer1_0/conv3/kernel': (1, 1, 2, 8), **_bn('layer1_0/bn3', 8),
+      'layer1_0/downsample_conv/kernel': (1, 1, 2, 8),
+      **_bn('layer1_0/downsample_bn', 8),
+      'layer1_1/conv1/kernel': (1, 1, 8, 2), **_bn('layer1_1/bn1', 2),
+      'layer1_1/conv2/kernel': (3, 3, 2, 2), **_bn('layer1_1/bn2', 2),
+      'layer1_1/conv3/kernel': (1, 1, 2, 8), **_bn('layer1_1/bn3', 8),
+      'layer2_0/conv1/kernel': (1, 1, 8, 4), **_bn('layer2_0/bn1', 4),
+      'layer2_0/conv2/kernel': (3, 3, 4, 4), **_bn('layer2_0/bn2', 4),
+      'layer2_0/conv3/kernel': (1, 1, 4, 16), **_bn('layer2_0/bn3', 16),
+      'layer2_0/downsample_conv/kernel': (1, 1, 8, 16),
+      **_bn('layer2_0/downsample_bn', 16),
+      'fc/kernel': (16, 5), 'fc/bias': (5,),
+  }
+  assert got == expected
+
+
+def test_vit_head_starts_at_zero():
+  model = models.create_model('vit_tiny', 5)
+  params = model.init(_KEY, _images(1, 8), train=False)['params']
+  assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
+  logits = model.apply({'params': params}, _images(2, 8), train=False)
+  np.testing.assert_array_equal(logits, np.zeros((2, 5)))
+
+
+# ---------------------------------------------------------------- forward
+
+_TINY = {
+    'vit_tiny': ('vit_tiny', {}, 8),
+    'resnet_basic': ('resnet18', {'base_width': 4}, 32),
+    'resnet_bottleneck': ('resnet50', {'base_width': 2,
+                                       'stage_sizes': (1, 1, 1, 1)}, 32),
+    'shallow': ('shallow', {'channels': (2, 3), 'hidden': 8}, 32),
+}
+
+
+@pytest.mark.parametrize('tiny', sorted(_TINY))
+def test_tiny_forward_shapes(tiny):
+  name, overrides, size = _TINY[tiny]
+  model = models.create_model(name, 7, **overrides)
+  variables = model.init(_KEY, _images(1, size), train=False)
+  logits = model.apply(variables, _images(3, size), train=False)
+  assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_every_model_builds_abstractly(name):
+  model = models.create_model(name, 7)
+  size = 28 if name == 'vit_h14' else 32
+  variables = _abstract_variables(model, size)
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  logits = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+
+
+def test_unknown_model_name_lists_valid_names():
+  with pytest.raises(ValueError, match='vit_b17') as info:
+    models.create_model('vit_b17', 10)
+  for name in models.MODELS:
+    assert name in str(info.value)
+
+
+def test_unknown_override_is_a_clear_error():
+  with pytest.raises(ValueError, match='resnet18.*patch_size'):
+    models.create_model('resnet18', 10, patch_size=16)
+
+
+# -------------------------------------------------------------------- ViT
+
+
+def _layer_norm(x, scale, bias):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean)**2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-6) * scale + bias
+
+
+def _reference_vit(p, images, patch, approximate):
+  """Plain float64 numpy ViT forward over the original parameter names."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  n, h, w, c = images.shape
+  x = np.asarray(images, np.float64).reshape(n, h // patch, patch,
+                                             w // patch, patch, c)
+  x = np.einsum('nypxqc,pqcd->nyxd', x, p['embedding']['kernel'])
+  x = x.reshape(n, -1, x.shape[-1]) + p['embedding']['bias']
+  cls = np.broadcast_to(p['cls'], (n, 1, x.shape[-1]))
+  t = p['Transformer']
+  x = np.concatenate([cls, x], 1) + t['posembed_input']['pos_embedding']
+  for i in range(2):
+    b = t[f'encoderblock_{i}']
+    a = b['MultiHeadDotProductAttention_1']
+    y = _layer_norm(x, **b['LayerNorm_0'])
+    q, k, v = (np.einsum('nld,dhk->nlhk', y, a[m]['kernel']) + a[m]['bias']
+               for m in ('query', 'key', 'value'))
+    logits = np.einsum('nqhk,nlhk->nhql', q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    y = np.einsum('nhql,nlhk->nqhk', weights, v)
+    x = x + np.einsum('nqhk,hkd->nqd', y, a['out']['kernel']) + a['out']['bias']
+    mlp = b['MlpBlock_3']
+    y = _layer_norm(x, **b['LayerNorm_2'])
+    y = y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias']
+    if approximate:
+      y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+    else:
+      y = 0.5 * y * (1 + special.erf(y / np.sqrt(2)))
+    x = x + y @ mlp['Dense_1']['kernel'] + mlp['Dense_1']['bias']
+  x = _layer_norm(x, **t['encoder_norm'])[:, 0]
+  return x @ p['head']['kernel'] + p['head']['bias']
+
+
+def test_vit_matches_reference_and_gelu_flavour_matters():
+  images = _images(2, 8, 12)
+  outputs = {}
+  for approximate in (True, False):
+    model = models.create_model('vit_tiny', 5, gelu_approximate=approximate)
+    params = _perturbed(model.init(_KEY, images, train=False)['params'])
+    outputs[approximate] = model.apply({'params': params}, images, train=False)
+    expected = _reference_vit(params, images, 4, approximate)
+    np.testing.assert_allclose(outputs[approximate], expected, atol=1e-5)
+  # Same parameters (same init key); only the GELU flavour differs.
+  assert np.max(np.abs(outputs[True] - outputs[False])) > 1e-4
+
+
+@pytest.mark.parametrize('height, width', [(8, 8), (16, 12), (4, 20)])
+def test_vit_accepts_any_size_divisible_by_patch(height, width):
+  model = models.create_model('vit_tiny', 3)
+  variables = model.init(_KEY, _images(1, height, width), train=False)
+  tokens = (height // 4) * (width // 4) + 1
+  pos = variables['params']['Transformer']['posembed_input']['pos_embedding']
+  assert pos.shape == (1, tokens, 32)
+  logits = model.apply(variables, _images(2, height, width), train=False)
+  assert logits.shape == (2, 3)
+
+
+def test_vit_rejects_size_not_divisible_by_patch():
+  model = models.create_model('vit_tiny', 3)
+  with pytest.raises(ValueError, match=r'10x8.*patch size 4'):
+    model.init(_KEY, _images(1, 10, 8), train=False)
+
+
+def test_vit_rejects_size_other_than_position_embedding():
+  model = models.create_model('vit_tiny', 3)
+  variables = model.init(_KEY, _images(1, 8), train=False)
+  with pytest.raises(ValueError, match=r'\(1, 5, 32\).*17 tokens'):
+    model.apply(variables, _images(1, 16), train=False)
+
+
+def test_vit_dropout_only_in_train_mode():
+  images = _images(2, 8)
+  model = models.create_model('vit_tiny', 5, dropout_rate=0.2,
+                              attention_dropout_rate=0.2)
+  plain = models.create_model('vit_tiny', 5)
+  params = _perturbed(plain.init(_KEY, images, train=False)['params'])
+  variables = {'params': params}
+  reference = plain.apply(variables, images, train=False)
+  # Eval mode needs no rng and equals the dropout-free model.
+  np.testing.assert_array_equal(
+      model.apply(variables, images, train=False), reference)
+
+  def train(m, seed):
+    return m.apply(variables, images, train=True,
+                   rngs={'dropout': jax.random.key(seed)})
+
+  np.testing.assert_array_equal(train(model, 1), train(model, 1))
+  assert np.max(np.abs(train(model, 1) - train(model, 2))) > 1e-3
+  assert np.max(np.abs(train(model, 1) - reference)) > 1e-3
+  np.testing.assert_array_equal(train(plain, 1), reference)
+  with pytest.raises(Exception, match='dropout'):
+    model.apply(variables, images, train=True)
+
+
+# ----------------------------------------------------------------- ResNet
+
+
+def test_resnet_convs_pad_symmetrically_like_torch():
+  model = models.create_model('resnet18', 4, stage_sizes=(1, 1), base_width=4)
+  images = _images(2, 32)
+  variables = model.init(_KEY, images, train=False)
+  _, state = model.apply(variables, images, train=False,
+                         capture_intermediates=True)
+  inter = state['intermediates']
+  params = variables['params']
+
+  def conv(x, kernel, stride, pad):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  # 'SAME' would pad (2, 3) here and (0, 1) below instead of (3, 3), (1, 1).
+  np.testing.assert_allclose(
+      inter['conv1']['__call__'][0],
+      conv(images, params['conv1']['kernel'], 2, 3), atol=1e-5)
+  block_in = inter['layer1_0']['__call__'][0]
+  np.testing.assert_allclose(
+      inter['layer2_0']['conv1']['__call__'][0],
+      conv(block_in, params['layer2_0']['conv1']['kernel'], 2, 1), atol=1e-5)
+
+
+def test_batchnorm_stats_update_only_in_train_mode():
+  model = models.create_model('resnet18', 4, stage_sizes=(1, 1), base_width=4)
+  images = _images(4, 32) + 1.0
+  variables = model.init(_KEY, images, train=False)
+  np.testing.assert_array_equal(variables['batch_stats']['bn1']['mean'], 0.0)
+  np.testing.assert_array_equal(variables['batch_stats']['bn1']['var'], 1.0)
+
+  (_, state) = model.apply(variables, images, train=True,
+                           mutable=['batch_stats', 'intermediates'],
+                           capture_intermediates=True)
+  stem = state['intermediates']['conv1']['__call__'][0]
+  # Flax momentum 0.9 == torch momentum 0.1: new = 0.9 * old + 0.1 * batch.
+  np.testing.assert_allclose(state['batch_stats']['bn1']['mean'],
+                             0.1 * stem.mean(axis=(0, 1, 2)), rtol=1e-4,
+                             atol=1e-6)
+  assert np.abs(state['batch_stats']['bn1']['mean']).max() > 1e-3
+
+  _, eval_state = model.apply(variables, images, train=False,
+                              mutable=['batch_stats'])
+  jax.tree.map(np.testing.assert_array_equal, eval_state['batch_stats'],
+               variables['batch_stats'])
+  # Eval mode uses running stats: a sample's logits ignore its batch-mates.
+  alone = model.apply(variables, images[:1], train=False)
+  batched = model.apply(variables, images, train=False)
+  np.testing.assert_allclose(alone, batched[:1], atol=1e-5)
+
+
+def test_resnet_rejects_unknown_block():
+  model = models.create_model('resnet18', 4, block='wide')
+  with pytest.raises(ValueError, match="'wide'.*basic.*bottleneck"):
+    model.init(_KEY, _images(1, 32), train=False)
+
+
+# ------------------------------------------------------------- ShallowNet
+
+
+def test_shallow_dropout_and_size_checks():
+  model = models.create_model('shallow', 6)
+  images = _images(4, 32)
+  variables = model.init(_KEY, images, train=False)
+  # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5; 16 * 5 * 5 features.
+  assert variables['params']['fc1']['kernel'].shape == (400, 512)
+
+  def train(m, seed):
+    return m.apply(variables, images, train=True, mutable=['batch_stats'],
+                   rngs={'dropout': jax.random.key(seed)})[0]
+
+  assert np.max(np.abs(train(model, 1) - train(model, 2))) > 1e-4
+  no_dropout = models.create_model('shallow', 6, dropout_rate=0.0)
+  np.testing.assert_array_equal(train(no_dropout, 1), train(no_dropout, 2))
+  np.testing.assert_array_equal(model.apply(variables, images, train=False),
+                                no_dropout.apply(variables, images, train=False))
+  with pytest.raises(ValueError, match='15x15 is too small'):
+    model.init(_KEY, _images(1, 15), train=False)
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize('tiny', sorted(_TINY))
+def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
+  name, overrides, size = _TINY[tiny]
+  images = _images(2, size)
+  full = models.create_model(name, 5, **overrides)
+  half = models.create_model(name, 5, dtype=jnp.bfloat16, **overrides)
+  variables = half.init(_KEY, images, train=False)
+  for leaf in jax.tree.leaves(variables):
+    assert leaf.dtype == jnp.float32
+  variables = {**variables, 'params': _perturbed(variables['params'], 0.05)}
+  logits, state = half.apply(variables, images, train=False,
+                             capture_intermediates=True, mutable=['intermediates'])
+  assert logits.dtype == jnp.float32
+  first = 'embedding' if name.startswith('vit') else 'conv1'
+  assert state['intermediates'][first]['__call__'][0].dtype == jnp.bfloat16
+  reference = full.apply(variables, images, train=False)
+  scale = np.abs(reference).max()
+  assert scale > 0.1
+  np.testing.assert_allclose(logits, reference, atol=0.05 * scale)
+  assert np.abs(logits - reference).max() > 0  # bf16 really was used.

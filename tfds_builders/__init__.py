@@ -1,0 +1,1 @@
+"""TFDS dataset builders for animesion_jax (one package per dataset)."""

@@ -1,0 +1,7 @@
+"""Helpers shared by the moeImouto and DAF:re builders.
+
+`image_check` sniffs encoded images without decoding them, `label_csv` reads
+the Animesion split and class files, `build_report` counts and lists what a
+build skipped, `manual_data` finds the user's download and explains what is
+missing, and `parallel` reads files on a thread pool in a fixed order.
+"""
