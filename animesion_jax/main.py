@@ -4,6 +4,7 @@
       --config.batch_size=128
 """
 
+import logging as py_logging
 import os
 
 from absl import app
@@ -28,9 +29,19 @@ def _wants_distributed() -> bool:
       "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Drops the INFO chatter of orbax, grain and tfds so the progress lines stay readable."""
+  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/clu/")
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if _wants_distributed():
     jax.distributed.initialize()

@@ -13,9 +13,11 @@ def top_k_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarr
   """1.0 where the label is among the k highest logits, else 0.0."""
   k = min(k, logits.shape[-1])
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  # Rank = number of classes with a strictly higher logit; ties count in the label's favour.
-  rank = jnp.sum(logits > label_logit, axis=-1)
-  return (rank < k).astype(jnp.float32)
+  # The label's position in a stable descending sort (ties: lower class id first, as
+  # argmax and lax.top_k), so an all-equal output (a zero-initialised head) is not "correct".
+  class_ids = jnp.arange(logits.shape[-1])
+  ahead = (logits > label_logit) | ((logits == label_logit) & (class_ids < labels[:, None]))
+  return (jnp.sum(ahead, axis=-1) < k).astype(jnp.float32)
 
 
 @flax.struct.dataclass

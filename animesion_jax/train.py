@@ -178,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   window_start, window_step = time.time(), start_step
   step = start_step
   eval_results = {}
-  with _StopRequest() as stop, mesh:
+  with _StopRequest() as stop:
     next_batch = sharding.to_global_batch(next(train_iter), mesh) if step < total_steps else None
     while step < total_steps:
       state, step_metrics = train_fn(state, next_batch)

@@ -11,6 +11,7 @@ model.json, variables/ (Orbax) and conversion.json; load it with
 the parameter count and which tensors were dropped, resized or re-initialised.
 """
 
+import sys
 from typing import Any, Sequence
 
 from absl import app
@@ -62,9 +63,12 @@ def format_summary(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  conversion = convert.load_with_summary(
-      _SOURCE.value, _INPUT.value, num_classes=_NUM_CLASSES.value,
-      image_size=_IMAGE_SIZE.value, num_heads=_NUM_HEADS.value)
+  try:
+    conversion = convert.load_with_summary(
+        _SOURCE.value, _INPUT.value, num_classes=_NUM_CLASSES.value,
+        image_size=_IMAGE_SIZE.value, num_heads=_NUM_HEADS.value)
+  except (convert.ConversionError, FileNotFoundError) as e:
+    sys.exit(f'convert_checkpoint: {e}')
   convert.save(_OUTPUT.value, conversion.model, conversion.variables,
                conversion.summary)
   print(format_summary(conversion.summary))

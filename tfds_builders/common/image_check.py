@@ -44,11 +44,13 @@ class BadImageError(ValueError):
 
   Attributes:
     reason: one of EMPTY, NOT_AN_IMAGE, TRUNCATED, CORRUPT.
+    detail: what exactly is wrong, for people.
   """
 
   def __init__(self, reason: str, detail: str):
     super().__init__(f'{reason}: {detail}')
     self.reason = reason
+    self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,5 +218,5 @@ def read_and_check(path: epath.Path, *, decode: bool = False) -> CheckedFile:
   try:
     header = inspect_image(data, decode=decode)
   except BadImageError as e:
-    return CheckedFile(data, None, e.reason, str(e))
+    return CheckedFile(data, None, e.reason, e.detail)
   return CheckedFile(data, header)

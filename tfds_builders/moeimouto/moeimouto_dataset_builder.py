@@ -154,28 +154,11 @@ nagadomi's zip itself when the network allows.
     reports = {split: build_report.BuildReport(f'moeimouto/{split}')
                for split in layouts.SPLIT_FILES}
     if found.csv_dir is not None:
-      names = label_csv.read_class_names(found.csv_dir / layouts.CLASS_FILE)
-      splits = {}
-      for split, file_name in layouts.SPLIT_FILES.items():
-        rows = label_csv.read_split(
-            found.csv_dir / file_name, len(names), reports[split])
-        modes = self._screen(found.image_root,
-                             [row.path for row in rows], reports[split])
-        splits[split] = [(row.class_id, row.path, modes[row.path])
-                         for row in rows if row.path in modes]
+      names, splits = self._splits_from_csv(found, reports)
+      scan.kept = sum(len(items) for items in splits.values())
       split_source = _SPLIT_NOTE_PAPER
     else:
-      files_by_class = layouts.list_class_folders(found.image_root, scan)
-      all_files = [f'{c}/{f}' for c, files in files_by_class.items()
-                   for f in files]
-      modes = self._screen(found.image_root, all_files, scan)
-      usable = {c: [f for f in files if f'{c}/{f}' in modes]
-                for c, files in files_by_class.items()}
-      names = sorted(c for c, files in usable.items() if files)
-      splits = {
-          split: [(class_id, path, modes[path]) for class_id, path in items]
-          for split, items in layouts.split_by_rule(
-              {c: usable[c] for c in names}).items()}
+      names, splits = self._splits_by_rule(found.image_root, scan)
       split_source = _SPLIT_NOTE_RULE
       logging.warning('moeimouto: %s.', split_source)
     scan.note('split', split_source)
@@ -189,6 +172,43 @@ nagadomi's zip itself when the network allows.
             split, found.image_root, items, reports[split])
         for split, items in splits.items()
     }
+
+  def _splits_from_csv(
+      self, found: layouts.Found,
+      reports: dict[str, build_report.BuildReport]) -> tuple[list, dict]:
+    """The paper's class names and splits, keeping the usable listed images."""
+    names = label_csv.read_class_names(found.csv_dir / layouts.CLASS_FILE)
+    splits = {}
+    for split, file_name in layouts.SPLIT_FILES.items():
+      rows = label_csv.read_split(
+          found.csv_dir / file_name, len(names), reports[split])
+      modes = self._screen(found.image_root,
+                           [(row.path, row.where) for row in rows],
+                           reports[split])
+      splits[split] = [(row.class_id, row.path, modes[row.path])
+                       for row in rows if row.path in modes]
+    return names, splits
+
+  def _splits_by_rule(
+      self, image_root: epath.Path,
+      scan: build_report.BuildReport) -> tuple[list, dict]:
+    """Class names and splits from the folders, by `layouts.split_by_rule`.
+
+    Unusable images are removed before the 80/20 cut, as the paper removed
+    the non-RGB ones before splitting.
+    """
+    files_by_class = layouts.list_class_folders(image_root, scan)
+    all_files = [f'{c}/{f}' for c, files in files_by_class.items()
+                 for f in files]
+    modes = self._screen(image_root, [(f, f) for f in all_files], scan)
+    scan.kept = len(modes)
+    usable = {c: [f for f in files if f'{c}/{f}' in modes]
+              for c, files in files_by_class.items()}
+    usable = {c: files for c, files in usable.items() if files}
+    splits = {
+        split: [(class_id, path, modes[path]) for class_id, path in items]
+        for split, items in layouts.split_by_rule(usable).items()}
+    return sorted(usable), splits
 
   def _locate(self, dl_manager: tfds.download.DownloadManager) -> layouts.Found:
     """Finds the split files and images; downloads as the last resort."""
@@ -220,24 +240,27 @@ nagadomi's zip itself when the network allows.
     return dataclasses.replace(
         found, image_root=image_root[0], layout=image_root[1])
 
-  def _screen(self, image_root: epath.Path, rel_paths: list[str],
+  def _screen(self, image_root: epath.Path, files: list[tuple[str, str]],
               report: build_report.BuildReport) -> dict[str, str]:
-    """Reads and fully decodes each image; returns the usable ones' modes.
+    """Reads and fully decodes images; returns {path: mode} of usable ones.
 
-    Missing, unreadable, truncated and corrupt files are skipped, and so are
-    non-RGB images unless the config converts them; all are counted in
-    `report`.
+    Args:
+      image_root: the folder of class folders.
+      files: (path relative to image_root, where it was listed) pairs.
+      report: counts missing, unreadable, truncated and corrupt files, and
+        non-RGB images unless the config converts them.
     """
     convert = self.builder_config.convert_non_rgb
     checked = parallel.ordered_map(
-        lambda p: image_check.read_and_check(image_root / p, decode=True),
-        rel_paths, _NUM_THREADS)
+        lambda f: image_check.read_and_check(image_root / f[0], decode=True),
+        files, _NUM_THREADS)
     modes = {}
-    for rel_path, result in zip(rel_paths, checked):
+    for (rel_path, where), result in zip(files, checked):
+      listed_as = rel_path if where == rel_path else f'{where}: {rel_path}'
       if result.problem:
-        report.skip(result.problem, f'{rel_path} ({result.detail})')
+        report.skip(result.problem, f'{listed_as} ({result.detail})')
       elif result.header.mode != 'RGB' and not convert:
-        report.skip(NON_RGB, f'{rel_path} ({result.header.mode})')
+        report.skip(NON_RGB, f'{listed_as} (mode {result.header.mode})')
       else:
         modes[rel_path] = result.header.mode
     return modes

@@ -6,8 +6,8 @@ classes and every class has a "near twin" that differs in at most two
 attributes, so no single cue identifies a class.
 
 Everything else varies per image and is drawn from a `np.random.Generator`:
-position, scale, rotation, background, clothing colour, accessory colour, line
-noise, pixel noise and colour jitter. Given the same generator state, the
+position, scale, rotation, background, clothing colour, accessory colour, mouth,
+blush, line noise and colour jitter. Given the same generator state, the
 output is bit-identical, which is what makes dataset builds reproducible.
 """
 
@@ -18,12 +18,15 @@ import math
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 # Shapes are drawn on a 2x canvas and downsampled, which anti-aliases edges.
 _CANVAS = 128
 _SKIN = (255, 224, 200)
 _OUTLINE = (50, 35, 40)
+# Normalised (y, x) pixel coordinates in [0, 1], shared by all backgrounds.
+_GRID = np.mgrid[0:_CANVAS, 0:_CANVAS].astype(np.float32) / (_CANVAS - 1)
 
 FACE_SHAPES = ('round', 'oval', 'sharp')
 HAIR_STYLES = ('short', 'long', 'bob', 'twintails', 'ponytail', 'spiky')
@@ -149,13 +152,12 @@ def _random_color(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def _background(rng: np.random.Generator) -> Image.Image:
   """Solid, gradient or patterned background in random colours."""
-  n = _CANVAS
   c0 = np.asarray(_random_color(rng), np.float32)
   c1 = np.asarray(_random_color(rng), np.float32)
   kind = rng.integers(0, 5)
-  yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1)
+  yy, xx = _GRID
   if kind == 0:  # Solid.
-    t = np.zeros((n, n), np.float32)
+    t = np.zeros_like(xx)
   elif kind == 1:  # Linear gradient in a random direction.
     angle = rng.uniform(0, 2 * math.pi)
     t = xx * math.cos(angle) + yy * math.sin(angle)
