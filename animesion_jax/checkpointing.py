@@ -29,14 +29,24 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = epath.Path(workdir)
+    self.incomplete = incomplete_checkpoints(self.workdir)
+    for path in self.incomplete:
+      logging.warning("Ignoring %s: a checkpoint write that never finished (the process was "
+                      "killed while saving); it is deleted.", path)
+    options = dict(create=True, cleanup_tmp_directories=True)
     self.latest = ocp.CheckpointManager(
         self.workdir / LATEST_DIR,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
         item_names=("state", "data", "meta"))
     self.best = ocp.CheckpointManager(
         self.workdir / BEST_DIR,
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
         item_names=("state", "meta"))
+
+  @staticmethod
+  def has_checkpoints(workdir: str) -> bool:
+    latest = epath.Path(workdir) / LATEST_DIR
+    return latest.exists() and any(p.name.isdigit() for p in latest.iterdir())
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -73,6 +83,15 @@ class RunCheckpoints:
     self.best.close()
 
 
+def incomplete_checkpoints(workdir: epath.Path) -> list[epath.Path]:
+  """Temporary directories of checkpoint writes that were interrupted."""
+  found = []
+  for sub in (LATEST_DIR, BEST_DIR):
+    if (workdir / sub).exists():
+      found += [p for p in (workdir / sub).iterdir() if ".orbax-checkpoint-tmp" in p.name]
+  return sorted(found)
+
+
 def restore_state(workdir: str, abstract_state: Any, which: str = "best") -> tuple[Any, dict, int]:
   """Loads the state of a run's 'best' or 'latest' checkpoint, or of a checkpoint directory.
 
@@ -105,6 +124,33 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# Fields that shape the parameters or their meaning; a resumed run must keep them.
+RESUME_CRITICAL_FIELDS = ("dataset", "dataset_config", "image_size", "model")
+
+
+def config_differences(saved: ml_collections.ConfigDict,
+                       current: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> current' for each resume-critical field that changed."""
+  saved_flat = _flatten(saved.to_dict())
+  current_flat = _flatten(current.to_dict())
+  differences = []
+  for key in sorted(set(saved_flat) | set(current_flat)):
+    if key.split(".")[0] in RESUME_CRITICAL_FIELDS and saved_flat.get(key) != current_flat.get(key):
+      differences.append(f"config.{key}: {saved_flat.get(key)!r} in the run, now "
+                         f"{current_flat.get(key)!r}")
+  return differences
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return flat
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 
 from animesion_jax import models
+from configs import base as base_config
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
@@ -14,12 +15,23 @@ _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("step", "warmup_cosine", "constant"),
     "dtype": ("float32", "bfloat16"),
+    "momentum_dtype": ("float32", "bfloat16"),
     "normalization": tuple(preprocess.NORMALIZATIONS),
 }
 
 
 class ConfigError(ValueError):
   """A config field has a value the run cannot use."""
+
+
+def _same_type(default, value) -> bool:
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  if default is None:
+    return True
+  return isinstance(value, type(default))
 
 
 def patch_size_of(config: ml_collections.ConfigDict) -> int | None:
@@ -35,6 +47,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   """Raises ConfigError naming the first field that is wrong."""
   num_devices = num_devices or jax.device_count()
   num_processes = num_processes or jax.process_count()
+  known = base_config.get_base_config()
+  unknown = sorted(set(config.keys()) - set(known.keys()))
+  if unknown:
+    raise ConfigError(f"Unknown config fields {['config.' + k for k in unknown]}; the fields are "
+                      "listed in configs/base.py.")
+  for key in known.keys():
+    if key not in config:
+      raise ConfigError(f"config.{key} is missing (configs/base.py documents it).")
+    if key != "model" and not _same_type(known[key], config[key]):
+      raise ConfigError(f"config.{key}={config[key]!r} should be of type "
+                        f"{type(known[key]).__name__}.")
   for field, choices in _CHOICES.items():
     if config[field] not in choices:
       raise ConfigError(f"config.{field}={config[field]!r}: choose one of {list(choices)}.")
@@ -46,6 +69,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if config.image_size <= 0 or config.resize_margin < 0:
     raise ConfigError(f"config.image_size={config.image_size} must be > 0 and "
                       f"config.resize_margin={config.resize_margin} >= 0.")
+  overrides = {k: v for k, v in config.model.items() if k != "name"}
+  try:
+    models.create_model(config.model.name, num_classes=2, **overrides)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.model has a field that model {config.model.name!r} does not take: "
+                      f"{error}") from None
   patch = patch_size_of(config)
   if patch and config.image_size % patch:
     raise ConfigError(f"config.image_size={config.image_size} is not divisible by the patch size "
@@ -55,6 +84,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if value <= 0 or value % num_devices or value % num_processes:
       raise ConfigError(f"config.{field}={value} must be a positive multiple of the device count "
                         f"({num_devices}) and process count ({num_processes}).")
+  if config.fsdp_size < 1 or num_devices % config.fsdp_size:
+    raise ConfigError(f"config.fsdp_size={config.fsdp_size} must divide the {num_devices} devices.")
+  accumulation = config.grad_accumulation_steps
+  if accumulation < 1 or config.batch_size % (accumulation * num_devices):
+    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                      f"config.grad_accumulation_steps={accumulation} times the {num_devices} "
+                      "devices (each microbatch is split over all devices).")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
   if config.learning_rate <= 0:

@@ -57,7 +57,7 @@ class NumExamples(metrics.Metric):
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
-  top1: Top1
+  top1: metrics.Average.from_output("top1_hits")
   learning_rate: metrics.LastValue.from_output("learning_rate")
 
 

@@ -59,7 +59,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
   if config.optimizer == "sgd":
     if config.weight_decay > 0:
       chain.append(optax.add_decayed_weights(config.weight_decay))
-    chain.append(optax.sgd(schedule, momentum=config.momentum or None))
+    chain.append(optax.sgd(schedule, momentum=config.momentum or None,
+                           accumulator_dtype=config.momentum_dtype))
   elif config.optimizer == "adamw":
     chain.append(optax.adamw(schedule, weight_decay=config.weight_decay))
   else:

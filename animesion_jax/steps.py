@@ -1,5 +1,6 @@
 """Train state and the pure train / eval step functions (jitted by the loop)."""
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -53,35 +54,77 @@ def _all_finite(tree: Any) -> jnp.ndarray:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
-               normalization: str, label_smoothing: float = 0.0
-               ) -> tuple[TrainState, metrics_lib.TrainMetrics]:
-  """One SGD step on a global batch of uint8 images.
-
-  A step whose loss or gradients are not finite changes nothing but the counters, so the
-  parameters never absorb NaN/Inf; the loop decides whether to stop or carry on.
-  """
-  images = preprocess.normalize(batch["image"], normalization, model.dtype)
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  has_batch_stats = bool(state.batch_stats)
+def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp.ndarray,
+                    labels: jnp.ndarray, dropout_rng: jax.Array, label_smoothing: float):
+  """Per-example losses, top-1 hits, new BatchNorm statistics and mean-loss gradients."""
 
   def loss_fn(params):
     variables = {"params": params}
-    if has_batch_stats:
-      variables["batch_stats"] = state.batch_stats
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
       logits, updates = model.apply(variables, images, train=True,
                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     else:
       logits, updates = model.apply(variables, images, train=True,
                                     rngs={"dropout": dropout_rng}), {}
-    loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-    return loss, (logits, updates)
+    losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
+    return jnp.mean(losses), (losses, logits, updates.get("batch_stats", batch_stats))
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (losses, logits, new_batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(params)
+  hits = metrics_lib.top_k_correct(logits.astype(jnp.float32), labels, 1)
+  return losses, hits, new_batch_stats, grads
+
+
+def _split_microbatches(array: jnp.ndarray, count: int) -> jnp.ndarray:
+  """(N, ...) -> (count, N // count, ...), microbatch j = rows j, j+count, ...
+
+  Taking strided rows keeps each device's rows on that device when the batch is split over
+  devices in contiguous blocks (so accumulation adds no communication).
+  """
+  return jnp.swapaxes(array.reshape(array.shape[0] // count, count, *array.shape[1:]), 0, 1)
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
+               normalization: str, label_smoothing: float = 0.0,
+               accumulation_steps: int = 1) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+  """One optimizer step on a global batch of uint8 images.
+
+  With accumulation_steps > 1 the batch is processed as that many microbatches whose gradients
+  are averaged (one large step's update, in a fraction of the activation memory). A step whose
+  loss or gradients are not finite changes nothing but the counters, so the parameters never
+  absorb NaN/Inf; the loop decides whether to stop or carry on.
+  """
+  images = preprocess.normalize(batch["image"], normalization, model.dtype)
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  compute = functools.partial(_loss_and_grads, model, state.params,
+                              label_smoothing=label_smoothing)
+  if accumulation_steps == 1:
+    losses, hits, new_batch_stats, grads = compute(state.batch_stats, images, batch["label"],
+                                                   dropout_rng)
+  else:
+    micro_images = _split_microbatches(images, accumulation_steps)
+    micro_labels = _split_microbatches(batch["label"], accumulation_steps)
+
+    def accumulate(carry, inputs):
+      batch_stats, grad_sum = carry
+      index, micro_x, micro_y = inputs
+      losses, hits, batch_stats, grads = compute(batch_stats, micro_x, micro_y,
+                                                 jax.random.fold_in(dropout_rng, index))
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (batch_stats, grad_sum), (losses, hits)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (new_batch_stats, grad_sum), (losses, hits) = jax.lax.scan(
+        accumulate, (state.batch_stats, zeros),
+        (jnp.arange(accumulation_steps), micro_images, micro_labels))
+    grads = jax.tree.map(lambda g: g / accumulation_steps, grad_sum)
+    losses, hits = losses.reshape(-1), hits.reshape(-1)
+
+  loss = jnp.mean(losses)
   param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, param_updates)
-  new_batch_stats = updates.get("batch_stats", state.batch_stats)
 
   finite = jnp.isfinite(loss) & _all_finite(grads)
   keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -94,8 +137,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
       first_nonfinite_step=jnp.where(
           (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step))
   step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=batch["label"],
-      learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+      loss=losses, top1_hits=hits, learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
   return new_state, step_metrics
 
 

@@ -21,6 +21,7 @@ from animesion_jax import optim
 from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import datasets
+from animesion_jax.data import device_cache
 from animesion_jax.data import pipeline
 
 PREEMPTED_EXIT_CODE = 42  # Exit status after a SIGTERM/SIGINT-triggered save; rerun to resume.
@@ -64,13 +65,26 @@ class _StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def agreed(self) -> bool:
-    """True on every process if any process was signalled."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags))
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (a collective: call it everywhere)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """A workdir with checkpoints must be resumed with a config that fits them."""
+  if not os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+    return
+  if checkpointing.RunCheckpoints.has_checkpoints(workdir):
+    differences = checkpointing.config_differences(checkpointing.load_config(workdir), config)
+    if differences:
+      raise config_validation.ConfigError(
+          f"{workdir} holds checkpoints of a different run; resuming would not fit them:\n  "
+          + "\n  ".join(differences) + "\nUse another --workdir or the run's original settings.")
 
 
 def evaluate_split(state: steps.TrainState, eval_fn, builder, split: str,
@@ -107,8 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The results dictionary also written to `workdir/results.json`.
   """
-  mesh = sharding.create_mesh(devices)
-  config_validation.validate(config, num_devices=mesh.size)
+  devices = list(jax.devices() if devices is None else devices)
+  config_validation.validate(config, num_devices=len(devices))
+  mesh = sharding.create_mesh(devices, fsdp_size=config.fsdp_size)
   builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config,
                                   config.build_dataset_if_missing)
   spec = datasets.get_spec(config.dataset)
@@ -122,27 +137,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
 
+  _check_resumable(workdir, config)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch, total_steps)
   checkpointing.save_config(workdir, config)
   run_checkpoints = checkpointing.RunCheckpoints(workdir, keep=config.keep_checkpoints)
-  loader = pipeline.train_loader(
-      train_source, global_batch_size=config.batch_size, image_size=config.image_size,
-      resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,
-      seed=config.seed, workers=config.data_workers)
-  train_iter = iter(loader)
+  augment = dict(global_batch_size=config.batch_size, image_size=config.image_size,
+                 resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,
+                 seed=config.seed, workers=config.data_workers)
+  if config.data_on_device:
+    cache = device_cache.DeviceCache(train_source, mesh=mesh, **augment)
+    train_iter = None  # Batches are a function of the step: nothing to checkpoint.
+    fetch_batch = cache.batch
+    logging.info("Training split cached on the devices: %d examples.", cache.num_examples)
+  else:
+    train_iter = iter(pipeline.train_loader(train_source, **augment))
+    fetch_batch = lambda _: sharding.to_global_batch(next(train_iter), mesh)
 
   state = setup.state
   best = {"metric": None, "value": -1.0, "step": -1}
   if run_checkpoints.latest_step() is not None:
     state, meta = run_checkpoints.restore_latest(setup.abstract_state, train_iter)
     best = meta.get("best", best)
-    logging.info("Resumed from %s at step %d.", os.path.join(workdir, checkpointing.LATEST_DIR),
-                 int(state.step))
+    logging.warning("Resumed from %s at step %d%s.",
+                    os.path.join(workdir, checkpointing.LATEST_DIR), int(state.step),
+                    " (the last complete checkpoint; an interrupted write was discarded)"
+                    if run_checkpoints.incomplete else "")
 
   train_fn = jax.jit(
       functools.partial(steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
                         normalization=config.normalization,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing,
+                        accumulation_steps=config.grad_accumulation_steps),
       in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))
@@ -159,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                total_steps, steps_per_epoch, mesh.size)
 
   def save_latest(step: int) -> None:
+    nonlocal last_save_time
+    last_save_time = time.time()
     _check_finite(state, config, run_checkpoints)
     run_checkpoints.save_latest(step, state, train_iter, {"best": best, "epoch": step / steps_per_epoch})
 
@@ -176,10 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   train_metrics = None
   window_start, window_step = time.time(), start_step
+  last_save_time = time.time()
   step = start_step
   eval_results = {}
   with _StopRequest() as stop:
-    next_batch = sharding.to_global_batch(next(train_iter), mesh) if step < total_steps else None
+    next_batch = fetch_batch(step) if step < total_steps else None
     while step < total_steps:
       state, step_metrics = train_fn(state, next_batch)
       step += 1
@@ -206,8 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           best = {"metric": f"{selection_split}_top1",
                   "value": eval_results[selection_split]["top1"], "step": step}
           run_checkpoints.save_best(step, state, {"best": best, "epoch": step / steps_per_epoch})
-      preempted = (log_now or jax.process_count() == 1) and stop.agreed()
-      if step % config.checkpoint_every_steps == 0 or halting or preempted:
+      # Cross-process agreement costs a collective, so multi-host runs decide at log steps.
+      decide_now = log_now or jax.process_count() == 1
+      preempted = decide_now and _any_process(stop.requested)
+      minutes_due = decide_now and config.checkpoint_every_minutes > 0 and _any_process(
+          time.time() - last_save_time >= 60 * config.checkpoint_every_minutes)
+      if step % config.checkpoint_every_steps == 0 or halting or preempted or minutes_due:
         save_latest(step)
       if preempted:
         run_checkpoints.wait()
@@ -217,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info("Halting after %d steps (config.halt_after_steps); rerun to resume.", step)
         break
       if step < total_steps:
-        next_batch = sharding.to_global_batch(next(train_iter), mesh)
+        next_batch = fetch_batch(step)  # Host work overlaps the step dispatched above.
 
     if step >= total_steps:
       if run_checkpoints.latest_step() != step:

@@ -19,6 +19,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.resize_margin = 32  # Train: resize to image_size + margin, then random-crop image_size.
   config.horizontal_flip = True  # Train: random horizontal flip.
   config.normalization = "half"  # 'half' (mean 0.5, std 0.5, as the paper's ViTs) or 'imagenet'.
+  config.data_on_device = False  # Decode the train split once into accelerator memory; augment there.
   config.data_workers = 0  # grain worker processes for decoding (0 = in the main process).
   config.eval_splits = ("validation", "test")  # Splits evaluated; ones the dataset lacks are skipped.
 
@@ -35,11 +36,14 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
 
   # Optimisation.
   config.batch_size = 64  # Global batch size (all devices and processes together).
+  config.fsdp_size = 1  # Devices that split parameters and optimizer state (FSDP); 1 = pure data parallel.
+  config.grad_accumulation_steps = 1  # Split each batch into this many microbatches (same update, less memory).
   config.num_epochs = 50  # Training length in epochs (ignored when num_train_steps > 0).
   config.num_train_steps = -1  # Training length in steps; -1 derives it from num_epochs.
   config.optimizer = "sgd"  # 'sgd' (with momentum) or 'adamw'.
   config.learning_rate = 0.001  # Peak learning rate.
   config.momentum = 0.9  # SGD momentum.
+  config.momentum_dtype = "float32"  # Dtype of the SGD momentum buffer: 'float32' or 'bfloat16' (saves memory).
   config.weight_decay = 0.0  # Decoupled weight decay (adamw) or L2 added to gradients (sgd).
   config.schedule = "step"  # 'step', 'warmup_cosine' or 'constant'.
   config.decay_every_epochs = 20  # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
@@ -55,6 +59,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1  # Evaluate every this many epochs (and always at the end).
   config.eval_batch_size = 256  # Global batch size for evaluation.
   config.checkpoint_every_steps = 1000  # Save the latest checkpoint every this many steps.
+  config.checkpoint_every_minutes = 0.0  # Also save when this many minutes passed since the last save (0 = off).
   config.keep_checkpoints = 2  # How many latest checkpoints to keep (plus the best one).
   config.halt_after_steps = -1  # Stop this run (after saving) once it has done this many steps; -1 = never.
   return config

@@ -12,6 +12,7 @@ import pytorch_pretrained_vit
 from pytorch_pretrained_vit import configs as ppvit_configs
 
 import flax
+import jax
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -54,6 +55,12 @@ class NarrowResNet(tv_resnet.ResNet):
     self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
     self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
     self.fc = nn.Linear(8 * width * block.expansion, num_classes)
+
+
+def logits_of(model, variables, x):
+  """Eval-mode logits, jitted: op-by-op dispatch is slow on a shared CPU."""
+  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, x))
 
 
 def tiny_torch_vit(monkeypatch, image_size=_SIZE, seed=0):
@@ -138,13 +145,13 @@ def test_pytorch_vit_logits_match(tmp_path, monkeypatch, prefix, legacy):
   assert ("stripped the key prefix 'model.'" in conversion.summary['notes']) \
       == prefix
   x = images()
-  logits = np.asarray(model.apply(conversion.variables, x, train=False))
+  logits = logits_of(model, conversion.variables, x)
   expected = torch_logits(torch_model, x)
   assert np.abs(expected).max() > 0.1
   np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
   # Sharp enough to see the GELU flavour.
   tanh_gelu = model.clone(gelu_approximate=True)
-  assert np.abs(tanh_gelu.apply(conversion.variables, x, train=False) -
+  assert np.abs(logits_of(tanh_gelu, conversion.variables, x) -
                 expected).max() > 1e-5
 
 
@@ -164,7 +171,7 @@ def test_pytorch_vit_resize_matches_pytorch_at_new_size(tmp_path, monkeypatch):
       np.concatenate([posemb[:, :1], grid.reshape(1, 36, -1)], 1))
   big.load_state_dict(state)
   x = images(48)
-  np.testing.assert_allclose(model.apply(variables, x, train=False),
+  np.testing.assert_allclose(logits_of(model, variables, x),
                              torch_logits(big, x), atol=1e-5, rtol=0)
 
 
@@ -229,7 +236,7 @@ def test_resnet_logits_match(tmp_path, block, prefix, legacy):
   expected = torch_logits(torch_model, x)
   assert np.abs(expected).max() > 0.1
   np.testing.assert_allclose(
-      model.apply(conversion.variables, x, train=False), expected, atol=1e-5,
+      logits_of(model, conversion.variables, x), expected, atol=1e-5,
       rtol=0)
   stats = _flat(conversion.variables, 'batch_stats')
   np.testing.assert_array_equal(
@@ -248,7 +255,7 @@ def test_torchvision_resnet18_itself_converts(tmp_path):
   assert (model.block, tuple(model.stage_sizes), model.base_width) == (
       'basic', (2, 2, 2, 2), 64)
   x = images(36)
-  np.testing.assert_allclose(model.apply(variables, x, train=False),
+  np.testing.assert_allclose(logits_of(model, variables, x),
                              torch_logits(torch_model, x), atol=1e-5, rtol=0)
 
 

@@ -22,21 +22,32 @@ _LINEN_NAMES = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_
                 'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
 
 
-def _random_checkpoint(representation_size, seed=0):
-  """Flat pre-Linen-named float32 arrays of a random-initialised tiny ViT.
+def logits_of(model, variables, x):
+  """Eval-mode logits, jitted: op-by-op dispatch is slow on a shared CPU."""
+  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, x))
 
-  Every array gets noise on top of its initial value so that the zero head,
-  zero class token and unit LayerNorm scales all influence the logits.
+
+def _random_checkpoint(representation_size, seed=0):
+  """Flat pre-Linen-named float32 arrays of a random tiny ViT.
+
+  The names and shapes are those the model creates (jax.eval_shape of its
+  init; compiling init is slow on a shared CPU); the values are random, so
+  that the head, class token and LayerNorm scales all influence the logits.
   """
   model = vit.VisionTransformer(
       num_classes=_CLASSES, patch_size=_PATCH, hidden_size=_HIDDEN,
       mlp_dim=_MLP, num_heads=_HEADS, num_layers=_LAYERS,
       representation_size=representation_size)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, _SIZE, _SIZE, 3)),
-                      train=False)['params']
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, _SIZE, _SIZE, 3)), train=False))
   rng = np.random.default_rng(seed)
-  return {k: (np.asarray(v) + 0.3 * rng.normal(size=v.shape)).astype(np.float32)
-          for k, v in flax.traverse_util.flatten_dict(params, sep='/').items()}
+  arrays = {}
+  for key, leaf in flax.traverse_util.flatten_dict(params['params'],
+                                                   sep='/').items():
+    noise = 0.3 * rng.normal(size=leaf.shape)
+    arrays[key] = (noise + (key.endswith('/scale'))).astype(np.float32)
+  return arrays
 
 
 def _to_linen_names(arrays):
@@ -130,7 +141,7 @@ def test_logits_match_numpy_reference(tmp_path, generation,
   assert f'module names: {generation}' in conversion.summary['notes']
   assert conversion.summary['image_size'] == _SIZE
   images = _images(_SIZE)
-  logits = np.asarray(model.apply(conversion.variables, images, train=False))
+  logits = logits_of(model, conversion.variables, images)
   expected = _numpy_vit(arrays, images)
   assert np.abs(expected).max() > 0.5  # Not a degenerate reference.
   np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
@@ -167,12 +178,12 @@ def test_fine_tuning_recipe_resizes_and_reinitialises(tmp_path):
   # The resized network is the original one with the zoomed grid.
   reference = {k: np.asarray(v) for k, v in params.items()}
   reference['head/kernel'] = np.asarray(
-      np.random.default_rng(3).normal(size=(_HIDDEN, 7)), np.float32)
+      0.3 * np.random.default_rng(3).normal(size=(_HIDDEN, 7)), np.float32)
   variables = {'params': flax.traverse_util.unflatten_dict(
       {k: jnp.asarray(v) for k, v in reference.items()}, sep='/')}
   images = _images(48)
   np.testing.assert_allclose(
-      model.apply(variables, images, train=False),
+      logits_of(model, variables, images),
       _numpy_vit(reference, images),
       atol=1e-5, rtol=0)
 

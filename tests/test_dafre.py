@@ -3,7 +3,8 @@
 The dummy trees (tfds_builders/dafre/dummy_data, written by its
 make_dummy_data.py): `current/` is the extracted download with a missing
 file, a truncated JPEG, a text file named .jpg, an out-of-range class id, a
-duplicate row and a blank line in train.csv, and a grayscale JPEG in val;
+duplicate row and a blank line in train.csv, a grayscale JPEG in val and a
+CMYK JPEG in test;
 `legacy/` has swapped columns and header rows.
 """
 
@@ -106,7 +107,19 @@ def test_build_report_lists_every_bad_row(tmp_path):
                   'train.csv:17: 0943/2841943.jpg (JPEG ends inside a '
                   'segment)'],
           }
-  assert builder.info.metadata['build_report']['test']['skipped'] == {}
+  test_report = builder.info.metadata['build_report']['test']
+  assert test_report['skipped'] == {}
+  # The CMYK JPEG would decode to 4 channels with Pillow: re-encoded as RGB.
+  assert test_report['notes'] == {
+      're-encoded as RGB PNG': '1: 0514/237514.jpg (CMYK)'}
+  source = builder.as_data_source(
+      'test', decoders={'image': tfds.decode.SkipDecoding()})
+  cmyk = next(ex for ex in source if ex['file_name'] == b'0514/237514.jpg')
+  header = image_check.inspect_image(cmyk['image'], decode=True)
+  assert (header.format, header.mode) == ('png', 'RGB')
+  feature = builder.info.features['image']
+  assert feature.decode_example_np_with_pil(cmyk['image'], 3).shape == (
+      16, 16, 3)
 
 
 def test_missing_manual_data_names_dataset_source_dir_and_layout(tmp_path):

@@ -10,6 +10,10 @@ from scipy import special
 from animesion_jax import models
 
 _KEY = jax.random.key(0)
+# Random ops compile much faster with the 'rbg' generator than with threefry
+# on CPU; used where a test only needs some randomness, not a fixed stream.
+_FAST_RNG = 'rbg'
+_FAST_KEY = jax.random.key(0, impl=_FAST_RNG)
 
 
 def _abstract_variables(model, size):
@@ -60,6 +64,18 @@ def _random_variables(model, images, seed=0):
       {path: fill(path, leaf) for path, leaf in flat.items()})
 
 
+def _dropout_trainer(model, variables, images):
+  """Returns seed -> train-mode logits, compiled once for all seeds."""
+
+  @jax.jit
+  def logits(key):
+    out, _ = model.apply(variables, images, train=True,
+                         mutable=['batch_stats'], rngs={'dropout': key})
+    return out
+
+  return lambda seed: logits(jax.random.key(seed, impl=_FAST_RNG))
+
+
 def _vit_count(patch, hidden, mlp, layers, image, classes):
   """ViT parameter count from its formula (no representation layer)."""
   tokens = (image // patch)**2 + 1
@@ -68,9 +84,6 @@ def _vit_count(patch, hidden, mlp, layers, image, classes):
       hidden * mlp + mlp + mlp * hidden + hidden)
   return (embedding + hidden + tokens * hidden + layers * block + 2 * hidden +
           hidden * classes + classes)
-
-
-# ----------------------------------------------------------------- counts
 
 
 @pytest.mark.parametrize('size, expected', [(224, 86_567_656),
@@ -92,12 +105,6 @@ def test_vit_param_counts_match_formula(name, patch, hidden, mlp, layers):
     assert count == _vit_count(patch, hidden, mlp, layers, size, classes)
 
 
-def test_vit_representation_layer_adds_dense():
-  model = models.create_model('vit_b16', 1000, representation_size=768)
-  count = models.count_params(_abstract_variables(model, 224)['params'])
-  assert count == 86_567_656 + 768 * 768 + 768
-
-
 @pytest.mark.parametrize('name, expected', [
     ('resnet18', 11_689_512),
     ('resnet34', 21_797_672),
@@ -108,9 +115,6 @@ def test_vit_representation_layer_adds_dense():
 def test_resnet_param_counts_equal_torchvision(name, expected):
   variables = _abstract_variables(models.create_model(name, 1000), 64)
   assert models.count_params(variables['params']) == expected
-
-
-# ------------------------------------------------------- parameter trees
 
 
 def test_vit_tiny_parameter_tree_uses_original_names():
@@ -195,16 +199,13 @@ def test_bottleneck_resnet_parameter_tree_is_torchvision_layout():
 
 def test_vit_head_starts_at_zero():
   model = models.create_model('vit_tiny', 5)
-  # The 'rbg' generator compiles much faster than threefry on CPU.
-  key = jax.random.key(0, impl='rbg')
-  init = jax.jit(lambda x: model.init(key, x, train=False))
+  init = jax.jit(lambda x: model.init(_FAST_KEY, x, train=False))
   params = init(_images(1, 8))['params']
-  assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
+  assert not np.any(params['head']['kernel'])
+  assert not np.any(params['head']['bias'])
   logits = _apply(model, {'params': params}, _images(2, 8), train=False)
   np.testing.assert_array_equal(logits, np.zeros((2, 5)))
 
-
-# ---------------------------------------------------------------- forward
 
 _TINY = {
     'vit_tiny': ('vit_tiny', {}, 8),
@@ -229,11 +230,11 @@ def test_tiny_forward_shapes(tiny):
 def test_every_model_builds_abstractly(name):
   model = models.create_model(name, 7)
   size = 28 if name == 'vit_h14' else 32
-  variables = _abstract_variables(model, size)
-  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  logits = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False), variables, images)
+  images = jnp.zeros((2, size, size, 3), jnp.float32)
+  logits, variables = jax.eval_shape(
+      lambda: model.init_with_output(_KEY, images, train=False))
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  assert models.count_params(variables['params']) > 0
 
 
 def test_unknown_model_name_lists_valid_names():
@@ -246,9 +247,6 @@ def test_unknown_model_name_lists_valid_names():
 def test_unknown_override_is_a_clear_error():
   with pytest.raises(ValueError, match='resnet18.*patch_size'):
     models.create_model('resnet18', 10, patch_size=16)
-
-
-# -------------------------------------------------------------------- ViT
 
 
 def _layer_norm(x, scale, bias):
@@ -291,13 +289,25 @@ def _reference_vit(p, images, patch, approximate):
   return x @ p['head']['kernel'] + p['head']['bias']
 
 
-def test_vit_matches_reference_and_gelu_flavour_matters():
+def _shrink_token_stream(params, factor):
+  """Scales the embedded tokens so LayerNorm's epsilon shows in the logits."""
+  params['embedding'] = jax.tree.map(lambda a: a * factor, params['embedding'])
+  params['cls'] = params['cls'] * factor
+  pos = params['Transformer']['posembed_input']
+  pos['pos_embedding'] = pos['pos_embedding'] * factor
+  return params
+
+
+@pytest.mark.parametrize('token_scale', [1.0, 0.01])
+def test_vit_matches_reference_and_gelu_flavour_matters(token_scale):
   images = _images(2, 8, 12)
   outputs = {}
   for approximate in (True, False):
     model = models.create_model('vit_tiny', 5, gelu_approximate=approximate)
     params = _random_variables(model, images)['params']
-    outputs[approximate] = _apply(model, {'params': params}, images, train=False)
+    params = _shrink_token_stream(params, token_scale)
+    outputs[approximate] = _apply(model, {'params': params}, images,
+                                  train=False)
     expected = _reference_vit(params, images, 4, approximate)
     np.testing.assert_allclose(outputs[approximate], expected, atol=1e-5)
   # Same parameters (same numpy seed); only the GELU flavour differs.
@@ -315,14 +325,10 @@ def test_vit_accepts_any_size_divisible_by_patch(height, width):
   assert logits.shape == (2, 3)
 
 
-def test_vit_rejects_size_not_divisible_by_patch():
+def test_vit_rejects_bad_image_sizes():
   model = models.create_model('vit_tiny', 3)
   with pytest.raises(ValueError, match=r'10x8.*patch size 4'):
     model.init(_KEY, _images(1, 10, 8), train=False)
-
-
-def test_vit_rejects_size_other_than_position_embedding():
-  model = models.create_model('vit_tiny', 3)
   variables = _random_variables(model, _images(1, 8))
   with pytest.raises(ValueError, match=r'\(1, 5, 32\).*17 tokens'):
     _apply(model, variables, _images(1, 16), train=False)
@@ -339,19 +345,16 @@ def test_vit_dropout_only_in_train_mode():
   np.testing.assert_array_equal(
       _apply(model, variables, images, train=False), reference)
 
-  def train(m, seed):
-    return _apply(m, variables, images, train=True,
-                   rngs={'dropout': jax.random.key(seed)})
-
-  np.testing.assert_array_equal(train(model, 1), train(model, 1))
-  assert np.max(np.abs(train(model, 1) - train(model, 2))) > 1e-3
-  assert np.max(np.abs(train(model, 1) - reference)) > 1e-3
-  np.testing.assert_array_equal(train(plain, 1), reference)
-  with pytest.raises(Exception, match='dropout'):
+  train = _dropout_trainer(model, variables, images)
+  first = train(1)
+  np.testing.assert_array_equal(first, train(1))
+  assert np.max(np.abs(first - train(2))) > 1e-3
+  assert np.max(np.abs(first - reference)) > 1e-3
+  # Differently compiled programs agree to float noise only.
+  np.testing.assert_allclose(
+      _dropout_trainer(plain, variables, images)(1), reference, atol=1e-5)
+  with pytest.raises(flax.errors.InvalidRngError, match='dropout'):
     _apply(model, variables, images, train=True)
-
-
-# ----------------------------------------------------------------- ResNet
 
 
 def test_resnet_convs_pad_symmetrically_like_torch():
@@ -359,7 +362,7 @@ def test_resnet_convs_pad_symmetrically_like_torch():
   images = _images(2, 32)
   variables = _random_variables(model, images)
   _, state = _apply(model, variables, images, train=False,
-                         capture_intermediates=True)
+                    capture_intermediates=True)
   inter = state['intermediates']
   params = variables['params']
 
@@ -384,9 +387,9 @@ def test_batchnorm_stats_update_only_in_train_mode():
   variables = _random_variables(model, images)
   old = variables['batch_stats']['bn1']
 
-  (_, state) = _apply(model, variables, images, train=True,
-                           mutable=['batch_stats', 'intermediates'],
-                           capture_intermediates=True)
+  _, state = _apply(model, variables, images, train=True,
+                    mutable=['batch_stats', 'intermediates'],
+                    capture_intermediates=True)
   stem = state['intermediates']['conv1']['__call__'][0]
   # Flax momentum 0.9 == torch momentum 0.1: new = 0.9 * old + 0.1 * batch.
   new = state['batch_stats']['bn1']
@@ -400,7 +403,7 @@ def test_batchnorm_stats_update_only_in_train_mode():
   assert np.abs(new['mean'] - old['mean']).max() > 1e-2
 
   _, eval_state = _apply(model, variables, images, train=False,
-                              mutable=['batch_stats'])
+                         mutable=['batch_stats'])
   jax.tree.map(np.testing.assert_array_equal, eval_state['batch_stats'],
                variables['batch_stats'])
   # Eval mode uses running stats: a sample's logits ignore its batch-mates.
@@ -415,9 +418,6 @@ def test_resnet_rejects_unknown_block():
     model.init(_KEY, _images(1, 32), train=False)
 
 
-# ------------------------------------------------------------- ShallowNet
-
-
 def test_shallow_dropout_and_size_checks():
   model = models.create_model('shallow', 6)
   images = _images(4, 32)
@@ -425,20 +425,16 @@ def test_shallow_dropout_and_size_checks():
   # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5; 16 * 5 * 5 features.
   assert variables['params']['fc1']['kernel'].shape == (400, 512)
 
-  def train(m, seed):
-    return _apply(m, variables, images, train=True, mutable=['batch_stats'],
-                   rngs={'dropout': jax.random.key(seed)})[0]
-
-  assert np.max(np.abs(train(model, 1) - train(model, 2))) > 1e-4
+  train = _dropout_trainer(model, variables, images)
+  assert np.max(np.abs(train(1) - train(2))) > 1e-4
   no_dropout = models.create_model('shallow', 6, dropout_rate=0.0)
-  np.testing.assert_array_equal(train(no_dropout, 1), train(no_dropout, 2))
-  np.testing.assert_array_equal(_apply(model, variables, images, train=False),
-                                _apply(no_dropout, variables, images, train=False))
+  train = _dropout_trainer(no_dropout, variables, images)
+  np.testing.assert_array_equal(train(1), train(2))
+  np.testing.assert_array_equal(
+      _apply(model, variables, images, train=False),
+      _apply(no_dropout, variables, images, train=False))
   with pytest.raises(ValueError, match='15x15 is too small'):
     model.init(_KEY, _images(1, 15), train=False)
-
-
-# ---------------------------------------------------------------- dtypes
 
 
 @pytest.mark.parametrize('tiny', sorted(_TINY))
@@ -451,7 +447,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
     assert leaf.dtype == jnp.float32
   variables = _random_variables(half, images)
   logits, state = _apply(half, variables, images, train=False,
-                             capture_intermediates=True, mutable=['intermediates'])
+                         capture_intermediates=True,
+                         mutable=['intermediates'])
   assert logits.dtype == jnp.float32
   first = 'embedding' if name.startswith('vit') else 'conv1'
   assert state['intermediates'][first]['__call__'][0].dtype == jnp.bfloat16

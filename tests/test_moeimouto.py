@@ -9,6 +9,7 @@ out-of-range class id. Expected counts are worked out in make_dummy_data.py.
 
 import pathlib
 import shutil
+import socket
 import zipfile
 from unittest import mock
 
@@ -48,21 +49,24 @@ class AnimesionDropNonRgbTest(_TfRecordHarness,
   SPLITS = {'train': 10, 'test': 5}
 
 
-class AnimesionConvertToRgbTest(_TfRecordHarness, tfds.testing.DatasetBuilderTestCase):
+class AnimesionConvertToRgbTest(_TfRecordHarness,
+                                tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = moe_builder.Builder
   EXAMPLE_DIR = DUMMY / 'animesion'
   BUILDER_CONFIG_NAMES_TO_TEST = ['convert_to_rgb']
   SPLITS = {'train': 11, 'test': 5}
 
 
-class NagadomiExtractedTest(_TfRecordHarness, tfds.testing.DatasetBuilderTestCase):
+class NagadomiExtractedTest(_TfRecordHarness,
+                            tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = moe_builder.Builder
   EXAMPLE_DIR = DUMMY / 'nagadomi'
   BUILDER_CONFIG_NAMES_TO_TEST = ['drop_non_rgb']
   SPLITS = {'train': 11, 'test': 4}
 
 
-class KaggleConvertToRgbTest(_TfRecordHarness, tfds.testing.DatasetBuilderTestCase):
+class KaggleConvertToRgbTest(_TfRecordHarness,
+                             tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = moe_builder.Builder
   EXAMPLE_DIR = DUMMY / 'kaggle'
   BUILDER_CONFIG_NAMES_TO_TEST = ['convert_to_rgb']
@@ -79,6 +83,14 @@ class DownloadWhenManualDirHasNothingTest(
   SKIP_CHECKSUMS = True
   BUILDER_CONFIG_NAMES_TO_TEST = ['drop_non_rgb']
   SPLITS = {'train': 11, 'test': 4}
+
+  def setUp(self):
+    super().setUp()
+    # The builder probes the host before downloading; tests stay offline.
+    patcher = mock.patch.object(manual_data, 'unreachable_reason',
+                                return_value=None)
+    patcher.start()
+    self.addCleanup(patcher.stop)
 
 
 def _build(tmp_path, manual_dir, config='drop_non_rgb', name='data'):
@@ -164,19 +176,41 @@ def test_split_files_beside_nagadomi_images_give_paper_split(tmp_path):
   assert builder.info.splits['train'].num_examples == 10
 
 
-def test_missing_data_error_says_where_and_what(tmp_path):
+@pytest.mark.parametrize('probe, download_error, expected_reason', [
+    ('cannot connect to www.nurs.or.jp:80 (offline)', None,
+     'cannot connect to www.nurs.or.jp:80 (offline)'),
+    (None, ConnectionError('connection reset'), 'connection reset'),
+])
+def test_missing_data_error_says_where_and_what(tmp_path, probe,
+                                                download_error,
+                                                expected_reason):
   manual = tmp_path / 'manual'
   manual.mkdir()
   (manual / 'notes.txt').write_text('nothing useful')
-  with mock.patch.object(tfds.download.DownloadManager, 'download_and_extract',
-                         side_effect=ConnectionError('network unreachable')):
+  download = mock.Mock(side_effect=download_error)
+  with mock.patch.object(manual_data, 'unreachable_reason',
+                         return_value=probe), \
+       mock.patch.object(tfds.download.DownloadManager,
+                         'download_and_extract', download):
     with pytest.raises(manual_data.MissingDataError) as error:
       _build(tmp_path, manual)
+  # An unreachable host is reported without TFDS's minutes of retries.
+  assert download.call_count == (0 if probe else 1)
   message = str(error.value)
   for expected in ('moeimouto', str(manual), layouts.NAGADOMI_URL,
-                   'network unreachable', 'animeface-character-dataset/thumb',
+                   expected_reason, 'animeface-character-dataset/thumb',
                    'classid_classname.csv', 'tfds build'):
     assert expected in message
+
+
+def test_unreachable_reason_on_a_closed_local_port():
+  with socket.socket() as server:
+    server.bind(('127.0.0.1', 0))
+    port = server.getsockname()[1]
+  # Nothing listens on the port any more: the connection is refused.
+  reason = manual_data.unreachable_reason(f'http://127.0.0.1:{port}/x.zip',
+                                          timeout_s=2)
+  assert reason.startswith(f'cannot connect to 127.0.0.1:{port} (')
 
 
 def test_interrupted_build_reruns_to_identical_records(tmp_path):

@@ -208,7 +208,12 @@ class CheckedFile:
 
 
 def read_and_check(path: epath.Path, *, decode: bool = False) -> CheckedFile:
-  """Reads `path` and checks it with `inspect_image`; never raises for bad files."""
+  """Reads `path` and checks it with `inspect_image`; never raises on bad files.
+
+  Args:
+    path: the file to read.
+    decode: passed to `inspect_image`.
+  """
   try:
     data = path.read_bytes()
   except FileNotFoundError:

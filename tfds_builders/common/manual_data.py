@@ -8,6 +8,9 @@ immediate subdirectories.
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
+
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -66,3 +69,20 @@ def candidate_roots(root: epath.Path) -> list[epath.Path]:
   children = sorted((p for p in root.iterdir() if p.is_dir()),
                     key=lambda p: p.name)
   return [root, *children]
+
+
+def unreachable_reason(url: str, timeout_s: float = 10.0) -> str | None:
+  """Why `url`'s host cannot be reached, or None if a connection opens.
+
+  TFDS retries a failed download 10 times with exponential backoff, which
+  keeps an offline user waiting for minutes before the real message; one
+  short connection attempt first lets the builder say at once where to put
+  the files instead.
+  """
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+      return None
+  except OSError as e:
+    return f'cannot connect to {parts.hostname}:{port} ({e})'

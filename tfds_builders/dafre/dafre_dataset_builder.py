@@ -9,7 +9,8 @@ MANUAL_DOWNLOAD_INSTRUCTIONS); build with
 
 Images are copied as the original bytes after a structural check (JPEG/PNG
 header and end marker, no pixel decode), reading on a thread pool in file
-order so the records are the same on every run. Rows whose file is missing,
+order so the records are the same on every run; only images that would not
+decode to RGB or grayscale (CMYK, palette, alpha) are re-encoded, as RGB PNG. Rows whose file is missing,
 truncated or corrupt, out-of-range class ids, duplicate rows and blank lines
 are skipped, counted in the build log and stored in the dataset's metadata
 under 'build_report'.
@@ -41,6 +42,10 @@ ARCHIVES = ('dafre_faces.tar.gz', 'dafre_full.tar.gz', 'labels.tar.gz')
 HF_DATASET = 'xedwin23x/DAFB'
 # Threads reading files; reads release the GIL and hide disk latency.
 NUM_THREADS = 16
+# Modes every decoder (TF, OpenCV, Pillow via TFDS) turns into 3 channels.
+# Anything else (CMYK or palette JPEG/PNG, alpha) is re-encoded, so that the
+# `image` feature always decodes to RGB.
+_DECODES_TO_RGB = ('RGB', 'L')
 
 _WHERE_TO_GET = (
     f'the Hugging Face dataset {HF_DATASET} '
@@ -61,7 +66,8 @@ of images per class 142 / 48 / 359), with the Animesion paper's split:
 train 322,947, validation 46,050, test 94,440; every class appears in every
 split. Splits, class ids and class names come from the published label files.
 
-Features: `image` (the original encoded bytes, not re-encoded), `label` (the
+Features: `image` (the original encoded bytes; only CMYK, palette or alpha
+images are re-encoded as RGB PNG), `label` (the
 character's Danbooru tag), `file_name` ('<NNNN>/<id>.jpg', as in the split
 files).
 """
@@ -209,17 +215,25 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
     checked = parallel.ordered_map(
         lambda row: image_check.read_and_check(image_root / row.path),
         rows, NUM_THREADS)
+    converted = []
     for row, result in zip(rows, checked):
       if result.problem:
         report.skip(result.problem,
                     f'{row.where}: {row.path} ({result.detail})')
         continue
+      data = result.data
+      if result.header.mode not in _DECODES_TO_RGB:
+        data = image_check.to_rgb_png(data)
+        converted.append(f'{row.path} ({result.header.mode})')
       report.kept += 1
       yield row.path, {
-          'image': result.data,
+          'image': data,
           'label': row.class_id,
           'file_name': row.path,
       }
+    if converted:
+      report.note('re-encoded as RGB PNG',
+                  f'{len(converted)}: {", ".join(converted[:10])}')
     report.log()
     self.info.metadata['build_report'][split] = report.as_dict()
 

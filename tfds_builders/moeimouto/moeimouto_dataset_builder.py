@@ -5,8 +5,8 @@ are dropped, as in the Animesion paper. Any of the three layouts described in
 `layouts.py` is accepted and detected; nagadomi's zip is downloaded when
 nothing is found in the manual directory and the network allows.
 
-  tfds build tfds_builders/moeimouto --manual_dir=DIR
-  tfds build tfds_builders/moeimouto --config=convert_to_rgb --manual_dir=DIR
+  tfds build tfds_builders/moeimouto --manual_dir=DIR   # both configs
+  tfds build tfds_builders/moeimouto --config=drop_non_rgb --manual_dir=DIR
 
 Images are stored as the original PNG bytes (only non-RGB images are
 re-encoded, and only by the `convert_to_rgb` config). Everything skipped,
@@ -222,15 +222,16 @@ nagadomi's zip itself when the network allows.
     else:
       source = layouts.NAGADOMI_URL
       try:
-        extracted = epath.Path(
-            dl_manager.download_and_extract(layouts.NAGADOMI_URL))
+        if reason := manual_data.unreachable_reason(source):
+          raise ConnectionError(reason)
+        extracted = epath.Path(dl_manager.download_and_extract(source))
       except Exception as e:  # pylint: disable=broad-except
         # Offline machines fail in many ways (DNS, proxy, timeout); whichever
         # it is, the user needs to know where to put the files by hand.
         raise manual_data.missing_data_error(
             'moeimouto', looked_in, _WHERE_TO_GET, _EXPECTED_LAYOUT,
             detail=('No copy found in the manual directory, and downloading '
-                    f'{layouts.NAGADOMI_URL} failed: {e}')) from e
+                    f'{source} failed: {e}')) from e
     image_root = layouts.image_root_in(extracted)
     if image_root is None:
       raise manual_data.missing_data_error(

@@ -4,7 +4,7 @@
 headerless `class_id,path` files), awkward parts included: in train.csv a
 row whose file is missing, a truncated JPEG, a text file named .jpg, an
 out-of-range class id, a duplicate row and a blank line; in val.csv a
-grayscale JPEG. `legacy/` has the older label files: swapped columns
+grayscale JPEG; in test.csv a CMYK JPEG. `legacy/` has the older label files: swapped columns
 (`path,class_id`) and header rows.
 
   python tfds_builders/dafre/dummy_data/make_dummy_data.py
@@ -63,9 +63,9 @@ def write_images(root: pathlib.Path, rows, size, damaged: bool) -> None:
     for class_id, image_id in split_rows_:
       path = root / rel_path(image_id)
       path.parent.mkdir(parents=True, exist_ok=True)
-      grey = image_id == rows['val'][0][1]
-      path.write_bytes(jpeg_bytes(image_id + class_id, size,
-                                  'L' if grey else 'RGB'))
+      mode = {rows['val'][0][1]: 'L',
+              rows['test'][0][1]: 'CMYK'}.get(image_id, 'RGB')
+      path.write_bytes(jpeg_bytes(image_id + class_id, size, mode))
   for image_id in (TRUNCATED_ID, TEXT_ID):
     path = root / rel_path(image_id)
     path.parent.mkdir(parents=True, exist_ok=True)
