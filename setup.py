@@ -33,6 +33,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=8",
+    "dill>=0.3",  # tfds.testing imports it.
     # PyTorch references for the parity tests and the benchmark's --compare=torch.
     "torch==2.14.1",
     "torchvision==0.29.1",

@@ -2,6 +2,7 @@
 
 Layout under the workdir:
   config.json              the run's config (written at start)
+  class_names.json         the dataset's class names, index = class id (for predict)
   checkpoints/<step>/      latest checkpoints: state, data iterator position, metadata
   best/<step>/             the best checkpoint by the selection metric: state, metadata
 Orbax writes each step to a temporary directory and renames it when complete, so a process
@@ -22,6 +23,7 @@ import orbax.checkpoint as ocp
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 CONFIG_FILE = "config.json"
+CLASS_NAMES_FILE = "class_names.json"
 
 
 class RunCheckpoints:
@@ -160,3 +162,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: {workdir} is not a training run directory.")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def save_class_names(workdir: str, names: list[str]) -> None:
+  """Writes the class names (index = class id) so predictions can be named without the dataset."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
+      json.dump(list(names), f, indent=0, ensure_ascii=False)
+
+
+def load_class_names(workdir: str) -> list[str] | None:
+  """The class names saved by `save_class_names`, or None if the run has none."""
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    names = json.load(f)
+  if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    raise ValueError(f"{path} should hold a JSON list of class-name strings.")
+  return names

@@ -270,7 +270,8 @@ def test_resnet_new_class_count_gets_zero_fc(tmp_path):
 def test_wide_resnet_does_not_fit_and_says_where(tmp_path):
   wide = tiny_torch_resnet(tv_resnet.Bottleneck, width_per_group=128)
   with pytest.raises(convert.ConversionError,
-                     match=r'layer1_0/conv1/kernel: checkpoint \(1, 1, 8, 16\)'):
+                     match=r'layer1_0/conv1/kernel: checkpoint '
+                     r'\(1, 1, 8, 16\)'):
     convert.load('torchvision_resnet', save(wide, tmp_path / 'wide.pth'))
 
 
@@ -301,7 +302,8 @@ def test_rejects_files_that_are_not_state_dicts(tmp_path, source):
 
 def test_each_torch_source_rejects_the_other_kind(tmp_path, monkeypatch):
   vit_path = save(tiny_torch_vit(monkeypatch), tmp_path / 'vit.pth')
-  resnet_path = save(tiny_torch_resnet(tv_resnet.BasicBlock), tmp_path / 'r.pth')
+  resnet_path = save(tiny_torch_resnet(tv_resnet.BasicBlock),
+                     tmp_path / 'r.pth')
   with pytest.raises(convert.ConversionError,
                      match='not a torchvision ResNet state dict'):
     convert.load('torchvision_resnet', vit_path)

@@ -18,8 +18,11 @@ from animesion_jax.models import vit
 
 _PATCH, _HIDDEN, _MLP, _HEADS, _LAYERS, _CLASSES, _SIZE = 8, 32, 64, 2, 2, 5, 32
 _POS = 'Transformer/posembed_input/pos_embedding'
-_LINEN_NAMES = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
-                'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
+_LINEN_NAMES = {
+    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+    'LayerNorm_2': 'LayerNorm_1',
+    'MlpBlock_3': 'MlpBlock_0',
+}
 
 
 def logits_of(model, variables, x):
@@ -226,6 +229,9 @@ def test_rejects_files_that_are_not_vit_checkpoints(tmp_path):
   (tmp_path / 'notes.npz').write_text('not a zip file')
   with pytest.raises(convert.ConversionError, match='not an .npz'):
     convert.load('vit_npz', tmp_path / 'notes.npz')
+  np.save(tmp_path / 'single.npy', np.zeros((2, 2), np.float32))
+  with pytest.raises(convert.ConversionError, match='single .npy array'):
+    convert.load('vit_npz', tmp_path / 'single.npy')
   np.savez(tmp_path / 'other.npz', weights=np.zeros((2, 2), np.float32))
   with pytest.raises(convert.ConversionError, match='not a ViT checkpoint'):
     convert.load('vit_npz', tmp_path / 'other.npz')

@@ -4,8 +4,7 @@ The dummy trees (tfds_builders/dafre/dummy_data, written by its
 make_dummy_data.py): `current/` is the extracted download with a missing
 file, a truncated JPEG, a text file named .jpg, an out-of-range class id, a
 duplicate row and a blank line in train.csv, a grayscale JPEG in val and a
-CMYK JPEG in test;
-`legacy/` has swapped columns and header rows.
+CMYK JPEG in test; `legacy/` has swapped columns and header rows.
 """
 
 import pathlib
@@ -140,8 +139,10 @@ def test_full_config_without_its_folder_says_so(tmp_path):
   shutil.copytree(DUMMY / 'current' / 'labels', manual / 'labels')
   shutil.copytree(DUMMY / 'current' / 'faces', manual / 'faces')
   with pytest.raises(manual_data.MissingDataError,
-                     match=r"no .*fullMin256/ \(config 'full'"):
+                     match=r"no .*fullMin256/ \(config 'full'") as error:
     _build(tmp_path, manual, config='full')
+  assert 'tfds build tfds_builders/dafre --config=full --manual_dir=DIR' in (
+      str(error.value))
 
 
 def test_split_file_with_header_and_swapped_columns(tmp_path):

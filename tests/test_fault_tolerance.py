@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,13 +60,14 @@ def _signal_before_batch(monkeypatch, signum, at_call):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, signum):
   straight_dir, config = straight_run
-  stop_at = int(np.random.default_rng(int(signum)).integers(2, 7))  # A random step in 1..5.
+  stop_at = int(np.random.default_rng(int(signum)).integers(2, 7))  # A random step in 2..6.
   _signal_before_batch(monkeypatch, signum, stop_at)
   with pytest.raises(train.Preempted) as stopped:
     train.train_and_evaluate(config, str(tmp_path))
   assert stopped.value.code == train.PREEMPTED_EXIT_CODE
-  assert stopped.value.step == stop_at - 1  # The step in flight finished, then it saved.
-  assert (tmp_path / "checkpoints" / str(stop_at - 1)).is_dir()
+  # The signal arrives while the batch of step `stop_at` is fetched: that step runs, then it saves.
+  assert stopped.value.step == stop_at
+  assert (tmp_path / "checkpoints" / str(stop_at)).is_dir()
   assert not (tmp_path / "results.json").exists()
   monkeypatch.undo()
 
@@ -168,13 +170,15 @@ def _set(config, dotted, value):
 @pytest.mark.parametrize("dotted, value, message", [
     ("learning_rat", 0.1, r"Unknown config fields \['config.learning_rat'\]"),
     ("batch_size", "64", r"config.batch_size='64' should be of type int"),
+    ("learning_rate", "0.1", r"config.learning_rate='0.1' should be of type float"),
     ("image_size", 18, r"config.image_size=18 is not divisible by the patch size 4"),
     ("batch_size", 20, r"config.batch_size=20 must be a positive multiple of the device count \(8\)"),
     ("model.hidden_sise", 8, r"config.model has a field that model 'vit_tiny' does not take"),
     ("init_from.source", "vit_npz", r"config.init_from.path='/nonexistent.npz' does not exist"),
 ])
 def test_bad_config_message(tmp_path, dotted, value, message):
-  config = helpers.tiny_config()
+  # Not type-safe, like a config rebuilt from JSON, so a wrong type reaches the validator.
+  config = ml_collections.ConfigDict(helpers.tiny_config().to_dict(), type_safe=False)
   if dotted.startswith("init_from"):
     config.init_from.path = "/nonexistent.npz"
   _set(config, dotted, value)

@@ -118,7 +118,7 @@ def test_config_rejects_empty_split():
 def test_default_config_sizes():
   config = scb.Builder.BUILDER_CONFIGS[0]
   assert config.name == 'default'
-  assert [config.per_class(s) for s in _SPLITS] == [120, 20, 30]
+  assert [config.per_class(s) for s in _SPLITS] == [360, 20, 30]
 
 
 def test_array_record_is_default_format(small_builder):

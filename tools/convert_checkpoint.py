@@ -1,4 +1,4 @@
-r"""Converts an original checkpoint into one that train / evaluate / predict load.
+r"""Converts a checkpoint into one that train, evaluate and predict load as is.
 
   python tools/convert_checkpoint.py --source=vit_npz --input=ViT-B_16.npz \
       --output=/tmp/vit_b16_173 --num_classes=173 --image_size=128
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from animesion_jax import convert
 
@@ -63,6 +64,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # The printed summary says what matters; Orbax logs every write step.
+    logging.set_verbosity(logging.WARNING)
   try:
     conversion = convert.load_with_summary(
         _SOURCE.value, _INPUT.value, num_classes=_NUM_CLASSES.value,

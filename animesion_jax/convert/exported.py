@@ -46,7 +46,9 @@ _HEADS = {'VisionTransformer': 'head', 'ResNet': 'fc', 'ShallowNet': 'fc2'}
 POS_EMBEDDING = 'Transformer/posembed_input/pos_embedding'
 _MAX_LISTED = 25
 
+# {collection: {'a/b/c': array}} and {collection: {'a/b/c': shape}}.
 Flat = dict[str, dict[str, np.ndarray]]
+Shapes = dict[str, dict[str, tuple[int, ...]]]
 
 
 class ConversionError(ValueError):
@@ -54,6 +56,7 @@ class ConversionError(ValueError):
 
 
 class Conversion(NamedTuple):
+  """A loaded checkpoint: `model.apply(variables, images, train=False)`."""
   model: nn.Module
   variables: dict[str, Any]
   summary: dict[str, Any]
@@ -105,6 +108,8 @@ def _to_json(name: str, value: Any) -> Any:
 
 def _from_json(name: str, value: Any) -> Any:
   if name.endswith('dtype'):
+    if not isinstance(getattr(jnp, str(value), None), type):
+      raise ConversionError(f'Model field {name}={value!r} is not a dtype.')
     return getattr(jnp, value)
   if isinstance(value, list):
     return tuple(_from_json('', v) for v in value)
@@ -120,7 +125,7 @@ def flatten(variables: dict[str, Any]) -> Flat:
   }
 
 
-def expected_shapes(model: nn.Module, image_size: int) -> Flat:
+def expected_shapes(model: nn.Module, image_size: int) -> Shapes:
   """Shapes of the variables `model.init` creates for square `image_size`."""
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
@@ -133,7 +138,7 @@ def expected_shapes(model: nn.Module, image_size: int) -> Flat:
 
 
 def assemble(model: nn.Module, flat: Flat, image_size: int,
-             want: Optional[Flat] = None) -> dict[str, Any]:
+             want: Optional[Shapes] = None) -> dict[str, Any]:
   """Checks `flat` against what `model` creates; returns nested jnp variables.
 
   Args:
@@ -252,9 +257,12 @@ def finish(summary: dict[str, Any], model_class: str, fields: dict[str, Any],
   Returns:
     The model, its nested variables and the completed summary.
   """
+  if model_class not in MODEL_CLASSES:
+    raise ConversionError(
+        f'Unknown model class {model_class!r}; known: {sorted(MODEL_CLASSES)}.')
   fields = dict(fields)
-  params = flat['params']
-  if num_classes is not None and num_classes != fields['num_classes']:
+  params = flat.setdefault('params', {})
+  if num_classes is not None and num_classes != fields.get('num_classes'):
     if num_classes < 1:
       raise ConversionError(f'num_classes must be positive, got {num_classes}.')
     head = _HEADS[model_class]
@@ -264,7 +272,8 @@ def finish(summary: dict[str, Any], model_class: str, fields: dict[str, Any],
              'fine-tuning for a new class count drops the representation layer')
       fields['representation_size'] = None
     # The new shapes come from the rebuilt model (below).
-    reinit = {key: params.pop(key) for key in (f'{head}/kernel', f'{head}/bias')}
+    reinit = {key: params.pop(key)
+              for key in (f'{head}/kernel', f'{head}/bias')}
     fields['num_classes'] = num_classes
   else:
     reinit = {}
@@ -322,12 +331,16 @@ def save(output_dir: Any, model: nn.Module, variables: dict[str, Any],
          summary: dict[str, Any]) -> None:
   """Writes an exported checkpoint (see the module docstring) to `output_dir`.
 
-  `summary['image_size']` (set by every loader) is the image size the
-  variables are made for; without it the size is read from a ViT's position
-  embedding and must be given for other models.
+  Args:
+    output_dir: Directory to create or overwrite.
+    model: One of MODEL_CLASSES.
+    variables: {'params': ..., ['batch_stats': ...]} for `model`.
+    summary: JSON-safe; written as conversion.json. Its 'image_size' (every
+      loader sets it) is required: the square input size the variables fit.
+
+  Raises:
+    ConversionError: the variables do not fit the model (nothing is written).
   """
-  out = pathlib.Path(output_dir).absolute()
-  out.mkdir(parents=True, exist_ok=True)
   image_size = summary.get('image_size')
   if image_size is None:
     raise ConversionError(
@@ -336,6 +349,8 @@ def save(output_dir: Any, model: nn.Module, variables: dict[str, Any],
   # Refuse to write a checkpoint that would not load back.
   assemble(model, flatten(variables), image_size)
   spec = dict(model_spec(model), image_size=int(image_size))
+  out = pathlib.Path(output_dir).absolute()
+  out.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(out / 'variables', dict(flax.core.unfreeze(variables)),
                     force=True)
@@ -354,19 +369,32 @@ def load(path: Any, *, num_classes: Optional[int] = None,
     raise ConversionError(
         f'{root} is not an exported animesion checkpoint (it needs model.json '
         'and variables/); create one with tools/convert_checkpoint.py.')
-  spec = json.loads(spec_file.read_text())
-  fields = spec.get('fields', {})
+  try:
+    spec = json.loads(spec_file.read_text())
+    model_class, fields, size = (spec['class'], spec['fields'],
+                                 int(spec['image_size']))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConversionError(
+        f'{spec_file} is not a valid model description ({e!r}); it needs '
+        '"class", "fields" and "image_size".') from e
   if num_heads is not None and num_heads != fields.get('num_heads'):
     raise ConversionError(
         f'num_heads={num_heads} contradicts the checkpoint '
         f"({fields.get('num_heads')}); leave it unset.")
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(root / 'variables').item_metadata
+  # Restored as host numpy arrays (no sharding in the target), whatever
+  # devices wrote them.
+  metadata = checkpointer.metadata(root / 'variables').item_metadata.tree
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                        metadata.tree if hasattr(metadata, 'tree') else metadata)
+                        metadata)
   variables = checkpointer.restore(root / 'variables', target)
   summary = new_summary('animesion', root)
-  return finish(summary, spec['class'],
+  previous = root / 'conversion.json'
+  if previous.is_file():
+    earlier = json.loads(previous.read_text())
+    summary['notes'].append(
+        f"exported earlier from {earlier.get('source')} {earlier.get('input')}")
+  return finish(summary, model_class,
                 {k: _from_json(k, v) for k, v in fields.items()},
-                flatten(variables), spec['image_size'],
-                num_classes=num_classes, new_image_size=image_size)
+                flatten(variables), size, num_classes=num_classes,
+                new_image_size=image_size)

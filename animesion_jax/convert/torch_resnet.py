@@ -39,10 +39,11 @@ def _place(flat: exported.Flat, summary: dict[str, Any], key: str,
            module: str, leaf: str, value: np.ndarray,
            unknown: dict[str, np.ndarray]) -> None:
   """Puts one torch tensor of `module` (a Flax path) into `flat`."""
-  is_conv = module.endswith('conv') or re.search(r'conv\d$', module)
+  is_conv = re.search(r'conv\d?$', module) is not None
   if is_conv and leaf == 'weight':
     if value.ndim != 4:
-      raise exported.ConversionError(f'{key} {value.shape} is not an OIHW conv.')
+      raise exported.ConversionError(
+          f'{key} {value.shape} is not an OIHW conv.')
     flat['params'][f'{module}/kernel'] = value.transpose(2, 3, 1, 0)
   elif not is_conv and leaf in _BN_LEAVES:
     collection, name = _BN_LEAVES[leaf]

@@ -22,19 +22,21 @@ from animesion_jax.convert import vit_npz
 _WRAPPER_PREFIXES = ('model.', 'module.')
 
 _BLOCK = re.compile(r'^transformer\.blocks\.(\d+)\.(.+)$')
+_ATTENTION = 'MultiHeadDotProductAttention_1'
 # torch name inside a block -> Flax path inside `encoderblock_{i}` and how the
-# tensor is rearranged ('t' transposes a linear's (out, in) weight).
+# tensor is rearranged (see `_rearrange`; 't' transposes a linear's (out, in)
+# weight).
 _BLOCK_RULES = {
     'norm1.weight': ('LayerNorm_0/scale', None),
     'norm1.bias': ('LayerNorm_0/bias', None),
-    'attn.proj_q.weight': ('MultiHeadDotProductAttention_1/query/kernel', 'qkv'),
-    'attn.proj_q.bias': ('MultiHeadDotProductAttention_1/query/bias', 'qkv_b'),
-    'attn.proj_k.weight': ('MultiHeadDotProductAttention_1/key/kernel', 'qkv'),
-    'attn.proj_k.bias': ('MultiHeadDotProductAttention_1/key/bias', 'qkv_b'),
-    'attn.proj_v.weight': ('MultiHeadDotProductAttention_1/value/kernel', 'qkv'),
-    'attn.proj_v.bias': ('MultiHeadDotProductAttention_1/value/bias', 'qkv_b'),
-    'proj.weight': ('MultiHeadDotProductAttention_1/out/kernel', 'out'),
-    'proj.bias': ('MultiHeadDotProductAttention_1/out/bias', None),
+    'attn.proj_q.weight': (f'{_ATTENTION}/query/kernel', 'qkv'),
+    'attn.proj_q.bias': (f'{_ATTENTION}/query/bias', 'qkv_b'),
+    'attn.proj_k.weight': (f'{_ATTENTION}/key/kernel', 'qkv'),
+    'attn.proj_k.bias': (f'{_ATTENTION}/key/bias', 'qkv_b'),
+    'attn.proj_v.weight': (f'{_ATTENTION}/value/kernel', 'qkv'),
+    'attn.proj_v.bias': (f'{_ATTENTION}/value/bias', 'qkv_b'),
+    'proj.weight': (f'{_ATTENTION}/out/kernel', 'out'),
+    'proj.bias': (f'{_ATTENTION}/out/bias', None),
     'norm2.weight': ('LayerNorm_2/scale', None),
     'norm2.bias': ('LayerNorm_2/bias', None),
     'pwff.fc1.weight': ('MlpBlock_3/Dense_0/kernel', 't'),

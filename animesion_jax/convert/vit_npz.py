@@ -26,10 +26,12 @@ _LINEN_TO_PRE_LINEN = {
     'LayerNorm_1': 'LayerNorm_2',
     'MlpBlock_0': 'MlpBlock_3',
 }
-_PRE_LINEN_ONLY = {'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3'}
+_PRE_LINEN_ONLY = {'MultiHeadDotProductAttention_1', 'LayerNorm_2',
+                   'MlpBlock_3'}
 _LINEN_ONLY = {'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0'}
 
-_QUERY = 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel'
+_QUERY = ('Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/'
+          'kernel')
 _MLP_IN = 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel'
 
 
@@ -37,19 +39,19 @@ def read_npz(path: Any) -> dict[str, np.ndarray]:
   """Reads every array of an `.npz` file as float32."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No such checkpoint file: {path}')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      if not isinstance(data, np.lib.npyio.NpzFile):
-        raise exported.ConversionError(
-            f'{path} is a single .npy array, not an .npz ViT checkpoint.')
-      arrays = {key: np.asarray(data[key]) for key in data.files}
-  except exported.ConversionError:
-    raise
   # Foreign bytes fail inside numpy / zipfile with many exception types.
+  try:
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.lib.npyio.NpzFile):
+      with data:
+        arrays = {key: np.asarray(data[key]) for key in data.files}
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise exported.ConversionError(
         f'{path} is not an .npz ViT checkpoint ({type(e).__name__}: {e}).'
     ) from e
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise exported.ConversionError(
+        f'{path} holds a single .npy array, not an .npz ViT checkpoint.')
   if not arrays:
     raise exported.ConversionError(f'{path} is an empty .npz file.')
   non_float = sorted(k for k, v in arrays.items()

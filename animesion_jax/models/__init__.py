@@ -24,7 +24,8 @@ def _vit(patch: int, hidden: int, mlp: int, heads: int,
                            num_layers=layers)
 
 
-def _resnet(block: str, stage_sizes: tuple[int, ...]) -> Callable[..., nn.Module]:
+def _resnet(block: str,
+            stage_sizes: tuple[int, ...]) -> Callable[..., nn.Module]:
   return functools.partial(ResNet, block=block, stage_sizes=stage_sizes)
 
 

@@ -111,7 +111,8 @@ class ResNet(nn.Module):
     """Returns float32 logits [N, num_classes] for NHWC `images`."""
     if self.block not in _BLOCK_KINDS:
       raise ValueError(
-          f'Unknown ResNet block {self.block!r}; expected one of {_BLOCK_KINDS}.')
+          f'Unknown ResNet block {self.block!r}; expected one of '
+          f'{_BLOCK_KINDS}.')
     if images.ndim != 4:
       raise ValueError(
           f'Expected NHWC images of rank 4, got shape {images.shape}.')

@@ -24,7 +24,7 @@ _POS_EMBEDDING_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class MlpBlock(nn.Module):
-  """Transformer feed-forward block: Dense -> GELU -> Dropout -> Dense -> Dropout."""
+  """Feed-forward block: Dense -> GELU -> Dropout -> Dense -> Dropout."""
 
   mlp_dim: int
   dropout_rate: float = 0.0

@@ -25,6 +25,7 @@ def missing_data_error(
     where_to_get: str,
     expected_layout: str,
     detail: str = '',
+    config: str = '',
 ) -> MissingDataError:
   """Builds the error raised when a dataset's files cannot be found.
 
@@ -34,6 +35,7 @@ def missing_data_error(
     where_to_get: where the files can be downloaded.
     expected_layout: the directory tree the builder expects, several lines.
     detail: what exactly was missing or wrong, if known.
+    config: the builder config to name in the suggested command, if any.
   """
   lines = [f'{dataset}: the dataset files were not found.']
   if detail:
@@ -43,7 +45,8 @@ def missing_data_error(
       f'Download: {where_to_get}',
       'Expected layout:',
       expected_layout.rstrip('\n'),
-      f'Then run: tfds build tfds_builders/{dataset} --manual_dir=DIR',
+      f'Then run: tfds build tfds_builders/{dataset}'
+      + (f' --config={config}' if config else '') + ' --manual_dir=DIR',
   ]
   return MissingDataError('\n'.join(lines))
 

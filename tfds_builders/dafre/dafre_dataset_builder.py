@@ -204,8 +204,10 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
     raise self._missing(looked_in, '\n'.join(details))
 
   def _missing(self, looked_in: str, detail: str) -> Exception:
+    config = self.builder_config.name
     return manual_data.missing_data_error(
-        'dafre', looked_in, _WHERE_TO_GET, _EXPECTED_LAYOUT, detail=detail)
+        'dafre', looked_in, _WHERE_TO_GET, _EXPECTED_LAYOUT, detail=detail,
+        config='' if config == self.DEFAULT_BUILDER_CONFIG_NAME else config)
 
   def _generate_examples(
       self, split: str, image_root: epath.Path,

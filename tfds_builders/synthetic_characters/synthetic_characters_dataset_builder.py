@@ -8,7 +8,7 @@ Build it with either of:
   tfds build tfds_builders/synthetic_characters
   tfds.builder('synthetic_characters', data_dir=...).download_and_prepare()
 
-The size knob is the builder config: `default` has 120/20/30 images per class
+The size knob is the builder config: `default` has 360/20/30 images per class
 (train/validation/test); `small` has 20/4/8 for tests and smoke runs. Any other
 size or seed can be built by passing a `SyntheticCharactersConfig` instance:
 
@@ -60,7 +60,7 @@ class SyntheticCharactersConfig(tfds.core.BuilderConfig):
   """
 
   seed: int = 0
-  train_per_class: int = 120
+  train_per_class: int = 360
   validation_per_class: int = 20
   test_per_class: int = 30
 
@@ -85,7 +85,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       SyntheticCharactersConfig(
           name='default',
-          description='120/20/30 images per class (train/validation/test).'),
+          description='360/20/30 images per class (train/validation/test).'),
       SyntheticCharactersConfig(
           name='small', train_per_class=20, validation_per_class=4,
           test_per_class=8,

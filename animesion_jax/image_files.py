@@ -1,0 +1,89 @@
+"""Reading the images people have: files and folders, any format Pillow reads, any mode.
+
+Everything becomes an RGB image: transparency is composited on white (a transparent PNG or GIF
+background would otherwise turn black), palette and grayscale images are expanded, 16-bit and
+float images are scaled to 8 bits, animated GIF/WebP give their first frame, and a JPEG's EXIF
+orientation is applied.
+"""
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_WHITE = (255, 255, 255, 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+  path: str  # As found (input path, or input folder joined with the relative path).
+  relative: str  # Name for outputs: 'file.png' or 'folder/sub/file.png'.
+
+
+def find_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[tuple[str, str]]]:
+  """Files named directly, plus image files (by extension) anywhere under named folders.
+
+  Returns:
+    (images in input order, folders sorted by name) and (input, problem) for inputs that do not
+    exist or are folders without images.
+  """
+  found, problems = [], []
+  for given in inputs:
+    if os.path.isdir(given):
+      root = os.path.normpath(given)
+      before = len(found)
+      for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            path = os.path.join(folder, name)
+            found.append(ImageFile(path, os.path.join(os.path.basename(root) or "images",
+                                                      os.path.relpath(path, root))))
+      if len(found) == before:
+        problems.append((given, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
+    elif os.path.isfile(given):
+      found.append(ImageFile(given, os.path.basename(given)))
+    else:
+      problems.append((given, "no such file or folder"))
+  return found, problems
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Any Pillow image -> RGB, compositing transparency on white."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 255.0)
+    image = Image.fromarray(np.clip(pixels * 255.0 / top, 0, 255).astype(np.uint8), "L")
+  has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+      image.mode in ("P", "L", "RGB") and "transparency" in image.info)
+  if has_alpha:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    background.alpha_composite(rgba)
+    return background.convert("RGB")
+  return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(path: str, min_size: int | None = None) -> Image.Image:
+  """Reads one image file as RGB (first frame of animations, EXIF orientation applied).
+
+  Args:
+    path: the file.
+    min_size: if given, JPEGs may be decoded at a reduced scale whose sides are still at least
+      this (much faster for large photos that are resized anyway).
+
+  Raises:
+    OSError or ValueError (Pillow's errors) for files that are not readable images.
+  """
+  with Image.open(path) as image:
+    if getattr(image, "n_frames", 1) > 1:
+      image.seek(0)
+    if min_size and image.format == "JPEG":
+      image.draft("RGB", (min_size, min_size))
+    image = ImageOps.exif_transpose(image)
+    image.load()
+    return to_rgb(image)

@@ -1,0 +1,127 @@
+"""Tests for tools/benchmark.py: a tiny end-to-end run and the pieces it reports from."""
+
+import importlib.util
+import json
+import pathlib
+import re
+
+from absl import app
+from absl import flags
+import jax
+import pytest
+
+from animesion_jax import models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_RATIO_LINE = re.compile(r"^ratio jax/torch: (\d+\.\d\d)$")
+
+
+def _load_tool():
+  spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+benchmark = _load_tool()
+
+
+def _parsed_flags(*args: str, config_file: str = "quickstart.py") -> flags.FlagValues:
+  """The tool's flags in a private FlagValues (other tools define --config globally)."""
+  argv = ["benchmark", f"--config={ROOT / 'configs' / config_file}", *args]
+  flag_values = flags.FlagValues()
+  benchmark.define_flags(flag_values, argv)
+  flag_values(argv)
+  return flag_values
+
+
+_TINY_VIT = ("--config.image_size=16", "--config.batch_size=8", "--config.model.patch_size=4",
+             "--config.model.hidden_size=32", "--config.model.mlp_dim=64",
+             "--config.model.num_heads=2", "--config.model.num_layers=2",
+             "--windows=2", "--steps_per_window=2")
+
+
+def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
+  json_out = tmp_path / "bench.json"
+  flag_values = _parsed_flags(
+      *_TINY_VIT, "--compare=torch", "--pipeline", "--pipeline_jpeg_size=24",
+      "--pipeline_records=16", "--pipeline_batches=3", "--pipeline_workers=0",
+      f"--json_out={json_out}")
+  benchmark.main(["benchmark"], flag_values=flag_values)
+
+  lines = capsys.readouterr().out.strip().splitlines()
+  ratio_line = _RATIO_LINE.match(lines[-1])
+  assert ratio_line, lines[-1]
+  results = json.loads(json_out.read_text())
+  jax_results, torch_results = results["jax"], results["torch"]
+  assert jax_results["devices"] == jax.device_count() == 8  # conftest forces 8 CPU devices.
+  assert len(jax_results["window_seconds"]) == len(torch_results["window_seconds"]) == 2
+  for numbers in (jax_results, torch_results):
+    assert all(seconds > 0 for seconds in numbers["window_seconds"])
+    assert numbers["images_per_s"] == pytest.approx(8 * numbers["steps_per_s"])
+    assert numbers["steps_per_s"] > 0 and numbers["first_step_s"] > 0
+  assert jax_results["compile_s"] > 0
+  # Same model size on both sides: 2 blocks of width 32 on 16 patches of 4x4, 173 classes.
+  assert jax_results["params"] == torch_results["params"] > 10_000
+  assert torch_results["model"] == "timm VisionTransformer"
+  assert torch_results["threads"] == benchmark._cores()
+  ratio = jax_results["images_per_s"] / torch_results["images_per_s"]
+  assert float(ratio_line.group(1)) == pytest.approx(ratio, abs=0.006)
+  assert results["ratio_jax_over_torch"] == pytest.approx(ratio)
+  # XLA counts all 8 devices' shares of fwd+bwd: at least the analytic 3x-forward matmul count,
+  # plus the elementwise work that matters at this tiny width.
+  assert 1.0 <= (jax_results["flops_per_step_xla"] / jax_results["flops_per_step_analytic"]) < 2.0
+  assert jax_results["peak_device_bytes"] is None and jax_results["mfu"] is None  # CPU.
+  assert jax_results["host_max_rss_bytes_after_jax_setup"] > 2**20
+  pipeline = results["pipeline"]
+  assert pipeline["images"] == 3 * 8 and pipeline["images_per_s"] > 0
+  assert pipeline["images_per_s_per_core"] == pipeline["images_per_s"]  # 0 workers: 1 core.
+  assert 100 < pipeline["mean_record_bytes"] < 24 * 24 * 3
+  assert "MFU n/a" in "\n".join(lines)
+
+
+def test_bad_window_count_is_a_usage_error():
+  with pytest.raises(app.UsageError, match="--windows"):
+    benchmark.main(["benchmark"], flag_values=_parsed_flags(*_TINY_VIT[:-2], "--windows=0"))
+
+
+@pytest.mark.parametrize("name,image_size,gflops", [
+    ("vit_b16", 128, 11.27), ("vit_b16", 224, 35.1), ("vit_b32", 128, 2.98),
+    ("vit_l16", 128, 39.8)])
+def test_vit_flops_match_performance_doc(name, image_size, gflops):
+  model = models.create_model(name, num_classes=1)
+  assert benchmark.vit_forward_flops(model, image_size) / 1e9 == pytest.approx(gflops, rel=0.005)
+
+
+def test_peak_flops_by_device_kind():
+  assert benchmark.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+  assert benchmark.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
+  assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert benchmark.peak_flops("cpu", "float32") is None
+
+
+def _flax_params(config):
+  from animesion_jax import model_setup  # pylint: disable=g-import-not-at-top
+  model = model_setup.build_model(config, num_classes=173)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jax.numpy.zeros((1, config.image_size, config.image_size, 3)),
+      train=False))
+  return model, models.count_params(shapes["params"])
+
+
+@pytest.mark.parametrize("config_file,expected_source", [
+    ("vit_b16.py", "pytorch_pretrained_vit.ViT('B_16')"),
+    ("resnet18.py", "torchvision resnet18")])
+def test_torch_reference_has_the_flax_model_size(config_file, expected_source):
+  config = _parsed_flags("--config.image_size=32", config_file=config_file).config
+  model, flax_params = _flax_params(config)
+  torch_model, source = benchmark.torch_reference(model, config)
+  assert source == expected_source
+  assert sum(p.numel() for p in torch_model.parameters()) == flax_params
+
+
+def test_torch_reference_refuses_models_without_one():
+  config = _parsed_flags(config_file="shallow.py").config
+  model, _ = _flax_params(config)
+  with pytest.raises(ValueError, match="no PyTorch reference"):
+    benchmark.torch_reference(model, config)

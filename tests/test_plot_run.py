@@ -1,0 +1,77 @@
+"""tools/plot_run.py: reading metrics.jsonl (resumed runs, cut-off lines) and the PNG curves."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_tool():
+  spec = importlib.util.spec_from_file_location("plot_run", ROOT / "tools" / "plot_run.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+plot_run = _load_tool()
+
+
+def _write_run(workdir: pathlib.Path) -> None:
+  records = [
+      {"step": 10, "epoch": 0.5, "split": "train", "loss": 3.0, "top1": 0.10},
+      {"step": 20, "epoch": 1.0, "split": "train", "loss": 2.5, "top1": 0.20},
+      {"step": 20, "epoch": 1.0, "split": "validation", "loss": 2.6, "top1": 0.25, "top5": 0.5,
+       "num_examples": 112},
+      {"step": 20, "epoch": 1.0, "split": "test", "loss": 2.7, "top1": 0.22, "top5": 0.45,
+       "num_examples": 224},
+      # The run was preempted after step 20 and resumed from step 10: steps 20 are logged again.
+      {"step": 20, "epoch": 1.0, "split": "train", "loss": 2.4, "top1": 0.21},
+      {"step": 20, "epoch": 1.0, "split": "validation", "loss": 2.55, "top1": 0.26, "top5": 0.52,
+       "num_examples": 112},
+      {"step": 30, "epoch": 1.5, "split": "train", "loss": 2.0, "top1": 0.30},
+      {"step": 40, "epoch": 2.0, "split": "validation", "loss": 2.1, "top1": 0.40, "top5": 0.7,
+       "num_examples": 112},
+  ]
+  lines = [json.dumps(r) for r in records] + ['{"step": 50, "epoch": 2.5, "spl']  # Cut short.
+  (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+  (workdir / "config.json").write_text(json.dumps({"model": {"name": "vit_b16"},
+                                                   "dataset": "dafre"}))
+
+
+def test_read_metrics_keeps_the_last_record_of_a_step(tmp_path, capsys):
+  _write_run(tmp_path)
+  curves = plot_run.read_metrics(str(tmp_path / "metrics.jsonl"))
+  assert sorted(curves) == ["test", "train", "validation"]
+  assert curves["train"]["step"] == [10, 20, 30]
+  assert curves["train"]["loss"] == [3.0, 2.4, 2.0]  # Step 20's later record wins.
+  assert curves["train"]["epoch"] == [0.5, 1.0, 1.5]
+  assert "top5" not in curves["train"]
+  assert curves["validation"]["top1"] == [0.26, 0.40]
+  assert curves["validation"]["top5"] == [0.52, 0.7]
+  assert curves["test"]["loss"] == [2.7]
+  assert "Skipping unreadable line 9" in capsys.readouterr().out
+
+
+def test_plot_run_writes_both_figures(tmp_path):
+  _write_run(tmp_path)
+  paths = plot_run.plot_run(str(tmp_path))
+  assert [pathlib.Path(p).name for p in paths] == ["loss.png", "accuracy.png"]
+  for path in paths:
+    assert pathlib.Path(path).parent == tmp_path / "plots"
+    with Image.open(path) as image:
+      assert image.format == "PNG"
+      assert image.size == (840, 540)  # 7 x 4.5 inches at 120 dpi.
+      # Curves were drawn: the figure is not a blank canvas.
+      assert len(image.convert("RGB").getcolors(maxcolors=100000)) > 50
+
+
+def test_missing_or_empty_metrics_are_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="metrics.jsonl not found"):
+    plot_run.plot_run(str(tmp_path))
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(ValueError, match="holds no metrics yet"):
+    plot_run.plot_run(str(tmp_path))

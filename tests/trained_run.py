@@ -1,0 +1,23 @@
+"""A tiny trained run shared by the evaluation and prediction tests (trained once per session)."""
+
+import functools
+import shutil
+import tempfile
+
+from tests import helpers
+
+TRAIN_STEPS = 4
+
+
+@functools.cache
+def tiny_trained_workdir() -> str:
+  """A workdir of a 4-step tiny ViT run on the small synthetic set (do not modify it)."""
+  from animesion_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp(prefix="animesion_jax_trained_run_")
+  train.train_and_evaluate(helpers.tiny_config(num_train_steps=TRAIN_STEPS), workdir)
+  return workdir
+
+
+def copy_of_trained_workdir(destination) -> str:
+  """A private copy of the trained run, for tests that change its files."""
+  return shutil.copytree(tiny_trained_workdir(), destination)

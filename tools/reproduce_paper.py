@@ -1,0 +1,429 @@
+r"""Reproduces the Animesion paper's Tables 1-4: runs each row, writes paper vs measured tables.
+
+  python tools/reproduce_paper.py --table=2 --rows=B-16,L-16 --runs_dir=runs/paper \
+      --pretrained_dir=weights/
+  python tools/reproduce_paper.py --table=all --smoke          # every row's plumbing, seconds each
+
+Each row (model, pretrained or not, dataset, image size, batch size, epochs) becomes the config
+of configs/<family>.py with the paper's settings; its run lives in
+RUNS_DIR/table<N>/<model>-<pretrained|scratch>/. Rows run one after the other; a row whose
+results.json says it completed is not rerun, and an interrupted row resumes from its checkpoint
+(run the same command again). Then RUNS_DIR/table<N>.md and .csv hold the paper's and the
+measured test top-1/top-5 side by side ("paper / measured").
+
+Pretrained rows load, from --pretrained_dir:
+  ViT-B_16.npz ViT-B_32.npz ViT-L_16.npz ViT-L_32.npz   ImageNet-21k ViT checkpoints of
+      google-research/vision_transformer (gs://vit_models/imagenet21k/), fine-tuned whole;
+  resnet18-f37072fd.pth resnet152-394f9c45.pth          torchvision ImageNet-1k weights
+      (IMAGENET1K_V1); only the classifier trains (the paper's recipe for pretrained ResNets).
+
+--smoke replaces each row's dataset by the small synthetic one, its model by a tiny model of
+the same family (same block types, classifier names and frozen-backbone setting), drops the
+checkpoint loading, and runs 2 steps, so the whole matrix is known to work before anyone spends
+accelerator hours on it. Smoke numbers mean nothing.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Iterator, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # Run as `python tools/reproduce_paper.py` from a source checkout.
+  sys.path.insert(0, ROOT)
+
+DATASET_TITLES = {"dafre": "DAF:re", "moeimouto": "moeImouto"}
+NUM_CLASSES = {"dafre": 3263, "moeimouto": 173}  # Of the paper's splits (for --smoke checks).
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One cell pair (top-1, top-5) of a paper table."""
+  table: int
+  model: str  # The paper's label: SN, R-18, R-152, B-16, B-32, L-16, L-32.
+  pretrained: bool
+  dataset: str
+  image_size: int
+  batch_size: int
+  epochs: int
+  paper_top1: float
+  paper_top5: float
+
+  @property
+  def name(self) -> str:
+    return f"{self.model}-{'pretrained' if self.pretrained else 'scratch'}"
+
+
+# Paper label -> (config module, pretrained source, pretrained file).
+MODELS = {
+    "SN": ("shallow", None, None),
+    "R-18": ("resnet18", "torchvision_resnet", "resnet18-f37072fd.pth"),
+    "R-152": ("resnet152", "torchvision_resnet", "resnet152-394f9c45.pth"),
+    "B-16": ("vit_b16", "vit_npz", "ViT-B_16.npz"),
+    "B-32": ("vit_b32", "vit_npz", "ViT-B_32.npz"),
+    "L-16": ("vit_l16", "vit_npz", "ViT-L_16.npz"),
+    "L-32": ("vit_l32", "vit_npz", "ViT-L_32.npz"),
+}
+
+# (table, dataset, image size, batch size, epochs) and {model: (scratch top-1, top-5,
+# pretrained top-1, top-5)}; None where the paper has no pretrained row.
+_TABLES = {
+    1: (("dafre", 128, 64, 50), {
+        "R-18": (69.09, 84.64, 26.47, 45.30), "R-152": (64.36, 81.20, 26.49, 44.88),
+        "B-16": (63.30, 78.58, 82.14, 92.77), "B-32": (51.09, 71.30, 75.42, 89.22),
+        "L-16": (59.39, 77.91, 85.95, 94.23), "L-32": (51.81, 71.81, 75.88, 89.39)}),
+    2: (("moeimouto", 128, 64, 200), {
+        "R-18": (72.58, 90.86, 61.20, 83.83), "R-152": (63.17, 86.41, 63.06, 85.90),
+        "B-16": (67.28, 82.22, 91.57, 98.06), "B-32": (48.76, 78.19, 85.76, 96.81),
+        "L-16": (66.56, 87.43, 92.80, 98.44), "L-32": (49.88, 78.36, 85.22, 96.94)}),
+    3: (("dafre", 224, 1024, 200), {
+        "SN": (53.68, 72.04, None, None), "R-18": (68.30, 84.01, 24.31, 39.82),
+        "B-32": (38.19, 59.06, 59.92, 79.20)}),
+    4: (("moeimouto", 224, 1024, 200), {
+        "SN": (57.49, 80.43, None, None), "R-18": (60.41, 84.20, 34.08, 58.95),
+        "B-32": (9.17, 20.12, 24.69, 54.03)}),
+}
+
+
+def paper_rows() -> list[Row]:
+  """Every row of Tables 1-4, in the paper's order (scratch before pretrained)."""
+  rows = []
+  for table, ((dataset, size, batch, epochs), cells) in _TABLES.items():
+    for model, (top1, top5, pre_top1, pre_top5) in cells.items():
+      rows.append(Row(table, model, False, dataset, size, batch, epochs, top1, top5))
+      if pre_top1 is not None:
+        rows.append(Row(table, model, True, dataset, size, batch, epochs, pre_top1, pre_top5))
+  return rows
+
+
+def caption(table: int) -> str:
+  (dataset, size, batch, epochs), _ = _TABLES[table]
+  return (f"Table {table}: Classification accuracy (%) for {DATASET_TITLES[dataset]} trained for "
+          f"{epochs} epochs with batch size: {batch} and image size: {size}x{size}.")
+
+
+def select_rows(tables: str, models: str = "", pretrained: str = "both") -> list[Row]:
+  """Rows of the chosen tables ('all' or '1,3'), models ('' = all) and pretrained setting."""
+  rows = paper_rows()
+  wanted_tables = set(_TABLES) if tables == "all" else {int(t) for t in tables.split(",")}
+  unknown = wanted_tables - set(_TABLES)
+  if unknown:
+    raise ValueError(f"--table={tables!r}: the paper has tables {sorted(_TABLES)}.")
+  rows = [r for r in rows if r.table in wanted_tables]
+  if models:
+    wanted_models = [m.strip() for m in models.split(",") if m.strip()]
+    available = sorted({r.model for r in rows})
+    missing = [m for m in wanted_models if m not in available]
+    if missing:
+      raise ValueError(f"--rows={models!r}: {missing} not in table(s) {sorted(wanted_tables)}; "
+                       f"they have {available}.")
+    rows = [r for r in rows if r.model in wanted_models]
+  if pretrained not in ("both", "yes", "no"):
+    raise ValueError(f"--pretrained={pretrained!r}: choose both, yes or no.")
+  if pretrained != "both":
+    rows = [r for r in rows if r.pretrained == (pretrained == "yes")]
+  return rows
+
+
+def row_config(row: Row, pretrained_dir: str = "", data_dir: str = "") -> ml_collections.ConfigDict:
+  """The config that runs `row` with the paper's recipe."""
+  module, source, file_name = MODELS[row.model]
+  config = importlib.import_module(f"configs.{module}").get_config(row.dataset)
+  config.data_dir = data_dir
+  config.image_size = row.image_size
+  config.resize_margin = 32  # Resize to 160 (128 px) or 256 (224 px), then random-crop.
+  config.batch_size = row.batch_size
+  config.num_epochs = row.epochs
+  config.decay_every_epochs = 20 if row.epochs == 50 else 50  # The paper's step decay.
+  if row.pretrained:
+    config.init_from.source = source
+    config.init_from.path = os.path.join(pretrained_dir, file_name)
+    config.freeze_backbone = source == "torchvision_resnet"
+  return config
+
+
+# Tiny stand-ins of each family for --smoke: same module, block type and classifier name.
+_SMOKE_MODEL = {
+    "shallow": {"channels": (4, 8), "hidden": 16},
+    "resnet": {"base_width": 4, "stage_sizes": (1, 1, 1, 1)},
+    "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_heads": 2, "num_layers": 1},
+}
+SMOKE_STEPS = 2
+
+
+def check_full_size(row: Row, num_devices: int) -> None:
+  """Validates the row's real config and builds its real-size model and optimizer abstractly.
+
+  Catches what a tiny stand-in cannot: an image size the patch size does not divide, a batch
+  size the devices do not divide, a frozen backbone without a classifier to train.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from animesion_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
+  from animesion_jax import model_setup  # pylint: disable=g-import-not-at-top
+  from animesion_jax import sharding  # pylint: disable=g-import-not-at-top
+  config = row_config(row)
+  config.init_from.source = config.init_from.path = ""  # The files are not needed to check.
+  config_validation.validate(config, num_devices=num_devices)
+  model = model_setup.build_model(config, NUM_CLASSES[row.dataset])
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
+  inference.abstract_train_state(config, model, mesh)
+
+
+def smoke_config(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+  """`config` shrunk to a seconds-long run on the small synthetic dataset.
+
+  Everything the tiny run cannot exercise meaningfully (dataset, sizes, schedule length) is set
+  to the same value for every row, so rows that differ only there share one run.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  family = next(f for f in _SMOKE_MODEL if config.model.name.startswith(f))
+  for field, value in _SMOKE_MODEL[family].items():
+    config.model[field] = value
+  config.init_from.source = ""  # Same plumbing (freeze_backbone etc.) without the weights.
+  config.init_from.path = ""
+  config.dataset = "synthetic_characters"
+  config.dataset_config = "small"
+  config.data_dir = data_dir
+  config.build_dataset_if_missing = True
+  config.image_size = 16
+  config.resize_margin = 4
+  config.batch_size = 8  # One example per device on 8 devices; the same for every row so that
+  config.eval_batch_size = 224  # compiled programs are shared (the small test split: 1 batch).
+  config.num_train_steps = SMOKE_STEPS
+  config.num_epochs = 1
+  config.decay_every_epochs = 1
+  config.eval_splits = ("test",)
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 1
+  return config
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str | None) -> Iterator[None]:
+  """Persistent XLA compilation cache in `directory` (rows with the same programs compile once)."""
+  if not directory:
+    yield
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  previous = {name: getattr(jax.config, name) for name in names}
+  for name, value in zip(names, (directory, 0.0, 0)):
+    jax.config.update(name, value)
+  cache.reset_cache()
+  try:
+    yield
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    cache.reset_cache()
+
+
+def read_result(workdir: str) -> dict[str, Any] | None:
+  """The completed run's test metrics (%), or None if it has not completed."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  if not results.get("completed") or "test" not in results:
+    return None
+  return {"top1": 100 * results["test"]["top1"], "top5": 100 * results["test"]["top5"],
+          "steps": results.get("steps")}
+
+
+def run_rows(rows: Sequence[Row], runs_dir: str, *, smoke: bool = False, pretrained_dir: str = "",
+             data_dir: str = "", overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+  """Runs (or resumes, or reuses) each row; returns one record per row with paper and measured.
+
+  With `smoke`, each row's real config is also checked at full size (`check_full_size`), and
+  rows whose tiny stand-in configs are identical share one run. The tables are rewritten after
+  every row, so they show the progress of a long matrix.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from animesion_jax import train  # pylint: disable=g-import-not-at-top  # After torch, see main.
+  records, runs_by_config, checked = [], {}, set()
+  for row in rows:
+    if records:
+      write_tables(records, runs_dir, smoke)
+    workdir = os.path.join(runs_dir, f"table{row.table}", row.name)
+    config = row_config(row, pretrained_dir, data_dir)
+    record = {"table": row.table, "model": row.model, "pretrained": row.pretrained,
+              "dataset": row.dataset, "image_size": row.image_size,
+              "batch_size": row.batch_size, "epochs": row.epochs,
+              "init_from": config.init_from.path, "paper_top1": row.paper_top1,
+              "paper_top5": row.paper_top5, "top1": None, "top5": None, "status": "",
+              "workdir": workdir}
+    try:
+      if smoke:
+        # Only the classifier's width differs between datasets: check each model shape once.
+        shape_key = (row.model, row.image_size, row.batch_size, config.freeze_backbone)
+        if shape_key not in checked:
+          check_full_size(row, jax.device_count())
+          checked.add(shape_key)
+        config = smoke_config(config, data_dir)
+      apply_overrides(config, overrides)
+      key = config.to_json(sort_keys=True)
+      if key in runs_by_config:
+        record["workdir"] = workdir = runs_by_config[key]
+        record["status"] = "same run as " + os.path.relpath(workdir, runs_dir)
+      else:
+        runs_by_config[key] = workdir
+        record["status"] = _run_once(train, config, workdir, records + [record], runs_dir, smoke)
+    except (SystemExit, KeyboardInterrupt):  # Preempted: the run resumes on the next call.
+      raise
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      # One failing row (out of memory, a missing file) must not cost the others.
+      logging.exception("Row %s of table %d failed.", row.name, row.table)
+      records.append({**record, "status": f"failed: {type(error).__name__}: {error}"[:300]})
+      continue
+    result = read_result(workdir)
+    if result is None:
+      records.append({**record, "status": "not completed"})
+    else:
+      records.append({**record, "top1": result["top1"], "top5": result["top5"]})
+  write_tables(records, runs_dir, smoke)
+  return records
+
+
+def _run_once(train: Any, config: ml_collections.ConfigDict, workdir: str,
+              records: list[dict[str, Any]], runs_dir: str, smoke: bool) -> str:
+  """Trains (or resumes) the run in `workdir` unless it completed earlier; returns a status."""
+  if read_result(workdir) is not None:
+    return "done earlier"
+  start = time.time()
+  logging.info("Running %s", workdir)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (SystemExit, KeyboardInterrupt):
+    records[-1] = {**records[-1], "status": "interrupted: rerun the command to resume"}
+    write_tables(records, runs_dir, smoke)
+    raise
+  return f"ran in {time.time() - start:.0f} s"
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Applies 'field=value' (dotted fields; value parsed as JSON, else kept as a string)."""
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--set={item!r}: expected FIELD=VALUE, e.g. dtype=bfloat16.")
+    field, text = item.split("=", 1)
+    try:
+      value = json.loads(text)
+    except json.JSONDecodeError:
+      value = text
+    target, *parents = config, *field.split(".")[:-1]
+    for parent in parents:
+      target = target[parent]
+    target[field.split(".")[-1]] = value
+
+
+def _cell(paper: float | None, measured: float | None) -> str:
+  if paper is None:
+    return ""
+  return f"{paper:.2f} / {'—' if measured is None else f'{measured:.2f}'}"
+
+
+def markdown_table(table: int, records: Sequence[dict[str, Any]], smoke: bool = False) -> str:
+  """The table in the paper's layout; each cell is 'paper / measured'."""
+  by_cell = {(r["model"], r["pretrained"]): r for r in records if r["table"] == table}
+  lines = [caption(table) + (" SMOKE RUN: measured numbers are meaningless." if smoke else ""),
+           "Cells: paper / measured (test split).", "",
+           "| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | Pretrained=True Top-1 | "
+           "Pretrained=True Top-5 |", "|---|---|---|---|---|"]
+  for model in _TABLES[table][1]:
+    cells = []
+    for pretrained in (False, True):
+      record = by_cell.get((model, pretrained))
+      paper = _TABLES[table][1][model][2 * pretrained: 2 * pretrained + 2]
+      for i, key in enumerate(("top1", "top5")):
+        cells.append(_cell(paper[i], record[key] if record else None))
+    lines.append(f"| {model} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(records: Sequence[dict[str, Any]], runs_dir: str, smoke: bool = False) -> list[str]:
+  """RUNS_DIR/table<N>.md and .csv for every table with a record; returns the paths."""
+  paths = []
+  os.makedirs(runs_dir, exist_ok=True)
+  for table in sorted({r["table"] for r in records}):
+    base = os.path.join(runs_dir, f"table{table}")
+    with open(base + ".md", "w", encoding="utf-8") as f:
+      f.write(markdown_table(table, records, smoke))
+    with open(base + ".csv", "w", newline="", encoding="utf-8") as f:
+      writer = csv.DictWriter(f, fieldnames=list(records[0]))
+      writer.writeheader()
+      writer.writerows(r for r in records if r["table"] == table)
+    paths += [base + ".md", base + ".csv"]
+  return paths
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("table", "all", "Tables to run: 'all' or a comma list such as '1,2'.")
+  flags.DEFINE_string("rows", "", "Models to run, paper labels such as 'B-16,L-16' (default all).")
+  flags.DEFINE_enum("pretrained", "both", ["both", "yes", "no"], "Which columns to run.")
+  flags.DEFINE_string("runs_dir", "runs/paper", "Parent directory of the runs and tables.")
+  flags.DEFINE_string("pretrained_dir", "", "Directory with the pretrained files listed above.")
+  flags.DEFINE_string("data_dir", "", "TFDS data directory of the built datasets (default "
+                      "~/tensorflow_datasets; with --smoke, where the synthetic set is built).")
+  flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE for every row, e.g. "
+                            "--set=dtype=bfloat16 --set=grad_accumulation_steps=4.")
+  flags.DEFINE_bool("smoke", False, "Run every selected row's plumbing for a few steps on the "
+                    "synthetic dataset with tiny models.")
+  flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache (default "
+                      "with --smoke: a folder in the system temp directory; otherwise none).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag = flags.FLAGS
+  try:
+    rows = select_rows(flag.table, flag.rows, flag.pretrained)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  runs_dir = os.path.join(flag.runs_dir, "smoke") if flag.smoke else flag.runs_dir
+  data_dir = flag.data_dir or (os.path.join(runs_dir, "data") if flag.smoke else "")
+  if not flag.smoke:
+    missing = sorted({row_config(r, flag.pretrained_dir).init_from.path for r in rows
+                      if r.pretrained} - {""})
+    missing = [path for path in missing if not os.path.isfile(path)]
+    if missing:
+      raise app.UsageError("Pretrained rows need these files (see --help):\n  "
+                           + "\n  ".join(missing))
+    if any(r.pretrained and MODELS[r.model][1] == "torchvision_resnet" for r in rows):
+      import torch  # pylint: disable=g-import-not-at-top,unused-import  # Before TensorFlow, or
+      del torch  # loading the .pth files later segfaults.
+  cache_dir = flag.compilation_cache_dir or (
+      os.path.join(tempfile.gettempdir(), "animesion_jax_smoke_xla_cache") if flag.smoke else None)
+  with compilation_cache(cache_dir):
+    records = run_rows(rows, runs_dir, smoke=flag.smoke, pretrained_dir=flag.pretrained_dir,
+                       data_dir=data_dir, overrides=flag.set)
+  for table in sorted({r["table"] for r in records}):
+    print(markdown_table(table, records, flag.smoke))
+  failed = [r for r in records if r["top1"] is None]
+  for record in failed:
+    print(f"Table {record['table']} {record['model']} pretrained={record['pretrained']}: "
+          f"{record['status']}")
+  print(f"Wrote the tables to {runs_dir}/table<N>.md and .csv.")
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
