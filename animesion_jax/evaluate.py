@@ -287,6 +287,8 @@ def main(argv):
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the summary.
   if inference.wants_distributed(flag.distributed):
+    # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize()
   try:
     report = evaluate(flag.workdir, flag.split, flag.checkpoint, flag.output_dir, flag.batch_size,

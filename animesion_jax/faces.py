@@ -112,8 +112,11 @@ class FaceDetector:
   def _classifier(self):
     classifier = getattr(self._local, "classifier", None)
     if classifier is None:
-      classifier = self._cv2.CascadeClassifier(self.cascade_path)
-      if classifier.empty():
+      try:
+        classifier = self._cv2.CascadeClassifier(self.cascade_path)
+      except (self._cv2.error, SystemError):  # OpenCV's parse error (surfaces as SystemError).
+        classifier = None
+      if classifier is None or classifier.empty():
         raise CascadeNotFound(f"{self.cascade_path} is not an OpenCV cascade file. "
                               f"{_HOW_TO_GET_IT}")
       self._local.classifier = classifier

@@ -18,14 +18,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize() (multi-host). Default: on when the "
-    "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS).")
+    "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS) or "
+    "--coordinator_address is given.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs without a "
+    "cluster environment (e.g. several GPU hosts, or several processes on one machine).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _wants_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  return any(name in os.environ for name in (
+  return _COORDINATOR.value is not None or any(name in os.environ for name in (
       "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
 
 
@@ -44,7 +50,12 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if _wants_distributed():
-    jax.distributed.initialize()
+    # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
   # Keep TensorFlow (used only for dataset metadata and summaries) off the accelerator.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")

@@ -37,9 +37,9 @@ def test_to_rgb_composites_transparency_on_white():
   palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
   palette.putpixel((1, 0), 1)
   palette.info["transparency"] = 0
-  assert list(image_files.to_rgb(palette).getdata()) == [(255, 255, 255), (200, 10, 10)]
+  assert np.asarray(image_files.to_rgb(palette)).tolist() == [[[255, 255, 255], [200, 10, 10]]]
   sixteen = Image.fromarray(np.array([[0, 65535]], np.uint16))
-  assert list(image_files.to_rgb(sixteen).getdata()) == [(0, 0, 0), (255, 255, 255)]
+  assert np.asarray(image_files.to_rgb(sixteen)).tolist() == [[[0, 0, 0], [255, 255, 255]]]
   assert image_files.to_rgb(Image.new("L", (1, 1), 7)).getpixel((0, 0)) == (7, 7, 7)
   assert image_files.to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0))).getpixel((0, 0)) == (
       255, 255, 255)

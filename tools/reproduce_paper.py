@@ -160,6 +160,8 @@ _SMOKE_MODEL = {
     "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_heads": 2, "num_layers": 1},
 }
 SMOKE_STEPS = 2
+# Default persistent compilation cache of --smoke: reruns (and rows sharing programs) skip XLA.
+SMOKE_CACHE_DIR = os.path.join(tempfile.gettempdir(), "animesion_jax_smoke_xla_cache")
 
 
 def check_full_size(row: Row, num_devices: int) -> None:
@@ -408,8 +410,7 @@ def main(argv):
     if any(r.pretrained and MODELS[r.model][1] == "torchvision_resnet" for r in rows):
       import torch  # pylint: disable=g-import-not-at-top,unused-import  # Before TensorFlow, or
       del torch  # loading the .pth files later segfaults.
-  cache_dir = flag.compilation_cache_dir or (
-      os.path.join(tempfile.gettempdir(), "animesion_jax_smoke_xla_cache") if flag.smoke else None)
+  cache_dir = flag.compilation_cache_dir or (SMOKE_CACHE_DIR if flag.smoke else None)
   with compilation_cache(cache_dir):
     records = run_rows(rows, runs_dir, smoke=flag.smoke, pretrained_dir=flag.pretrained_dir,
                        data_dir=data_dir, overrides=flag.set)

@@ -22,25 +22,46 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+class _ProcessSlice(grain.Sampler):
+  """This process's slice of each global batch of a globally shuffled record stream.
+
+  Every process shuffles the whole dataset with the same seed and takes rows
+  [p*b, (p+1)*b) of each global batch (b = per-process batch). So P processes together see
+  exactly the batches, augmentation draws included, that one process would see alone.
+  """
+
+  def __init__(self, num_records: int, seed: int, per_process_batch: int):
+    self._global = grain.IndexSampler(num_records=num_records, shard_options=grain.NoSharding(),
+                                      shuffle=True, num_epochs=None, seed=seed)
+    self._batch = per_process_batch
+    self._process, self._count = jax.process_index(), jax.process_count()
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    step, row = divmod(index, self._batch)
+    record = self._global[(step * self._count + self._process) * self._batch + row]
+    return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
+
+  def __repr__(self) -> str:
+    return (f"ProcessSlice({self._global!r}, batch={self._batch}, "
+            f"process={self._process}/{self._count})")
+
+
 def train_loader(source: Sequence[Any], *, global_batch_size: int, image_size: int,
                  resize_margin: int, horizontal_flip: bool, seed: int,
                  workers: int = 0) -> grain.DataLoader:
-  """Endless, per-epoch-shuffled, augmented uint8 batches of this process's shard.
+  """Endless, per-epoch-shuffled, augmented uint8 batches: this process's part of each step.
 
   Iterate with `iter(loader)`; the iterator's `get_state()`/`set_state()` checkpoint its position.
   """
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True,
-      num_epochs=None,
-      seed=seed)
+  batch_size = per_process_batch_size(global_batch_size)
+  sampler = _ProcessSlice(len(source), seed, batch_size)
   operations = [
       preprocess.TrainPreprocess(image_size, resize_margin, horizontal_flip),
-      grain.Batch(per_process_batch_size(global_batch_size), drop_remainder=True),
+      grain.Batch(batch_size, drop_remainder=True),
   ]
+  # The sampler already picks this process's rows, so the loader itself must not shard.
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                          worker_count=workers)
+                          worker_count=workers, shard_options=grain.NoSharding())
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:

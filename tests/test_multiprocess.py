@@ -1,0 +1,60 @@
+"""Two JAX processes on localhost (CPU, gloo) train exactly like one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from animesion_jax import train
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    return sock.getsockname()[1]
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r["loss"]) for r in map(json.loads, f) if r["split"] == "train"]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  overrides = dict(num_train_steps=4, log_every_steps=1, checkpoint_every_steps=2)
+  config_file = tmp_path / "two_process_config.py"
+  config_file.write_text(
+      "from tests import helpers\n\n"
+      f"def get_config():\n  return helpers.tiny_config(**{overrides!r})\n")
+  port = _free_port()
+  workdir = tmp_path / "two"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  processes = [
+      subprocess.Popen(
+          [sys.executable, "-m", "animesion_jax.main", f"--config={config_file}",
+           f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
+           "--num_processes=2", f"--process_id={index}"],
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for index in range(2)]
+  outputs = [p.communicate(timeout=400)[0] for p in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+
+  # One process with the same 8 devices in total.
+  results = train.train_and_evaluate(helpers.tiny_config(**overrides), str(tmp_path / "one"))
+  two = _train_losses(workdir)
+  one = _train_losses(tmp_path / "one")
+  assert [s for s, _ in two] == [s for s, _ in one] == [1, 2, 3, 4]
+  np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-5)
+  written = json.loads((workdir / "results.json").read_text())
+  assert written["test"]["num_examples"] == results["test"]["num_examples"] == 224
+  assert abs(written["test"]["top1"] - results["test"]["top1"]) < 1e-6
+  # Checkpoints were written collectively: one step directory with both processes' data state.
+  data_files = os.listdir(workdir / "checkpoints" / "4" / "data")
+  assert sorted(f for f in data_files if f.startswith("process_")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
