@@ -2,9 +2,10 @@
 
 from typing import Any
 
+import flax.traverse_util
+import jax
 import ml_collections
 import optax
-import flax.traverse_util
 
 # Top-level parameter names of the classifier of each model family; with
 # `freeze_backbone` only these train (the paper's recipe for pretrained ResNets).
@@ -69,11 +70,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
   if config.freeze_backbone:
     if params is None:
       raise ValueError("freeze_backbone needs the parameter tree to know what to freeze.")
-    labels = jax_tree_labels(classifier_mask(params))
+    labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen",
+                          classifier_mask(params))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx
-
-
-def jax_tree_labels(mask: Any) -> Any:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
