@@ -18,9 +18,14 @@ size or seed can be built by passing a `SyntheticCharactersConfig` instance:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import io
+import multiprocessing
+import os
 from typing import Any, Iterator
 
+from PIL import Image
 import tensorflow_datasets as tfds
 
 from . import drawing
@@ -120,13 +125,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
     config = self.builder_config
-    for label, character in enumerate(drawing.CHARACTERS):
-      for index in range(config.per_class(split)):
-        rng = drawing.image_rng(config.seed, _SPLIT_STREAMS[split], label,
-                                index)
-        file_name = f'{split}/{character.name}/{index:05d}.png'
-        yield file_name, {
-            'image': drawing.draw_character(character, rng, IMAGE_SIZE),
-            'label': label,
-            'file_name': file_name,
-        }
+    jobs = [(config.seed, _SPLIT_STREAMS[split], label, index)
+            for label in range(len(drawing.CHARACTERS))
+            for index in range(config.per_class(split))]
+    # Drawing dominates the build; each image depends only on its own job, so
+    # worker processes draw in parallel and the order (and bytes) stay fixed.
+    workers = min(os.cpu_count() or 1, 8)
+    if workers > 1:
+      context = multiprocessing.get_context('fork')
+      with concurrent.futures.ProcessPoolExecutor(workers, context) as pool:
+        pngs = list(pool.map(_draw_png, jobs, chunksize=64))
+    else:
+      pngs = [_draw_png(job) for job in jobs]
+    for (_, _, label, index), png in zip(jobs, pngs):
+      name = drawing.CHARACTERS[label].name
+      file_name = f'{split}/{name}/{index:05d}.png'
+      yield file_name, {'image': png, 'label': label, 'file_name': file_name}
+
+
+def _draw_png(job: tuple[int, int, int, int]) -> bytes:
+  """PNG bytes of image `index` of class `label` in split stream `stream`."""
+  seed, stream, label, index = job
+  rng = drawing.image_rng(seed, stream, label, index)
+  pixels = drawing.draw_character(drawing.CHARACTERS[label], rng, IMAGE_SIZE)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format='PNG')
+  return buffer.getvalue()
