@@ -16,6 +16,7 @@ _CHOICES = {
     "schedule": ("step", "warmup_cosine", "constant"),
     "dtype": ("float32", "bfloat16"),
     "momentum_dtype": ("float32", "bfloat16"),
+    "transfer_guard": ("allow", "log", "disallow"),
     "normalization": tuple(preprocess.NORMALIZATIONS),
 }
 

@@ -55,7 +55,7 @@ def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.n
 
 
 def _gather(array: np.ndarray) -> np.ndarray:
-  """Concatenates every process's rows (process order)."""
+  """Every process's rows, concatenated in process order (all processes pass the same shape)."""
   if jax.process_count() == 1:
     return array
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -73,23 +73,26 @@ def predict_split(run: inference.LoadedRun, builder: Any, split: str,
   source = datasets.data_source(builder, split)
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=run.model,
                                       normalization=run.config.normalization))
-  totals, rows = None, {"index": [], "label": [], "top5": []}
+  totals, rows, previous = None, {"index": [], "label": [], "top5": []}, None
   batches = pipeline.eval_batches(source, global_batch_size=batch_size,
                                   image_size=run.config.image_size,
                                   workers=run.config.data_workers)
   total = pipeline.num_eval_batches(len(source), batch_size)
   for local in tqdm.tqdm(batches, total=total, desc=f"{split}", unit="batch",
-                         disable=jax.process_index() > 0):
+                         disable=None if jax.process_index() == 0 else True):
     index = local.pop("index")
     batch_metrics, top5 = eval_fn(run.state, sharding.to_global_batch(local, run.mesh))
     totals = batch_metrics if totals is None else totals.merge(batch_metrics)
-    real = index >= 0
-    rows["index"].append(index[real])
-    rows["label"].append(local["label"][real])
-    rows["top5"].append(inference.host_rows(top5, run.mesh)[real])
+    if previous is not None:  # Fetched one batch late, so the device never waits for the host.
+      rows["top5"].append(inference.host_rows(previous, run.mesh))
+    previous = top5
+    rows["index"].append(index)  # Padding rows (index -1) are kept until after the gather, so
+    rows["label"].append(local["label"])  # that every process contributes the same shape.
+  rows["top5"].append(inference.host_rows(previous, run.mesh))
   merged = {name: _gather(np.concatenate(parts)) for name, parts in rows.items()}
-  order = np.argsort(merged["index"], kind="stable")
-  merged = {name: values[order] for name, values in merged.items()}
+  real = merged["index"] >= 0
+  order = np.argsort(merged["index"][real], kind="stable")
+  merged = {name: values[real][order] for name, values in merged.items()}
   if not np.array_equal(merged["index"], np.arange(len(source))):
     raise RuntimeError(f"Evaluation saw {len(merged['index'])} records of the {len(source)} in "
                        f"split {split!r} (some missing or repeated); this is a bug.")
@@ -108,7 +111,7 @@ def evaluate(workdir: str, split: str = "test", checkpoint: str = "best",
                                   config.build_dataset_if_missing)
   if split not in builder.info.splits:
     raise EvaluationError(f"--split={split!r}: dataset {config.dataset!r} has splits "
-                     f"{sorted(builder.info.splits)}.")
+                          f"{sorted(builder.info.splits)}.")
   batch_size = inference.round_up_batch(batch_size or config.eval_batch_size, run.mesh.size)
   outputs = predict_split(run, builder, split, batch_size)
   train_counts = train_class_counts(builder, datasets.get_spec(config.dataset).train_split,
@@ -192,7 +195,8 @@ def plot_accuracy_vs_frequency(report: dict[str, Any], path: str) -> None:
   ax.set_xlabel("training images of the class")
   ax.set_ylabel("top-1 accuracy of the class (%)")
   ax.set_title(f"{report['model']} on {report['dataset']} {report['split']}: top-1 "
-               f"{100 * report['top1']:.2f}%, mean per class {100 * report['mean_class_top1']:.2f}%")
+               f"{100 * report['top1']:.2f}%, mean per class "
+               f"{100 * report['mean_class_top1']:.2f}%")
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -218,11 +222,12 @@ def plot_confusions(report: dict[str, Any], labels: np.ndarray, predictions: np.
     ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
     ax.axis("off")
   else:
-    position = {class_id: i for i, class_id in enumerate(chosen)}
+    position = np.full(len(report["per_class"]), -1)
+    position[chosen] = np.arange(len(chosen))
+    rows, cols = position[labels], position[predictions]
+    both = (rows >= 0) & (cols >= 0)
     matrix = np.zeros((len(chosen), len(chosen)))
-    for label, prediction in zip(labels, predictions):
-      if label in position and prediction in position:
-        matrix[position[label], position[prediction]] += 1
+    np.add.at(matrix, (rows[both], cols[both]), 1)
     totals = np.array([report["per_class"][c]["examples"] for c in chosen], float)
     matrix = 100 * matrix / np.maximum(totals, 1)[:, None]
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
@@ -268,11 +273,12 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
 
 
 def define_flags() -> None:
-  """The command line flags (defined only when run as a program, so importing stays side-effect free)."""
+  """The command line flags (defined only when run as a program: importing defines none)."""
   flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
   flags.DEFINE_string("split", "test", "Split to evaluate.")
   flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a checkpoint step directory.")
-  flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/evaluation/SPLIT_stepN).")
+  flags.DEFINE_string("output_dir", None,
+                      "Where to write (default WORKDIR/evaluation/SPLIT_stepN).")
   flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the run's eval_batch_size, rounded "
                        "up to a multiple of the device count).")
   flags.DEFINE_integer("confused_pairs", 20, "How many most-confused pairs to report.")

@@ -82,6 +82,11 @@ def class_names_of(workdir: str, config: ml_collections.ConfigDict,
   return list(builder.info.features["label"].names)
 
 
+def _absolute(path: str | os.PathLike) -> epath.Path:
+  path = os.fspath(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def _step_dirs(directory: epath.Path) -> list[int]:
   if not directory.is_dir():
     return []
@@ -89,8 +94,11 @@ def _step_dirs(directory: epath.Path) -> list[int]:
 
 
 def resolve_checkpoint(workdir: str, which: str = "best") -> epath.Path:
-  """The checkpoint directory `which` names: 'best' (falls back to 'latest'), 'latest' or a path."""
-  root = epath.Path(workdir)
+  """The checkpoint directory `which` names: 'best' (falls back to 'latest'), 'latest' or a path.
+
+  Local paths are made absolute (Orbax reads only absolute ones).
+  """
+  root = _absolute(workdir)
   if which in ("best", "latest"):
     subdirs = ([checkpointing.BEST_DIR] if which == "best" else []) + [checkpointing.LATEST_DIR]
     for sub in subdirs:
@@ -99,7 +107,7 @@ def resolve_checkpoint(workdir: str, which: str = "best") -> epath.Path:
         return root / sub / str(found[-1])
     raise FileNotFoundError(f"No checkpoint under {' or '.join(str(root / s) for s in subdirs)}: "
                             "has this run saved one yet?")
-  path = epath.Path(which)
+  path = _absolute(which)
   if not path.is_dir() or not path.name.isdigit():
     raise FileNotFoundError(
         f"--checkpoint={which!r}: expected 'best', 'latest' or a checkpoint step directory such "
@@ -143,7 +151,7 @@ def checkpoint_mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[s
   return problems
 
 
-def load_run(workdir: str, checkpoint: str = "best",
+def load_run(workdir: str | os.PathLike, checkpoint: str = "best",
              devices: Sequence[jax.Device] | None = None) -> LoadedRun:
   """Restores a run's model and state from `workdir` for inference.
 
@@ -157,6 +165,7 @@ def load_run(workdir: str, checkpoint: str = "best",
     CheckpointMismatch: the checkpoint's parameter shapes differ from the config's model
       (the message lists each differing parameter).
   """
+  workdir = os.fspath(workdir)
   config = with_defaults(checkpointing.load_config(workdir))
   path = resolve_checkpoint(workdir, checkpoint)
   names = class_names_of(workdir, config)

@@ -194,14 +194,24 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
-def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
-           font: ImageFont.ImageFont, colour: str) -> None:
+def _label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
+           lines: Sequence[str], font: ImageFont.ImageFont, colour: str,
+           size: tuple[int, int]) -> None:
+  """Draws `lines` below `box` (above it, or inside it, where the image ends), in the image."""
   text = "\n".join(lines)
-  left, top, right, bottom = draw.multiline_textbbox(xy, text, font=font)
-  pad = max(2, (bottom - top) // (8 * len(lines)))
-  draw.rectangle((left - pad, top - pad, right + pad, bottom + pad), fill=(255, 255, 255, 200),
-                 outline=colour, width=max(1, pad // 2))
-  draw.multiline_text(xy, text, font=font, fill=(0, 0, 0, 255))
+  _, _, width, height = draw.multiline_textbbox((0, 0), text, font=font)
+  pad = max(2, height // (8 * len(lines)))
+  left, top, _, bottom = box
+  if bottom + 2 * pad + height <= size[1]:
+    y = bottom + 2 * pad
+  elif top - 2 * pad - height >= 0:
+    y = top - 2 * pad - height
+  else:
+    y = top + 2 * pad
+  x = min(max(left + 2 * pad, pad), max(pad, size[0] - width - pad))
+  draw.rectangle((x - pad, y - pad, x + width + pad, y + height + pad),
+                 fill=(255, 255, 255, 200), outline=colour, width=max(1, pad // 2))
+  draw.multiline_text((x, y), text, font=font, fill=(0, 0, 0, 255))
 
 
 def annotate(path: str, crops: Sequence[dict[str, Any]], destination: str,
@@ -220,13 +230,12 @@ def annotate(path: str, crops: Sequence[dict[str, Any]], destination: str,
     colour = _COLOURS[i % len(_COLOURS)]
     ranked = [f"{p['rank']}. {p['name']} {100 * p['probability']:.1f}%"
               for p in crop["predictions"][:label_ranks]]
-    if crop["box"] is None:
-      _label(draw, (line_width * 3, line_width * 3), ranked, font, colour)
+    if crop["box"] is None:  # The whole image: the label goes inside its top-left corner.
+      _label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
       continue
-    left, top, right, bottom = (v * scale for v in crop["box"])
-    draw.rectangle((left, top, right, bottom), outline=colour, width=line_width)
-    _label(draw, (left + line_width, bottom + line_width), [f"face {crop['face']}"] + ranked,
-           font, colour)
+    box = tuple(v * scale for v in crop["box"])
+    draw.rectangle(box, outline=colour, width=line_width)
+    _label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
   os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
   Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB").save(destination)
 
@@ -264,7 +273,8 @@ def define_flags() -> None:
                       f"{faces.CASCADE_FILE} of an installed package).")
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
-  flags.DEFINE_integer("batch_size", 256, "Images per device batch step (all local devices).")
+  flags.DEFINE_integer("batch_size", 256, "Images per batch over all local devices (rounded up to "
+                       "a multiple of the device count).")
   flags.DEFINE_integer("print_limit", 50, "Crops shown in the printed table (0 = all).")
 
 
@@ -273,6 +283,8 @@ def main(argv):
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError("Give image files and/or folders after the flags.")
+  if flag.top_k < 1:
+    raise app.UsageError(f"--top_k={flag.top_k} must be at least 1.")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the table.
   files, problems = image_files.find_images(inputs)

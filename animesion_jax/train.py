@@ -209,9 +209,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with _StopRequest() as stop:
     next_batch = fetch_batch(step) if step < total_steps else None
     while step < total_steps:
-      state, step_metrics = train_fn(state, next_batch)
+      # Between log steps nothing may wait for the device: the guard turns any implicit
+      # transfer (a hidden sync) into an error when config.transfer_guard='disallow'.
+      with jax.transfer_guard(config.transfer_guard):
+        state, step_metrics = train_fn(state, next_batch)
+        train_metrics = (step_metrics if train_metrics is None
+                         else train_metrics.merge(step_metrics))
       step += 1
-      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       halting = config.halt_after_steps > 0 and step - start_step >= config.halt_after_steps
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now:
@@ -249,7 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info("Halting after %d steps (config.halt_after_steps); rerun to resume.", step)
         break
       if step < total_steps:
-        next_batch = fetch_batch(step)  # Host work overlaps the step dispatched above.
+        with jax.transfer_guard(config.transfer_guard):
+          next_batch = fetch_batch(step)  # Host work overlaps the step dispatched above.
 
     if step >= total_steps:
       if run_checkpoints.latest_step() != step:

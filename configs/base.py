@@ -61,5 +61,6 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000  # Save the latest checkpoint every this many steps.
   config.checkpoint_every_minutes = 0.0  # Also save when this many minutes passed since the last save (0 = off).
   config.keep_checkpoints = 2  # How many latest checkpoints to keep (plus the best one).
+  config.transfer_guard = "allow"  # 'disallow': fail on implicit host<->device transfers in the step loop.
   config.halt_after_steps = -1  # Stop this run (after saving) once it has done this many steps; -1 = never.
   return config

@@ -4,6 +4,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,11 +126,12 @@ def test_evaluation_files(test_report):
       assert image.format == "PNG" and min(image.size) > 300
 
 
-def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path):
+def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path, monkeypatch):
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)["validation"]
+  monkeypatch.chdir(os.path.dirname(workdir))  # A relative workdir works too.
   # 20 is not a multiple of the 8 devices: rounded up to 24, the last batch padded.
-  report = evaluate.evaluate(workdir, split="validation", checkpoint="best",
+  report = evaluate.evaluate(os.path.basename(workdir), split="validation", checkpoint="best",
                              output_dir=str(tmp_path), batch_size=20)
   assert report["num_examples"] == 112
   assert report["top1"] == pytest.approx(results["top1"], abs=1e-6)
@@ -144,6 +147,19 @@ def test_summary_table(test_report):
   assert f"{100 * test_report['top1']:.2f}" in lines[2]
   assert lines[3].startswith("many-shot (>100)") and lines[3].split()[-3:] == ["-", "-", "-"]
   assert lines[6] == "Most confused (count: true -> predicted):"
+
+
+def test_command_line(workdir, tmp_path, test_report):
+  command = [sys.executable, "-m", "animesion_jax.evaluate", f"--workdir={workdir}",
+             "--checkpoint=latest", f"--output_dir={tmp_path}"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.splitlines() == evaluate.format_summary(
+      {**test_report, "workdir": workdir}).splitlines() + [f"Wrote {tmp_path}"]
+  assert (tmp_path / "evaluation.json").is_file()
+  bad = subprocess.run(command[:4] + ["--split=dev"], capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--split='dev': dataset 'synthetic_characters' has splits" in (
+      bad.stderr)
 
 
 def test_unknown_split_is_a_clear_error(workdir):

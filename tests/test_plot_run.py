@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -75,3 +77,13 @@ def test_missing_or_empty_metrics_are_clear_errors(tmp_path):
   (tmp_path / "metrics.jsonl").write_text("")
   with pytest.raises(ValueError, match="holds no metrics yet"):
     plot_run.plot_run(str(tmp_path))
+
+
+def test_command_line(tmp_path):
+  _write_run(tmp_path)
+  done = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_run.py"),
+                         f"--workdir={tmp_path}", f"--out_dir={tmp_path / 'figures'}"],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.splitlines()[-1] == (f"Wrote {tmp_path / 'figures' / 'loss.png'}, "
+                                          f"{tmp_path / 'figures' / 'accuracy.png'}")

@@ -155,7 +155,8 @@ def test_outputs_table_and_annotations(user_files, run, tmp_path):
   with Image.open(copies[results[0]["file"]]) as image:
     assert image.size == (384, 384)  # 64 px inputs are enlarged so the text is legible.
     # The label box, outlined in the first colour, is drawn in the top-left corner.
-    outline = tuple(int(predict._COLOURS[0][k:k + 2], 16) for k in (1, 3, 5))  # pylint: disable=protected-access
+    colour = predict._COLOURS[0]  # pylint: disable=protected-access
+    outline = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
     corner = np.asarray(image.convert("RGB"))[:80, :240]
     assert np.sum(np.all(corner == outline, axis=-1)) > 200
     original = np.asarray(Image.open(results[0]["file"]).convert("RGB"))

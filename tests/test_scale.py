@@ -132,3 +132,18 @@ def test_training_with_device_resident_data(tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 6 and results["test"]["num_examples"] == 224
   assert np.isfinite(results["test"]["loss"])
+
+
+@pytest.mark.parametrize("data_on_device", [False, True])
+def test_step_loop_has_no_hidden_host_device_transfers(tmp_path, data_on_device):
+  # Log, checkpoint and eval only at the end: steps 1-5 run under the 'disallow' guard.
+  config = helpers.tiny_config(num_train_steps=6, log_every_steps=6, checkpoint_every_steps=6,
+                               transfer_guard="disallow", data_on_device=data_on_device)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 6
+
+
+def test_transfer_guard_catches_a_hidden_sync():
+  with pytest.raises(Exception, match="Disallowed"):
+    with jax.transfer_guard("disallow"):
+      float(jnp.ones(3).sum() + 1)  # A device->host read inside the loop would be this.

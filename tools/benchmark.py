@@ -19,6 +19,7 @@ generated JPEGs (--pipeline_dataset=jpeg, no TFDS needed) or a built TFDS datase
 data_dir and builder config come from the config), and reports images/s per worker core.
 """
 
+import functools
 import io
 import json
 import os
@@ -31,22 +32,27 @@ from typing import Any, Callable
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+from PIL import Image
+
+from animesion_jax import config_validation
+from animesion_jax import model_setup
+from animesion_jax import sharding
+from animesion_jax import steps
+from animesion_jax.data import datasets
+from animesion_jax.data import pipeline
+from animesion_jax.data import preprocess
 
 # Peak dense matmul FLOP/s per device by device_kind substring: (bfloat16, float32). float32 uses
 # the TF32 tensor-core rate on NVIDIA (XLA's default for f32 dots there) and the bf16 rate on TPU
 # (default precision). Datasheet numbers; performance.md's ~790e12 for the H200 is a sustained rate.
 PEAK_FLOPS = {
-    "H200": (989e12, 494e12),
-    "H100": (989e12, 494e12),
-    "A100": (312e12, 156e12),
-    "TPU v4": (275e12, 275e12),
-    "TPU v5 lite": (197e12, 197e12),
-    "TPU v5e": (197e12, 197e12),
-    "TPU v5p": (459e12, 459e12),
-    "TPU v6 lite": (918e12, 918e12),
+    "H200": (989e12, 494e12), "H100": (989e12, 494e12), "A100": (312e12, 156e12),
+    "TPU v4": (275e12, 275e12), "TPU v5 lite": (197e12, 197e12), "TPU v5e": (197e12, 197e12),
+    "TPU v5p": (459e12, 459e12), "TPU v6 lite": (918e12, 918e12),
 }
 RATIO_PREFIX = "ratio jax/torch: "
 _TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -65,6 +71,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
   flags.DEFINE_integer("steps_per_window", 3, "Train steps in each timed window.", **fv)
   flags.DEFINE_integer("num_classes", 173, "Classifier width (moeImouto 173, DAF:re 3263).", **fv)
   flags.DEFINE_enum("compare", "", ["", "torch"], "Also time the PyTorch reference model.", **fv)
+  flags.DEFINE_bool("train_step", True, "Time the train step (--notrain_step --pipeline: only "
+                    "the input pipeline).", **fv)
   flags.DEFINE_bool("pipeline", False, "Also time the grain input pipeline.", **fv)
   flags.DEFINE_string("pipeline_dataset", "jpeg", "'jpeg' (generated JPEGs held in memory) or a "
                       "built TFDS dataset name (its data_dir/config from the config).", **fv)
@@ -111,10 +119,6 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def benchmark_jax(config: ml_collections.ConfigDict, num_classes: int,
                   images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], Callable]:
   """Builds, compiles and warms up the train step; returns its facts and a window timer."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from animesion_jax import config_validation, model_setup, sharding, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
-
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000,
@@ -208,7 +212,6 @@ def benchmark_torch(model: Any, config: ml_collections.ConfigDict, images: np.nd
                     labels: np.ndarray, on_gpu: bool) -> tuple[dict[str, Any], Callable]:
   """The PyTorch reference's train step, warmed up; returns its facts and a window timer."""
   import torch  # pylint: disable=g-import-not-at-top
-  from animesion_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(_cores())
   device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
   start = time.perf_counter()
@@ -260,7 +263,6 @@ def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> l
 
   Smooth colour fields with mild noise, so the JPEGs are about the size of real face crops.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   records = []
   for index in range(count):
@@ -277,13 +279,11 @@ def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> l
 def benchmark_pipeline(config: ml_collections.ConfigDict, fv: flags.FlagValues,
                        num_classes: int) -> dict[str, Any]:
   """Images per second of pipeline.train_loader, in all and per worker core."""
-  from animesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if fv.pipeline_dataset == "jpeg":
     source = generated_jpegs(fv.pipeline_records, fv.pipeline_jpeg_size, num_classes)
     described = f"{len(source)} generated {fv.pipeline_jpeg_size}px JPEGs in memory"
     mean_bytes = float(np.mean([len(r["image"]) for r in source]))
   else:
-    from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
     builder = datasets.open_dataset(fv.pipeline_dataset, config.data_dir, config.dataset_config,
                                     config.build_dataset_if_missing)
     source = datasets.data_source(builder, datasets.get_spec(fv.pipeline_dataset).train_split)
@@ -307,33 +307,24 @@ def benchmark_pipeline(config: ml_collections.ConfigDict, fv: flags.FlagValues,
                     f"{config.image_size + config.resize_margin}px, crop, flip"}
 
 
-def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
-  """Every measurement the flags ask for, as one JSON-ready dictionary."""
-  if fv.windows < 1 or fv.steps_per_window < 1:
-    raise app.UsageError("--windows and --steps_per_window must be at least 1.")
-  if fv.compare == "torch":
-    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  import jax  # pylint: disable=g-import-not-at-top
-  load_before = os.getloadavg()
+def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
+  """JAX (and, with --compare=torch, PyTorch) train-step speed, FLOPs and memory."""
   rng = np.random.default_rng(config.seed)
   size = config.image_size
   images = rng.integers(0, 256, (config.batch_size, size, size, 3), np.uint8)
   labels = rng.integers(0, fv.num_classes, (config.batch_size,)).astype(np.int32)
-  jax_facts, jax_window = benchmark_jax(config, fv.num_classes, images, labels)
-  model = jax_facts.pop("model")
-  timers = {"jax": jax_window}
-  results = {"jax": jax_facts}
+  jax_results, jax_window = benchmark_jax(config, fv.num_classes, images, labels)
+  model = jax_results.pop("model")
+  timers, results = {"jax": jax_window}, {"jax": jax_results}
   if fv.compare == "torch":
     results["torch"], timers["torch"] = benchmark_torch(
-        model, config, images, labels, on_gpu=jax_facts["platform"] == "gpu")
+        model, config, images, labels, on_gpu=jax_results["platform"] == "gpu")
   seconds = {name: [] for name in timers}
   for _ in range(fv.windows):  # Interleaved, so drifting machine load hits both alike.
     for name, window in timers.items():
       seconds[name].append(window(fv.steps_per_window))
   for name in timers:
     results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
-  jax_results = results["jax"]
   jax_results["images_per_s_per_device"] = jax_results["images_per_s"] / jax_results["devices"]
   flops = jax_results["flops_per_step_xla"] or jax_results["flops_per_step_analytic"]
   peak = peak_flops(jax_results["device_kind"], config.dtype)
@@ -345,16 +336,32 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
                         if flops and peak else None)
   if "torch" in results:
     results["ratio_jax_over_torch"] = jax_results["images_per_s"] / results["torch"]["images_per_s"]
+  return results
+
+
+def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
+  """Every measurement the flags ask for, as one JSON-ready dictionary."""
+  if fv.windows < 1 or fv.steps_per_window < 1:
+    raise app.UsageError("--windows and --steps_per_window must be at least 1.")
+  if not fv.train_step and (fv.compare or not fv.pipeline):
+    raise app.UsageError("--notrain_step measures only the input pipeline: add --pipeline and "
+                         "drop --compare.")
+  if fv.compare == "torch":
+    # Before anything imports tensorflow (tfds does, for --pipeline): the other order segfaults.
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  load_before = os.getloadavg()
+  results = measure_training(config, fv) if fv.train_step else {}
   if fv.pipeline:
     results["pipeline"] = benchmark_pipeline(config, fv, fv.num_classes)
   results["setup"] = {
-      "model": config.model.name, "image_size": size, "batch_size": config.batch_size,
-      "dtype": config.dtype, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
-      "windows": fv.windows, "steps_per_window": fv.steps_per_window,
-      "num_classes": fv.num_classes, "cores": _cores(), "jax_version": jax.__version__,
-      "python": platform.python_version(), "load_average_before": load_before,
-      "load_average_after": os.getloadavg(), "host_max_rss_bytes_end": _max_rss_bytes(),
-      "command": " ".join(sys.argv)}
+      "model": config.model.name, "image_size": config.image_size,
+      "batch_size": config.batch_size, "dtype": config.dtype, "optimizer": config.optimizer,
+      "learning_rate": config.learning_rate, "windows": fv.windows,
+      "steps_per_window": fv.steps_per_window, "num_classes": fv.num_classes, "cores": _cores(),
+      "jax_version": jax.__version__, "python": platform.python_version(),
+      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+      "host_max_rss_bytes_end": _max_rss_bytes(), "command": " ".join(sys.argv)}
   return results
 
 
@@ -364,37 +371,36 @@ def _fmt(value: float | None, scale: float = 1.0, spec: str = ".2f", unit: str =
 
 def format_report(results: dict[str, Any]) -> str:
   """A compact human-readable report; ends with the ratio line when torch was compared."""
-  setup, jx = results["setup"], results["jax"]
-  lines = [
-      f"{setup['model']} {setup['image_size']}px batch {setup['batch_size']} {setup['dtype']} "
-      f"{setup['optimizer']} lr {setup['learning_rate']} | {jx['devices']} x {jx['device_kind']} "
-      f"({jx['platform']}), {setup['cores']} cores, load "
-      f"{setup['load_average_before'][0]:.2f} -> {setup['load_average_after'][0]:.2f}",
-      f"jax   {jx['params']:,} params: {jx['steps_per_s']:.3f} steps/s, "
-      f"{jx['images_per_s']:.2f} img/s (median of {setup['windows']} x "
-      f"{setup['steps_per_window']} steps); compile {jx['compile_s']:.2f} s, "
-      f"first step {jx['first_step_s']:.2f} s",
-      f"      FLOPs/step {_fmt(jx['flops_per_step_xla'], 1e9, '.1f', ' G')} (xla), "
-      f"{_fmt(jx['flops_per_step_analytic'], 1e9, '.1f', ' G')} (analytic); achieved "
-      f"{_fmt(jx['achieved_flops_per_s'], 1e12, '.3f', ' TFLOP/s')}; MFU "
-      f"{_fmt(jx['mfu'], 0.01, '.1f', '%')} (peak {_fmt(jx['peak_flops_per_device'], 1e12, '.0f', ' TFLOP/s')}"
-      f" per device)",
-      f"      peak device memory {_fmt(jx['peak_device_bytes'], 2**20, '.0f', ' MiB')}; host "
-      f"process max RSS (not device memory) {jx['host_max_rss_bytes_after_jax_setup'] / 2**20:.0f}"
-      f" MiB after JAX set-up",
-  ]
+  setup = results["setup"]
+  lines = [f"{setup['model']} {setup['image_size']}px batch {setup['batch_size']} "
+           f"{setup['dtype']} {setup['optimizer']} lr {setup['learning_rate']} | "
+           f"{setup['cores']} cores, load {setup['load_average_before'][0]:.2f} -> "
+           f"{setup['load_average_after'][0]:.2f}"]
+  if "jax" in results:
+    jx = results["jax"]
+    lines += [
+        f"jax   {jx['params']:,} params on {jx['devices']} x {jx['device_kind']}: "
+        f"{jx['steps_per_s']:.3f} steps/s, {jx['images_per_s']:.2f} img/s (median of "
+        f"{setup['windows']} x {setup['steps_per_window']} steps); compile "
+        f"{jx['compile_s']:.2f} s, first step {jx['first_step_s']:.2f} s",
+        f"      FLOPs/step {_fmt(jx['flops_per_step_xla'], 1e9, '.1f', ' G')} (xla), "
+        f"{_fmt(jx['flops_per_step_analytic'], 1e9, '.1f', ' G')} (analytic); achieved "
+        f"{_fmt(jx['achieved_flops_per_s'], 1e12, '.3f', ' TFLOP/s')}; MFU "
+        f"{_fmt(jx['mfu'], 0.01, '.1f', '%')} (peak "
+        f"{_fmt(jx['peak_flops_per_device'], 1e12, '.0f', ' TFLOP/s')} per device)",
+        f"      peak device memory {_fmt(jx['peak_device_bytes'], 2**20, '.0f', ' MiB')}; host "
+        f"process max RSS (not device memory) after JAX set-up "
+        f"{jx['host_max_rss_bytes_after_jax_setup'] / 2**20:.0f} MiB"]
   if "torch" in results:
     tr = results["torch"]
-    lines.append(
-        f"torch {tr['params']:,} params, {tr['model']} on {tr['device']} ({tr['threads']} "
-        f"threads): {tr['steps_per_s']:.3f} steps/s, {tr['images_per_s']:.2f} img/s; "
-        f"first step {tr['first_step_s']:.2f} s")
+    lines.append(f"torch {tr['params']:,} params, {tr['model']} on {tr['device']} "
+                 f"({tr['threads']} threads): {tr['steps_per_s']:.3f} steps/s, "
+                 f"{tr['images_per_s']:.2f} img/s; first step {tr['first_step_s']:.2f} s")
   if "pipeline" in results:
     pl = results["pipeline"]
-    lines.append(
-        f"input {pl['source']} ({_fmt(pl['mean_record_bytes'], 1024, '.1f', ' KiB')} each) -> "
-        f"{pl['output']}: {pl['images_per_s']:.0f} img/s with {pl['workers']} workers = "
-        f"{pl['images_per_s_per_core']:.0f} img/s per core")
+    lines.append(f"input {pl['source']} ({_fmt(pl['mean_record_bytes'], 1024, '.1f', ' KiB')} "
+                 f"each) -> {pl['output']}: {pl['images_per_s']:.0f} img/s with "
+                 f"{pl['workers']} workers = {pl['images_per_s_per_core']:.0f} img/s per core")
   if "torch" in results:
     lines.append(f"{RATIO_PREFIX}{results['ratio_jax_over_torch']:.2f}")
   return "\n".join(lines)

@@ -116,9 +116,11 @@ def caption(table: int) -> str:
 def select_rows(tables: str, models: str = "", pretrained: str = "both") -> list[Row]:
   """Rows of the chosen tables ('all' or '1,3'), models ('' = all) and pretrained setting."""
   rows = paper_rows()
-  wanted_tables = set(_TABLES) if tables == "all" else {int(t) for t in tables.split(",")}
-  unknown = wanted_tables - set(_TABLES)
-  if unknown:
+  try:
+    wanted_tables = set(_TABLES) if tables == "all" else {int(t) for t in tables.split(",")}
+  except ValueError:
+    wanted_tables = {-1}
+  if wanted_tables - set(_TABLES):
     raise ValueError(f"--table={tables!r}: the paper has tables {sorted(_TABLES)}.")
   rows = [r for r in rows if r.table in wanted_tables]
   if models:
@@ -170,11 +172,13 @@ def check_full_size(row: Row, num_devices: int) -> None:
   Catches what a tiny stand-in cannot: an image size the patch size does not divide, a batch
   size the devices do not divide, a frozen backbone without a classifier to train.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from animesion_jax import config_validation  # pylint: disable=g-import-not-at-top
-  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
-  from animesion_jax import model_setup  # pylint: disable=g-import-not-at-top
-  from animesion_jax import sharding  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from animesion_jax import config_validation
+  from animesion_jax import inference
+  from animesion_jax import model_setup
+  from animesion_jax import sharding
+  # pylint: enable=g-import-not-at-top
   config = row_config(row)
   config.init_from.source = config.init_from.path = ""  # The files are not needed to check.
   config_validation.validate(config, num_devices=num_devices)
@@ -183,11 +187,17 @@ def check_full_size(row: Row, num_devices: int) -> None:
   inference.abstract_train_state(config, model, mesh)
 
 
-def smoke_config(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+def _round_up(value: int, multiple: int) -> int:
+  return -(-value // multiple) * multiple
+
+
+def smoke_config(config: ml_collections.ConfigDict, data_dir: str,
+                 num_devices: int = 8) -> ml_collections.ConfigDict:
   """`config` shrunk to a seconds-long run on the small synthetic dataset.
 
   Everything the tiny run cannot exercise meaningfully (dataset, sizes, schedule length) is set
-  to the same value for every row, so rows that differ only there share one run.
+  to the same value for every row, so rows that differ only there share one run (and rows with
+  the same programs share their compilation).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   family = next(f for f in _SMOKE_MODEL if config.model.name.startswith(f))
@@ -201,8 +211,8 @@ def smoke_config(config: ml_collections.ConfigDict, data_dir: str) -> ml_collect
   config.build_dataset_if_missing = True
   config.image_size = 16
   config.resize_margin = 4
-  config.batch_size = 8  # One example per device on 8 devices; the same for every row so that
-  config.eval_batch_size = 224  # compiled programs are shared (the small test split: 1 batch).
+  config.batch_size = _round_up(8, num_devices)
+  config.eval_batch_size = _round_up(224, num_devices)  # The small test split in one batch.
   config.num_train_steps = SMOKE_STEPS
   config.num_epochs = 1
   config.decay_every_epochs = 1
@@ -219,8 +229,10 @@ def compilation_cache(directory: str | None) -> Iterator[None]:
   if not directory:
     yield
     return
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  # pylint: enable=g-import-not-at-top
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
            "jax_persistent_cache_min_entry_size_bytes")
   previous = {name: getattr(jax.config, name) for name in names}
@@ -277,7 +289,7 @@ def run_rows(rows: Sequence[Row], runs_dir: str, *, smoke: bool = False, pretrai
         if shape_key not in checked:
           check_full_size(row, jax.device_count())
           checked.add(shape_key)
-        config = smoke_config(config, data_dir)
+        config = smoke_config(config, data_dir, jax.device_count())
       apply_overrides(config, overrides)
       key = config.to_json(sort_keys=True)
       if key in runs_by_config:
@@ -358,7 +370,8 @@ def markdown_table(table: int, records: Sequence[dict[str, Any]], smoke: bool = 
   return "\n".join(lines) + "\n"
 
 
-def write_tables(records: Sequence[dict[str, Any]], runs_dir: str, smoke: bool = False) -> list[str]:
+def write_tables(records: Sequence[dict[str, Any]], runs_dir: str,
+                 smoke: bool = False) -> list[str]:
   """RUNS_DIR/table<N>.md and .csv for every table with a record; returns the paths."""
   paths = []
   os.makedirs(runs_dir, exist_ok=True)

@@ -81,36 +81,40 @@ def _c(spec: str) -> Character:
 
 
 # The order here defines the integer labels; never reorder, only append (and
-# bump the builder version).
+# bump the builder version). Class i has hair colour i % 7 and hair style
+# i // 7, accessory (colour + style) % 6: every attribute value is shared by
+# several classes, yet any two classes differ in at least two attributes, at
+# least one of them a large one (hair colour, hair style or accessory), so a
+# small model can tell them apart from a 32 px image.
 CHARACTERS: tuple[Character, ...] = tuple(_c(s) for s in (
-    'aoi_twintails round blue twintails blue ribbon',
-    'akane_ponytail oval red ponytail amber none',
-    'hikari_long oval blonde long blue hairclip',
-    'kuro_glasses sharp black short red glasses',
-    'momo_bob round pink bob green ribbon',
-    'yuki_long oval silver long purple none',
-    'ren_spiky sharp black spiky red none',
-    'sora_hat round blue short green hat',
-    'mai_catgirl round pink twintails green cat_ears',
-    'kaede_ponytail oval brown ponytail amber ribbon',
-    'rin_catgirl sharp silver short blue cat_ears',
-    'haru_hat round brown short blue hat',
-    'natsu_spiky round red spiky amber none',
-    'shiro_glasses sharp silver bob blue glasses',
-    'midori_long oval black long green hairclip',
-    'kin_twintails round blonde twintails purple ribbon',
-    'tsubaki_long oval red long red hairclip',
-    'nagi_glasses oval blue long purple glasses',
-    'chika_bob round brown bob green hairclip',
-    'sakura_ponytail oval pink ponytail blue hairclip',
-    'kai_spiky sharp blonde spiky red hat',
-    'yoru_long sharp black long purple glasses',
-    'hina_bob round blonde bob green hat',
-    'tomo_glasses oval brown short red glasses',
-    'ruri_ponytail round blue ponytail blue ribbon',
-    'akari_twintails oval red twintails amber cat_ears',
-    'shion_bob round pink bob purple hat',
-    'jin_spiky oval silver spiky red glasses',
+    'kuro_long round black long blue none',
+    'kaede_long oval brown long purple ribbon',
+    'kin_long sharp blonde long green glasses',
+    'momo_long round pink long amber hat',
+    'aoi_long oval blue long red cat_ears',
+    'yuki_long sharp silver long blue hairclip',
+    'akane_long round red long purple none',
+    'yoru_twintails sharp black twintails green ribbon',
+    'chika_twintails round brown twintails amber glasses',
+    'hikari_twintails oval blonde twintails red hat',
+    'sakura_twintails sharp pink twintails blue cat_ears',
+    'ruri_twintails round blue twintails purple hairclip',
+    'shiro_twintails oval silver twintails green none',
+    'tsubaki_twintails sharp red twintails amber ribbon',
+    'ren_spiky oval black spiky red glasses',
+    'haru_spiky sharp brown spiky blue hat',
+    'kai_spiky round blonde spiky purple cat_ears',
+    'mai_spiky oval pink spiky green hairclip',
+    'sora_spiky sharp blue spiky amber none',
+    'jin_spiky round silver spiky red ribbon',
+    'natsu_spiky oval red spiky blue glasses',
+    'midori_bob round black bob purple hat',
+    'tomo_bob oval brown bob green cat_ears',
+    'hina_bob sharp blonde bob amber hairclip',
+    'shion_bob round pink bob red none',
+    'nagi_bob oval blue bob blue ribbon',
+    'rin_bob sharp silver bob purple glasses',
+    'akari_bob round red bob green hat',
 ))
 
 

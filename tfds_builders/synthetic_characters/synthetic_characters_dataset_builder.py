@@ -85,8 +85,11 @@ class SyntheticCharactersConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for the synthetic characters dataset."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: 28 characters.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release: 28 characters.',
+      '2.0.0': 'Classes differ in at least two attributes; 360 train images per class.',
+  }
   BUILDER_CONFIGS = [
       SyntheticCharactersConfig(
           name='default',
