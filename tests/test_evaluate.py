@@ -153,7 +153,7 @@ def test_command_line(workdir, tmp_path, test_report):
   command = [sys.executable, "-m", "animesion_jax.evaluate", f"--workdir={workdir}",
              "--checkpoint=latest", f"--output_dir={tmp_path}"]
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0, done.stderr[-1500:]
   assert done.stdout.splitlines() == evaluate.format_summary(
       {**test_report, "workdir": workdir}).splitlines() + [f"Wrote {tmp_path}"]
   assert (tmp_path / "evaluation.json").is_file()

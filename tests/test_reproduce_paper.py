@@ -1,4 +1,4 @@
-"""tools/reproduce_paper.py: the paper's tables as data, row configs, and the --smoke matrix."""
+"""configs/paper.py (the paper's tables as data, row configs) and tools/reproduce_paper.py."""
 
 import csv
 import importlib.util
@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from configs import paper
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ reproduce_paper = _load_tool()
 
 
 def test_tables_hold_the_papers_numbers():
-  rows = reproduce_paper.paper_rows()
+  rows = paper.paper_rows()
   assert len(rows) == 12 + 12 + 5 + 5
   cell = {(r.table, r.model, r.pretrained): r for r in rows}
   assert (cell[2, "B-16", True].paper_top1, cell[2, "B-16", True].paper_top5) == (91.57, 98.06)
@@ -38,43 +39,54 @@ def test_tables_hold_the_papers_numbers():
     assert (r.dataset, r.image_size, r.batch_size, r.epochs) == {
         1: ("dafre", 128, 64, 50), 2: ("moeimouto", 128, 64, 200),
         3: ("dafre", 224, 1024, 200), 4: ("moeimouto", 224, 1024, 200)}[r.table]
-  assert reproduce_paper.caption(3) == (
+  assert paper.caption(3) == (
       "Table 3: Classification accuracy (%) for DAF:re trained for 200 epochs with batch size: "
       "1024 and image size: 224x224.")
 
 
 def test_row_configs_follow_the_recipe():
-  rows = {(r.table, r.model, r.pretrained): r for r in reproduce_paper.paper_rows()}
-  resnet = reproduce_paper.row_config(rows[3, "R-18", True], pretrained_dir="/weights")
+  rows = {(r.table, r.model, r.pretrained): r for r in paper.paper_rows()}
+  resnet = paper.row_config(rows[3, "R-18", True], pretrained_dir="/weights")
   assert (resnet.model.name, resnet.dataset, resnet.image_size, resnet.batch_size) == (
       "resnet18", "dafre", 224, 1024)
   assert (resnet.num_epochs, resnet.decay_every_epochs, resnet.resize_margin) == (200, 50, 32)
   assert (resnet.init_from.source, resnet.init_from.path, resnet.freeze_backbone) == (
       "torchvision_resnet", "/weights/resnet18-f37072fd.pth", True)
   assert resnet.normalization == "imagenet" and resnet.learning_rate == 0.001
-  vit = reproduce_paper.row_config(rows[1, "L-32", True], pretrained_dir="/weights")
+  vit = paper.row_config(rows[1, "L-32", True], pretrained_dir="/weights")
   assert (vit.model.name, vit.num_epochs, vit.decay_every_epochs) == ("vit_l32", 50, 20)
   assert (vit.init_from.source, vit.init_from.path, vit.freeze_backbone) == (
       "vit_npz", "/weights/ViT-L_32.npz", False)
-  scratch = reproduce_paper.row_config(rows[2, "R-152", False])
+  scratch = paper.row_config(rows[2, "R-152", False])
   assert (scratch.model.name, scratch.init_from.source, scratch.freeze_backbone) == (
       "resnet152", "", False)
 
 
+def test_one_row_as_a_training_config():
+  config = paper.get_config("2,B-16,pretrained")
+  assert (config.model.name, config.dataset, config.init_from.source) == (
+      "vit_b16", "moeimouto", "vit_npz")
+  assert config.init_from.path == "ViT-B_16.npz"  # Set --config.init_from.path to the file.
+  assert paper.get_config("3,SN,scratch").model.name == "shallow"
+  for bad in ("3,SN,pretrained", "5,B-16,scratch", "2,B-16", "2,B-16,yes"):
+    with pytest.raises(ValueError, match="expected TABLE,MODEL,pretrained|scratch"):
+      paper.get_config(bad)
+
+
 def test_select_rows():
-  assert [(r.model, r.pretrained) for r in reproduce_paper.select_rows("2", "B-16,L-16")] == [
+  assert [(r.model, r.pretrained) for r in paper.select_rows("2", "B-16,L-16")] == [
       ("B-16", False), ("B-16", True), ("L-16", False), ("L-16", True)]
-  assert [r.table for r in reproduce_paper.select_rows("3,4", "SN")] == [3, 4]
-  assert len(reproduce_paper.select_rows("all", pretrained="yes")) == 6 + 6 + 2 + 2
+  assert [r.table for r in paper.select_rows("3,4", "SN")] == [3, 4]
+  assert len(paper.select_rows("all", pretrained="yes")) == 6 + 6 + 2 + 2
   with pytest.raises(ValueError, match=r"the paper has tables \[1, 2, 3, 4\]"):
-    reproduce_paper.select_rows("5")
+    paper.select_rows("5")
   with pytest.raises(ValueError, match=r"\['L-16'\] not in table\(s\) \[3\]; they have "
                      r"\['B-32', 'R-18', 'SN'\]"):
-    reproduce_paper.select_rows("3", "L-16")
+    paper.select_rows("3", "L-16")
 
 
 def test_overrides_and_results(tmp_path):
-  config = reproduce_paper.row_config(reproduce_paper.select_rows("1", "B-16")[0])
+  config = paper.row_config(paper.select_rows("1", "B-16")[0])
   reproduce_paper.apply_overrides(config, ["dtype=bfloat16", "grad_accumulation_steps=4",
                                            "model.dropout_rate=0.0"])
   assert (config.dtype, config.grad_accumulation_steps, config.model.dropout_rate) == (
@@ -93,7 +105,7 @@ def test_markdown_layout():
   records = [{"table": 4, "model": "SN", "pretrained": False, "top1": 12.345, "top5": 40.0},
              {"table": 4, "model": "R-18", "pretrained": True, "top1": None, "top5": None}]
   lines = reproduce_paper.markdown_table(4, records).splitlines()
-  assert lines[0] == reproduce_paper.caption(4)
+  assert lines[0] == paper.caption(4)
   assert lines[3] == ("| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | "
                       "Pretrained=True Top-1 | Pretrained=True Top-5 |")
   assert lines[5] == "| SN | 57.49 / 12.35 | 80.43 / 40.00 |  |  |"
@@ -103,7 +115,7 @@ def test_markdown_layout():
 
 def test_smoke_runs_every_row_of_every_table(tmp_path):
   """The whole matrix's plumbing: full-size config checks, tiny runs, tables written."""
-  rows = reproduce_paper.paper_rows()
+  rows = paper.paper_rows()
   with reproduce_paper.compilation_cache(reproduce_paper.SMOKE_CACHE_DIR):
     records = reproduce_paper.run_rows(rows, str(tmp_path), smoke=True,
                                        data_dir=helpers.synthetic_data_dir())

@@ -4,8 +4,8 @@ r"""Reproduces the Animesion paper's Tables 1-4: runs each row, writes paper vs 
       --pretrained_dir=weights/
   python tools/reproduce_paper.py --table=all --smoke          # every row's plumbing, seconds each
 
-Each row (model, pretrained or not, dataset, image size, batch size, epochs) becomes the config
-of configs/<family>.py with the paper's settings; its run lives in
+The rows (model, pretrained or not, dataset, image size, batch size, epochs, the paper's top-1
+and top-5) and the config that runs each are in configs/paper.py; a row's run lives in
 RUNS_DIR/table<N>/<model>-<pretrained|scratch>/. Rows run one after the other; a row whose
 results.json says it completed is not rerun, and an interrupted row resumes from its checkpoint
 (run the same command again). Then RUNS_DIR/table<N>.md and .csv hold the paper's and the
@@ -25,8 +25,6 @@ accelerator hours on it. Smoke numbers mean nothing.
 
 import contextlib
 import csv
-import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -43,117 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # Run as `python tools/reproduce_paper.py` from a source checkout.
   sys.path.insert(0, ROOT)
 
-DATASET_TITLES = {"dafre": "DAF:re", "moeimouto": "moeImouto"}
-NUM_CLASSES = {"dafre": 3263, "moeimouto": 173}  # Of the paper's splits (for --smoke checks).
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-  """One cell pair (top-1, top-5) of a paper table."""
-  table: int
-  model: str  # The paper's label: SN, R-18, R-152, B-16, B-32, L-16, L-32.
-  pretrained: bool
-  dataset: str
-  image_size: int
-  batch_size: int
-  epochs: int
-  paper_top1: float
-  paper_top5: float
-
-  @property
-  def name(self) -> str:
-    return f"{self.model}-{'pretrained' if self.pretrained else 'scratch'}"
-
-
-# Paper label -> (config module, pretrained source, pretrained file).
-MODELS = {
-    "SN": ("shallow", None, None),
-    "R-18": ("resnet18", "torchvision_resnet", "resnet18-f37072fd.pth"),
-    "R-152": ("resnet152", "torchvision_resnet", "resnet152-394f9c45.pth"),
-    "B-16": ("vit_b16", "vit_npz", "ViT-B_16.npz"),
-    "B-32": ("vit_b32", "vit_npz", "ViT-B_32.npz"),
-    "L-16": ("vit_l16", "vit_npz", "ViT-L_16.npz"),
-    "L-32": ("vit_l32", "vit_npz", "ViT-L_32.npz"),
-}
-
-# (table, dataset, image size, batch size, epochs) and {model: (scratch top-1, top-5,
-# pretrained top-1, top-5)}; None where the paper has no pretrained row.
-_TABLES = {
-    1: (("dafre", 128, 64, 50), {
-        "R-18": (69.09, 84.64, 26.47, 45.30), "R-152": (64.36, 81.20, 26.49, 44.88),
-        "B-16": (63.30, 78.58, 82.14, 92.77), "B-32": (51.09, 71.30, 75.42, 89.22),
-        "L-16": (59.39, 77.91, 85.95, 94.23), "L-32": (51.81, 71.81, 75.88, 89.39)}),
-    2: (("moeimouto", 128, 64, 200), {
-        "R-18": (72.58, 90.86, 61.20, 83.83), "R-152": (63.17, 86.41, 63.06, 85.90),
-        "B-16": (67.28, 82.22, 91.57, 98.06), "B-32": (48.76, 78.19, 85.76, 96.81),
-        "L-16": (66.56, 87.43, 92.80, 98.44), "L-32": (49.88, 78.36, 85.22, 96.94)}),
-    3: (("dafre", 224, 1024, 200), {
-        "SN": (53.68, 72.04, None, None), "R-18": (68.30, 84.01, 24.31, 39.82),
-        "B-32": (38.19, 59.06, 59.92, 79.20)}),
-    4: (("moeimouto", 224, 1024, 200), {
-        "SN": (57.49, 80.43, None, None), "R-18": (60.41, 84.20, 34.08, 58.95),
-        "B-32": (9.17, 20.12, 24.69, 54.03)}),
-}
-
-
-def paper_rows() -> list[Row]:
-  """Every row of Tables 1-4, in the paper's order (scratch before pretrained)."""
-  rows = []
-  for table, ((dataset, size, batch, epochs), cells) in _TABLES.items():
-    for model, (top1, top5, pre_top1, pre_top5) in cells.items():
-      rows.append(Row(table, model, False, dataset, size, batch, epochs, top1, top5))
-      if pre_top1 is not None:
-        rows.append(Row(table, model, True, dataset, size, batch, epochs, pre_top1, pre_top5))
-  return rows
-
-
-def caption(table: int) -> str:
-  (dataset, size, batch, epochs), _ = _TABLES[table]
-  return (f"Table {table}: Classification accuracy (%) for {DATASET_TITLES[dataset]} trained for "
-          f"{epochs} epochs with batch size: {batch} and image size: {size}x{size}.")
-
-
-def select_rows(tables: str, models: str = "", pretrained: str = "both") -> list[Row]:
-  """Rows of the chosen tables ('all' or '1,3'), models ('' = all) and pretrained setting."""
-  rows = paper_rows()
-  try:
-    wanted_tables = set(_TABLES) if tables == "all" else {int(t) for t in tables.split(",")}
-  except ValueError:
-    wanted_tables = {-1}
-  if wanted_tables - set(_TABLES):
-    raise ValueError(f"--table={tables!r}: the paper has tables {sorted(_TABLES)}.")
-  rows = [r for r in rows if r.table in wanted_tables]
-  if models:
-    wanted_models = [m.strip() for m in models.split(",") if m.strip()]
-    available = sorted({r.model for r in rows})
-    missing = [m for m in wanted_models if m not in available]
-    if missing:
-      raise ValueError(f"--rows={models!r}: {missing} not in table(s) {sorted(wanted_tables)}; "
-                       f"they have {available}.")
-    rows = [r for r in rows if r.model in wanted_models]
-  if pretrained not in ("both", "yes", "no"):
-    raise ValueError(f"--pretrained={pretrained!r}: choose both, yes or no.")
-  if pretrained != "both":
-    rows = [r for r in rows if r.pretrained == (pretrained == "yes")]
-  return rows
-
-
-def row_config(row: Row, pretrained_dir: str = "", data_dir: str = "") -> ml_collections.ConfigDict:
-  """The config that runs `row` with the paper's recipe."""
-  module, source, file_name = MODELS[row.model]
-  config = importlib.import_module(f"configs.{module}").get_config(row.dataset)
-  config.data_dir = data_dir
-  config.image_size = row.image_size
-  config.resize_margin = 32  # Resize to 160 (128 px) or 256 (224 px), then random-crop.
-  config.batch_size = row.batch_size
-  config.num_epochs = row.epochs
-  config.decay_every_epochs = 20 if row.epochs == 50 else 50  # The paper's step decay.
-  if row.pretrained:
-    config.init_from.source = source
-    config.init_from.path = os.path.join(pretrained_dir, file_name)
-    config.freeze_backbone = source == "torchvision_resnet"
-  return config
-
+from configs import paper  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny stand-ins of each family for --smoke: same module, block type and classifier name.
 _SMOKE_MODEL = {
@@ -166,7 +54,7 @@ SMOKE_STEPS = 2
 SMOKE_CACHE_DIR = os.path.join(tempfile.gettempdir(), "animesion_jax_smoke_xla_cache")
 
 
-def check_full_size(row: Row, num_devices: int) -> None:
+def check_full_size(row: paper.Row, num_devices: int) -> None:
   """Validates the row's real config and builds its real-size model and optimizer abstractly.
 
   Catches what a tiny stand-in cannot: an image size the patch size does not divide, a batch
@@ -179,10 +67,10 @@ def check_full_size(row: Row, num_devices: int) -> None:
   from animesion_jax import model_setup
   from animesion_jax import sharding
   # pylint: enable=g-import-not-at-top
-  config = row_config(row)
+  config = paper.row_config(row)
   config.init_from.source = config.init_from.path = ""  # The files are not needed to check.
   config_validation.validate(config, num_devices=num_devices)
-  model = model_setup.build_model(config, NUM_CLASSES[row.dataset])
+  model = model_setup.build_model(config, paper.NUM_CLASSES[row.dataset])
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
   inference.abstract_train_state(config, model, mesh)
 
@@ -260,8 +148,9 @@ def read_result(workdir: str) -> dict[str, Any] | None:
           "steps": results.get("steps")}
 
 
-def run_rows(rows: Sequence[Row], runs_dir: str, *, smoke: bool = False, pretrained_dir: str = "",
-             data_dir: str = "", overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+def run_rows(rows: Sequence[paper.Row], runs_dir: str, *, smoke: bool = False,
+             pretrained_dir: str = "", data_dir: str = "",
+             overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
   """Runs (or resumes, or reuses) each row; returns one record per row with paper and measured.
 
   With `smoke`, each row's real config is also checked at full size (`check_full_size`), and
@@ -275,7 +164,7 @@ def run_rows(rows: Sequence[Row], runs_dir: str, *, smoke: bool = False, pretrai
     if records:
       write_tables(records, runs_dir, smoke)
     workdir = os.path.join(runs_dir, f"table{row.table}", row.name)
-    config = row_config(row, pretrained_dir, data_dir)
+    config = paper.row_config(row, pretrained_dir, data_dir)
     record = {"table": row.table, "model": row.model, "pretrained": row.pretrained,
               "dataset": row.dataset, "image_size": row.image_size,
               "batch_size": row.batch_size, "epochs": row.epochs,
@@ -346,33 +235,40 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     target[field.split(".")[-1]] = value
 
 
-def _cell(paper: float | None, measured: float | None) -> str:
-  if paper is None:
+def _cell(published: float | None, measured: float | None) -> str:
+  if published is None:
     return ""
-  return f"{paper:.2f} / {'—' if measured is None else f'{measured:.2f}'}"
+  return f"{published:.2f} / {'—' if measured is None else f'{measured:.2f}'}"
 
 
 def markdown_table(table: int, records: Sequence[dict[str, Any]], smoke: bool = False) -> str:
   """The table in the paper's layout; each cell is 'paper / measured'."""
   by_cell = {(r["model"], r["pretrained"]): r for r in records if r["table"] == table}
-  lines = [caption(table) + (" SMOKE RUN: measured numbers are meaningless." if smoke else ""),
+  note = " SMOKE RUN: measured numbers are meaningless." if smoke else ""
+  lines = [paper.caption(table) + note,
            "Cells: paper / measured (test split).", "",
            "| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | Pretrained=True Top-1 | "
            "Pretrained=True Top-5 |", "|---|---|---|---|---|"]
-  for model in _TABLES[table][1]:
+  for model in paper.TABLES[table][1]:
     cells = []
     for pretrained in (False, True):
       record = by_cell.get((model, pretrained))
-      paper = _TABLES[table][1][model][2 * pretrained: 2 * pretrained + 2]
+      published = paper.TABLES[table][1][model][2 * pretrained: 2 * pretrained + 2]
       for i, key in enumerate(("top1", "top5")):
-        cells.append(_cell(paper[i], record[key] if record else None))
+        cells.append(_cell(published[i], record[key] if record else None))
     lines.append(f"| {model} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def write_tables(records: Sequence[dict[str, Any]], runs_dir: str,
                  smoke: bool = False) -> list[str]:
-  """RUNS_DIR/table<N>.md and .csv for every table with a record; returns the paths."""
+  """RUNS_DIR/table<N>.md and .csv for every table with a record; returns the paths.
+
+  Only process 0 writes (every process of a multi-host run has the same records).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return []
   paths = []
   os.makedirs(runs_dir, exist_ok=True)
   for table in sorted({r["table"] for r in records}):
@@ -408,19 +304,19 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
   try:
-    rows = select_rows(flag.table, flag.rows, flag.pretrained)
+    rows = paper.select_rows(flag.table, flag.rows, flag.pretrained)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   runs_dir = os.path.join(flag.runs_dir, "smoke") if flag.smoke else flag.runs_dir
   data_dir = flag.data_dir or (os.path.join(runs_dir, "data") if flag.smoke else "")
   if not flag.smoke:
-    missing = sorted({row_config(r, flag.pretrained_dir).init_from.path for r in rows
+    missing = sorted({paper.row_config(r, flag.pretrained_dir).init_from.path for r in rows
                       if r.pretrained} - {""})
     missing = [path for path in missing if not os.path.isfile(path)]
     if missing:
       raise app.UsageError("Pretrained rows need these files (see --help):\n  "
                            + "\n  ".join(missing))
-    if any(r.pretrained and MODELS[r.model][1] == "torchvision_resnet" for r in rows):
+    if any(r.pretrained and paper.MODELS[r.model][1] == "torchvision_resnet" for r in rows):
       import torch  # pylint: disable=g-import-not-at-top,unused-import  # Before TensorFlow, or
       del torch  # loading the .pth files later segfaults.
   cache_dir = flag.compilation_cache_dir or (SMOKE_CACHE_DIR if flag.smoke else None)
