@@ -233,7 +233,7 @@ def annotate(path: str, crops: Sequence[dict[str, Any]], destination: str,
     if crop["box"] is None:  # The whole image: the label goes inside its top-left corner.
       _label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
       continue
-    box = tuple(v * scale for v in crop["box"])
+    box = tuple(round(v * scale) for v in crop["box"])
     draw.rectangle(box, outline=colour, width=line_width)
     _label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
   os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)

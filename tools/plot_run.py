@@ -88,10 +88,11 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], out_dir: str,
   for split in _ordered(curves):
     colour, marker = SPLIT_STYLE.get(split, ("black", "x"))
     curve = curves[split]
-    for name, line in (("top1", "-"), ("top5", "--")):
+    for name, line, fill in (("top1", "-", colour), ("top5", "--", "none")):
       if len(curve.get(name, [])) == len(curve["epoch"]):
         ax.plot(curve["epoch"], [100 * v for v in curve[name]], color=colour, linestyle=line,
-                marker=marker, markersize=4, label=f"{split} {name.replace('top', 'top-')}")
+                marker=marker, markersize=4, markerfacecolor=fill,
+                label=f"{split} {name.replace('top', 'top-')}")
   ax.set_xlabel("epoch")
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 100)
