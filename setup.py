@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "importlib_resources",
     "scipy>=1.13",
     "matplotlib>=3.8",
+    "tqdm>=4.60",
     # The `tfds build` CLI of tfds 4.9.10 imports these at start-up (tensorflow/datasets#5463).
     "apache-beam>=2.77,<3",
     "mlcroissant>=1.1,<2",

@@ -130,6 +130,8 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 # Fields that shape the parameters or their meaning; a resumed run must keep them.
 RESUME_CRITICAL_FIELDS = ("dataset", "dataset_config", "image_size", "model")
+# Set from the init_from checkpoint at every start (see model_setup), so never a mismatch.
+_FROM_CHECKPOINT = ("model.gelu_approximate", "model.layer_norm_epsilon")
 
 
 def config_differences(saved: ml_collections.ConfigDict,
@@ -139,6 +141,8 @@ def config_differences(saved: ml_collections.ConfigDict,
   current_flat = _flatten(current.to_dict())
   differences = []
   for key in sorted(set(saved_flat) | set(current_flat)):
+    if key in _FROM_CHECKPOINT and saved.init_from.source:
+      continue
     if key.split(".")[0] in RESUME_CRITICAL_FIELDS and saved_flat.get(key) != current_flat.get(key):
       differences.append(f"config.{key}: {saved_flat.get(key)!r} in the run, now "
                          f"{current_flat.get(key)!r}")

@@ -283,7 +283,11 @@ def define_flags() -> None:
                        "up to a multiple of the device count).")
   flags.DEFINE_integer("confused_pairs", 20, "How many most-confused pairs to report.")
   flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host); default: "
-                    "when the environment names a coordinator, as for training.")
+                    "when the environment names a coordinator or --coordinator_address is set.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process "
+                      "runs without a cluster environment (as for training).")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
 
 
 def main(argv):
@@ -292,10 +296,11 @@ def main(argv):
   flag = flags.FLAGS
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the summary.
-  if inference.wants_distributed(flag.distributed):
+  if inference.wants_distributed(flag.distributed, flag.coordinator_address):
     # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=flag.coordinator_address,
+                               num_processes=flag.num_processes, process_id=flag.process_id)
   try:
     report = evaluate(flag.workdir, flag.split, flag.checkpoint, flag.output_dir, flag.batch_size,
                       flag.confused_pairs)

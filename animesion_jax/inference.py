@@ -210,12 +210,15 @@ def host_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
       array, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)))
 
 
-def wants_distributed(explicit: bool | None = None) -> bool:
-  """Whether to call jax.distributed.initialize(): as asked, else when the environment names a
-  coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS), as the training CLI decides."""
+def wants_distributed(explicit: bool | None = None, coordinator: str | None = None) -> bool:
+  """Whether to call jax.distributed.initialize(), decided as the training CLI does.
+
+  As asked (`explicit`), else when a coordinator address is given or the environment names one
+  (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS).
+  """
   if explicit is not None:
     return explicit
-  return any(name in os.environ for name in (
+  return coordinator is not None or any(name in os.environ for name in (
       "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
 
 

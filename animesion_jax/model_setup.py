@@ -63,6 +63,9 @@ def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
   model = model.clone(**numerics)
   if numerics:
     logging.info("Using the checkpoint's numerics: %s", numerics)
+    # Recorded in the run's config, so evaluate/predict rebuild the model the run trained.
+    with config.unlocked():
+      config.model.update(numerics)
   problems = _shape_mismatches(dict(abstract_variables), dict(variables))
   if problems:
     raise ValueError(

@@ -114,9 +114,10 @@ def predict_files(run: inference.LoadedRun, files: Sequence[image_files.ImageFil
   """Classifies every file (or every face in it).
 
   Returns:
-    (results, errors): one result per crop in input order, {'file', 'face', 'box', 'note',
-    'predictions': [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for
-    files that could not be read.
+    (results, errors): one result per crop in input order, {'file', 'relative' (its name for
+    outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', 'predictions':
+    [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
+    not be read.
   """
   predict_fn = inference.make_predict_fn(run, top_k)
   batch_size = inference.round_up_batch(batch_size, run.mesh.size)

@@ -140,6 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_resumable(workdir, config)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch, total_steps)
   checkpointing.save_config(workdir, config)
+  if jax.process_index() == 0:
+    checkpointing.save_class_names(workdir, builder.info.features["label"].names)
   run_checkpoints = checkpointing.RunCheckpoints(workdir, keep=config.keep_checkpoints)
   augment = dict(global_batch_size=config.batch_size, image_size=config.image_size,
                  resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -149,14 +150,32 @@ def test_summary_table(test_report):
   assert lines[6] == "Most confused (count: true -> predicted):"
 
 
-def test_command_line(workdir, tmp_path, test_report):
-  command = [sys.executable, "-m", "animesion_jax.evaluate", f"--workdir={workdir}",
-             "--checkpoint=latest", f"--output_dir={tmp_path}"]
-  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-1500:]
-  assert done.stdout.splitlines() == evaluate.format_summary(
-      {**test_report, "workdir": workdir}).splitlines() + [f"Wrote {tmp_path}"]
-  assert (tmp_path / "evaluation.json").is_file()
+def test_command_line_with_two_processes(workdir, tmp_path, test_report):
+  """Multi-host evaluation: each process reads its part; process 0 writes the whole report."""
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "animesion_jax.evaluate", f"--workdir={workdir}",
+       "--checkpoint=latest", f"--output_dir={tmp_path}", "--batch_size=48",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={index}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  # The command line prints the summary table once, from process 0.
+  summary = evaluate.format_summary({**test_report, "workdir": workdir})
+  assert f"{summary}\nWrote {tmp_path}\n" in outputs[0]
+  assert "Wrote" not in outputs[1]
+  with open(tmp_path / "evaluation.json") as f:
+    report = json.load(f)
+  assert report["num_examples"] == 224
+  assert report["top1"] == test_report["top1"] and report["top5"] == test_report["top5"]
+  assert report["loss"] == pytest.approx(test_report["loss"], rel=1e-5)
+  with open(tmp_path / "predictions.csv") as f, open(
+      os.path.join(test_report["output_dir"], "predictions.csv")) as g:
+    assert f.read() == g.read()  # The same top-5 for every example, in record order.
 
 
 def test_unknown_split_is_a_clear_error(workdir):
@@ -176,7 +195,7 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
     inference.load_run(workdir)
   message = str(error.value)
   assert "params/Transformer/encoder_norm/scale: model (48,), checkpoint (32,)" in message
-  assert message.endswith("... 17 more")  # 37 parameters differ; the first 20 are listed.
+  assert message.endswith("... 2 more")  # 22 parameters differ; the first 20 are listed.
   assert "vit_tiny, 28 classes, image size 16" in message
   # Another class count (a class_names.json of another dataset) is caught the same way.
   config["model"]["hidden_size"] = 32
