@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from animesion_jax import models
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _RATIO_LINE = re.compile(r"^ratio jax/torch: (\d+\.\d\d)$")
@@ -125,3 +126,27 @@ def test_torch_reference_refuses_models_without_one():
   model, _ = _flax_params(config)
   with pytest.raises(ValueError, match="no PyTorch reference"):
     benchmark.torch_reference(model, config)
+
+
+def test_pipeline_only_over_a_tfds_dataset(tmp_path, capsys):
+  json_out = tmp_path / "pipeline.json"
+  flag_values = _parsed_flags(
+      "--config.image_size=16", "--config.resize_margin=4", "--config.batch_size=8",
+      f"--config.data_dir={helpers.synthetic_data_dir()}", "--config.dataset_config=small",
+      "--notrain_step", "--pipeline", "--pipeline_dataset=synthetic_characters",
+      "--pipeline_batches=4", "--pipeline_workers=0", f"--json_out={json_out}")
+  benchmark.main(["benchmark"], flag_values=flag_values)
+
+  results = json.loads(json_out.read_text())
+  assert "jax" not in results and "torch" not in results
+  pipeline = results["pipeline"]
+  assert pipeline["source"] == "TFDS synthetic_characters train (560 records)"
+  assert pipeline["images"] == 4 * 8
+  assert pipeline["images_per_s"] > 0 and pipeline["transform_loop_images_per_s"] > 0
+  assert "img/s per core" in capsys.readouterr().out
+
+
+def test_compare_needs_the_train_step():
+  with pytest.raises(app.UsageError, match="--notrain_step"):
+    benchmark.main(["benchmark"], flag_values=_parsed_flags(
+        "--notrain_step", "--pipeline", "--compare=torch"))

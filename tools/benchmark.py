@@ -13,6 +13,9 @@ devices are synchronised only at window ends), measured after compilation and on
 ViT, timm's ViT for sizes it lacks, torchvision ResNets) with the same size, batch, image size and
 optimizer, in this process, its windows interleaved with JAX's so that both see the same load on a
 shared machine. The last line printed is then `ratio jax/torch: X.XX` (images per second).
+On a machine whose cores other processes also use, torch's OpenMP threads spin-wait for each
+other and can run several times slower than one thread; OMP_WAIT_POLICY=PASSIVE in the
+environment avoids that (the JSON records it, with XLA_FLAGS).
 
 --pipeline times the grain train loader (decode, resize, random crop, flip) over either
 generated JPEGs (--pipeline_dataset=jpeg, no TFDS needed) or a built TFDS dataset (its name; the
@@ -55,6 +58,7 @@ PEAK_FLOPS = {
     "TPU v5p": (459e12, 459e12), "TPU v6 lite": (918e12, 918e12),
 }
 RATIO_PREFIX = "ratio jax/torch: "
+_RECORDED_ENVIRONMENT = ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
 _TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
@@ -140,7 +144,8 @@ def benchmark_jax(config: ml_collections.ConfigDict, num_classes: int,
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older jax: one per program.
-  state = setup.state
+  params = sum(leaf.size for leaf in jax.tree.leaves(setup.state.params))
+  state = setup.state  # Donated by the first step.
   start = time.perf_counter()
   state, step_metrics = compiled(state, batch)
   jax.block_until_ready((state, step_metrics))
@@ -168,7 +173,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, num_classes: int,
       "flops_per_step_analytic": analytic,
       "peak_device_bytes": max(peaks) if peaks and None not in peaks else None,
       "host_max_rss_bytes_after_jax_setup": _max_rss_bytes(),
-      "params": sum(leaf.size for leaf in jax.tree.leaves(setup.state.params)),
+      "params": params,
       "model": setup.model,
   }
   return facts, window
@@ -261,7 +266,7 @@ def benchmark_torch(model: Any, config: ml_collections.ConfigDict, images: np.nd
 def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> list[dict[str, Any]]:
   """Records like the TFDS sources' ({'image': JPEG bytes, 'label', 'file_name'}), in memory.
 
-  Smooth colour fields with mild noise, so the JPEGs are about the size of real face crops.
+  Smooth colour fields with mild noise: a few KiB per 128-px JPEG, like small face crops.
   """
   rng = np.random.default_rng(seed)
   records = []
@@ -370,7 +375,8 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
       "steps_per_window": fv.steps_per_window, "num_classes": fv.num_classes, "cores": _cores(),
       "jax_version": jax.__version__, "python": platform.python_version(),
       "load_average_before": load_before, "load_average_after": os.getloadavg(),
-      "host_max_rss_bytes_end": _max_rss_bytes(), "command": " ".join(sys.argv)}
+      "host_max_rss_bytes_end": _max_rss_bytes(), "command": " ".join(sys.argv),
+      "environment": {name: os.environ.get(name) for name in _RECORDED_ENVIRONMENT}}
   return results
 
 
@@ -422,7 +428,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   config = flag_values["config"].value
   try:
     results = run_benchmark(config, flag_values)
-  except ValueError as error:
+  except (ValueError, FileNotFoundError) as error:  # Bad config or flags, or an unbuilt dataset.
     raise app.UsageError(str(error)) from None
   if flag_values.json_out:
     with open(flag_values.json_out, "w", encoding="utf-8") as f:
