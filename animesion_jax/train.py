@@ -87,6 +87,18 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
           + "\n  ".join(differences) + "\nUse another --workdir or the run's original settings.")
 
 
+def jit_train_step(setup: model_setup.Setup, config: ml_collections.ConfigDict, mesh):
+  """The configured train step, jitted over the mesh with the state donated."""
+  return jax.jit(
+      functools.partial(steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
+                        normalization=config.normalization,
+                        label_smoothing=config.label_smoothing,
+                        accumulation_steps=config.grad_accumulation_steps),
+      in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 def evaluate_split(state: steps.TrainState, eval_fn, builder, split: str,
                    config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
   """Exact loss/top-1/top-5 over a whole split."""
@@ -165,14 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     " (the last complete checkpoint; an interrupted write was discarded)"
                     if run_checkpoints.incomplete else "")
 
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-                        normalization=config.normalization,
-                        label_smoothing=config.label_smoothing,
-                        accumulation_steps=config.grad_accumulation_steps),
-      in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  train_fn = jit_train_step(setup, config, mesh)
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=setup.model,
                                       normalization=config.normalization))
 

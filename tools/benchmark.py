@@ -22,7 +22,6 @@ generated JPEGs (--pipeline_dataset=jpeg, no TFDS needed) or a built TFDS datase
 data_dir and builder config come from the config), and reports images/s per worker core.
 """
 
-import functools
 import io
 import json
 import os
@@ -44,7 +43,7 @@ from PIL import Image
 from animesion_jax import config_validation
 from animesion_jax import model_setup
 from animesion_jax import sharding
-from animesion_jax import steps
+from animesion_jax import train
 from animesion_jax.data import datasets
 from animesion_jax.data import pipeline
 from animesion_jax.data import preprocess
@@ -131,14 +130,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, num_classes: int,
                       (jax.process_index() + 1) * len(labels) // jax.process_count())
   batch = sharding.to_global_batch({"image": images[per_process],
                                     "label": labels[per_process]}, mesh)
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-                        normalization=config.normalization,
-                        label_smoothing=config.label_smoothing,
-                        accumulation_steps=config.grad_accumulation_steps),
-      in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  train_fn = train.jit_train_step(setup, config, mesh)
   start = time.perf_counter()
   compiled = train_fn.lower(setup.state, batch).compile()
   compile_s = time.perf_counter() - start
