@@ -96,7 +96,9 @@ def jit_train_step(setup: model_setup.Setup, config: ml_collections.ConfigDict, 
                         accumulation_steps=config.grad_accumulation_steps),
       in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+      # Donating the state saves accelerator memory; on CPU, XLA then copies the parameters
+      # every step instead (measured: ViT-B/16 1.18x and ResNet-18 1.1x faster without).
+      donate_argnums=() if mesh.devices.flat[0].platform == "cpu" else (0,))
 
 
 def evaluate_split(state: steps.TrainState, eval_fn, builder, split: str,

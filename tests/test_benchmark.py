@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 from absl import app
 from absl import flags
@@ -79,6 +81,18 @@ def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
   assert pipeline["images_per_s_per_core"] == pipeline["images_per_s"]  # 0 workers: 1 core.
   assert 100 < pipeline["mean_record_bytes"] < 24 * 24 * 3
   assert "MFU n/a" in "\n".join(lines)
+
+
+def test_command_line_imports_torch_before_tensorflow():
+  # A fresh process: here conftest has imported torch first, which would hide a wrong order
+  # (torch imported after tensorflow segfaults).
+  run = subprocess.run(
+      [sys.executable, str(ROOT / "tools" / "benchmark.py"),
+       f"--config={ROOT / 'configs' / 'quickstart.py'}", *_TINY_VIT[:-2], "--windows=1",
+       "--steps_per_window=1", "--compare=torch"],
+      capture_output=True, text=True, timeout=180, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert _RATIO_LINE.match(run.stdout.strip().splitlines()[-1]), run.stdout
 
 
 def test_bad_window_count_is_a_usage_error():

@@ -43,7 +43,6 @@ from PIL import Image
 from animesion_jax import config_validation
 from animesion_jax import model_setup
 from animesion_jax import sharding
-from animesion_jax import train
 from animesion_jax.data import datasets
 from animesion_jax.data import pipeline
 from animesion_jax.data import preprocess
@@ -122,6 +121,8 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def benchmark_jax(config: ml_collections.ConfigDict, num_classes: int,
                   images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], Callable]:
   """Builds, compiles and warms up the train step; returns its facts and a window timer."""
+  # Not at the top: train imports tensorflow (through clu), and torch must be imported first.
+  from animesion_jax import train  # pylint: disable=g-import-not-at-top
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000,
