@@ -27,6 +27,7 @@ from animesion_jax import optim
 from animesion_jax import steps
 from animesion_jax.data import preprocess
 from configs import base
+from tests.test_convert_torch import NarrowResNet
 
 _STEPS, _BATCH, _CLASSES = 10, 8, 5
 _TINY_VIT = {
@@ -35,26 +36,6 @@ _TINY_VIT = {
                    representation_size=None, classifier='token'),
     'num_classes': _CLASSES, 'image_size': (32, 32), 'url': None,
 }
-
-
-class NarrowResNet(tv_resnet.ResNet):
-  """torchvision's ResNet (its blocks, _make_layer, init and forward) with a
-  stem / first-stage width other than torchvision's fixed 64."""
-
-  def __init__(self, block, layers, width, num_classes):
-    nn.Module.__init__(self)  # pylint: disable=non-parent-init-called
-    self._norm_layer = nn.BatchNorm2d
-    self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
-    self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-    self.layer1 = self._make_layer(block, width, layers[0])
-    self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
-    self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
-    self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
-    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    self.fc = nn.Linear(8 * width * block.expansion, num_classes)
 
 
 def _config(learning_rate):

@@ -26,14 +26,12 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfds_builders.common import build_report
+from tfds_builders.common import file_format as file_format_lib
 from tfds_builders.common import image_check
 from tfds_builders.common import label_csv
 from tfds_builders.common import manual_data
 from tfds_builders.common import parallel
 
-# ArrayRecord allows random access (tfds.data_source / grain); TFDS itself
-# still defaults to TFRecord.
-DEFAULT_FILE_FORMAT = 'array_record'
 LABELS_DIR = 'labels'
 CLASS_FILE = 'classid_classname.csv'
 SPLIT_FILES = {'train': 'train.csv', 'validation': 'val.csv',
@@ -129,10 +127,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
     super().__init__(file_format=file_format, **kwargs)
-    # A prepared dataset keeps the format recorded in its dataset_info.json;
-    # only fresh builds without an explicit format get ArrayRecord.
-    if file_format is None and not self.info.initialized:
-      self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+    file_format_lib.default_to_array_record(self, file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -24,6 +24,7 @@ from absl import logging
 from etils import epath
 
 from tfds_builders.common import build_report
+from tfds_builders.common import file_format as file_format_lib
 from tfds_builders.common import image_check
 from tfds_builders.common import label_csv
 from tfds_builders.common import manual_data
@@ -31,9 +32,6 @@ from tfds_builders.common import parallel
 
 from . import layouts
 
-# ArrayRecord allows random access (tfds.data_source / grain); TFDS itself
-# still defaults to TFRecord.
-DEFAULT_FILE_FORMAT = 'array_record'
 NON_RGB = 'non_rgb_image'
 # Threads reading and decoding images during the scan (Pillow and file reads
 # release the GIL).
@@ -124,10 +122,7 @@ nagadomi's zip itself when the network allows.
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
     super().__init__(file_format=file_format, **kwargs)
-    # A prepared dataset keeps the format recorded in its dataset_info.json;
-    # only fresh builds without an explicit format get ArrayRecord.
-    if file_format is None and not self.info.initialized:
-      self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+    file_format_lib.default_to_array_record(self, file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

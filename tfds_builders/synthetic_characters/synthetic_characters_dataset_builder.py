@@ -28,15 +28,14 @@ from typing import Any, Iterator
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from tfds_builders.common import file_format as file_format_lib
+
 from . import drawing
 
 IMAGE_SIZE = 64
 # Each split draws from its own random stream, so no image is repeated across
 # splits and growing one split leaves the others unchanged.
 _SPLIT_STREAMS = {'train': 1, 'validation': 2, 'test': 3}
-# ArrayRecord supports random access (tfds.data_source / grain); TFDS itself
-# still defaults to TFRecord, so this builder overrides that default.
-DEFAULT_FILE_FORMAT = 'array_record'
 
 _DESCRIPTION = f"""\
 SYNTHETIC data: {len(drawing.CHARACTERS)} procedurally drawn anime-style
@@ -102,11 +101,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
     super().__init__(file_format=file_format, **kwargs)
-    # An already prepared dataset keeps the format recorded in its
-    # dataset_info.json (its info is then initialized); only fresh builds
-    # without an explicit format get ArrayRecord.
-    if file_format is None and not self.info.initialized:
-      self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+    file_format_lib.default_to_array_record(self, file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
