@@ -1,12 +1,15 @@
 """Tests for the moeImouto builder, on dummy trees of each download layout.
 
 The dummy trees (tfds_builders/moeimouto/dummy_data, written by its
-make_dummy_data.py) hold 3 classes with images, a class folder without
-images, non-image files, a grayscale PNG and a truncated PNG; the Animesion
-split files add a missing file, a blank line, a duplicate row and an
-out-of-range class id. Expected counts are worked out in make_dummy_data.py.
+make_dummy_data.py) hold 3 classes with images named as in the paper's split
+files, a class folder without images, non-image files, a grayscale PNG and a
+truncated PNG; the Animesion split files add a missing file, a blank line, a
+duplicate row and an out-of-range class id. Expected counts are worked out in
+make_dummy_data.py.
 """
 
+import collections
+import gzip
 import pathlib
 import shutil
 import socket
@@ -18,7 +21,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tfds_builders.common import build_report
+from tfds_builders.common import class_counts
 from tfds_builders.common import image_check
+from tfds_builders.common import label_csv
 from tfds_builders.common import manual_data
 from tfds_builders.moeimouto import layouts
 from tfds_builders.moeimouto import moeimouto_dataset_builder as moe_builder
@@ -114,10 +119,10 @@ def test_animesion_split_files_give_paper_ids_and_report(tmp_path):
   train = _records(builder, 'train')
   assert len(train) == 10
   # Class ids come from the CSV, not from sorted folder names.
-  assert train['000_hatsune_miku/face_11_110_0.png']['label'] == 1
+  assert train['000_hatsune_miku/face_214_99_108.png']['label'] == 1
   # Images are the files' own bytes, not re-encoded.
-  path = DUMMY / 'animesion/data/000_hatsune_miku/face_11_110_0.png'
-  assert train['000_hatsune_miku/face_11_110_0.png']['image'] == (
+  path = DUMMY / 'animesion/data/000_hatsune_miku/face_214_99_108.png'
+  assert train['000_hatsune_miku/face_214_99_108.png']['image'] == (
       path.read_bytes())
   report = builder.info.metadata['build_report']['train']
   skipped = {reason: entry['count']
@@ -130,6 +135,89 @@ def test_animesion_split_files_give_paper_ids_and_report(tmp_path):
   assert report['kept'] == 10
 
 
+def _paper_rows(split):
+  return label_csv.read_split(
+      layouts.PAPER_SPLIT_DIR / layouts.PAPER_SPLIT_FILES[split],
+      num_classes=173, report=build_report.BuildReport(split))
+
+
+def test_shipped_files_are_the_papers_split():
+  names = label_csv.read_class_names(
+      layouts.PAPER_SPLIT_DIR / layouts.CLASS_FILE)
+  assert len(names) == 173
+  # Ids follow the original's filesystem order, not name order.
+  assert names[:3] == ['190_kawashima_ami', '073_subaru_nakajima',
+                       '092_shindou_kei']
+  rows = {split: _paper_rows(split) for split in ('train', 'test')}
+  assert {split: len(r) for split, r in rows.items()} == {
+      'train': 11452, 'test': 2943}
+  paths = {split: {row.path for row in r} for split, r in rows.items()}
+  assert not paths['train'] & paths['test']
+  assert not set(layouts.PAPER_DROPPED) & (paths['train'] | paths['test'])
+  per_class = {split: collections.Counter(row.class_id for row in r)
+               for split, r in rows.items()}
+  # Every class is in both splits, cut per class at int(n * 0.8), and each
+  # file sits in the folder of its class.
+  for class_id, name in enumerate(names):
+    n_train, n_test = per_class['train'][class_id], per_class['test'][class_id]
+    assert n_test > 0 and n_train == int((n_train + n_test) * 0.8), name
+  assert all(row.path.split('/')[0] == names[row.class_id]
+             for r in rows.values() for row in r)
+  # Gunzipped, the shipped files are text CSVs without a header, as published.
+  text = gzip.decompress((layouts.PAPER_SPLIT_DIR / 'test.csv.gz').read_bytes())
+  assert text.startswith(b'0,190_kawashima_ami/face_249_207_45.png\n')
+
+
+def test_plain_download_gives_the_papers_split(tmp_path):
+  builder = _build(tmp_path, DUMMY / 'nagadomi')
+  names = builder.info.features['label'].names
+  assert len(names) == 173
+  assert 'shipped with the builder' in builder.info.metadata['split_source']
+  expected = {split: {row.path: row.class_id for row in _paper_rows(split)}
+              for split in ('train', 'test')}
+  for split, count in (('train', 11), ('test', 4)):
+    records = _records(builder, split)
+    assert len(records) == count
+    # Every image is in the split, with the class id, the paper gave it.
+    assert {p: int(ex['label']) for p, ex in records.items()} == {
+        p: expected[split][p] for p in records}
+  assert names[73] == '000_hatsune_miku'
+  report = builder.info.metadata['build_report']
+  # 11,452 + 2,943 listed; 12 + 4 of them are in the dummy tree, one
+  # of which is truncated.
+  assert report['train']['skipped']['missing_file']['count'] == 11452 - 12
+  assert report['test']['skipped']['missing_file']['count'] == 2943 - 4
+  assert report['train']['skipped']['truncated_image']['first'] == [
+      'train.csv.gz:1172: 144_kotegawa_yui/face_228_166_78.png (PNG has no '
+      'IEND chunk at its end)']
+  # The grayscale image is one the paper dropped: on disk, in no split.
+  assert report['scan']['ignored'] == {'image not in the split files': 1}
+  assert report['scan']['notes']['not in the split files'] == (
+      '144_kotegawa_yui/face_272_204_0.png')
+  stored = builder.info.metadata[class_counts.METADATA_KEY]
+  assert (stored['train'][16], stored['train'][73], stored['train'][170]) == (
+      3, 4, 4)
+  assert sum(stored['test']) == 4 and len(stored['test']) == 173
+
+
+def test_images_unknown_to_the_papers_split_fail_with_advice(tmp_path):
+  manual = tmp_path / 'manual' / layouts.KAGGLE_DIR / '001_someone'
+  manual.mkdir(parents=True)
+  for index, name in enumerate(('face_298_149_4.png', 'face_113_132_80.png')):
+    shutil.copy(DUMMY / 'kaggle' / layouts.KAGGLE_DIR / '144_kotegawa_yui' /
+                name, manual / f'face_{index}_0_0.png')
+  with pytest.raises(manual_data.MissingDataError,
+                     match=r"None of the 14,395 images of the paper's split"
+                     r'(.|\n)*--config=convert_to_rgb'):
+    _build(tmp_path, tmp_path / 'manual')
+  # The sorted rule takes whatever the folder holds.
+  builder = _build(tmp_path, tmp_path / 'manual', config='convert_to_rgb',
+                   name='rule')
+  assert builder.info.features['label'].names == ['001_someone']
+  assert {s: v.num_examples for s, v in builder.info.splits.items()} == {
+      'train': 1, 'test': 1}
+
+
 def test_sorted_rule_split_and_grayscale_conversion(tmp_path):
   builder = _build(tmp_path, DUMMY / 'kaggle', config='convert_to_rgb')
   assert builder.info.features['label'].names == SORTED_NAMES
@@ -138,11 +226,13 @@ def test_sorted_rule_split_and_grayscale_conversion(tmp_path):
   test = _records(builder, 'test')
   # 144 has 5 usable images sorted by name: the first int(5*0.8)=4 train.
   assert sorted(p for p in train if p.startswith('144')) == [
-      '144_kotegawa_yui/face_101_101_0.png',
-      '144_kotegawa_yui/face_102_102_0.png',
-      '144_kotegawa_yui/face_103_103_0.png',
-      '144_kotegawa_yui/face_104_104_0.png']
-  grey = test['144_kotegawa_yui/face_272_204_0.png']
+      '144_kotegawa_yui/face_113_132_80.png',
+      '144_kotegawa_yui/face_132_180_83.png',
+      '144_kotegawa_yui/face_272_204_0.png',
+      '144_kotegawa_yui/face_284_132_91.png']
+  assert [p for p in test if p.startswith('144')] == [
+      '144_kotegawa_yui/face_298_149_4.png']
+  grey = train['144_kotegawa_yui/face_272_204_0.png']
   header = image_check.inspect_image(grey['image'], decode=True)
   assert (header.format, header.mode) == ('png', 'RGB')
   pixels = builder.info.features['image'].decode_example_np(grey['image'])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 from typing import Iterator
 
 from etils import epath
@@ -51,8 +52,14 @@ def _parse_int(text: str) -> int | None:
 
 
 def _read_rows(path: epath.Path) -> Iterator[tuple[int, list[str]]]:
-  """Yields (1-based line number, fields) for every line, blank ones too."""
-  lines = path.read_text(encoding='utf-8-sig').splitlines()
+  """Yields (1-based line number, fields) for every line, blank ones too.
+
+  A file whose name ends in .gz is decompressed first.
+  """
+  data = path.read_bytes()
+  if path.suffix == '.gz':
+    data = gzip.decompress(data)
+  lines = data.decode('utf-8-sig').splitlines()
   for line_no, fields in enumerate(csv.reader(lines), start=1):
     yield line_no, [field.strip() for field in fields]
 

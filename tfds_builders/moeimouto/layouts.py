@@ -12,6 +12,11 @@ nagadomi's zip hold no image at all. The Animesion split files list paths
 relative to the folder of class folders (`190_kawashima_ami/face_1_2_3.png`),
 so they apply to the images of any layout; when they are found they define
 the splits and class ids, whichever layout the images come from.
+
+The published split files (from the Animesion repository, MIT licence; they
+exist only in its history) ship with the builder in `paper_split/`, the split
+files gzipped, so that nagadomi's zip or the Kaggle copy alone gives the
+paper's split.
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ KAGGLE_DIR = 'moeimouto-faces'
 ANIMESION_IMAGE_DIR = 'data'
 CLASS_FILE = 'classid_classname.csv'
 SPLIT_FILES = {'train': 'train.csv', 'test': 'test.csv'}
+# The paper's split files as published, shipped with the builder (the split
+# files gzipped; `gunzip -c` gives the published bytes).
+PAPER_SPLIT_DIR = epath.Path(__file__).parent / 'paper_split'
+PAPER_SPLIT_FILES = {split: f'{name}.gz' for split, name in SPLIT_FILES.items()}
+# Images in the paper's split files, and the 2 non-RGB images the paper
+# dropped before splitting (not listed in its split files).
+PAPER_NUM_IMAGES = 14_395
+PAPER_DROPPED = ('144_kotegawa_yui/face_272_204_0.png',
+                 '144_kotegawa_yui/face_284_227_1.png')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 
 # Layout names, as recorded in the build report.

@@ -8,10 +8,13 @@ nothing is found in the manual directory and the network allows.
   tfds build tfds_builders/moeimouto --manual_dir=DIR   # both configs
   tfds build tfds_builders/moeimouto --config=drop_non_rgb --manual_dir=DIR
 
+The default config gives the paper's split from nagadomi's zip alone: the
+published Animesion split files ship with the builder (`paper_split/`).
 Images are stored as the original PNG bytes (only non-RGB images are
 re-encoded, and only by the `convert_to_rgb` config). Everything skipped,
 dropped or ignored is counted in the build log and stored in the dataset's
-metadata under 'build_report'.
+metadata under 'build_report'; examples per class of each split under
+'class_counts'.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from absl import logging
 from etils import epath
 
 from tfds_builders.common import build_report
+from tfds_builders.common import class_counts
 from tfds_builders.common import file_format as file_format_lib
 from tfds_builders.common import image_check
 from tfds_builders.common import label_csv
@@ -37,10 +41,15 @@ NON_RGB = 'non_rgb_image'
 # release the GIL).
 _NUM_THREADS = 8
 
-_SPLIT_NOTE_PAPER = "the paper's split, from the Animesion split files"
+_SPLIT_NOTE_USER = (
+    "the paper's split, from the Animesion split files in the manual directory")
+_SPLIT_NOTE_SHIPPED = (
+    "the paper's split, from the Animesion split files shipped with the "
+    'builder')
 _SPLIT_NOTE_RULE = (
-    "NOT the paper's exact split: sorted-name 80/20 rule (no Animesion split "
-    'files found)')
+    "NOT the paper's exact split: sorted-name 80/20 rule (config "
+    "convert_to_rgb without Animesion split files in the manual directory; "
+    "the paper's split files do not list the non-RGB images)")
 
 _DESCRIPTION = """\
 moeImouto (nagadomi's animeface-character-dataset): face crops of anime
@@ -48,13 +57,18 @@ characters, one class per character; 173 classes and 14,395 RGB images in the
 Animesion paper (2 non-RGB images dropped), split per class 80/20 into
 train (11,452) and test (2,943).
 
-Splits and class ids: when the Animesion split files (train.csv, test.csv,
-classid_classname.csv) are present, the splits, class ids and class names are
-exactly the paper's. Otherwise the split is NOT the paper's exact split (which
-followed the filesystem's listing order and cannot be reproduced): classes
-sorted by folder name get ids 0, 1, ...; within a class, the files sorted by
-name, the first int(n * 0.8) usable images go to train and the rest to test.
-The build's metadata records which rule was used ('split_source').
+Splits and class ids: the Animesion split files (train.csv, test.csv,
+classid_classname.csv) define the splits, class ids and class names: the
+user's copy when the manual directory holds one, else the published files
+shipped with the builder, so the default config gives exactly the paper's
+split from nagadomi's zip or the Kaggle copy. The paper's files do not list
+the 2 non-RGB images, so the `convert_to_rgb` config, unless the manual
+directory holds split files, uses a documented rule instead (NOT the paper's
+split, which followed the filesystem's listing order and cannot be rebuilt
+from the folders): classes sorted by folder name get ids 0, 1, ...; within a
+class, the files sorted by name, the first int(n * 0.8) usable images go to
+train and the rest to test. The build's metadata records which was used
+('split_source').
 
 Features: `image` (the original encoded PNG bytes), `label` (the character,
 named after its folder, e.g. '000_hatsune_miku'), `file_name`
@@ -77,8 +91,9 @@ _EXPECTED_LAYOUT = f"""\
   DIR/{layouts.NAGADOMI_DIR}/thumb/<NNN_name>/face_*.png   (the zip, extracted)
   DIR/{layouts.KAGGLE_DIR}/<NNN_name>/face_*.png   (Kaggle copy, or its zip)
   DIR/data/<NNN_name>/face_*.png + DIR/train.csv, DIR/test.csv,
-      DIR/classid_classname.csv   (Animesion-prepared; the paper's split)
-  The three Animesion CSVs may also sit beside any of the other layouts."""
+      DIR/classid_classname.csv   (Animesion-prepared)
+  The three Animesion CSVs may also sit beside any of the other layouts;
+  without them the paper's split files shipped with the builder are used."""
 
 _WHERE_TO_GET = (
     f'{layouts.NAGADOMI_URL} (nagadomi), or {layouts.KAGGLE_ZIP} from the '
@@ -105,11 +120,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       MoeimoutoConfig(
           name='drop_non_rgb',
-          description="Non-RGB images dropped, as in the paper (14,395).",
+          description=("The paper's split (14,395 images); non-RGB images "
+                       'dropped, as in the paper.'),
       ),
       MoeimoutoConfig(
           name='convert_to_rgb', convert_non_rgb=True,
-          description='Non-RGB images kept, re-encoded as RGB PNG.',
+          description=('Non-RGB images kept, re-encoded as RGB PNG (14,397); '
+                       "sorted-name 80/20 split unless split files are in "
+                       'the manual directory.'),
       ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'drop_non_rgb'
@@ -149,9 +167,15 @@ nagadomi's zip itself when the network allows.
     reports = {split: build_report.BuildReport(f'moeimouto/{split}')
                for split in layouts.SPLIT_FILES}
     if found.csv_dir is not None:
-      names, splits = self._splits_from_csv(found, reports)
-      scan.kept = sum(len(items) for items in splits.values())
-      split_source = _SPLIT_NOTE_PAPER
+      names, splits = self._splits_from_csv(
+          found.csv_dir, layouts.SPLIT_FILES, found.image_root, reports, scan)
+      split_source = _SPLIT_NOTE_USER
+    elif not self.builder_config.convert_non_rgb:
+      names, splits = self._splits_from_csv(
+          layouts.PAPER_SPLIT_DIR, layouts.PAPER_SPLIT_FILES,
+          found.image_root, reports, scan)
+      split_source = _SPLIT_NOTE_SHIPPED
+      _check_paper_images(splits, found.image_root, reports)
     else:
       names, splits = self._splits_by_rule(found.image_root, scan)
       split_source = _SPLIT_NOTE_RULE
@@ -169,19 +193,35 @@ nagadomi's zip itself when the network allows.
     }
 
   def _splits_from_csv(
-      self, found: layouts.Found,
-      reports: dict[str, build_report.BuildReport]) -> tuple[list, dict]:
-    """The paper's class names and splits, keeping the usable listed images."""
-    names = label_csv.read_class_names(found.csv_dir / layouts.CLASS_FILE)
+      self, csv_dir: epath.Path, split_files: dict[str, str],
+      image_root: epath.Path, reports: dict[str, build_report.BuildReport],
+      scan: build_report.BuildReport) -> tuple[list, dict]:
+    """Class names and splits from split files, keeping the usable listed images.
+
+    Images in the class folders that no split file lists are counted in `scan`
+    (the first few named in a note).
+    """
+    names = label_csv.read_class_names(csv_dir / layouts.CLASS_FILE)
     splits = {}
-    for split, file_name in layouts.SPLIT_FILES.items():
-      rows = label_csv.read_split(
-          found.csv_dir / file_name, len(names), reports[split])
-      modes = self._screen(found.image_root,
+    listed = set()
+    for split, file_name in split_files.items():
+      rows = label_csv.read_split(csv_dir / file_name, len(names),
+                                  reports[split])
+      listed.update(row.path for row in rows)
+      modes = self._screen(image_root,
                            [(row.path, row.where) for row in rows],
                            reports[split])
       splits[split] = [(row.class_id, row.path, modes[row.path])
                        for row in rows if row.path in modes]
+    scan.kept = sum(len(items) for items in splits.values())
+    on_disk = layouts.list_class_folders(image_root,
+                                         build_report.BuildReport('unused'))
+    unlisted = [f'{c}/{f}' for c, files in on_disk.items() for f in files
+                if f'{c}/{f}' not in listed]
+    if unlisted:
+      scan.ignore('image not in the split files', len(unlisted))
+      scan.note('not in the split files', ', '.join(unlisted[:10]) + (
+          f', ... ({len(unlisted) - 10} more)' if len(unlisted) > 10 else ''))
     return names, splits
 
   def _splits_by_rule(
@@ -267,14 +307,38 @@ nagadomi's zip itself when the network allows.
       report: build_report.BuildReport) -> Iterator[tuple[str, dict]]:
     """Yields (relative path, example) for screened (class_id, path, mode)."""
     converted = 0
+    counter = class_counts.SplitCounter()
     for class_id, rel_path, mode in items:
       data = (image_root / rel_path).read_bytes()
       if mode != 'RGB':
         data = image_check.to_rgb_png(data)
         converted += 1
       report.kept += 1
+      counter.add(class_id)
       yield rel_path, {'image': data, 'label': class_id, 'file_name': rel_path}
     if converted:
       report.note('converted to RGB', converted)
     report.log()
     self.info.metadata['build_report'][split] = report.as_dict()
+    counter.store(self.info, split, self.info.features['label'].num_classes)
+
+
+def _check_paper_images(splits: dict[str, list], image_root: epath.Path,
+                        reports: dict[str, build_report.BuildReport]) -> None:
+  """Says how much of the paper's split the folder holds; fails on none of it."""
+  found = sum(len(items) for items in splits.values())
+  if found == 0:
+    raise manual_data.missing_data_error(
+        'moeimouto', str(image_root), _WHERE_TO_GET, _EXPECTED_LAYOUT,
+        detail=(f'None of the {layouts.PAPER_NUM_IMAGES:,} images of the '
+                f"paper's split is usable in {image_root}. To split whatever "
+                'images it holds by the sorted-name rule instead, build '
+                '--config=convert_to_rgb.'))
+  unusable = sum(report.num_skipped for report in reports.values())
+  if unusable:
+    logging.warning(
+        "moeimouto: %d of the %d images of the paper's split are missing or "
+        'unusable in %s (see the build report); the other %d keep their '
+        "paper split. To split whatever the folder holds by the sorted-name "
+        'rule instead, build --config=convert_to_rgb.', unusable,
+        layouts.PAPER_NUM_IMAGES, image_root, found)

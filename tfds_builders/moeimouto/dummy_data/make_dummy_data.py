@@ -8,10 +8,17 @@ is missing, a blank line, a duplicate row and an out-of-range class id.
 
   python tfds_builders/moeimouto/dummy_data/make_dummy_data.py
 
+Image names are real ones from the paper's split files, so the split files
+shipped with the builder (paper_split/) apply to these trees: of the 15 listed
+images here, 11 are in the paper's train split and 4 in its test split (one
+train image truncated); the grayscale image is one of the 2 the paper dropped.
+
 Expected counts (train/test), checked by tests/test_moeimouto.py:
-  sorted 80/20 rule (nagadomi, kaggle, zip): drop_non_rgb 11/4,
-    convert_to_rgb 12/4.
-  Animesion split files: drop_non_rgb 10/5, convert_to_rgb 11/5.
+  shipped paper split (drop_non_rgb; nagadomi, kaggle, zip): 11/4, with
+    14,380 of the paper's 14,395 images missing.
+  sorted 80/20 rule (convert_to_rgb; nagadomi, kaggle, zip): 12/4.
+  Animesion split files in the manual dir: drop_non_rgb 10/5,
+    convert_to_rgb 11/5.
 """
 
 import io
@@ -23,17 +30,27 @@ from PIL import Image
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-# class folder -> RGB image names. Folder 144 also gets a grayscale and a
-# truncated image; folder 048 holds no image at all.
+# class folder -> RGB image names (comments: split in the paper's files).
+# Folder 144 also gets a grayscale and a truncated image; folder 048 holds no
+# image at all.
 RGB_IMAGES = {
-    '000_hatsune_miku': [f'face_{i}_{10 * i}_0.png' for i in (11, 12, 13, 14,
-                                                              15, 16)],
-    '001_kinomoto_sakura': [f'face_{i}_{20 * i}_1.png' for i in (21, 22, 23,
-                                                                 24, 25)],
-    '144_kotegawa_yui': [f'face_{i}_{i}_0.png' for i in (101, 102, 103, 104)],
+    '000_hatsune_miku': [
+        'face_214_99_108.png', 'face_641_448_151.png',  # train
+        'face_328_209_46.png', 'face_632_189_54.png',  # train
+        'face_604_367_106.png', 'face_385_110_90.png'],  # test
+    '001_kinomoto_sakura': [
+        'face_189_227_85.png', 'face_348_348_12.png',  # train
+        'face_887_181_71.png', 'face_204_227_93.png',  # train
+        'face_294_242_111.png'],  # test
+    '144_kotegawa_yui': [
+        'face_298_149_4.png', 'face_132_180_83.png',  # train
+        'face_284_132_91.png',  # train
+        'face_113_132_80.png'],  # test
 }
+# Not in the paper's split files (dropped as non-RGB).
 GRAYSCALE = ('144_kotegawa_yui', 'face_272_204_0.png')
-TRUNCATED = ('144_kotegawa_yui', 'face_999_9_9.png')
+# In the paper's train split.
+TRUNCATED = ('144_kotegawa_yui', 'face_228_166_78.png')
 EMPTY_CLASS = '048_unused'
 NON_IMAGE_FILES = {'ignore': '', 'color.csv': '0.1,0.2,0.3\n'}
 
@@ -41,29 +58,29 @@ NON_IMAGE_FILES = {'ignore': '', 'color.csv': '0.1,0.2,0.3\n'}
 ANIMESION_CLASSES = ['144_kotegawa_yui', '000_hatsune_miku',
                      '001_kinomoto_sakura']
 ANIMESION_TRAIN = """\
-0,144_kotegawa_yui/face_103_103_0.png
-0,144_kotegawa_yui/face_101_101_0.png
+0,144_kotegawa_yui/face_132_180_83.png
+0,144_kotegawa_yui/face_298_149_4.png
 0,144_kotegawa_yui/face_272_204_0.png
-0,144_kotegawa_yui/face_999_9_9.png
-1,000_hatsune_miku/face_14_140_0.png
-1,000_hatsune_miku/face_11_110_0.png
-1,000_hatsune_miku/face_16_160_0.png
+0,144_kotegawa_yui/face_228_166_78.png
+1,000_hatsune_miku/face_328_209_46.png
+1,000_hatsune_miku/face_214_99_108.png
+1,000_hatsune_miku/face_632_189_54.png
 1,000_hatsune_miku/face_404_0_0.png
-1,000_hatsune_miku/face_12_120_0.png
+1,000_hatsune_miku/face_641_448_151.png
 
-2,001_kinomoto_sakura/face_23_460_1.png
-2,001_kinomoto_sakura/face_21_420_1.png
-2,001_kinomoto_sakura/face_25_500_1.png
-2,001_kinomoto_sakura/face_25_500_1.png
-2,001_kinomoto_sakura/face_22_440_1.png
-7,001_kinomoto_sakura/face_24_480_1.png
+2,001_kinomoto_sakura/face_887_181_71.png
+2,001_kinomoto_sakura/face_189_227_85.png
+2,001_kinomoto_sakura/face_204_227_93.png
+2,001_kinomoto_sakura/face_204_227_93.png
+2,001_kinomoto_sakura/face_348_348_12.png
+7,001_kinomoto_sakura/face_294_242_111.png
 """
 ANIMESION_TEST = """\
-0,144_kotegawa_yui/face_102_102_0.png
-0,144_kotegawa_yui/face_104_104_0.png
-1,000_hatsune_miku/face_13_130_0.png
-1,000_hatsune_miku/face_15_150_0.png
-2,001_kinomoto_sakura/face_24_480_1.png
+0,144_kotegawa_yui/face_113_132_80.png
+0,144_kotegawa_yui/face_284_132_91.png
+1,000_hatsune_miku/face_604_367_106.png
+1,000_hatsune_miku/face_385_110_90.png
+2,001_kinomoto_sakura/face_294_242_111.png
 """
 
 
