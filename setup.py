@@ -2,37 +2,52 @@
 
 import setuptools
 
-# Versions seen installing and working together (jax 0.10.2, flax 0.12.8, optax 0.2.8,
-# orbax-checkpoint 0.12.8, tfds 4.9.10, grain 0.2.18, clu 0.0.12, tensorflow-cpu 2.21).
+# Lower bounds: the versions CI installs and tests (jax 0.10.2, flax 0.12.8, optax 0.2.8,
+# orbax-checkpoint 0.12.8, tfds 4.9.10, grain 0.2.18, clu 0.0.12); newer releases are accepted
+# (the GPU machine runs jax 0.11.2). A cap only where a real incompatibility is known, with why.
+# Nothing here pulls in TensorFlow: training, evaluation, prediction, conversion and the benchmark
+# run without it (tests/test_no_tensorflow.py); only the `tfds build` command line needs it.
 INSTALL_REQUIRES = [
-    "jax>=0.10.2,<0.11",
-    "jaxlib>=0.10.2,<0.11",
-    "flax>=0.12.8,<0.13",
-    "optax>=0.2.8,<0.3",
-    "orbax-checkpoint>=0.12.8,<0.13",
-    "tensorflow-datasets>=4.9.10,<4.10",
-    "grain>=0.2.18,<0.3",
+    "jax>=0.10.2",
+    "jaxlib>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    # ArrayRecord data sources and DatasetBuilder.download_and_prepare work without TensorFlow.
+    "tensorflow-datasets>=4.9.10",
+    "grain>=0.2.18",
     "array_record>=0.8",
-    "clu==0.0.12",
-    "ml-collections>=1.1.0,<2",
-    "numpy>=2.4,<3",
-    "protobuf>=6.33,<7",
-    # clu's metric writers need TensorFlow and TensorBoard.
-    "tensorflow-cpu>=2.21,<2.22",
-    "tensorboard>=2.21,<2.22",
-    "pillow>=12,<13",
-    "importlib_resources",
+    "clu>=0.0.12",  # Only clu.metrics and clu.parameter_overview (TF-free) are used.
+    "ml-collections>=1.1.0",
+    "etils[epath]>=1.9.1",
+    "numpy>=2.0",  # jax's own floor; keeps the numpy that Colab ships.
+    "tensorboard>=2.21",  # Its TF-free event-file writer writes the summaries.
+    "pillow>=11",
     "scipy>=1.13",
     "matplotlib>=3.8",
     "tqdm>=4.60",
-    # The `tfds build` CLI of tfds 4.9.10 imports these at start-up (tensorflow/datasets#5463).
-    "apache-beam>=2.77,<3",
-    "mlcroissant>=1.1,<2",
-    # Face detection for `predict --detect_faces`; 5.x has no CascadeClassifier.
+    # Face detection for `predict --detect_faces`; OpenCV 5.x has no CascadeClassifier.
     "opencv-python-headless>=4.8,<5",
 ]
 
-TEST_REQUIRES = [
+# `tfds build` (the command line that builds moeImouto and DAF:re) imports TensorFlow, apache_beam
+# and mlcroissant at start-up in tfds 4.9.10 (tensorflow/datasets#5463). The quick start builds its
+# synthetic dataset through the Python API, which needs none of them.
+BUILD_REQUIRES = [
+    "tensorflow-cpu>=2.21; platform_machine == 'x86_64'",
+    "tensorflow>=2.21; platform_machine != 'x86_64'",
+    "apache-beam>=2.77",
+    "mlcroissant>=1.1",
+]
+
+# JAX with accelerator plugins, through jax's own extras (the same jax version constraint).
+ACCELERATOR_EXTRAS = {
+    "cuda12": ["jax[cuda12]>=0.10.2"],
+    "cuda13": ["jax[cuda13]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
+}
+
+TEST_REQUIRES = BUILD_REQUIRES + [
     "pytest>=8",
     "dill>=0.3",  # tfds.testing imports it.
     # PyTorch references for the parity tests and the benchmark's --compare=torch.
@@ -40,6 +55,9 @@ TEST_REQUIRES = [
     "torchvision==0.29.1",
     "pytorch-pretrained-vit==0.0.7",
     "timm==1.0.31",
+    # tests/test_notebook.py executes notebooks/quickstart.ipynb with parameters.
+    "papermill>=2.6",
+    "ipykernel>=6",
 ]
 
 setuptools.setup(
@@ -48,10 +66,16 @@ setuptools.setup(
     description="Anime character recognition (DAF:re, moeImouto) with ViT and ResNet in JAX/Flax.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax >= 0.10 requires Python >= 3.11 (and numpy >= 2.3 has no 3.10 wheels).
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
     packages=setuptools.find_packages(include=["animesion_jax*", "tfds_builders*", "configs"]),
-    package_data={"tfds_builders": ["*/dummy_data/**/*", "*/*.txt", "*/*.md"]},
+    package_data={"tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "build": BUILD_REQUIRES, **ACCELERATOR_EXTRAS},
 )

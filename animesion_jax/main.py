@@ -56,12 +56,6 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
-  if _CONFIG.value.init_from.source in ("pytorch_vit", "torchvision_resnet"):
-    # The converters import torch; importing it after TensorFlow segfaults, before is fine.
-    import torch  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
-  # Keep TensorFlow (used only for dataset metadata and summaries) off the accelerator.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
