@@ -12,10 +12,12 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from tfds_builders.common import build_report
+from tfds_builders.common import class_counts
 from tfds_builders.common import image_check
 from tfds_builders.common import label_csv
 from tfds_builders.common import manual_data
@@ -63,8 +65,8 @@ class LegacyLabelFilesTest(_TfRecordHarness,
   SPLITS = {'train': 16, 'validation': 4, 'test': 8}
 
 
-def _build(tmp_path, manual_dir, config='faces'):
-  builder = dafre_builder.Builder(data_dir=tmp_path / 'data', config=config)
+def _build(tmp_path, manual_dir, config='faces', name='data'):
+  builder = dafre_builder.Builder(data_dir=tmp_path / name, config=config)
   builder.download_and_prepare(
       download_dir=tmp_path / 'downloads',
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -119,6 +121,56 @@ def test_build_report_lists_every_bad_row(tmp_path):
   feature = builder.info.features['image']
   assert feature.decode_example_np_with_pil(cmyk['image'], 3).shape == (
       16, 16, 3)
+
+
+def _animesion_layout(root):
+  """The dummy download arranged as the original code read it."""
+  shutil.copytree(DUMMY / 'current' / 'faces', root / 'data')
+  for path in (DUMMY / 'current' / 'labels').iterdir():
+    shutil.copy(path, root)
+  return root
+
+
+def test_original_code_layout_gives_same_records(tmp_path):
+  manual = tmp_path / 'manual'
+  _animesion_layout(manual / 'danbooruFaces')
+  builder = _build(tmp_path, manual, name='animesion')
+  reference = _build(tmp_path, DUMMY / 'current', name='release')
+  assert builder.info.metadata['layout'] == dafre_builder.ANIMESION
+  assert reference.info.metadata['layout'] == dafre_builder.RELEASE
+  assert builder.info.metadata['image folder'] == str(
+      manual / 'danbooruFaces' / 'data')
+  assert builder.info.features['label'].names == NAMES
+  for split in ('train', 'validation', 'test'):
+    ours = builder.as_data_source(
+        split, decoders={'image': tfds.decode.SkipDecoding()})
+    theirs = reference.as_data_source(
+        split, decoders={'image': tfds.decode.SkipDecoding()})
+    assert [(ex['file_name'], ex['label'], ex['image']) for ex in ours] == [
+        (ex['file_name'], ex['label'], ex['image']) for ex in theirs]
+  # Counted while writing: train keeps 16 of its 21 rows.
+  stored = builder.info.metadata[class_counts.METADATA_KEY]
+  assert stored == reference.info.metadata[class_counts.METADATA_KEY]
+  assert [sum(stored[s]) for s in ('train', 'validation', 'test')] == [16, 4, 8]
+  labels = class_counts.read_labels(builder, 'train')
+  assert np.bincount(labels, minlength=4).tolist() == stored['train']
+
+
+def test_original_code_layout_is_not_read_by_full_config(tmp_path):
+  manual = _animesion_layout(tmp_path / 'manual')
+  with pytest.raises(manual_data.MissingDataError,
+                     match=r"original Animesion layout\), which only config "
+                     r"'faces' reads; config 'full' reads labels/ and "
+                     r'fullMin256/'):
+    _build(tmp_path, manual, config='full')
+
+
+def test_original_code_layout_missing_split_file_is_named(tmp_path):
+  manual = _animesion_layout(tmp_path / 'manual')
+  (manual / 'val.csv').unlink()
+  with pytest.raises(manual_data.MissingDataError,
+                     match=f'{manual} lacks val.csv'):
+    _build(tmp_path, manual)
 
 
 def test_missing_manual_data_names_dataset_source_dir_and_layout(tmp_path):

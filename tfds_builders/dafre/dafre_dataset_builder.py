@@ -7,13 +7,16 @@ MANUAL_DOWNLOAD_INSTRUCTIONS); build with
   tfds build tfds_builders/dafre --manual_dir=DIR                 # faces
   tfds build tfds_builders/dafre --config=full --manual_dir=DIR   # fullMin256
 
+DIR holds the download as extracted (faces/ and labels/) or the layout the
+original Animesion code read (images under data/, the label files beside it).
+
 Images are copied as the original bytes after a structural check (JPEG/PNG
 header and end marker, no pixel decode), reading on a thread pool in file
 order so the records are the same on every run; only images that would not
 decode to RGB or grayscale (CMYK, palette, alpha) are re-encoded, as RGB PNG. Rows whose file is missing,
 truncated or corrupt, out-of-range class ids, duplicate rows and blank lines
 are skipped, counted in the build log and stored in the dataset's metadata
-under 'build_report'.
+under 'build_report'; examples per class of each split under 'class_counts'.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfds_builders.common import build_report
+from tfds_builders.common import class_counts
 from tfds_builders.common import file_format as file_format_lib
 from tfds_builders.common import image_check
 from tfds_builders.common import label_csv
@@ -33,6 +37,12 @@ from tfds_builders.common import manual_data
 from tfds_builders.common import parallel
 
 LABELS_DIR = 'labels'
+# The original Animesion code's layout: DIR/data/<NNNN>/<id>.jpg with the
+# label files directly in DIR (its `danbooruFaces` dataset class).
+ANIMESION_IMAGE_DIR = 'data'
+# Layout names, as recorded in the dataset's metadata.
+RELEASE = 'release'
+ANIMESION = 'animesion'
 CLASS_FILE = 'classid_classname.csv'
 SPLIT_FILES = {'train': 'train.csv', 'validation': 'val.csv',
                'test': 'test.csv'}
@@ -55,6 +65,9 @@ _EXPECTED_LAYOUT = """\
   DIR/fullMin256/<NNNN>/<id>.jpg     (dafre_full.tar.gz; config 'full')
   DIR/labels/classid_classname.csv   (labels.tar.gz: class_id,class_name)
   DIR/labels/train.csv, val.csv, test.csv   (class_id,<NNNN>/<id>.jpg)
+  or, as the original Animesion code read it (config 'faces'):
+  DIR/data/<NNNN>/<id>.jpg + DIR/classid_classname.csv, DIR/train.csv,
+      DIR/val.csv, DIR/test.csv
   DIR may also be a subdirectory of the manual directory."""
 
 _DESCRIPTION = """\
@@ -147,8 +160,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = self._locate(dl_manager)
-    labels = root / LABELS_DIR
+    labels, image_dir, layout = self._locate(dl_manager)
     names = label_csv.read_class_names(labels / CLASS_FILE)
     self.info.features['label'].names = names
     reports = {split: build_report.BuildReport(f'dafre/{split}')
@@ -159,32 +171,51 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
         for split, file_name in SPLIT_FILES.items()
     }
     _note_overlaps(rows, reports)
-    self.info.metadata['image folder'] = str(
-        root / self.builder_config.image_dir)
+    self.info.metadata['layout'] = layout
+    self.info.metadata['image folder'] = str(image_dir)
     self.info.metadata['build_report'] = {}
     return {
-        split: self._generate_examples(
-            split, root / self.builder_config.image_dir, rows[split],
-            reports[split])
+        split: self._generate_examples(split, image_dir, rows[split],
+                                       reports[split])
         for split in SPLIT_FILES
     }
 
-  def _locate(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    """The folder holding labels/ and this config's image folder."""
+  def _layouts(self, root: epath.Path) -> list[tuple[epath.Path, epath.Path,
+                                                     str]]:
+    """(label folder, image folder, layout) pairs this config reads in `root`."""
+    found = [(root / LABELS_DIR, root / self.builder_config.image_dir,
+              RELEASE)]
+    if self.builder_config.name == self.DEFAULT_BUILDER_CONFIG_NAME:
+      found.append((root, root / ANIMESION_IMAGE_DIR, ANIMESION))
+    return found
+
+  def _locate(
+      self, dl_manager: tfds.download.DownloadManager
+  ) -> tuple[epath.Path, epath.Path, str]:
+    """The label folder, the image folder and the name of their layout."""
     manual_dir, looked_in = manual_data.manual_dir(dl_manager)
     image_dir = self.builder_config.image_dir
     roots = manual_data.candidate_roots(manual_dir) if manual_dir else []
     for root in roots:
-      if (root / LABELS_DIR / CLASS_FILE).is_file() and (
-          root / image_dir).is_dir():
-        missing = [name for name in SPLIT_FILES.values()
-                   if not (root / LABELS_DIR / name).is_file()]
-        if missing:
-          raise self._missing(
-              looked_in, f'{root / LABELS_DIR} lacks {", ".join(missing)}.')
-        return root
+      for labels, images, layout in self._layouts(root):
+        if (labels / CLASS_FILE).is_file() and images.is_dir():
+          missing = [name for name in SPLIT_FILES.values()
+                     if not (labels / name).is_file()]
+          if missing:
+            raise self._missing(
+                looked_in, f'{labels} lacks {", ".join(missing)}.')
+          return labels, images, layout
     details = []
     for root in roots:
+      if (root / CLASS_FILE).is_file() and (root / ANIMESION_IMAGE_DIR).is_dir():
+        details.append(
+            f'Found {root / ANIMESION_IMAGE_DIR}/ and the label files beside '
+            "it (the original Animesion layout), which only config 'faces' "
+            f"reads; config '{self.builder_config.name}' reads "
+            f'{LABELS_DIR}/ and {image_dir}/.')
+      elif (root / CLASS_FILE).is_file():
+        details.append(f'Found {root / CLASS_FILE} but no '
+                       f'{root / ANIMESION_IMAGE_DIR}/ beside it.')
       if (root / LABELS_DIR / CLASS_FILE).is_file():
         details.append(f'Found {root / LABELS_DIR} but no {root / image_dir}/'
                        f" (config '{self.builder_config.name}' reads "
@@ -213,6 +244,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
         lambda row: image_check.read_and_check(image_root / row.path),
         rows, NUM_THREADS)
     converted = []
+    counter = class_counts.SplitCounter()
     for row, result in zip(rows, checked):
       if result.problem:
         report.skip(result.problem,
@@ -223,6 +255,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
         data = image_check.to_rgb_png(data)
         converted.append(f'{row.path} ({result.header.mode})')
       report.kept += 1
+      counter.add(row.class_id)
       yield row.path, {
           'image': data,
           'label': row.class_id,
@@ -233,6 +266,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
                   f'{len(converted)}: {", ".join(converted[:10])}')
     report.log()
     self.info.metadata['build_report'][split] = report.as_dict()
+    counter.store(self.info, split, self.info.features['label'].num_classes)
 
 
 def _note_overlaps(rows: dict[str, list[label_csv.LabeledPath]],
