@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 # Importing the package registers the dataset name with TFDS.
 import tfds_builders.synthetic_characters  # pylint: disable=unused-import
+from tfds_builders.common import class_counts
 from tfds_builders.synthetic_characters import drawing
 from tfds_builders.synthetic_characters import (
     synthetic_characters_dataset_builder as scb)
@@ -220,3 +221,47 @@ def test_explicit_tfrecord_format_is_kept_on_reload(tmp_path):
   reloaded = scb.Builder(config=_tiny_config(per_class=1), data_dir=tmp_path)
   assert reloaded.info.file_format == tfds.core.FileFormat.TFRECORD
   assert reloaded.info.splits['test'].num_examples == _NUM_CLASSES
+
+
+# Per-class counts stored at build time.
+
+
+def test_class_counts_are_stored_and_read_without_records(small_builder,
+                                                          monkeypatch):
+  reloaded = tfds.builder_from_directory(small_builder.data_dir)
+  stored = reloaded.info.metadata[class_counts.METADATA_KEY]
+  assert {split: stored[split] for split in _SPLITS} == {
+      split: [_SMALL_PER_CLASS[split]] * _NUM_CLASSES for split in _SPLITS}
+
+  def no_reading(*args):
+    raise AssertionError(f'read the records: {args}')
+
+  monkeypatch.setattr(class_counts, 'read_labels', no_reading)
+  counts = class_counts.split_class_counts(reloaded, 'train+test')
+  assert counts.tolist() == [28] * _NUM_CLASSES
+  # A longer result is zero-padded; a shorter one must not drop any label.
+  assert class_counts.split_class_counts(
+      reloaded, 'validation', _NUM_CLASSES + 2).tolist()[-3:] == [4, 0, 0]
+  with pytest.raises(ValueError, match=f'labels >= {_NUM_CLASSES - 1}'):
+    class_counts.split_class_counts(reloaded, 'test', _NUM_CLASSES - 1)
+
+
+def test_class_counts_without_stored_counts_read_labels_only(small_builder,
+                                                             monkeypatch):
+  reloaded = tfds.builder_from_directory(small_builder.data_dir)
+  # As an older build: no counts in its metadata.
+  del reloaded.info.metadata[class_counts.METADATA_KEY]
+  labels = class_counts.read_labels(reloaded, 'validation')
+  source = reloaded.as_data_source(
+      'validation', decoders={'image': tfds.decode.SkipDecoding()})
+  assert labels.tolist() == [int(ex['label']) for ex in source]
+  decoded = []
+  monkeypatch.setattr(
+      reloaded.info.features['image'], 'decode_example_np',
+      lambda *args, **kwargs: decoded.append(1))
+  counts = class_counts.split_class_counts(reloaded, 'train[:50%]+test')
+  assert counts.sum() == 10 * _NUM_CLASSES + 8 * _NUM_CLASSES
+  assert not decoded
+  # A slice has no stored counts either way; 'train' alone is read too.
+  assert class_counts.split_class_counts(reloaded, 'train').tolist() == (
+      [20] * _NUM_CLASSES)

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from tfds_builders.common import class_counts
 from tfds_builders.common import file_format as file_format_lib
 
 from . import drawing
@@ -115,6 +116,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 doc='Synthetic path, e.g. "train/aoi_twintails/00017.png".'),
         }),
         supervised_keys=('image', 'label'),
+        # 'class_counts': examples per class of each split.
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -135,10 +138,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         pngs = list(pool.map(_draw_png, jobs, chunksize=64))
     else:
       pngs = [_draw_png(job) for job in jobs]
+    counter = class_counts.SplitCounter()
     for (_, _, label, index), png in zip(jobs, pngs):
       name = drawing.CHARACTERS[label].name
       file_name = f'{split}/{name}/{index:05d}.png'
+      counter.add(label)
       yield file_name, {'image': png, 'label': label, 'file_name': file_name}
+    counter.store(self.info, split, len(drawing.CHARACTERS))
 
 
 def _draw_png(job: tuple[int, int, int, int]) -> bytes:
