@@ -7,13 +7,17 @@ has 3 classes: 144_kotegawa_yui (id 0) with 2 train + 2 test images,
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tfds_builders.common import class_counts
 from tfds_builders.moeimouto import moeimouto_dataset_builder as moe_builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +79,12 @@ def test_all_splits_stats_json_and_figures(built, tmp_path):
     assert np.asarray(samples.convert('L')).std() > 10
 
 
-def test_single_split_counts(built, tmp_path):
+def test_single_split_counts(built, tmp_path, monkeypatch):
+  def no_reading(*args):
+    raise AssertionError(f'read the records: {args}')
+
+  # The counts stored at build time suffice: no record is read.
+  monkeypatch.setattr(class_counts, 'read_labels', no_reading)
   stats = dataset_stats.compute_and_plot(built, 'train', tmp_path, grid=0)
   assert stats['num_images'] == 10
   assert stats['images_per_class']['mean'] == pytest.approx(10 / 3)
@@ -85,7 +94,7 @@ def test_single_split_counts(built, tmp_path):
 
 
 def test_samples_are_one_per_distinct_class(built):
-  labels = dataset_stats.read_labels(built, 'train')
+  labels = class_counts.read_labels(built, 'train')
   assert np.bincount(labels).tolist() == [2, 4, 4]
   examples = dataset_stats.sample_examples(built, 'train', labels, 3, seed=1)
   assert sorted(ex['label'] for ex in examples) == [0, 1, 2]
@@ -95,9 +104,9 @@ def test_samples_are_one_per_distinct_class(built):
 def test_tfrecord_build_gives_same_labels(built, tmp_path):
   tfrecord = _build(tmp_path, file_format='tfrecord')
   assert tfrecord.info.file_format == tfds.core.FileFormat.TFRECORD
-  assert sorted(dataset_stats.read_labels(tfrecord, 'test').tolist()) == (
-      sorted(dataset_stats.read_labels(built, 'test').tolist()))
-  labels = dataset_stats.read_labels(tfrecord, 'test')
+  assert sorted(class_counts.read_labels(tfrecord, 'test').tolist()) == (
+      sorted(class_counts.read_labels(built, 'test').tolist()))
+  labels = class_counts.read_labels(tfrecord, 'test')
   examples = dataset_stats.sample_examples(tfrecord, 'test', labels, 2, 0)
   assert len({ex['label'] for ex in examples}) == 2
 
@@ -109,3 +118,19 @@ def test_long_tail_groups_boundaries():
   assert dataset_stats.class_count_stats(np.array([1, 2, 3, 10])) == {
       'mean': 4.0, 'median': 2.5, 'std': pytest.approx(3.5355339),
       'min': 1, 'max': 10}
+
+
+def test_command_line_with_relative_paths(built, tmp_path):
+  (tmp_path / 'work').mkdir()
+  relative = os.path.relpath(built.data_dir, tmp_path / 'work')
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'tools' / 'dataset_stats.py'),
+       f'--dataset_dir={relative}', '--out_dir=stats', '--grid=2',
+       '--split=test'],
+      cwd=tmp_path / 'work', capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  written = json.loads((tmp_path / 'work' / 'stats' /
+                        'moeimouto_drop_non_rgb_test_stats.json').read_text())
+  assert (written['num_images'], written['images_per_class']['max']) == (5, 2)
+  assert pathlib.Path(written['figures']['samples']).is_file()
