@@ -1,0 +1,124 @@
+r"""A web page that names the characters in pictures, and its JSON API.
+
+  pip install -e '.[demo]'
+  python -m animesion_jax.serve --workdir=runs/quickstart [--port=8000] [--host=127.0.0.1]
+  python -m animesion_jax.serve --checkpoint=b16_dafre.pth --source=pytorch_vit \
+      --class_names=classid_classname.csv
+
+Prints the URL once the model is loaded and compiled. The page takes pictures by drag and drop,
+paste or file picker; `curl -F image=@picture.png http://127.0.0.1:8000/api/predict` answers
+JSON. --port=0 picks a free port.
+"""
+
+import socket
+
+from absl import app as absl_app
+from absl import flags
+from absl import logging
+import jax
+import uvicorn
+
+from animesion_jax import faces
+from animesion_jax import inference
+from animesion_jax.serve import app
+from animesion_jax.serve import model
+from animesion_jax.serve import pictures
+
+
+def define_flags() -> None:
+  """The command line flags (defined only when run as a program)."""
+  flags.DEFINE_string("workdir", None, "Training run directory (or give --checkpoint and "
+                      "--source).")
+  flags.DEFINE_string("checkpoint", "best", "With --workdir: 'best', 'latest' or a checkpoint "
+                      "step directory. With --source: the checkpoint file or directory.")
+  flags.DEFINE_string("source", None, "Kind of --checkpoint without a workdir: run, "
+                      "pytorch_vit, torchvision_resnet, animesion or vit_npz.")
+  flags.DEFINE_string("class_names", None, "With --source: classid_classname.csv or a JSON "
+                      "list of names.")
+  flags.DEFINE_integer("num_heads", None, "With --source=pytorch_vit: ViT attention heads, if "
+                       "not hidden size / 64.")
+  flags.DEFINE_integer("image_size", None, "With --source: input size (default: the "
+                       "checkpoint's).")
+  flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+  flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
+  flags.DEFINE_string("cascade", None, f"Face detector cascade file (default: the "
+                      f"{faces.CASCADE_FILE} of an installed package; none found: whole "
+                      "pictures are classified).")
+  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
+  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+  flags.DEFINE_integer("max_batch", 32, "Most crops per device call.")
+  flags.DEFINE_float("max_wait_ms", 5.0, "Longest a request waits to share a device call.")
+  flags.DEFINE_integer("queue_size", 64, "Pictures that may wait; more are answered 503.")
+  flags.DEFINE_float("max_upload_mb", 16.0, "Largest upload.")
+  flags.DEFINE_float("max_megapixels", 40.0, "Largest picture decoded.")
+  flags.DEFINE_integer("max_faces", 16, "Most faces classified per picture.")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+  """A listening socket: connections made before the server starts wait in its backlog."""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+  except OSError as error:
+    sock.close()
+    raise absl_app.UsageError(f"Cannot listen on {host}:{port} ({error.strerror}): pick "
+                              "another --port (0 picks a free one) or --host.") from None
+  sock.listen(128)
+  return sock
+
+
+def _load(flag) -> inference.LoadedRun:
+  devices = jax.local_devices()
+  if flag.source:
+    if flag.workdir:
+      raise absl_app.UsageError("Give either --workdir (a training run) or --checkpoint with "
+                                "--source, not both.")
+    return inference.load_checkpoint(flag.checkpoint, flag.source, flag.class_names,
+                                     num_heads=flag.num_heads, image_size=flag.image_size,
+                                     devices=devices)
+  if not flag.workdir:
+    raise absl_app.UsageError("Give --workdir=RUN (a training run directory), or "
+                              "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
+  return inference.load_run(flag.workdir, flag.checkpoint, devices=devices)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise absl_app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  flag = flags.FLAGS
+  if not 0 <= flag.port <= 65535:
+    raise absl_app.UsageError(f"--port={flag.port} must be between 0 and 65535.")
+  if flag.max_batch < flag.max_faces:
+    raise absl_app.UsageError(f"--max_batch={flag.max_batch} must be at least "
+                              f"--max_faces={flag.max_faces}.")
+  if not flag["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
+  try:
+    detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
+    run = _load(flag)
+  except (FileNotFoundError, ValueError) as error:  # CheckpointMismatch is a ValueError.
+    raise absl_app.UsageError(str(error)) from None
+  limits = pictures.Limits(max_upload_bytes=int(flag.max_upload_mb * 2**20),
+                           max_pixels=int(flag.max_megapixels * 1e6), max_faces=flag.max_faces)
+  service = model.build_service(run, detector=detector, face_note=face_note, limits=limits,
+                                max_batch=flag.max_batch, max_wait_s=flag.max_wait_ms / 1000,
+                                queue_size=flag.queue_size)
+  if face_note:
+    print(face_note)
+  host, port = sock.getsockname()[:2]
+  shown = f"[{host}]" if ":" in host else host
+  print(f"Serving {service.model} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
+  server = uvicorn.Server(uvicorn.Config(app.create_app(service), log_level="warning",
+                                         timeout_graceful_shutdown=5))
+  try:
+    server.run(sockets=[sock])
+  finally:
+    service.batcher.close()
+
+
+if __name__ == "__main__":
+  define_flags()
+  absl_app.run(main)

@@ -1,0 +1,91 @@
+"""A loaded model as the web app's Service: the batched predict function, faces, attention."""
+
+from absl import logging
+import numpy as np
+
+from animesion_jax import faces
+from animesion_jax import inference
+from animesion_jax import sharding
+from animesion_jax.data import preprocess
+from animesion_jax.serve import app
+from animesion_jax.serve import batcher as batcher_lib
+from animesion_jax.serve import pictures
+
+TOP_K = 5  # Names answered per face.
+
+
+def face_detector(cascade: str | None, margin: float = 0.25,
+                  min_size: int = 24) -> tuple[faces.FaceDetector | None, str]:
+  """(detector, "") when a cascade is found, else (None, why face detection is off)."""
+  try:
+    return faces.FaceDetector(faces.find_cascade(cascade), margin=margin, min_size=min_size), ""
+  except faces.CascadeNotFound as error:
+    if cascade:  # Asked for by name: a mistake to report, not to work around.
+      raise
+    return None, f"Face detection is off, so each whole picture is classified. {error}"
+
+
+def _attention_fn(run: inference.LoadedRun, sizes: list[int]) -> app.AttentionFn | None:
+  """crops -> attention rollout heatmaps, for ViTs; None for other models."""
+  try:
+    from animesion_jax import attention  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  model, normalization = run.model, run.config.normalization
+
+  def heatmaps(crops: np.ndarray) -> np.ndarray:
+    # Padded to the batcher's sizes: attention.maps compiles once per batch size.
+    size = next((s for s in sizes if s >= len(crops)), len(crops))
+    padded = np.zeros((size, *crops.shape[1:]), np.uint8)
+    padded[:len(crops)] = crops
+    images = preprocess.normalize(padded, normalization, model.dtype)
+    return attention.maps(model, run.variables, images)["rollout"][:len(crops)]
+
+  try:
+    heatmaps(np.zeros((1, run.config.image_size, run.config.image_size, 3), np.uint8))
+  except ValueError as error:  # Not a ViT.
+    logging.info("No attention maps: %s", error)
+    return None
+  return heatmaps
+
+
+def build_service(run: inference.LoadedRun, *, detector: faces.FaceDetector | None = None,
+                  face_note: str = "", limits: pictures.Limits = pictures.Limits(),
+                  max_batch: int = 32, max_wait_s: float = 0.005, queue_size: int = 64,
+                  warm_up: bool = True, attention: bool = True) -> app.Service:
+  """Starts the micro-batcher on the run's devices and gathers what the page shows.
+
+  Args:
+    run: the loaded model.
+    detector: face detector, or None to classify whole pictures (`face_note` says why).
+    face_note: shown on the page when detector is None.
+    limits: upload limits.
+    max_batch: most crops per device call (at least limits.max_faces).
+    max_wait_s: longest a request waits for others to share its device call.
+    queue_size: requests that may wait before the answer is 503.
+    warm_up: compile every padded batch size now.
+    attention: offer attention maps (ViTs only).
+  """
+  if max_batch < limits.max_faces:
+    raise ValueError(f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
+                     "one picture's faces go in one device call.")
+  predict_fn = inference.make_predict_fn(run, TOP_K)
+
+  def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    global_images = sharding.to_global_batch({"image": images}, run.mesh)["image"]
+    probabilities, class_ids = predict_fn(run.variables, global_images)
+    return np.asarray(probabilities), np.asarray(class_ids)
+
+  size = run.config.image_size
+  batcher = batcher_lib.MicroBatcher(predict, (size, size, 3), max_batch=max_batch,
+                                     max_wait_s=max_wait_s, queue_size=queue_size,
+                                     multiple=run.mesh.size)
+  if warm_up:
+    batcher.warm_up()
+  step = f", step {run.step}" if run.step is not None else ""
+  return app.Service(
+      batcher=batcher, class_names=list(run.class_names),
+      model=f"{run.config.model.name}{step} ({run.description})", image_size=size,
+      detector=detector, face_note=face_note, limits=limits,
+      examples=pictures.examples(run.class_names),
+      attention=_attention_fn(run, batcher.sizes) if attention else None)
