@@ -8,13 +8,26 @@ module types (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`,
 explicitly so that released `.npz` files load without renaming.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from animesion_jax.models import initializers
+
 Dtype = Any
+
+# Where dropout goes. 'vit_jax' (google-research): after the position embedding, inside and after
+# the MLP, after the attention projection. 'pytorch_pretrained_vit' (the ViT the original Animesion
+# code trained): after the attention projection and after the MLP only. Both put
+# `attention_dropout_rate` on the attention probabilities.
+DROPOUT_PLACEMENTS = ("vit_jax", "pytorch_pretrained_vit")
+# 'class_token': LayerNorm of the last layer's class token -> Dense (the original ViT).
+# 'intermediate_features': the class token of every layer (no final LayerNorm), mixed across layers
+# by a learned Dense(num_layers -> 1), then ReLU -> LayerNorm -> Dense (the original Animesion's
+# later work, `interm_features_fc`).
+HEAD_TYPES = ("class_token", "intermediate_features")
 
 # Initialisers of the original implementation, so that training from scratch
 # behaves like it.
@@ -24,10 +37,11 @@ _POS_EMBEDDING_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class MlpBlock(nn.Module):
-  """Feed-forward block: Dense -> GELU -> Dropout -> Dense -> Dropout."""
+  """Feed-forward block: Dense -> GELU -> [Dropout] -> Dense -> Dropout."""
 
   mlp_dim: int
   dropout_rate: float = 0.0
+  inner_dropout: bool = True  # Dropout between the two Dense layers (vit_jax placement).
   gelu_approximate: bool = True
   dtype: Dtype = jnp.float32
 
@@ -36,22 +50,29 @@ class MlpBlock(nn.Module):
     out_dim = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=_DENSE_KERNEL_INIT, bias_init=_DENSE_BIAS_INIT,
-                 name='Dense_0')(x)
+                 name="Dense_0")(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    if self.inner_dropout:
+      x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(out_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=_DENSE_KERNEL_INIT, bias_init=_DENSE_BIAS_INIT,
-                 name='Dense_1')(x)
+                 name="Dense_1")(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+  """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).
+
+  The attention probabilities are sown into 'intermediates' (as
+  `MultiHeadDotProductAttention_1/attention_weights`, [N, heads, T, T]) when that collection is
+  mutable; otherwise sowing costs nothing.
+  """
 
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
+  mlp_inner_dropout: bool = True
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
@@ -59,7 +80,7 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=jnp.float32, name='LayerNorm_0')(x)
+                     param_dtype=jnp.float32, name="LayerNorm_0")(x)
     # Flax's attention scales the logits by 1/sqrt(head_dim), as the original.
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
@@ -68,15 +89,16 @@ class EncoderBlock(nn.Module):
         kernel_init=_DENSE_KERNEL_INIT,
         broadcast_dropout=False,
         dropout_rate=self.attention_dropout_rate,
-        name='MultiHeadDotProductAttention_1',
-    )(y, y, deterministic=not train)
+        name="MultiHeadDotProductAttention_1",
+    )(y, y, deterministic=not train, sow_weights=True)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=not train)
     x = x + y
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=jnp.float32, name='LayerNorm_2')(x)
+                     param_dtype=jnp.float32, name="LayerNorm_2")(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 inner_dropout=self.mlp_inner_dropout,
                  gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-                 name='MlpBlock_3')(y, train=train)
+                 name="MlpBlock_3")(y, train=train)
     return x + y
 
 
@@ -86,49 +108,75 @@ class AddPositionEmbedding(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (1,) + x.shape[1:]
-    if self.has_variable('params', 'pos_embedding'):
-      stored = self.get_variable('params', 'pos_embedding').shape
+    if self.has_variable("params", "pos_embedding"):
+      stored = self.get_variable("params", "pos_embedding").shape
       if tuple(stored) != shape:
         raise ValueError(
-            f'Position embedding has shape {tuple(stored)} but the input has '
-            f'{x.shape[1]} tokens (expected shape {shape}); the image size '
-            'differs from the one the parameters were created for. Resize the '
-            'position embedding (see animesion_jax.convert) or use the '
-            'original image size.')
-    pos_embedding = self.param('pos_embedding', _POS_EMBEDDING_INIT, shape,
+            f"Position embedding has shape {tuple(stored)} but the input has "
+            f"{x.shape[1]} tokens (expected shape {shape}); the image size "
+            "differs from the one the parameters were created for. Resize the "
+            "position embedding (see animesion_jax.convert) or use the "
+            "original image size.")
+    pos_embedding = self.param("pos_embedding", _POS_EMBEDDING_INIT, shape,
                                jnp.float32)
     return x + pos_embedding.astype(x.dtype)
 
 
 class Encoder(nn.Module):
-  """Stack of encoder blocks followed by a final LayerNorm."""
+  """Stack of encoder blocks, optionally followed by a final LayerNorm.
+
+  Returns the encoded tokens and the class token after every block, [N, num_layers, D].
+  """
 
   mlp_dim: int
   num_heads: int
   num_layers: int
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
+  dropout_placement: str = "vit_jax"
+  final_norm: bool = True
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = AddPositionEmbedding(name='posembed_input')(x)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    vit_jax = self.dropout_placement == "vit_jax"
+    x = AddPositionEmbedding(name="posembed_input")(x)
+    if vit_jax:
+      x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    class_tokens = []
     for i in range(self.num_layers):
       x = EncoderBlock(
           mlp_dim=self.mlp_dim,
           num_heads=self.num_heads,
           dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate,
+          mlp_inner_dropout=vit_jax,
           gelu_approximate=self.gelu_approximate,
           layer_norm_epsilon=self.layer_norm_epsilon,
           dtype=self.dtype,
-          name=f'encoderblock_{i}',
+          name=f"encoderblock_{i}",
       )(x, train=train)
-    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                        param_dtype=jnp.float32, name='encoder_norm')(x)
+      class_tokens.append(x[:, 0])
+    if self.final_norm:
+      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                       param_dtype=jnp.float32, name="encoder_norm")(x)
+    return x, jnp.stack(class_tokens, axis=1)
+
+
+def exclusion_loss(class_tokens: jax.Array, distance: int, temperature: float) -> jax.Array:
+  """Sum over layers i of KL(softmax(t[i + d] / T) || softmax(t[i] / T)), batch-averaged.
+
+  `class_tokens` is [N, num_layers, D]; the softmax runs over the D features, as the original's
+  `KLDivLoss(reduction='batchmean')(log_softmax(t_i / T), softmax(t_{i+d} / T))`.
+  """
+  t = class_tokens.astype(jnp.float32) / temperature
+  log_p = jax.nn.log_softmax(t, axis=-1)
+  layers = t.shape[1]
+  log_input, log_target = log_p[:, :layers - distance], log_p[:, distance:]
+  kl = jnp.sum(jnp.exp(log_target) * (log_target - log_input), axis=(1, 2))
+  return jnp.mean(kl)
 
 
 class VisionTransformer(nn.Module):
@@ -142,8 +190,15 @@ class VisionTransformer(nn.Module):
     num_heads: Attention heads; must divide hidden_size.
     num_layers: Number of encoder blocks.
     representation_size: Width of the optional pre-logits (dense + tanh) layer.
-    dropout_rate: Dropout after the position embedding, attention and MLPs.
-    attention_dropout_rate: Dropout on the attention weights.
+    dropout_rate: Dropout rate of the hidden activations (where: `dropout_placement`).
+    attention_dropout_rate: Dropout on the attention probabilities.
+    dropout_placement: One of DROPOUT_PLACEMENTS.
+    head_type: One of HEAD_TYPES.
+    exclusion_loss_weight: With the 'intermediate_features' head, > 0 adds
+      -weight * T^2 * `exclusion_loss` to the training loss (sown into the 'losses' collection),
+      as the original; 0 turns it off.
+    exclusion_temperature: Softmax temperature T of the exclusion loss.
+    exclusion_layer_distance: Layers d between the compared class tokens.
     gelu_approximate: True for tanh GELU (original `.npz` checkpoints), False
       for exact erf GELU (`pytorch_pretrained_vit` checkpoints).
     layer_norm_epsilon: Epsilon of every LayerNorm.
@@ -156,59 +211,111 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   num_heads: int
   num_layers: int
-  representation_size: Optional[int] = None
+  representation_size: int | None = None
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
+  dropout_placement: str = "vit_jax"
+  head_type: str = "class_token"
+  exclusion_loss_weight: float = 0.0
+  exclusion_temperature: float = 1.0
+  exclusion_layer_distance: int = 2
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+
+  def check_fields(self) -> None:
+    """Raises ValueError for field values the model cannot be built with."""
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.")
+    if self.dropout_placement not in DROPOUT_PLACEMENTS:
+      raise ValueError(f"dropout_placement={self.dropout_placement!r}: choose one of "
+                       f"{list(DROPOUT_PLACEMENTS)}.")
+    if self.head_type not in HEAD_TYPES:
+      raise ValueError(f"head_type={self.head_type!r}: choose one of {list(HEAD_TYPES)}.")
+    intermediate = self.head_type == "intermediate_features"
+    if intermediate and self.representation_size:
+      raise ValueError("head_type='intermediate_features' has no pre-logits layer; set "
+                       "representation_size to None (0 in configs).")
+    if self.exclusion_loss_weight < 0:
+      raise ValueError(f"exclusion_loss_weight={self.exclusion_loss_weight} must be >= 0.")
+    if self.exclusion_loss_weight > 0:
+      if not intermediate:
+        raise ValueError("exclusion_loss_weight > 0 needs head_type='intermediate_features' (the "
+                         "loss compares the class tokens of different layers).")
+      if not 0 < self.exclusion_layer_distance < self.num_layers:
+        raise ValueError(f"exclusion_layer_distance={self.exclusion_layer_distance} must be "
+                         f"between 1 and num_layers - 1 = {self.num_layers - 1}.")
+      if self.exclusion_temperature <= 0:
+        raise ValueError(f"exclusion_temperature={self.exclusion_temperature} must be > 0.")
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Returns float32 logits [N, num_classes] for NHWC `images`."""
     if images.ndim != 4:
-      raise ValueError(
-          f'Expected NHWC images of rank 4, got shape {images.shape}.')
+      raise ValueError(f"Expected NHWC images of rank 4, got shape {images.shape}.")
     _, height, width, _ = images.shape
     p = self.patch_size
     if height % p or width % p:
       raise ValueError(
-          f'Image size {height}x{width} is not divisible by the patch size '
-          f'{p}; use an image size that is a multiple of {p}.')
-    if self.hidden_size % self.num_heads:
-      raise ValueError(
-          f'hidden_size {self.hidden_size} is not divisible by num_heads '
-          f'{self.num_heads}.')
+          f"Image size {height}x{width} is not divisible by the patch size "
+          f"{p}; use an image size that is a multiple of {p}.")
+    self.check_fields()
+    intermediate = self.head_type == "intermediate_features"
 
     x = images.astype(self.dtype)
-    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
-                dtype=self.dtype, param_dtype=jnp.float32,
-                name='embedding')(x)
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
+                dtype=self.dtype, param_dtype=jnp.float32, name="embedding")(x)
     n, gh, gw, d = x.shape
     x = x.reshape(n, gh * gw, d)
-    cls = self.param('cls', nn.initializers.zeros, (1, 1, d), jnp.float32)
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
     cls = jnp.broadcast_to(cls.astype(x.dtype), (n, 1, d))
     x = jnp.concatenate([cls, x], axis=1)
 
-    x = Encoder(
+    x, class_tokens = Encoder(
         mlp_dim=self.mlp_dim,
         num_heads=self.num_heads,
         num_layers=self.num_layers,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
+        dropout_placement=self.dropout_placement,
+        final_norm=not intermediate,
         gelu_approximate=self.gelu_approximate,
         layer_norm_epsilon=self.layer_norm_epsilon,
         dtype=self.dtype,
-        name='Transformer',
+        name="Transformer",
     )(x, train=train)
-    x = x[:, 0]
 
+    if intermediate:
+      return self._intermediate_head(class_tokens)
+    x = x[:, 0]
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, dtype=self.dtype,
-                   param_dtype=jnp.float32, name='pre_logits')(x)
+                   param_dtype=jnp.float32, name="pre_logits")(x)
       x = jnp.tanh(x)
     # A zero head makes fine-tuning start from uniform predictions.
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.zeros,
-                 bias_init=nn.initializers.zeros, name='head')(x)
+                 bias_init=nn.initializers.zeros, name="head")(x)
+    return x.astype(jnp.float32)
+
+  def _intermediate_head(self, class_tokens: jax.Array) -> jax.Array:
+    """Dense(layers -> 1) across layers -> ReLU -> LayerNorm -> Dense; torch-default inits."""
+    if self.exclusion_loss_weight > 0:
+      term = exclusion_loss(class_tokens, self.exclusion_layer_distance,
+                            self.exclusion_temperature)
+      # The original subtracts it: the class tokens of distant layers are pushed apart.
+      self.sow("losses", "exclusion",
+               -self.exclusion_loss_weight * self.exclusion_temperature**2 * term)
+    x = jnp.swapaxes(class_tokens, 1, 2)  # [N, D, layers]
+    x = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+                 bias_init=initializers.torch_default_bias(self.num_layers),
+                 name="interm_aggregate")(x)[..., 0]
+    x = nn.relu(x)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=jnp.float32, name="interm_norm")(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+                 bias_init=initializers.torch_default_bias(self.hidden_size), name="head")(x)
     return x.astype(jnp.float32)
