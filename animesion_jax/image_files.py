@@ -8,7 +8,9 @@ orientation is applied.
 
 import dataclasses
 import os
-from typing import Sequence
+import struct
+from typing import BinaryIO, Sequence
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -16,6 +18,14 @@ from PIL import ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _WHITE = (255, 255, 255, 255)
+# What Pillow raises on foreign, damaged or cut-short bytes: the file cannot be read as an image.
+# Anything else raised while reading is a bug and propagates.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                 Image.DecompressionBombError)
+
+
+class UnreadableImage(ValueError):
+  """A file that is not a readable image (foreign format, damaged or cut short)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,22 +78,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: str, min_size: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike | BinaryIO, min_size: int | None = None) -> Image.Image:
   """Reads one image file as RGB (first frame of animations, EXIF orientation applied).
 
   Args:
-    path: the file.
+    path: the file (or an open binary file).
     min_size: if given, JPEGs may be decoded at a reduced scale whose sides are still at least
       this (much faster for large photos that are resized anyway).
 
   Raises:
-    OSError or ValueError (Pillow's errors) for files that are not readable images.
+    FileNotFoundError: no such file.
+    UnreadableImage: the file is not a readable image (the message has Pillow's reason).
   """
-  with Image.open(path) as image:
-    if getattr(image, "n_frames", 1) > 1:
-      image.seek(0)
-    if min_size and image.format == "JPEG":
-      image.draft("RGB", (min_size, min_size))
-    image = ImageOps.exif_transpose(image)
-    image.load()
-    return to_rgb(image)
+  try:
+    with Image.open(path) as image:
+      if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+      if min_size and image.format == "JPEG":
+        image.draft("RGB", (min_size, min_size))
+      image = ImageOps.exif_transpose(image)
+      image.load()
+      return to_rgb(image)
+  except FileNotFoundError:
+    raise
+  except DECODE_ERRORS as error:
+    raise UnreadableImage(f"{type(error).__name__}: {error}") from error

@@ -1,59 +1,77 @@
-"""A trained run, ready for inference: its config, model, restored state and class names.
+"""A model ready for inference, from a training run or straight from a checkpoint file.
 
-Shared by `evaluate` and `predict`:
+Shared by `evaluate`, `predict` and the web page:
 
   run = inference.load_run("runs/b16_dafre", checkpoint="best")
-  predict = inference.make_predict_fn(run, top_k=5)
-  probabilities, class_ids = predict(run.variables, global_uint8_images)
+  run = inference.load_checkpoint("b16_dafre.pth", "pytorch_vit", "classid_classname.csv")
+  logits = run.model.apply(run.variables, normalized_images, train=False)
 """
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Sequence
 
 from absl import logging
 from etils import epath
-import flax
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
 from animesion_jax import checkpointing
+from animesion_jax import convert
 from animesion_jax import model_setup
-from animesion_jax import optim
+from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 from configs import base as base_config
 
+# Inputs a converted checkpoint's model expects, by model class (the ResNets were trained on
+# ImageNet statistics; the paper's ViTs and ShallowNet on mean 0.5, std 0.5).
+_NORMALIZATION = {"ResNet": "imagenet", "VisionTransformer": "half", "ShallowNet": "half"}
+RUN_SOURCE = "run"  # load_checkpoint's source for a training run (directory or step directory).
 
-class CheckpointMismatch(ValueError):
-  """The checkpoint's parameters do not have the shapes the run's config gives the model."""
+
+class LoadError(ValueError):
+  """What was given to load a model does not work (the message says why and what to do)."""
+
+
+class CheckpointMismatch(LoadError):
+  """The checkpoint's parameters do not have the shapes the model needs."""
+
+
+class ClassNamesError(LoadError):
+  """A class-names file that cannot be read as class names."""
+
+
+# Errors in what the user gave (paths, files, flags): the CLIs print the message, no traceback.
+USER_ERRORS = (FileNotFoundError, LoadError, convert.ConversionError,
+               checkpointing.DamagedCheckpoint)
 
 
 @dataclasses.dataclass
 class LoadedRun:
   """Everything needed to run a trained model."""
-  workdir: str
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # At least image_size, normalization and model.name.
   model: nn.Module
-  state: steps.TrainState
-  step: int  # Training step of the restored checkpoint.
-  checkpoint: str  # Directory of the restored checkpoint.
+  variables: dict[str, Any]  # {'params': ..., ['batch_stats': ...]}, placed on `mesh`.
   class_names: list[str]
   mesh: jax.sharding.Mesh
-
-  @property
-  def variables(self) -> dict[str, Any]:
-    return steps.model_variables(self.state)
+  checkpoint: str  # The checkpoint restored: a run's step directory, a file or a directory.
+  step: int | None = None  # Training step of a run's checkpoint; None for converted ones.
+  workdir: run_dir.RunDir | None = None  # The training run; None for a checkpoint file.
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def description(self) -> str:
+    """The run directory, or the checkpoint, the model came from."""
+    return str(self.workdir) if self.workdir is not None else self.checkpoint
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -63,10 +81,10 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(merged)
 
 
-def class_names_of(workdir: str, config: ml_collections.ConfigDict,
+def class_names_of(run: run_dir.RunDir, config: ml_collections.ConfigDict,
                    builder: Any = None) -> list[str]:
   """Class names saved with the run, else read from the dataset it was trained on."""
-  names = checkpointing.load_class_names(workdir)
+  names = run.load_class_names()
   if names is not None:
     return names
   if builder is None:
@@ -74,117 +92,173 @@ def class_names_of(workdir: str, config: ml_collections.ConfigDict,
       builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
     except FileNotFoundError as error:
       raise FileNotFoundError(
-          f"The class names of {workdir} are unknown: it has no "
-          f"{checkpointing.CLASS_NAMES_FILE} and the dataset it was trained on is not available "
-          f"here.\n{error}\nEither build the dataset (same --data_dir as the run: "
-          f"config.data_dir={config.data_dir!r}) or copy {checkpointing.CLASS_NAMES_FILE} into "
-          "the workdir.") from None
+          f"The class names of {run} are unknown: it has no {run.class_names_file.name} and the "
+          f"dataset it was trained on is not available here.\n{error}\nEither build the dataset "
+          f"(same --data_dir as the run: config.data_dir={config.data_dir!r}) or copy "
+          f"{run.class_names_file.name} into the run directory.") from None
   return list(builder.info.features["label"].names)
 
 
-def _absolute(path: str | os.PathLike) -> epath.Path:
-  path = os.fspath(path)
-  return epath.Path(path if "://" in path else os.path.abspath(path))
+def read_class_names(path: str | os.PathLike) -> list[str]:
+  """Class names (index = class id) from a JSON list or a `class_id,class_name` CSV file.
 
-
-def _step_dirs(directory: epath.Path) -> list[int]:
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def resolve_checkpoint(workdir: str, which: str = "best") -> epath.Path:
-  """The checkpoint directory `which` names: 'best' (falls back to 'latest'), 'latest' or a path.
-
-  Local paths are made absolute (Orbax reads only absolute ones).
+  The CSV is the original Animesion `classid_classname.csv` (with or without a header row).
   """
-  root = _absolute(workdir)
-  if which in ("best", "latest"):
-    subdirs = ([checkpointing.BEST_DIR] if which == "best" else []) + [checkpointing.LATEST_DIR]
-    for sub in subdirs:
-      found = _step_dirs(root / sub)
-      if found:
-        return root / sub / str(found[-1])
-    raise FileNotFoundError(f"No checkpoint under {' or '.join(str(root / s) for s in subdirs)}: "
-                            "has this run saved one yet?")
-  path = _absolute(which)
-  if not path.is_dir() or not path.name.isdigit():
-    raise FileNotFoundError(
-        f"--checkpoint={which!r}: expected 'best', 'latest' or a checkpoint step directory such "
-        f"as {root / checkpointing.LATEST_DIR / '1000'}.")
-  return path
+  from tfds_builders.common import label_csv  # pylint: disable=g-import-not-at-top
+  path = run_dir.resolve(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"Class-names file {path} does not exist.")
+  if path.suffix.lower() != ".json":
+    try:
+      return label_csv.read_class_names(path)
+    except (ValueError, UnicodeDecodeError) as error:
+      raise ClassNamesError(f"{error}\nExpected the dataset's classid_classname.csv "
+                            "(class_id,class_name rows) or a JSON list of names.") from None
+  try:
+    names = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as error:
+    raise ClassNamesError(f"{path} is not valid JSON ({error}); expected a list of class "
+                          "names.") from None
+  if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    raise ClassNamesError(f"{path} should hold a JSON list of class-name strings "
+                          "(index = class id).")
+  return names
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                         mesh: jax.sharding.Mesh) -> Any:
-  """Shapes, dtypes and shardings of the run's TrainState, without allocating it."""
-  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  rng = jax.random.PRNGKey(0)
-  abstract_variables = jax.eval_shape(
-      lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False))
-  # The optimizer state's structure does not depend on the schedule's length.
-  tx = optim.create_optimizer(config, steps_per_epoch=1, total_steps=1,
-                              params=abstract_variables["params"])
-  abstract = jax.eval_shape(
-      lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables)
-  shardings = sharding.state_shardings(abstract, mesh)
-  return jax.tree.map(lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                               sharding=shard),
-                      abstract, shardings)
+def create_mesh(devices: Sequence[jax.Device] | None, fsdp_size: int = 1) -> jax.sharding.Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  return sharding.create_mesh(devices, fsdp_size=fsdp_size if len(devices) % fsdp_size == 0 else 1)
 
 
-def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  flat = flax.traverse_util.flatten_dict(dict(tree), sep="/") if tree else {}
-  return {key: tuple(getattr(value, "shape", ())) for key, value in flat.items()}
+def _mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
+  """The shape differences between a checkpoint's saved state and the model's."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
+  except Exception:  # pylint: disable=broad-except  # Unreadable: restore names the damage.
+    return []
+  expected = {c: getattr(abstract_state, c) or {} for c in ("params", "batch_stats")}
+  actual = {c: saved.get(c) or {} for c in ("params", "batch_stats")}
+  return checkpointing.shape_mismatches(expected, actual)
 
 
-def checkpoint_mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
-  """'collection/path: model SHAPE, checkpoint SHAPE' for every parameter that differs."""
-  saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
-  problems = []
-  for collection in ("params", "batch_stats"):
-    want = _flat_shapes(getattr(abstract_state, collection))
-    have = _flat_shapes(saved.get(collection) or {})
-    for key in sorted(set(want) | set(have)):
-      if want.get(key) != have.get(key):
-        problems.append(f"{collection}/{key}: model {want.get(key)}, checkpoint {have.get(key)}")
-  return problems
-
-
-def load_run(workdir: str | os.PathLike, checkpoint: str = "best",
+def load_run(workdir: str | os.PathLike | run_dir.RunDir, checkpoint: str = "best",
              devices: Sequence[jax.Device] | None = None) -> LoadedRun:
-  """Restores a run's model and state from `workdir` for inference.
+  """Restores a run's model and variables for inference.
 
   Args:
     workdir: the training run's directory (it holds config.json and checkpoints).
     checkpoint: 'best', 'latest' or the path of a checkpoint step directory.
-    devices: devices to place the state on (default: all).
+    devices: devices to place the variables on (default: all).
 
   Raises:
     FileNotFoundError: no config, checkpoint or class names.
     CheckpointMismatch: the checkpoint's parameter shapes differ from the config's model
       (the message lists each differing parameter).
+    checkpointing.DamagedCheckpoint: the checkpoint's files are incomplete (the message names
+      it and the run's other checkpoints).
   """
-  workdir = os.fspath(workdir)
-  config = with_defaults(checkpointing.load_config(workdir))
-  path = resolve_checkpoint(workdir, checkpoint)
-  names = class_names_of(workdir, config)
-  devices = list(jax.devices() if devices is None else devices)
-  fsdp = config.fsdp_size if len(devices) % config.fsdp_size == 0 else 1
-  mesh = sharding.create_mesh(devices, fsdp_size=fsdp)
+  run = workdir if isinstance(workdir, run_dir.RunDir) else run_dir.RunDir(workdir)
+  config = with_defaults(run.load_config())
+  path = checkpointing.resolve(run, checkpoint)
+  names = class_names_of(run, config)
+  mesh = create_mesh(devices, config.fsdp_size)
   model = model_setup.build_model(config, len(names))
-  abstract = abstract_train_state(config, model, mesh)
-  problems = checkpoint_mismatches(path, abstract)
+  abstract = checkpointing.abstract_train_state(config, model, mesh)
+  problems = _mismatches(path, abstract)
   if problems:
     raise CheckpointMismatch(
-        f"{path} does not fit the model of {os.path.join(workdir, checkpointing.CONFIG_FILE)} "
-        f"({config.model.name}, {len(names)} classes, image size {config.image_size}):\n  "
-        + "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20
-                                        else ""))
-  state, _, step = checkpointing.restore_state(workdir, abstract, which=os.fspath(path))
+        f"{path} does not fit the model of {run.config_file} ({config.model.name}, "
+        f"{len(names)} classes, image size {config.image_size}):\n  " + "\n  ".join(problems[:20])
+        + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+  state, _, step = checkpointing.restore(run, abstract, which=os.fspath(path))
   logging.info("Restored %s (step %d): %s, %d classes.", path, step, config.model.name, len(names))
-  return LoadedRun(workdir=workdir, config=config, model=model, state=state, step=step,
-                   checkpoint=os.fspath(path), class_names=names, mesh=mesh)
+  return LoadedRun(config=config, model=model, variables=steps.model_variables(state),
+                   class_names=names, mesh=mesh, checkpoint=os.fspath(path), step=step,
+                   workdir=run)
+
+
+def _run_of(path: epath.Path) -> tuple[run_dir.RunDir, str]:
+  """(run, checkpoint) for a run directory or one of its checkpoint step directories."""
+  if run_dir.RunDir(path).exists():
+    return run_dir.RunDir(path), "best"
+  if path.name.isdigit() and run_dir.RunDir(path.parent.parent).exists():
+    return run_dir.RunDir(path.parent.parent), os.fspath(path)
+  raise FileNotFoundError(f"--checkpoint={path}: with --source={RUN_SOURCE}, give a training run "
+                          "directory (it holds config.json) or one of its checkpoint step "
+                          "directories.")
+
+
+def load_checkpoint(checkpoint: str | os.PathLike, source: str,
+                    class_names: str | os.PathLike | Sequence[str] | None, *, num_heads: int | None = None,
+                    image_size: int | None = None,
+                    devices: Sequence[jax.Device] | None = None) -> LoadedRun:
+  """A model straight from a checkpoint and a class-names file, with no training run.
+
+  Args:
+    checkpoint: the checkpoint file (a directory for 'animesion'; a run directory or one of its
+      checkpoint step directories for 'run').
+    source: 'run' or a converter source (pytorch_vit, torchvision_resnet, animesion, vit_npz);
+      the architecture is read from the checkpoint as `convert.load` does.
+    class_names: the original `classid_classname.csv` (id,name rows, with or without a header)
+      or a JSON list (or the names themselves); as many as the checkpoint has classes.
+      Optional for 'run'.
+    num_heads: ViT attention heads where the file does not store them (pytorch_vit).
+    image_size: input size (default: the checkpoint's; a ViT's position embedding is resized).
+    devices: devices to place the variables on (default: all).
+
+  Raises:
+    FileNotFoundError: a missing checkpoint or class-names file.
+    LoadError: bad arguments, or class names that do not fit the checkpoint.
+    convert.ConversionError: the checkpoint is not of that source.
+  """
+  path = run_dir.resolve(checkpoint)
+  if not path.exists():
+    raise FileNotFoundError(f"--checkpoint={os.fspath(checkpoint)!r}: {path} does not exist.")
+  if class_names is None or isinstance(class_names, (list, tuple)):
+    names = None if class_names is None else list(class_names)
+  else:
+    names = read_class_names(class_names)
+  if source == RUN_SOURCE:
+    if num_heads is not None or image_size is not None:
+      raise LoadError("--num_heads and --image_size apply to converted checkpoints; a run "
+                       "uses its own settings.")
+    run, which = _run_of(path)
+    loaded = load_run(run, which, devices)
+    if names is not None:
+      _check_class_count(names, loaded.num_classes, class_names, path)
+      loaded.class_names = names
+    return loaded
+  if source not in convert.SOURCES:
+    raise LoadError(f"--source={source!r}: choose one of "
+                     f"{sorted([*convert.SOURCES, RUN_SOURCE])}.")
+  if names is None:
+    raise LoadError(f"--source={source} needs --class_names (classid_classname.csv or a JSON "
+                     "list of names).")
+  conversion = convert.load_with_summary(source, path, image_size=image_size,
+                                         num_heads=num_heads)
+  model = conversion.model
+  _check_class_count(names, model.num_classes, class_names, path)
+  model_class = type(model).__name__
+  config = ml_collections.ConfigDict({
+      "image_size": int(conversion.summary["image_size"]),
+      "normalization": _NORMALIZATION[model_class],
+      "model": {"name": f"{model_class} ({source})"},
+  })
+  mesh = create_mesh(devices)
+  variables = jax.device_put(conversion.variables, sharding.replicated(mesh))
+  logging.info("Loaded %s (%s): %s, %d classes, image size %d.", path, source, model_class,
+               len(names), config.image_size)
+  return LoadedRun(config=config, model=model, variables=variables, class_names=names,
+                   mesh=mesh, checkpoint=os.fspath(path))
+
+
+def _check_class_count(names: list[str], outputs: int, given: Any, checkpoint: Any) -> None:
+  if len(names) != outputs:
+    given = "The class names" if isinstance(given, (list, tuple)) else os.fspath(given)
+    raise CheckpointMismatch(
+        f"{given} lists {len(names)} class names, but the classifier of {checkpoint} "
+        f"has {outputs} outputs: use the class-names file of the dataset it was trained on.")
 
 
 def make_predict_fn(run: LoadedRun, top_k: int) -> Callable[[Any, jax.Array],
@@ -199,15 +273,6 @@ def make_predict_fn(run: LoadedRun, top_k: int) -> Callable[[Any, jax.Array],
     return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
 
   return jax.jit(predict, out_shardings=sharding.batch_sharding(run.mesh))
-
-
-def host_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in the order it fed them."""
-  if jax.process_count() == 1:
-    return np.asarray(array)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.global_array_to_host_local_array(
-      array, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)))
 
 
 def wants_distributed(explicit: bool | None = None, coordinator: str | None = None) -> bool:

@@ -1,28 +1,37 @@
-r"""Names the characters in people's own pictures with a trained run.
+r"""Names the characters in people's own pictures, with a trained run or a checkpoint file.
 
   python -m animesion_jax.predict --workdir=runs/b16_dafre my_pictures/ art.png [--top_k=5]
-      [--annotate] [--detect_faces [--cascade=PATH]] [--output_dir=DIR]
+      [--annotate] [--attention_maps] [--detect_faces [--cascade=PATH]] [--output_dir=DIR]
+  python -m animesion_jax.predict --checkpoint=b16_dafre.pth --source=pytorch_vit \
+      --class_names=classid_classname.csv [--num_heads=N] [--image_size=S] my_pictures/
 
-Inputs are image files and folders (searched recursively): JPEG, PNG, WebP, GIF (first frame),
-BMP, TIFF, of any size and mode (grayscale, palette, RGBA composited on white). Unreadable files
-are reported and skipped. Each image (or, with --detect_faces, each anime face found in it) is
-resized to the run's image size and classified; batches run jitted on all local devices while
-the next batch is decoded on the host. Writes predictions.json and predictions.csv (and, with
---annotate, copies of the images with the predictions drawn) to --output_dir (default
-WORKDIR/predictions) and prints a table.
+SOURCE is pytorch_vit, torchvision_resnet, animesion, vit_npz or run; the architecture is read
+from the checkpoint. Inputs are image files and folders (searched recursively): JPEG, PNG,
+WebP, GIF (first frame), BMP, TIFF, of any size and mode (grayscale, palette, RGBA composited on
+white). Files that cannot be decoded are reported and skipped; any other error stops the run.
+Each image (or, with --detect_faces, each anime face found in it) is resized to the model's
+image size and classified; batches run jitted on all local devices while the next batch is
+decoded on the host. Writes predictions.json and predictions.csv (with --annotate, copies of the
+images with the predictions drawn; with --attention_maps, for ViTs, the class token's attention
+per layer and its rollout over each input) to --output_dir (default WORKDIR/predictions, or
+predictions/ in the current directory) and prints a table. Exits non-zero when nothing could be
+classified.
 """
 
 import collections
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import json
 import os
-from typing import Any, Iterator, Sequence
+import sys
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 from PIL import Image
@@ -30,11 +39,15 @@ from PIL import ImageDraw
 from PIL import ImageFont
 import tqdm
 
+from animesion_jax import attention
+from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
+from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
+from animesion_jax.models import vit
 
 ANNOTATE_MIN_SIDE = 384  # Annotated copies of small images are enlarged to this, for legible text.
 _COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
@@ -68,30 +81,31 @@ def _prepare(file: image_files.ImageFile, image_size: int,
 def _crops(files: Sequence[image_files.ImageFile], image_size: int,
            detector: faces.FaceDetector | None, pool: concurrent.futures.Executor,
            errors: list[dict[str, str]], in_flight: int) -> Iterator[Crop]:
-  """Crops of all files in order, decoding up to `in_flight` files ahead in the pool."""
+  """Crops of all files in order, decoding up to `in_flight` files ahead in the pool.
+
+  Files that cannot be decoded are recorded in `errors` and skipped; any other exception of a
+  worker (a bug) is raised here.
+  """
   pending = collections.deque()
   queue = iter(files)
-  progress = tqdm.tqdm(total=len(files), unit="image", disable=None)
-  while True:
-    while len(pending) < in_flight:
-      file = next(queue, None)
-      if file is None:
+  with tqdm.tqdm(total=len(files), unit="image", disable=None) as progress:
+    while True:
+      while len(pending) < in_flight:
+        file = next(queue, None)
+        if file is None:
+          break
+        pending.append((file, pool.submit(_prepare, file, image_size, detector)))
+      if not pending:
         break
-      pending.append((file, pool.submit(_prepare, file, image_size, detector)))
-    if not pending:
-      break
-    file, future = pending.popleft()
-    progress.update(1)
-    try:
-      crops = future.result()
-    # Pillow raises many exception types on foreign or damaged bytes (OSError, SyntaxError,
-    # struct.error, EOFError, DecompressionBombError, ...); each means "cannot read this file".
-    except Exception as error:  # pylint: disable=broad-exception-caught
-      errors.append({"file": file.path, "error": f"{type(error).__name__}: {error}"})
-      logging.warning("Skipping %s: %s", file.path, error)
-      continue
-    yield from crops
-  progress.close()
+      file, future = pending.popleft()
+      progress.update(1)
+      try:
+        crops = future.result()
+      except (image_files.UnreadableImage, FileNotFoundError) as error:
+        errors.append({"file": file.path, "error": str(error)})
+        logging.warning("Skipping %s: %s", file.path, error)
+        continue
+      yield from crops
 
 
 def _batches(crops: Iterator[Crop], batch_size: int) -> Iterator[tuple[list[Crop], np.ndarray]]:
@@ -109,45 +123,46 @@ def _batches(crops: Iterator[Crop], batch_size: int) -> Iterator[tuple[list[Crop
 
 def predict_files(run: inference.LoadedRun, files: Sequence[image_files.ImageFile], *,
                   top_k: int = 5, batch_size: int = 256,
-                  detector: faces.FaceDetector | None = None,
-                  workers: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+                  detector: faces.FaceDetector | None = None, workers: int | None = None,
+                  each_batch: Callable[[list[Crop], np.ndarray], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Classifies every file (or every face in it).
+
+  `each_batch(crops, uint8 images)` is called with every batch after it is dispatched (e.g. to
+  draw attention maps); `images` is padded to the batch size.
 
   Returns:
     (results, errors): one result per crop in input order, {'file', 'relative' (its name for
     outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', 'predictions':
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
-    not be read.
+    not be decoded.
   """
   predict_fn = inference.make_predict_fn(run, top_k)
   batch_size = inference.round_up_batch(batch_size, run.mesh.size)
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
-  results, errors, previous = [], [], None
-
-  def collect(done):
-    crops, (probabilities, class_ids) = done
-    probabilities = inference.host_rows(probabilities, run.mesh)
-    class_ids = inference.host_rows(class_ids, run.mesh)
-    for row, crop in enumerate(crops):
-      results.append({
-          "file": crop.file.path, "relative": crop.file.relative, "face": crop.face,
-          "box": crop.box.as_list() if crop.box else None, "note": crop.note,
-          "predictions": [{"rank": rank + 1, "class_id": int(class_id),
-                           "name": run.class_names[int(class_id)],
-                           "probability": float(probability)}
-                          for rank, (class_id, probability) in enumerate(
-                              zip(class_ids[row], probabilities[row]))]})
-
+  results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    crops = _crops(files, run.config.image_size, detector, pool, errors, in_flight=2 * batch_size)
-    for batch_crops, images in _batches(crops, batch_size):
-      outputs = predict_fn(run.variables, sharding.to_global_batch({"image": images},
-                                                                   run.mesh)["image"])
-      if previous is not None:  # Fetched only now: the device ran while this batch was decoded.
-        collect(previous)
-      previous = (batch_crops, outputs)
-    if previous is not None:
-      collect(previous)
+    batches = _batches(_crops(files, run.config.image_size, detector, pool, errors,
+                              in_flight=2 * batch_size), batch_size)
+
+    def dispatch():
+      for crops, images in batches:
+        yield crops, predict_fn(run.variables, sharding.to_global_batch(
+            {"image": images}, run.mesh)["image"])
+        if each_batch is not None:
+          each_batch(crops, images)
+
+    dispatched = dispatch()
+    for crops, (probabilities, class_ids) in evaluation.lagged(dispatched, run.mesh):
+      for row, crop in enumerate(crops):
+        results.append({
+            "file": crop.file.path, "relative": crop.file.relative, "face": crop.face,
+            "box": crop.box.as_list() if crop.box else None, "note": crop.note,
+            "predictions": [{"rank": rank + 1, "class_id": int(class_id),
+                             "name": run.class_names[int(class_id)],
+                             "probability": float(probability)}
+                            for rank, (class_id, probability) in enumerate(
+                                zip(class_ids[row], probabilities[row]))]})
   return results, errors
 
 
@@ -171,21 +186,23 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
 
 
 def write_outputs(results: Sequence[dict[str, Any]], errors: Sequence[dict[str, str]],
-                  run: inference.LoadedRun, output_dir: str) -> None:
+                  run: inference.LoadedRun, output_dir: str | os.PathLike) -> None:
   """predictions.json (everything) and predictions.csv (one row per crop and rank)."""
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, "predictions.json"), "w", encoding="utf-8") as f:
-    json.dump({"workdir": run.workdir, "checkpoint": run.checkpoint, "step": run.step,
-               "results": list(results), "errors": list(errors)}, f, indent=1, ensure_ascii=False)
-  with open(os.path.join(output_dir, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["file", "face", "box_left", "box_top", "box_right", "box_bottom", "rank",
-                     "class_id", "name", "probability"])
-    for result in results:
-      box = result["box"] or ["", "", "", ""]
-      for p in result["predictions"]:
-        writer.writerow([result["file"], "" if result["face"] is None else result["face"], *box,
-                         p["rank"], p["class_id"], p["name"], f"{p['probability']:.6f}"])
+  output_dir = epath.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  (output_dir / "predictions.json").write_text(json.dumps(
+      {"workdir": run.description, "checkpoint": run.checkpoint, "step": run.step,
+       "results": list(results), "errors": list(errors)}, indent=1, ensure_ascii=False), encoding="utf-8")
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator="\n")
+  writer.writerow(["file", "face", "box_left", "box_top", "box_right", "box_bottom", "rank",
+                   "class_id", "name", "probability"])
+  for result in results:
+    box = result["box"] or ["", "", "", ""]
+    for p in result["predictions"]:
+      writer.writerow([result["file"], "" if result["face"] is None else result["face"], *box,
+                       p["rank"], p["class_id"], p["name"], f"{p['probability']:.6f}"])
+  (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -215,7 +232,14 @@ def _label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
   draw.multiline_text((x, y), text, font=font, fill=(0, 0, 0, 255))
 
 
-def annotate(path: str, crops: Sequence[dict[str, Any]], destination: str,
+def save_png(image: Image.Image, destination: epath.Path) -> None:
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  destination.write_bytes(buffer.getvalue())
+
+
+def annotate(path: str, crops: Sequence[dict[str, Any]], destination: epath.Path,
              label_ranks: int = 3) -> None:
   """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
   image = image_files.load_image(path)
@@ -237,37 +261,83 @@ def annotate(path: str, crops: Sequence[dict[str, Any]], destination: str,
     box = tuple(round(v * scale) for v in crop["box"])
     draw.rectangle(box, outline=colour, width=line_width)
     _label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
-  os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-  Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB").save(destination)
+  save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
 
 
-def annotate_all(results: Sequence[dict[str, Any]], output_dir: str) -> dict[str, str]:
+def _unique(stem: str, taken: set[str]) -> str:
+  """`stem`, or `stem_1`, `stem_2`, ... if taken (a.jpg and a.png must not overwrite)."""
+  candidate, n = stem, 1
+  while candidate in taken:
+    candidate, n = f"{stem}_{n}", n + 1
+  taken.add(candidate)
+  return candidate
+
+
+def annotate_all(results: Sequence[dict[str, Any]], output_dir: str | os.PathLike) -> dict[str, str]:
   """Annotated copies of every classified file under output_dir/annotated; {file: copy}."""
+  output_dir = epath.Path(output_dir)
   by_file: dict[str, list[dict[str, Any]]] = collections.OrderedDict()
-  relative = {}
   for result in results:
     by_file.setdefault(result["file"], []).append(result)
-    relative[result["file"]] = result["relative"]
-  destinations, taken = {}, set()
-  for file in by_file:
-    stem = os.path.splitext(relative[file])[0]
-    candidate, n = f"{stem}.png", 1
-    while candidate in taken:  # a.jpg and a.png (or two inputs' a.png) must not overwrite.
-      candidate, n = f"{stem}_{n}.png", n + 1
-    taken.add(candidate)
-    destinations[file] = os.path.join(output_dir, "annotated", candidate)
+  taken = set()
+  destinations = {file: output_dir / "annotated" / (
+      _unique(os.path.splitext(crops[0]["relative"])[0], taken) + ".png")
+                  for file, crops in by_file.items()}
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
     list(pool.map(lambda f: annotate(f, by_file[f], destinations[f]), by_file))
-  return destinations
+  return {file: os.fspath(path) for file, path in destinations.items()}
+
+
+class AttentionWriter:
+  """Writes, for each crop of a batch, the class token's attention per layer and its rollout.
+
+  Under output_dir/attention/<image name>[_face<i>]/: layer_01.png ... (one per encoder layer)
+  and rollout.png, each the model's input (enlarged to ANNOTATE_MIN_SIDE) scaled by the map.
+  """
+
+  def __init__(self, run: inference.LoadedRun, output_dir: epath.Path):
+    if not isinstance(run.model, vit.VisionTransformer):
+      raise inference.LoadError(f"--attention_maps needs a ViT; {run.description} is a "
+                       f"{type(run.model).__name__}, which has no attention.")
+    self.run, self.root, self.taken = run, output_dir / "attention", set()
+    self.written: dict[tuple[str, int | None], str] = {}  # (file, face) -> folder.
+
+  def __call__(self, crops: list[Crop], images: np.ndarray) -> None:
+    run = self.run
+    normalized = preprocess.normalize(images, run.config.normalization, run.model.dtype)
+    result = attention.maps(run.model, run.variables, normalized)
+    for row, crop in enumerate(crops):
+      stem = os.path.splitext(crop.file.relative)[0]
+      folder = self.root / _unique(stem if crop.face is None else f"{stem}_face{crop.face}",
+                                   self.taken)
+      picture = Image.fromarray(crop.pixels)
+      scale = max(1.0, ANNOTATE_MIN_SIDE / picture.width)
+      picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                               Image.BICUBIC)
+      for layer, heat in enumerate(result["layers"][row]):
+        save_png(attention.overlay(picture, heat), folder / f"layer_{layer + 1:02d}.png")
+      save_png(attention.overlay(picture, result["rollout"][row]), folder / "rollout.png")
+      self.written[(crop.file.path, crop.face)] = os.fspath(folder)
 
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a checkpoint step directory.")
+  flags.DEFINE_string("workdir", None, "Training run directory.")
+  flags.DEFINE_string("checkpoint", None, "With --workdir: 'best' (default), 'latest' or a "
+                      "checkpoint step directory. With --source: the checkpoint file or directory.")
+  flags.DEFINE_string("source", None, "Use a checkpoint without a training run: pytorch_vit, "
+                      "torchvision_resnet, animesion, vit_npz or run.")
+  flags.DEFINE_string("class_names", None, "With --source: the dataset's classid_classname.csv "
+                      "(id,name rows) or a JSON list of names.")
+  flags.DEFINE_integer("num_heads", None, "With --source=pytorch_vit: attention heads "
+                       "(default hidden / 64).")
+  flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
   flags.DEFINE_integer("top_k", 5, "Characters listed per image or face.")
-  flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/predictions).")
+  flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/predictions, or "
+                      "predictions/ in the current directory).")
   flags.DEFINE_bool("annotate", False, "Also write copies of the images with the predictions.")
+  flags.DEFINE_bool("attention_maps", False, "ViTs: also write the class token's attention per "
+                    "layer and its rollout over each input (OUTPUT_DIR/attention/).")
   flags.DEFINE_bool("detect_faces", False, "Find anime faces first and classify each face "
                     "(for whole illustrations).")
   flags.DEFINE_string("cascade", None, f"Face detector cascade file (default: the "
@@ -277,6 +347,21 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 256, "Images per batch over all local devices (rounded up to "
                        "a multiple of the device count).")
   flags.DEFINE_integer("print_limit", 50, "Crops shown in the printed table (0 = all).")
+
+
+def load(flag: Any) -> inference.LoadedRun:
+  """The model the flags name: a training run (--workdir) or a checkpoint (--source)."""
+  if (flag.workdir is None) == (flag.source is None):
+    raise app.UsageError("Give either --workdir=RUN (a training run directory), or "
+                         "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
+  if flag.workdir is not None:
+    return inference.load_run(flag.workdir, flag.checkpoint or "best",
+                              devices=jax.local_devices())
+  if flag.checkpoint is None:
+    raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
+  return inference.load_checkpoint(flag.checkpoint, flag.source, flag.class_names,
+                                   num_heads=flag.num_heads, image_size=flag.image_size,
+                                   devices=jax.local_devices())
 
 
 def main(argv):
@@ -296,21 +381,30 @@ def main(argv):
     if flag.detect_faces:
       detector = faces.FaceDetector(faces.find_cascade(flag.cascade), margin=flag.face_margin,
                                     min_size=flag.min_face)
-    run = inference.load_run(flag.workdir, flag.checkpoint, devices=jax.local_devices())
-  except (FileNotFoundError, inference.CheckpointMismatch) as error:
+    run = load(flag)
+    if flag.output_dir is not None:
+      output_dir = run_dir.resolve(flag.output_dir)
+    elif run.workdir is not None:
+      output_dir = run.workdir.predictions_dir()
+    else:
+      output_dir = run_dir.resolve("predictions")
+    writer = AttentionWriter(run, output_dir) if flag.attention_maps else None
+  except inference.USER_ERRORS as error:
     raise app.UsageError(str(error)) from None
   results, errors = predict_files(run, files, top_k=flag.top_k, batch_size=flag.batch_size,
-                                  detector=detector)
+                                  detector=detector, each_batch=writer)
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors
-  output_dir = flag.output_dir or os.path.join(flag.workdir, "predictions")
   write_outputs(results, errors, run, output_dir)
   if flag.annotate:
     annotate_all(results, output_dir)
-  print(format_table(results, flag.print_limit))
+  if results:
+    print(format_table(results, flag.print_limit))
   for error in errors:
     print(f"Could not read {error['file']}: {error['error']}")
   classified = len({result["file"] for result in results})
   print(f"{len(results)} predictions for {classified} of {len(files)} images; wrote {output_dir}")
+  if not results:
+    sys.exit("predict: no image was classified (see the messages above).")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from animesion_jax import checkpointing
 from animesion_jax import evaluate
 from animesion_jax import inference
 from animesion_jax import longtail
+from animesion_jax import plots
+from animesion_jax import run_dir
 from tests import trained_run
 
 # Six eval examples over four classes; class 3 has none. Columns: label, top-3 predictions.
@@ -137,7 +139,7 @@ def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path, monkeypatc
   assert report["num_examples"] == 112
   assert report["top1"] == pytest.approx(results["top1"], abs=1e-6)
   assert report["loss"] == pytest.approx(results["loss"], rel=1e-5)
-  assert report["checkpoint"].endswith(os.path.join("best", str(trained_run.TRAIN_STEPS)))
+  assert report["checkpoint"].endswith(os.path.join("checkpoints", str(trained_run.TRAIN_STEPS)))
 
 
 def test_summary_table(test_report):
@@ -201,7 +203,7 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
   config["model"]["hidden_size"] = 32
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  checkpointing.save_class_names(workdir, [f"c{i}" for i in range(10)])
+  run_dir.RunDir(workdir).save_class_names([f"c{i}" for i in range(10)])
   with pytest.raises(inference.CheckpointMismatch, match=r"params/head/bias: model \(10,\), "
                      r"checkpoint \(28,\)"):
     inference.load_run(workdir)
@@ -210,23 +212,23 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
 def test_missing_checkpoints_are_clear_errors(workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a training run directory"):
     inference.load_run(str(tmp_path))
+  run = run_dir.RunDir(workdir)
   with pytest.raises(FileNotFoundError, match="expected 'best', 'latest' or a checkpoint step"):
-    inference.resolve_checkpoint(workdir, str(tmp_path))
-  (tmp_path / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
-  with pytest.raises(FileNotFoundError, match="No checkpoint under .*best or .*checkpoints"):
+    checkpointing.resolve(run, str(tmp_path))
+  (tmp_path / "config.json").write_text(run.config_file.read_text())
+  with pytest.raises(FileNotFoundError, match="No checkpoint under .*checkpoints"):
     inference.load_run(str(tmp_path))
   step_dir = os.path.join(workdir, "checkpoints", str(trained_run.TRAIN_STEPS))
-  assert inference.resolve_checkpoint(workdir, step_dir) == inference.resolve_checkpoint(
-      workdir, "latest")
+  assert checkpointing.resolve(run, step_dir) == checkpointing.resolve(run, "latest")
 
 
 def test_binned_means():
   # Two log bins: [1, 10) and [10, 100]; a bin needs 3 classes to count.
   counts = np.array([1, 1, 1, 50, 50, 50, 100, 5], float)
   values = np.array([0, 0, 30, 50, 50, 50, 99, 7.0])
-  centres, means = evaluate.binned_means(counts, values, bins=2)
+  centres, means = plots.binned_means(counts, values, bins=2)
   assert centres == [pytest.approx(math.exp(np.mean(np.log([1, 1, 1, 5])))),
                      pytest.approx(math.exp(np.mean(np.log([50, 50, 50, 100]))))]
   assert means == [pytest.approx(37 / 4), pytest.approx(249 / 4)]
-  _, sparse = evaluate.binned_means(counts[:7], values[:7], bins=2, min_members=4)
+  _, sparse = plots.binned_means(counts[:7], values[:7], bins=2, min_members=4)
   assert sparse == [pytest.approx(249 / 4)]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animesion_jax import checkpointing
 from animesion_jax import evaluate
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
 from animesion_jax import predict
+from animesion_jax import run_dir
 from animesion_jax.data import datasets
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
@@ -98,7 +98,7 @@ def user_files(run, tmp_path_factory):
   (folder / "truncated.jpg").write_bytes(_jpeg_bytes(first)[:200])
   found, _ = image_files.find_images([str(folder)])
   results, errors = predict.predict_files(run, found, top_k=5, batch_size=8)
-  expected = evaluate.predict_split(run, builder, "test", batch_size=64)["top5"][:_RECORDS]
+  expected = evaluate.split_outputs(run, builder, "test", batch_size=64)["top5"][:_RECORDS]
   return {"folder": folder, "results": results, "errors": errors, "expected": expected}
 
 
@@ -120,9 +120,8 @@ def test_predictions_match_the_evaluation_pipeline(user_files):
   # The same picture as lossless WebP or opaque RGBA gets the same answer as the PNG.
   for variant in ("variant_webp.webp", "variant_rgba.png"):
     assert by_name[variant]["predictions"] == by_name["00.png"]["predictions"]
-  assert by_name["variant_gray.png"]["predictions"][0]["name"] in inference.class_names_of(
-      trained_run.tiny_trained_workdir(), inference.with_defaults(
-          checkpointing.load_config(trained_run.tiny_trained_workdir())))
+  assert by_name["variant_gray.png"]["predictions"][0]["name"] in run_dir.RunDir(
+      trained_run.tiny_trained_workdir()).load_class_names()
 
 
 def test_unreadable_files_are_reported_and_skipped(user_files):
@@ -233,9 +232,9 @@ def test_missing_cascade_is_a_clear_error(tmp_path, monkeypatch):
 def test_class_names_file_and_missing_dataset(tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   names = [f"character_{i}" for i in range(28)]
-  checkpointing.save_class_names(workdir, names)
+  run_dir.RunDir(workdir).save_class_names(names)
   assert inference.load_run(workdir).class_names == names
-  os.remove(os.path.join(workdir, checkpointing.CLASS_NAMES_FILE))
+  os.remove(os.path.join(workdir, run_dir.CLASS_NAMES_FILE))
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   config["data_dir"] = str(tmp_path / "no_data")
