@@ -142,11 +142,15 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
-              normalization: str) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
-  """Masked metrics of one eval batch, and each example's top-5 class ids (best first)."""
+def eval_step(state: TrainState | dict[str, Any], batch: dict[str, jnp.ndarray], *,
+              model: nn.Module, normalization: str) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
+  """Masked metrics of one eval batch, and each example's top-5 class ids (best first).
+
+  `state` is the TrainState, or (for inference) the model's variables themselves.
+  """
   images = preprocess.normalize(batch["image"], normalization, model.dtype)
-  logits = model.apply(model_variables(state), images, train=False).astype(jnp.float32)
+  variables = model_variables(state) if isinstance(state, TrainState) else state
+  logits = model.apply(variables, images, train=False).astype(jnp.float32)
   loss = cross_entropy(logits, batch["label"])
   step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
