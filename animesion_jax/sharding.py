@@ -3,24 +3,65 @@
 The mesh has two axes: 'data' (batch split, parameters replicated) and 'fsdp' (batch split
 too, and parameters / optimizer state split along their largest divisible dimension). With the
 default fsdp size 1 this is plain data parallelism.
+
+The device grid follows the hardware (jax.experimental.mesh_utils): on one TPU slice the mesh is
+laid over the chips' torus; across hosts of GPUs (or across TPU slices) the hosts (slices) form
+the outer 'data' axis and each host's devices the inner one, so the 'fsdp' axis, whose
+all-gathers and reduce-scatters run every step, stays on a host's NVLink (a slice's ICI) and only
+the data-parallel gradient reduction crosses the slower network between hosts.
 """
 
+import collections
 from typing import Any, Sequence
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA_AXES = ("data", "fsdp")  # Batch dimension is split over both axes.
 
 
+def _granules(devices: Sequence[jax.Device]) -> tuple[str, dict[int, list[jax.Device]]]:
+  """Devices grouped by what shares the fast interconnect: TPU slices, else processes (hosts)."""
+  if devices[0].platform == "tpu" and hasattr(devices[0], "slice_index"):
+    key, groups = "slice", collections.defaultdict(list)
+    for device in devices:
+      groups[device.slice_index].append(device)
+  else:
+    key, groups = "host", collections.defaultdict(list)
+    for device in devices:
+      groups[device.process_index].append(device)
+  return key, dict(groups)
+
+
+def device_grid(devices: Sequence[jax.Device], fsdp_size: int = 1) -> np.ndarray:
+  """A (data, fsdp) array of `devices`, laid out for the interconnect (see the module doc)."""
+  devices = list(devices)
+  if fsdp_size < 1 or len(devices) % fsdp_size:
+    raise ValueError(f"fsdp_size={fsdp_size} must divide the device count {len(devices)}.")
+  kind, groups = _granules(devices)
+  sizes = {len(group) for group in groups.values()}
+  if len(groups) == 1:
+    return mesh_utils.create_device_mesh((len(devices) // fsdp_size, fsdp_size), devices,
+                                         allow_split_physical_axes=True)
+  if len(sizes) != 1:
+    raise ValueError(f"Every {kind} must bring the same number of devices; got "
+                     f"{ {index: len(group) for index, group in sorted(groups.items())} }.")
+  per_group = sizes.pop()
+  if per_group % fsdp_size:
+    raise ValueError(
+        f"fsdp_size={fsdp_size} must divide the {per_group} devices of one {kind} "
+        f"({len(groups)} {kind}s): the fsdp axis is kept within a {kind}'s fast interconnect.")
+  return mesh_utils.create_hybrid_device_mesh(
+      (per_group // fsdp_size, fsdp_size), (len(groups), 1), devices,
+      process_is_granule=kind == "host", allow_split_physical_axes=True)
+
+
 def create_mesh(devices: Sequence[jax.Device] | None = None, fsdp_size: int = 1) -> Mesh:
   """A (data, fsdp) mesh over `devices` (default: every device of every process)."""
   devices = list(jax.devices() if devices is None else devices)
-  if fsdp_size < 1 or len(devices) % fsdp_size:
-    raise ValueError(f"fsdp_size={fsdp_size} must divide the device count {len(devices)}.")
-  grid = np.asarray(devices).reshape(len(devices) // fsdp_size, fsdp_size)
-  return Mesh(grid, DATA_AXES)
+  return Mesh(device_grid(devices, fsdp_size), DATA_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,4 +1,9 @@
-"""The datasets the train loop knows, and how to open their TFDS records."""
+"""The datasets the train loop knows, and how to open their TFDS records.
+
+Nothing here needs TensorFlow: tfds (>= 4.9.10) reads ArrayRecord data sources, dataset metadata
+and, through `download_and_prepare`, builds the synthetic dataset without it (images stay encoded
+bytes, decoded by the grain pipeline). Only the `tfds build` command line imports TensorFlow.
+"""
 
 import dataclasses
 import importlib
@@ -6,7 +11,10 @@ import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
+
+from animesion_jax import run_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +63,15 @@ def get_builder(name: str, data_dir: str = "", builder_config: str = "") -> tfds
   """The TFDS builder of a dataset in `DATASETS` (nothing is built or read yet)."""
   spec = get_spec(name)
   builder_cls = importlib.import_module(spec.builder_module).Builder
-  kwargs: dict[str, Any] = {"data_dir": data_dir or None}
+  # A relative or `~` data_dir means the user's directory; gs:// stays as it is.
+  kwargs: dict[str, Any] = {"data_dir": os.fspath(run_dir.resolve(data_dir)) if data_dir else None}
   if builder_config:
     kwargs["config"] = builder_config
   return builder_cls(**kwargs)
 
 
 def is_built(builder: tfds.core.DatasetBuilder) -> bool:
-  return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+  return (epath.Path(builder.data_dir) / "dataset_info.json").exists()
 
 
 def open_dataset(name: str, data_dir: str = "", builder_config: str = "",
