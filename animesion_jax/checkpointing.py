@@ -1,131 +1,246 @@
-"""Orbax checkpoints of a run: the latest few (state + data iterator + metadata) and the best.
+"""Orbax checkpoints of a run: ONE CheckpointManager under `<run>/checkpoints/`.
 
-Layout under the workdir:
-  config.json              the run's config (written at start)
-  class_names.json         the dataset's class names, index = class id (for predict)
-  checkpoints/<step>/      latest checkpoints: state, data iterator position, metadata
-  best/<step>/             the best checkpoint by the selection metric: state, metadata
-Orbax writes each step to a temporary directory and renames it when complete, so a process
-killed mid-write leaves the previous checkpoints intact.
+Orbax policies make every decision:
+  preservation  the latest `keep` checkpoints, plus the best by validation top-1 (only runs whose
+                dataset has a validation split carry that metric; no model is chosen on test)
+  save          every K steps, every M minutes (decided on process 0 and broadcast), and at JAX's
+                preemption sync point on multi-host runs; the loop also forces a save at each
+                evaluation (carrying its metrics), at a stop signal, a halt and the end.
+Orbax writes each step to a temporary directory and renames it when complete, so a process killed
+mid-write leaves the previous checkpoints intact; a damaged complete checkpoint (a truncated or
+missing array file) is moved aside and the previous one is used.
 """
 
-import json
-import os
+import time
 from typing import Any
 
 from absl import logging
 from etils import epath
+import flax
+from flax import linen as nn
 import grain.python as grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
-CONFIG_FILE = "config.json"
-CLASS_NAMES_FILE = "class_names.json"
+from animesion_jax import optim
+from animesion_jax import run_dir as run_dir_lib
+from animesion_jax import sharding
+from animesion_jax import steps
+
+BEST_METRIC = "validation_top1"  # The checkpoint metric that ranks checkpoints (higher is better).
+DAMAGED_DIR = "damaged_checkpoints"  # Where damaged checkpoints are moved, beside checkpoints/.
+_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
-class RunCheckpoints:
-  """The latest and best checkpoints of one run directory."""
+class DamagedCheckpoint(RuntimeError):
+  """A checkpoint's files are incomplete or unreadable (the message names it and the others)."""
 
-  def __init__(self, workdir: str, keep: int = 2):
-    self.workdir = epath.Path(workdir)
-    self.incomplete = incomplete_checkpoints(self.workdir)
+
+def _step_args(state: Any, data_iterator: Any, meta: dict[str, Any]) -> ocp.args.Composite:
+  args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+  if data_iterator is not None:
+    args["data"] = grain.PyGrainCheckpointSave(data_iterator)
+  return ocp.args.Composite(**args)
+
+
+def _restore_args(abstract_state: Any, data_iterator: Any = None) -> ocp.args.Composite:
+  args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+  if data_iterator is not None:
+    args["data"] = grain.PyGrainCheckpointRestore(data_iterator)
+  return ocp.args.Composite(**args)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+class Checkpoints:
+  """The checkpoints of one training run (latest N plus the best), for saving and resuming."""
+
+  def __init__(self, run: run_dir_lib.RunDir, *, keep: int = 2, every_steps: int = 0,
+               every_minutes: float = 0.0):
+    self.run = run
+    self.incomplete = sorted(p for p in _children(run.checkpoints_dir) if _TMP_MARK in p.name)
     for path in self.incomplete:
       logging.warning("Ignoring %s: a checkpoint write that never finished (the process was "
                       "killed while saving); it is deleted.", path)
-    options = dict(create=True, cleanup_tmp_directories=True)
-    self.latest = ocp.CheckpointManager(
-        self.workdir / LATEST_DIR,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
+    save_policies = [checkpoint_managers.PreemptionCheckpointingPolicy()]
+    if every_steps > 0:
+      save_policies.append(checkpoint_managers.FixedIntervalPolicy(every_steps))
+    if every_minutes > 0:
+      save_policies.append(checkpoint_managers.ContinuousCheckpointingPolicy(
+          minimum_interval_secs=max(1, int(60 * every_minutes))))
+    preservation = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    self.manager = ocp.CheckpointManager(
+        run.checkpoints_dir,
+        options=ocp.CheckpointManagerOptions(
+            create=True, cleanup_tmp_directories=True,
+            save_decision_policy=checkpoint_managers.AnySavePolicy(save_policies),
+            preservation_policy=preservation),
         item_names=("state", "data", "meta"))
-    self.best = ocp.CheckpointManager(
-        self.workdir / BEST_DIR,
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
-        item_names=("state", "meta"))
-
-  @staticmethod
-  def has_checkpoints(workdir: str) -> bool:
-    latest = epath.Path(workdir) / LATEST_DIR
-    return latest.exists() and any(p.name.isdigit() for p in latest.iterdir())
 
   def latest_step(self) -> int | None:
-    return self.latest.latest_step()
+    return self.manager.latest_step()
 
-  def save_latest(self, step: int, state: Any, data_iterator: Any, meta: dict[str, Any]) -> None:
-    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
-    if data_iterator is not None:
-      args["data"] = grain.PyGrainCheckpointSave(data_iterator)
-    self.latest.save(step, args=ocp.args.Composite(**args), force=True)
+  def should_save(self, step: int) -> bool:
+    """Whether a save policy asks for `step` (a collective on multi-process runs: every process
+    asks at every step; time-based answers come from process 0)."""
+    return self.manager.should_save(step)
 
-  def save_best(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  def save(self, step: int, state: Any, data_iterator: Any, meta: dict[str, Any], *,
+           metrics: dict[str, float] | None = None) -> bool:
+    """Saves `step` (with the metrics that rank it, if any); False if it is already saved."""
+    if step in self.manager.all_steps():
+      return False  # Already on disk (e.g. the final step right after a periodic save).
+    return self.manager.save(step, args=_step_args(state, data_iterator, meta), metrics=metrics,
+                             force=True)
 
-  def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores the newest complete checkpoint into `abstract_state`'s shapes and shardings.
+  def restore_newest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict, int] | None:
+    """Restores the newest readable checkpoint; None when there is none.
 
+    A damaged one is moved to `DAMAGED_DIR` with a warning and the previous one is tried.
     The data iterator is moved to the saved position in place.
     """
-    step = self.latest.latest_step()
-    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-    if data_iterator is not None:
-      args["data"] = grain.PyGrainCheckpointRestore(data_iterator)
-    restored = self.latest.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"], restored["meta"]
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=_restore_args(abstract_state, data_iterator))
+      except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
+        moved = self._move_damaged(step)
+        logging.warning("Checkpoint %s is damaged (%s); moved it to %s and trying the previous "
+                        "one.", self.run.checkpoints_dir / str(step), _first_line(error), moved)
+        continue
+      return restored["state"], dict(restored["meta"]), step
+    return None
+
+  def _move_damaged(self, step: int) -> epath.Path:
+    target = self.run.path / DAMAGED_DIR / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (self.run.checkpoints_dir / str(step)).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"animesion_damaged_checkpoint_{step}")
+    self.manager.reload()
+    return target
+
+  def best(self) -> dict[str, Any] | None:
+    """{'metric', 'value', 'step'} of the best kept checkpoint, or None without metrics."""
+    scored = [(self.manager.metrics(step) or {}, step) for step in self.manager.all_steps()]
+    scored = [(metrics[BEST_METRIC], step) for metrics, step in scored if BEST_METRIC in metrics]
+    if not scored:
+      return None
+    value, step = max(scored)
+    return {"metric": BEST_METRIC, "value": value, "step": step}
 
   def wait(self) -> None:
     """Blocks until pending asynchronous writes are on disk."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    self.manager.close()
 
 
-def incomplete_checkpoints(workdir: epath.Path) -> list[epath.Path]:
-  """Temporary directories of checkpoint writes that were interrupted."""
-  found = []
-  for sub in (LATEST_DIR, BEST_DIR):
-    if (workdir / sub).exists():
-      found += [p for p in (workdir / sub).iterdir() if ".orbax-checkpoint-tmp" in p.name]
-  return sorted(found)
+def _children(directory: epath.Path) -> list[epath.Path]:
+  return list(directory.iterdir()) if directory.is_dir() else []
 
 
-def restore_state(workdir: str, abstract_state: Any, which: str = "best") -> tuple[Any, dict, int]:
-  """Loads the state of a run's 'best' or 'latest' checkpoint, or of a checkpoint directory.
+def step_dirs(run: run_dir_lib.RunDir) -> list[int]:
+  """Steps of the complete checkpoints of a run, oldest first."""
+  return sorted(int(p.name) for p in _children(run.checkpoints_dir)
+                if p.name.isdigit() and p.is_dir())
 
-  Returns (state, metadata, step). Falls back from 'best' to 'latest' when a run never evaluated.
+
+def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
+  """The checkpoint step directory `which` names: 'best', 'latest' or a path.
+
+  'best' is the checkpoint with the best validation top-1 when the run kept one (runs on a
+  dataset without a validation split keep none: then it is the latest, the final model).
   """
-  workdir = epath.Path(workdir)
   if which in ("best", "latest"):
-    candidates = [BEST_DIR, LATEST_DIR] if which == "best" else [LATEST_DIR]
-    for sub in candidates:
-      manager = ocp.CheckpointManager(workdir / sub, item_names=("state", "meta"))
-      step = manager.latest_step()
-      if step is not None:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        manager.close()
-        return restored["state"], restored["meta"], step
+    found = step_dirs(run)
+    if not found:
+      raise FileNotFoundError(f"No checkpoint under {run.checkpoints_dir}: has this run saved one "
+                              "yet?")
+    step = found[-1]
+    if which == "best":
+      manager = ocp.CheckpointManager(run.checkpoints_dir, item_names=("state", "data", "meta"),
+                                      options=ocp.CheckpointManagerOptions(read_only=True))
+      scored = [((manager.metrics(s) or {}).get(BEST_METRIC), s) for s in found]
+      scored = [(value, s) for value, s in scored if value is not None]
       manager.close()
-    raise FileNotFoundError(f"No checkpoint in {workdir / candidates[0]} or "
-                            f"{workdir / LATEST_DIR}: has this run saved one yet?")
-  path = epath.Path(which)
-  manager = ocp.CheckpointManager(path.parent, item_names=("state", "meta"))
-  restored = manager.restore(int(path.name), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  manager.close()
-  return restored["state"], restored["meta"], int(path.name)
+      if scored:
+        step = max(scored)[1]
+    return run.checkpoints_dir / str(step)
+  path = run_dir_lib.resolve(which)
+  if not path.is_dir() or not path.name.isdigit():
+    raise FileNotFoundError(
+        f"--checkpoint={which!r}: expected 'best', 'latest' or a checkpoint step directory such "
+        f"as {run.checkpoints_dir / '1000'}.")
+  return path
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def restore(run: run_dir_lib.RunDir, abstract_state: Any,
+            which: str = "best") -> tuple[Any, dict[str, Any], int]:
+  """Loads the state of a run's checkpoint for inference: (state, metadata, step).
+
+  Raises:
+    FileNotFoundError: the run has no checkpoint (or `which` names none).
+    DamagedCheckpoint: the checkpoint's files are incomplete; the message names it and lists the
+      run's other checkpoints.
+  """
+  path = resolve(run, which)
+  manager = ocp.CheckpointManager(path.parent, item_names=("state", "data", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    restored = manager.restore(int(path.name), args=_restore_args(abstract_state))
+  except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
+    others = [str(path.parent / str(s)) for s in manager.all_steps() if s != int(path.name)]
+    raise DamagedCheckpoint(
+        f"Checkpoint {path} is damaged or incomplete ({_first_line(error)}).\n"
+        + (f"Other checkpoints of this run: {', '.join(others)} (pass one with --checkpoint)."
+           if others else "The run has no other checkpoint.")) from None
+  finally:
+    manager.close()
+  return restored["state"], dict(restored["meta"]), int(path.name)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, model: nn.Module,
+                         mesh: jax.sharding.Mesh) -> Any:
+  """Shapes, dtypes and shardings of a run's TrainState, without allocating it."""
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  rng = jax.random.PRNGKey(0)
+  abstract_variables = jax.eval_shape(
+      lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False))
+  # The optimizer state's structure does not depend on the schedule's length.
+  tx = optim.create_optimizer(config, steps_per_epoch=1, total_steps=1,
+                              params=abstract_variables["params"])
+  abstract = jax.eval_shape(
+      lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables)
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.tree.map(lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                               sharding=shard),
+                      abstract, shardings)
+
+
+def shape_mismatches(expected: Any, actual: Any) -> list[str]:
+  """'path: model SHAPE, checkpoint SHAPE' for every array whose shape differs (or is missing)."""
+  flat_expected = flax.traverse_util.flatten_dict(dict(expected), sep="/") if expected else {}
+  flat_actual = flax.traverse_util.flatten_dict(dict(actual), sep="/") if actual else {}
+  problems = []
+  for key in sorted(set(flat_expected) | set(flat_actual)):
+    want = tuple(flat_expected[key].shape) if key in flat_expected else None
+    have = tuple(flat_actual[key].shape) if key in flat_actual else None
+    if want != have:
+      problems.append(f"{key}: model {want}, checkpoint {have}")
+  return problems
 
 
 # Fields that shape the parameters or their meaning; a resumed run must keep them.
@@ -137,52 +252,15 @@ _FROM_CHECKPOINT = ("model.gelu_approximate", "model.layer_norm_epsilon")
 def config_differences(saved: ml_collections.ConfigDict,
                        current: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> current' for each resume-critical field that changed."""
-  saved_flat = _flatten(saved.to_dict())
-  current_flat = _flatten(current.to_dict())
+  saved_flat = flax.traverse_util.flatten_dict(saved.to_dict(), sep=".")
+  current_flat = flax.traverse_util.flatten_dict(current.to_dict(), sep=".")
   differences = []
   for key in sorted(set(saved_flat) | set(current_flat)):
     if key in _FROM_CHECKPOINT and saved.init_from.source:
       continue
-    if key.split(".")[0] in RESUME_CRITICAL_FIELDS and saved_flat.get(key) != current_flat.get(key):
-      differences.append(f"config.{key}: {saved_flat.get(key)!r} in the run, now "
-                         f"{current_flat.get(key)!r}")
+    before, now = saved_flat.get(key), current_flat.get(key)
+    before, now = (list(v) if isinstance(v, tuple) else v for v in (before, now))
+    if key.split(".")[0] in RESUME_CRITICAL_FIELDS and before != now:
+      differences.append(f"config.{key}: {before!r} in the run, now {now!r}")
   return differences
 
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return flat
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with (as saved at its start)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir} is not a training run directory.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def save_class_names(workdir: str, names: list[str]) -> None:
-  """Writes the class names (index = class id) so predictions can be named without the dataset."""
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
-      json.dump(list(names), f, indent=0, ensure_ascii=False)
-
-
-def load_class_names(workdir: str) -> list[str] | None:
-  """The class names saved by `save_class_names`, or None if the run has none."""
-  path = os.path.join(workdir, CLASS_NAMES_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    names = json.load(f)
-  if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-    raise ValueError(f"{path} should hold a JSON list of class-name strings.")
-  return names

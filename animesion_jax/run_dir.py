@@ -126,6 +126,13 @@ class RunDir:
         with self.metrics_file.open("a") as f:
           f.write(line)
 
+  def drop_metrics_after(self, step: int) -> None:
+    """Forgets metric lines of steps after `step` (a resumed run trains and logs them again)."""
+    if jax.process_index() == 0 and self.metrics_file.exists():
+      kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+      if len(kept) < len(self.read_metrics()):
+        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
   def read_metrics(self) -> list[dict[str, Any]]:
     if not self.metrics_file.exists():
       return []

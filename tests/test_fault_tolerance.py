@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from animesion_jax import checkpointing
+from animesion_jax import run_dir
 from animesion_jax import config_validation
 from animesion_jax import model_setup
 from animesion_jax import sharding
@@ -25,8 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _latest_params(workdir, config):
   setup = model_setup.create(config, 28, sharding.create_mesh(), 17, config.num_train_steps)
-  state, _, step = checkpointing.restore_state(str(workdir), setup.abstract_state, "latest")
+  state, _, step = checkpointing.restore(run_dir.RunDir(workdir), setup.abstract_state, "latest")
   return step, state
+
+
+def _partial_writes(directory):
+  return [n for n in os.listdir(directory) if "orbax-checkpoint-tmp" in n]
 
 
 def _assert_same_params(a, b):
@@ -50,7 +55,7 @@ def _signal_before_batch(monkeypatch, signum, at_call):
 
   def fetch(local_batch, mesh):
     calls["n"] += 1
-    if "mask" not in local_batch and calls["n"] == at_call:
+    if len(local_batch["image"]) == 32 and calls["n"] == at_call:  # A train batch.
       os.kill(os.getpid(), signum)
     return original(local_batch, mesh)
 
@@ -108,15 +113,15 @@ def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path, st
     time.sleep(0.001)
   process.wait()
   assert killed_mid_write, "the run finished before a checkpoint write could be interrupted"
-  assert checkpointing.incomplete_checkpoints(workdir), "SIGKILL should leave a partial write"
+  assert _partial_writes(latest), "SIGKILL should leave a partial write"
   last_complete = max(int(n) for n in os.listdir(latest) if n.isdigit())
 
-  run_checkpoints = checkpointing.RunCheckpoints(str(workdir))
-  assert run_checkpoints.latest_step() == last_complete
-  run_checkpoints.close()
+  checkpoints = checkpointing.Checkpoints(run_dir.RunDir(workdir))
+  assert checkpoints.incomplete and checkpoints.latest_step() == last_complete
+  checkpoints.close()
   results = train.train_and_evaluate(config, str(workdir))
   assert results["steps"] == 8
-  assert not checkpointing.incomplete_checkpoints(workdir)
+  assert not _partial_writes(latest)
   _, resumed = _latest_params(workdir, config)
   _, straight = _latest_params(straight_dir, config)
   _assert_same_params(resumed, straight)
@@ -127,7 +132,7 @@ def _nan_in_batch(monkeypatch, at_call):
   calls = {"n": 0}
 
   def fetch(local_batch, mesh):
-    if "mask" not in local_batch:
+    if len(local_batch["image"]) == 32:  # A train batch (eval batches hold 64).
       calls["n"] += 1
       if calls["n"] == at_call:
         local_batch = {**local_batch, "image": local_batch["image"].astype(np.float32)}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from animesion_jax import checkpointing
+from animesion_jax import run_dir
 from animesion_jax import config_validation
 from animesion_jax import model_setup
 from animesion_jax import sharding
@@ -22,7 +23,7 @@ from tests import helpers
 def _final_params(workdir, config):
   mesh = sharding.create_mesh()
   setup = model_setup.create(config, 28, mesh, steps_per_epoch=17, total_steps=config.num_train_steps)
-  state, _, step = checkpointing.restore_state(workdir, setup.abstract_state, which="latest")
+  state, _, step = checkpointing.restore(run_dir.RunDir(workdir), setup.abstract_state, "latest")
   return step, jax.tree.map(np.asarray, state.params)
 
 
