@@ -1,10 +1,21 @@
 """grain input pipelines over TFDS ArrayRecord sources.
 
 Train: an endless stream of per-process batches, reshuffled every epoch from the seed, with a
-checkpointable iterator (so a resumed run sees exactly the batches it would have seen).
+checkpointable iterator (so a resumed run sees exactly the batches it would have seen). An epoch
+is ceil(N / batch) steps, as the original's DataLoader (no drop_last): the last batch of an epoch
+is short, so it is padded to the full size with repeats of its own examples and carries a
+'mask' (1 real, 0 padding) that the train step uses to average over real examples only.
 Eval: every example of the split exactly once; the last partial batch is padded and masked.
+
+The train pipeline works a batch at a time: a step number goes in, the step's batch comes out,
+its records read with one batched read and decoded in one plain loop. Its random draws (epoch
+permutation, crop corners, flips, colour jitter) are functions of (seed, step) drawn for the
+whole global batch, of which each process keeps its rows, so P processes together see exactly
+the batches that one process would see alone.
 """
 
+import dataclasses
+import functools
 import math
 from typing import Any, Iterator, Sequence
 
@@ -12,7 +23,11 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from animesion_jax.data import color_jitter as color_jitter_lib
 from animesion_jax.data import preprocess
+
+# Steps the train stream can run: far beyond any training run (the stream is "endless").
+_MAX_STEPS = 2**40
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -22,46 +37,91 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-class _ProcessSlice(grain.Sampler):
-  """This process's slice of each global batch of a globally shuffled record stream.
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Train steps of one epoch: ceil(N / batch), the last one short (padded and masked)."""
+  if num_examples < 1:
+    raise ValueError("The training split is empty.")
+  return math.ceil(num_examples / global_batch_size)
 
-  Every process shuffles the whole dataset with the same seed and takes rows
-  [p*b, (p+1)*b) of each global batch (b = per-process batch). So P processes together see
-  exactly the batches, augmentation draws included, that one process would see alone.
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_records)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBatch(grain.MapTransform):
+  """Step number -> this process's rows of that step's augmented global batch.
+
+  The paper's augmentation (resize to S+margin, random SxS crop, random horizontal flip), then
+  torchvision-style colour jitter when `color_jitter` > 0.
   """
+  source: Sequence[Any]
+  global_batch_size: int
+  image_size: int
+  resize_margin: int
+  horizontal_flip: bool
+  seed: int
+  color_jitter: float = 0.0
 
-  def __init__(self, num_records: int, seed: int, per_process_batch: int):
-    self._global = grain.IndexSampler(num_records=num_records, shard_options=grain.NoSharding(),
-                                      shuffle=True, num_epochs=None, seed=seed)
-    self._batch = per_process_batch
-    self._process, self._count = jax.process_index(), jax.process_count()
+  def map(self, step: int) -> dict[str, np.ndarray]:
+    num_records, batch = len(self.source), self.global_batch_size
+    epoch, position = divmod(int(step), steps_per_epoch(num_records, batch))
+    order = _epoch_order(num_records, self.seed, epoch)
+    real = order[position * batch:(position + 1) * batch]
+    # Global rows: real examples, then repeats of them (padding; masked out of the loss).
+    rows = np.arange(batch)
+    indices = real[rows % len(real)]
+    rng = np.random.default_rng([self.seed, epoch, position])
+    corners = rng.integers(0, self.resize_margin + 1, size=(batch, 2))
+    flips = rng.random(batch) < 0.5 if self.horizontal_flip else np.zeros(batch, bool)
+    if self.color_jitter > 0:
+      factors, jitter_order = color_jitter_lib.draw_parameters(rng, batch, self.color_jitter)
+    # This process's rows.
+    local = per_process_batch_size(batch)
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    records = _read(self.source, [int(i) for i in indices[mine]])
+    size, big = self.image_size, self.image_size + self.resize_margin
+    images = np.empty((local, size, size, 3), np.uint8)
+    for row, (record, (top, left), flip) in enumerate(zip(records, corners[mine], flips[mine])):
+      preprocess.crop_into(preprocess.decode_resized(record["image"], big), top, left, flip,
+                           images[row])
+    if self.color_jitter > 0:
+      for row, (f, o) in enumerate(zip(factors[mine], jitter_order[mine])):
+        images[row] = color_jitter_lib.jitter_uint8(images[row], f, o)
+    return {"image": images,
+            "label": np.asarray([r["label"] for r in records], np.int32),
+            "mask": (rows[mine] < len(real)).astype(np.float32)}
 
-  def __getitem__(self, index: int) -> grain.RecordMetadata:
-    step, row = divmod(index, self._batch)
-    record = self._global[(step * self._count + self._process) * self._batch + row]
-    return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
 
-  def __repr__(self) -> str:
-    return (f"ProcessSlice({self._global!r}, batch={self._batch}, "
-            f"process={self._process}/{self._count})")
+def _read(source: Sequence[Any], indices: list[int]) -> list[Any]:
+  """Records at `indices`: one batched read where the source offers it (ArrayRecord does)."""
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(indices))
+  return [source[i] for i in indices]
 
 
 def train_loader(source: Sequence[Any], *, global_batch_size: int, image_size: int,
-                 resize_margin: int, horizontal_flip: bool, seed: int,
-                 workers: int = 0) -> grain.DataLoader:
+                 resize_margin: int, horizontal_flip: bool, seed: int, workers: int = 0,
+                 color_jitter: float = 0.0) -> grain.IterDataset:
   """Endless, per-epoch-shuffled, augmented uint8 batches: this process's part of each step.
 
-  Iterate with `iter(loader)`; the iterator's `get_state()`/`set_state()` checkpoint its position.
+  Batches hold 'image' (uint8), 'label' (int32) and 'mask' (float32, 0 on the padding rows of
+  an epoch's last, short batch). Iterate with `iter(loader)`; the iterator's
+  `get_state()`/`set_state()` checkpoint its position (grain.PyGrainCheckpointSave).
   """
-  batch_size = per_process_batch_size(global_batch_size)
-  sampler = _ProcessSlice(len(source), seed, batch_size)
-  operations = [
-      preprocess.TrainPreprocess(image_size, resize_margin, horizontal_flip),
-      grain.Batch(batch_size, drop_remainder=True),
-  ]
-  # The sampler already picks this process's rows, so the loader itself must not shard.
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                          worker_count=workers, shard_options=grain.NoSharding())
+  per_process_batch_size(global_batch_size)  # Checks divisibility up front.
+  color_jitter_lib.check_strength(color_jitter)
+  steps_per_epoch(len(source), global_batch_size)
+  transform = TrainBatch(source, global_batch_size, image_size, resize_margin, horizontal_flip,
+                         seed, color_jitter)
+  # One background thread decodes the next batch while the caller uses this one (decoding
+  # releases the GIL); more parallelism comes from worker processes.
+  batches = grain.MapDataset.range(_MAX_STEPS).map(transform).to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  if workers > 0:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return batches
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
