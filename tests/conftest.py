@@ -11,3 +11,6 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 # Importing torchvision after tensorflow segfaults in one process; the other order works.
 import torch  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
 import torchvision  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
+
+# Every test session builds its data in its own temporary directory (autouse, session-scoped).
+from tests.helpers import session_tmp_dir  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top

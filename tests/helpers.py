@@ -1,23 +1,62 @@
-"""Shared test set-up: a tiny built synthetic dataset and a tiny training config."""
+"""Shared test set-up: a tiny built synthetic dataset and a tiny training config.
 
+Every test session gets its own temporary directory (`session_tmp_dir`, a session-scoped
+fixture that tests/conftest.py uses for every session), so data built by an older builder in an
+earlier run can never be picked up. Its path travels in the environment, so the training
+subprocesses some tests start (their config files call `tiny_config`) use the same data.
+"""
+
+import fcntl
 import functools
 import os
-import tempfile
 
 import ml_collections
+import pytest
 
 from configs import quickstart
 
-# One build per test session, shared by every test that trains.
-_DATA_DIR = os.path.join(tempfile.gettempdir(), "animesion_jax_test_data")
+# The session's temporary directory; set by `session_tmp_dir`, inherited by subprocesses.
+SESSION_DIR_ENV = "ANIMESION_JAX_TEST_SESSION_DIR"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tmp_dir(tmp_path_factory):
+  """This test session's own directory for built data and shared runs (under pytest's basetemp)."""
+  path = tmp_path_factory.mktemp("session")
+  previous = os.environ.get(SESSION_DIR_ENV)
+  os.environ[SESSION_DIR_ENV] = str(path)
+  yield path
+  if previous is None:
+    os.environ.pop(SESSION_DIR_ENV, None)
+  else:
+    os.environ[SESSION_DIR_ENV] = previous
+
+
+def session_dir(name: str) -> str:
+  """`name` under this test session's directory (created if needed)."""
+  root = os.environ.get(SESSION_DIR_ENV)
+  if not root:
+    raise RuntimeError(f"{SESSION_DIR_ENV} is not set: run the tests with pytest (tests/conftest.py "
+                       "gives every session its own temporary directory).")
+  path = os.path.join(root, name)
+  os.makedirs(path, exist_ok=True)
+  return path
 
 
 @functools.cache
-def synthetic_data_dir() -> str:
-  """Builds the 'small' synthetic dataset (560/112/224 images) once per session."""
+def _built(data_dir: str) -> str:
   from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  datasets.open_dataset("synthetic_characters", _DATA_DIR, "small", build_if_missing=True)
-  return _DATA_DIR
+  # Training subprocesses (two at once in the multi-process test) may be the first to ask:
+  # one builds, the others wait and find it built.
+  with open(f"{data_dir}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    datasets.open_dataset("synthetic_characters", data_dir, "small", build_if_missing=True)
+  return data_dir
+
+
+def synthetic_data_dir() -> str:
+  """The 'small' synthetic dataset (560/112/224 images), built once per test session."""
+  return _built(session_dir("tfds"))
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -2,7 +2,6 @@
 
 import functools
 import shutil
-import tempfile
 
 from tests import helpers
 
@@ -11,9 +10,13 @@ TRAIN_STEPS = 4
 
 @functools.cache
 def tiny_trained_workdir() -> str:
-  """A workdir of a 4-step 1-layer ViT run on the small synthetic set (do not modify it)."""
+  """A workdir of a 4-step 1-layer ViT run on the small synthetic set (do not modify it).
+
+  It lives in this test session's own directory (see tests/helpers.py), never reused by a later
+  session.
+  """
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = tempfile.mkdtemp(prefix="animesion_jax_trained_run_")
+  workdir = helpers.session_dir("trained_run")
   config = helpers.tiny_config(num_train_steps=TRAIN_STEPS)
   config.model.num_layers = 1  # Compiles faster; depth does not matter to these tests.
   train.train_and_evaluate(config, workdir)
