@@ -1,4 +1,4 @@
-"""ResNet-152 with the paper's settings (Tables 1 and 2).
+"""ResNet-152 with the paper's settings of Tables 1 (DAF:re) and 2 (moeImouto).
 
   python -m animesion_jax.main --config=configs/resnet152.py:dafre --workdir=runs/r152_dafre
 Pretrained row: add --config.init_from.source=torchvision_resnet --config.init_from.path=FILE

@@ -1,4 +1,4 @@
-"""ViT-B/16 with the paper's settings (Tables 1 and 2).
+"""ViT-B/16 with the paper's settings of Tables 1 (DAF:re) and 2 (moeImouto).
 
   python -m animesion_jax.main --config=configs/vit_b16.py:dafre --workdir=runs/b16_dafre
 The argument after ':' picks the dataset (default moeimouto).

@@ -1,4 +1,4 @@
-"""ViT-L/16 with the paper's settings (Tables 1 and 2).
+"""ViT-L/16 with the paper's settings of Tables 1 (DAF:re) and 2 (moeImouto).
 
   python -m animesion_jax.main --config=configs/vit_l16.py:dafre --workdir=runs/l16_dafre
 The argument after ':' picks the dataset (default moeimouto).
