@@ -191,7 +191,9 @@ def test_plain_download_gives_the_papers_split(tmp_path):
       'train.csv.gz:1172: 144_kotegawa_yui/face_228_166_78.png (PNG has no '
       'IEND chunk at its end)']
   # The grayscale image is one the paper dropped: on disk, in no split.
-  assert report['scan']['ignored'] == {'image not in the split files': 1}
+  assert report['scan']['ignored'] == {
+      'image not in the split files': 1, 'class folder without images': 1,
+      'non-image file': 8}
   assert report['scan']['notes']['not in the split files'] == (
       '144_kotegawa_yui/face_272_204_0.png')
   stored = builder.info.metadata[class_counts.METADATA_KEY]

@@ -199,7 +199,7 @@ nagadomi's zip itself when the network allows.
     """Class names and splits from split files, keeping the usable listed images.
 
     Images in the class folders that no split file lists are counted in `scan`
-    (the first few named in a note).
+    (the first few named in a note), with the folders' non-image files.
     """
     names = label_csv.read_class_names(csv_dir / layouts.CLASS_FILE)
     splits = {}
@@ -214,8 +214,7 @@ nagadomi's zip itself when the network allows.
       splits[split] = [(row.class_id, row.path, modes[row.path])
                        for row in rows if row.path in modes]
     scan.kept = sum(len(items) for items in splits.values())
-    on_disk = layouts.list_class_folders(image_root,
-                                         build_report.BuildReport('unused'))
+    on_disk = layouts.list_class_folders(image_root, scan)
     unlisted = [f'{c}/{f}' for c, files in on_disk.items() for f in files
                 if f'{c}/{f}' not in listed]
     if unlisted:
@@ -337,8 +336,8 @@ def _check_paper_images(splits: dict[str, list], image_root: epath.Path,
   unusable = sum(report.num_skipped for report in reports.values())
   if unusable:
     logging.warning(
-        "moeimouto: %d of the %d images of the paper's split are missing or "
-        'unusable in %s (see the build report); the other %d keep their '
+        "moeimouto: %s of the %s images of the paper's split are missing or "
+        'unusable in %s (see the build report); the other %s keep their '
         "paper split. To split whatever the folder holds by the sorted-name "
-        'rule instead, build --config=convert_to_rgb.', unusable,
-        layouts.PAPER_NUM_IMAGES, image_root, found)
+        'rule instead, build --config=convert_to_rgb.', f'{unusable:,}',
+        f'{layouts.PAPER_NUM_IMAGES:,}', image_root, f'{found:,}')
