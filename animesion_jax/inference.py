@@ -184,9 +184,8 @@ def _run_of(path: epath.Path) -> tuple[run_dir.RunDir, str]:
     return run_dir.RunDir(path), "best"
   if path.name.isdigit() and run_dir.RunDir(path.parent.parent).exists():
     return run_dir.RunDir(path.parent.parent), os.fspath(path)
-  raise FileNotFoundError(f"--checkpoint={path}: with --source={RUN_SOURCE}, give a training run "
-                          "directory (it holds config.json) or one of its checkpoint step "
-                          "directories.")
+  raise FileNotFoundError(f"{path} is neither a training run directory (with config.json) nor "
+                          "one of its checkpoint step directories (source 'run').")
 
 
 def load_checkpoint(checkpoint: str | os.PathLike, source: str,
@@ -214,7 +213,7 @@ def load_checkpoint(checkpoint: str | os.PathLike, source: str,
   """
   path = run_dir.resolve(checkpoint)
   if not path.exists():
-    raise FileNotFoundError(f"--checkpoint={os.fspath(checkpoint)!r}: {path} does not exist.")
+    raise FileNotFoundError(f"Checkpoint {path} does not exist.")
   if class_names is None or isinstance(class_names, (list, tuple)):
     names = None if class_names is None else list(class_names)
   else:
@@ -242,7 +241,7 @@ def load_checkpoint(checkpoint: str | os.PathLike, source: str,
   model_class = type(model).__name__
   config = ml_collections.ConfigDict({
       "image_size": int(conversion.summary["image_size"]),
-      "normalization": _NORMALIZATION[model_class],
+      "normalization": conversion.summary.get("normalization") or _NORMALIZATION[model_class],
       "model": {"name": f"{model_class} ({source})"},
   })
   mesh = create_mesh(devices)

@@ -211,3 +211,42 @@ def test_cli_writes_a_checkpoint_that_loads_directly(tmp_path):
   assert failed.returncode != 0
   assert 'convert_checkpoint:' in failed.stderr
   assert 'not a torch checkpoint' in failed.stderr
+
+
+def test_cli_exports_a_training_run(tmp_path):
+  """--source=run: the trained model, its class names and normalisation, typed relative."""
+  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
+  from tests import trained_run  # pylint: disable=g-import-not-at-top
+  trained_run.copy_of_trained_workdir(tmp_path / 'runs' / 'tiny')
+  result = subprocess.run(
+      [sys.executable, str(_ROOT / 'tools' / 'convert_checkpoint.py'),
+       '--source=run', '--input=runs/tiny', '--output=exported', '--checkpoint=latest'],
+      capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'written:        {tmp_path / "exported"}' in result.stdout
+  assert 'unchanged:      every tensor carried over as is' in result.stdout
+  assert f'step 4 of the training run {tmp_path / "runs" / "tiny"}' in result.stdout
+
+  run = inference.load_run(tmp_path / 'runs' / 'tiny', 'latest')
+  exported = inference.load_checkpoint(tmp_path / 'exported', 'animesion',
+                                       tmp_path / 'exported' / 'class_names.json')
+  assert exported.class_names == run.class_names and len(run.class_names) == 28
+  assert exported.config.normalization == run.config.normalization
+  assert exported.config.image_size == run.config.image_size == 16
+  x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_allclose(logits_of(exported.model, exported.variables, x),
+                             logits_of(run.model, run.variables, x), rtol=1e-5, atol=1e-5)
+
+  missing = subprocess.run(
+      [sys.executable, str(_ROOT / 'tools' / 'convert_checkpoint.py'),
+       '--source=run', '--input=runs/none', '--output=out'],
+      capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+  assert missing.returncode != 0
+  assert missing.stderr == (f'convert_checkpoint: Checkpoint {tmp_path / "runs" / "none"} '
+                            'does not exist.\n')
+  not_a_run = subprocess.run(
+      [sys.executable, str(_ROOT / 'tools' / 'convert_checkpoint.py'),
+       '--source=run', '--input=runs', '--output=out'],
+      capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+  assert not_a_run.returncode != 0
+  assert f'{tmp_path / "runs"} is neither a training run directory' in not_a_run.stderr

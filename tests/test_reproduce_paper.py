@@ -155,3 +155,11 @@ def test_command_line_rejects_bad_selections(tmp_path):
   assert missing.returncode != 0
   assert f"Pretrained rows need these files (see --help):\n  {tmp_path}/resnet18-f37072fd.pth" in (
       missing.stderr)
+  # Typed from another directory, relative paths (and the default --runs_dir) mean that one.
+  relative = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_paper.py"),
+                             "--table=4", "--rows=R-18", "--pretrained=yes",
+                             "--pretrained_dir=weights"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert relative.returncode != 0
+  assert f"need these files (see --help):\n  {tmp_path}/weights/resnet18-f37072fd.pth" in (
+      relative.stderr)

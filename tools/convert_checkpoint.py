@@ -3,27 +3,49 @@ r"""Converts a checkpoint into one that train, evaluate and predict load as is.
   python tools/convert_checkpoint.py --source=vit_npz --input=ViT-B_16.npz \
       --output=/tmp/vit_b16_173 --num_classes=173 --image_size=128
 
+  python tools/convert_checkpoint.py --source=run --input=runs/b16_dafre \
+      --output=exported/b16_dafre [--checkpoint=best|latest]
+
 Sources: vit_npz (original ViT .npz), pytorch_vit (pytorch_pretrained_vit /
 Animesion state dicts), torchvision_resnet, animesion (an earlier output, e.g.
-to change its class count or image size). The output directory holds
-model.json, variables/ (Orbax) and conversion.json; load it with
-`convert.load('animesion', DIR)`. A summary is printed: the architecture found,
+to change its class count or image size), run (a training run directory or one
+of its checkpoint step directories: exports the trained model). The output
+directory holds model.json, variables/ (Orbax) and conversion.json (plus
+class_names.json for a run); load it with `convert.load('animesion', DIR)` or
+`predict --source=animesion --checkpoint=DIR --class_names=DIR/class_names.json`. A summary is printed: the architecture found,
 the parameter count and which tensors were dropped, resized or re-initialised.
 """
 
+import json
+import os
 import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # Run as `python tools/convert_checkpoint.py` from a source checkout.
+  sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from animesion_jax import convert
+from animesion_jax import inference
+from animesion_jax import run_dir
+from animesion_jax.convert import exported
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-_SOURCE = flags.DEFINE_enum('source', None, sorted(convert.SOURCES),
+RUN = 'run'  # --source of a training run.
+_SOURCE = flags.DEFINE_enum('source', None, sorted([*convert.SOURCES, RUN]),
                             'Format of --input.')
 _INPUT = flags.DEFINE_string('input', None, 'Checkpoint file (a directory for '
-                             'the animesion source).')
+                             'the animesion source; a run directory or '
+                             'checkpoint step directory for run).')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'best', "With --source=run and a run directory: 'best' or "
+    "'latest'.")
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.')
 _NUM_CLASSES = flags.DEFINE_integer(
     'num_classes', None, 'New class count (zero head); unset keeps the head.')
@@ -61,22 +83,56 @@ def format_summary(summary: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def load_run(path: str, checkpoint: str, *, num_classes: int | None,
+             image_size: int | None) -> tuple[convert.Conversion, list[str]]:
+  """A training run's model as a conversion (with the run's class names)."""
+  resolved = run_dir.resolve(path)
+  run = run_dir.RunDir(resolved)
+  if run.exists():
+    loaded = inference.load_run(run, checkpoint)
+  else:  # A checkpoint step directory of a run.
+    loaded = inference.load_checkpoint(resolved, RUN, None)
+  summary = exported.new_summary(RUN, loaded.checkpoint)
+  summary['notes'].append(f'step {loaded.step} of the training run '
+                          f'{loaded.description}')
+  summary['normalization'] = loaded.config.normalization
+  variables = jax.device_get(loaded.variables)
+  conversion = exported.from_module(
+      summary, loaded.model, variables, loaded.config.image_size,
+      num_classes=num_classes, new_image_size=image_size)
+  names = loaded.class_names if num_classes in (None, loaded.num_classes) else []
+  return conversion, names
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     # The printed summary says what matters; Orbax logs every write step.
     logging.set_verbosity(logging.WARNING)
+  names = []
   try:
-    conversion = convert.load_with_summary(
-        _SOURCE.value, _INPUT.value, num_classes=_NUM_CLASSES.value,
-        image_size=_IMAGE_SIZE.value, num_heads=_NUM_HEADS.value)
-  except (convert.ConversionError, FileNotFoundError) as e:
+    if _SOURCE.value == RUN:
+      if _NUM_HEADS.value is not None:
+        raise convert.ConversionError('--num_heads does not apply to a run.')
+      conversion, names = load_run(_INPUT.value, _CHECKPOINT.value,
+                                   num_classes=_NUM_CLASSES.value,
+                                   image_size=_IMAGE_SIZE.value)
+    else:
+      conversion = convert.load_with_summary(
+          _SOURCE.value, run_dir.resolve(_INPUT.value),
+          num_classes=_NUM_CLASSES.value, image_size=_IMAGE_SIZE.value,
+          num_heads=_NUM_HEADS.value)
+  except inference.USER_ERRORS as e:
     sys.exit(f'convert_checkpoint: {e}')
-  convert.save(_OUTPUT.value, conversion.model, conversion.variables,
+  output = run_dir.resolve(_OUTPUT.value)
+  convert.save(output, conversion.model, conversion.variables,
                conversion.summary)
+  if names:
+    (output / 'class_names.json').write_text(
+        json.dumps(names, indent=0, ensure_ascii=False), encoding='utf-8')
   print(format_summary(conversion.summary))
-  print(f'written:        {_OUTPUT.value}')
+  print(f'written:        {output}')
 
 
 if __name__ == '__main__':

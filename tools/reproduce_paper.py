@@ -62,8 +62,8 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   """
   # pylint: disable=g-import-not-at-top
   import jax
+  from animesion_jax import checkpointing
   from animesion_jax import config_validation
-  from animesion_jax import inference
   from animesion_jax import model_setup
   from animesion_jax import sharding
   # pylint: enable=g-import-not-at-top
@@ -72,7 +72,7 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   config_validation.validate(config, num_devices=num_devices)
   model = model_setup.build_model(config, paper.NUM_CLASSES[row.dataset])
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
-  inference.abstract_train_state(config, model, mesh)
+  checkpointing.abstract_train_state(config, model, mesh)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -137,11 +137,11 @@ def compilation_cache(directory: str | None) -> Iterator[None]:
 
 def read_result(workdir: str) -> dict[str, Any] | None:
   """The completed run's test metrics (%), or None if it has not completed."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
+  from animesion_jax import run_dir  # pylint: disable=g-import-not-at-top
+  try:
+    results = run_dir.RunDir(workdir).load_results()
+  except FileNotFoundError:
     return None
-  with open(path) as f:
-    results = json.load(f)
   if not results.get("completed") or "test" not in results:
     return None
   return {"top1": 100 * results["test"]["top1"], "top5": 100 * results["test"]["top5"],
@@ -307,10 +307,15 @@ def main(argv):
     rows = paper.select_rows(flag.table, flag.rows, flag.pretrained)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  runs_dir = os.path.join(flag.runs_dir, "smoke") if flag.smoke else flag.runs_dir
-  data_dir = flag.data_dir or (os.path.join(runs_dir, "data") if flag.smoke else "")
+  from animesion_jax import run_dir  # pylint: disable=g-import-not-at-top
+  # Absolute from here on: relative paths mean the directory the command was typed in.
+  runs_dir = os.fspath(run_dir.resolve(flag.runs_dir))
+  runs_dir = os.path.join(runs_dir, "smoke") if flag.smoke else runs_dir
+  data_dir = (os.fspath(run_dir.resolve(flag.data_dir)) if flag.data_dir
+              else os.path.join(runs_dir, "data") if flag.smoke else "")
+  pretrained_dir = os.fspath(run_dir.resolve(flag.pretrained_dir)) if flag.pretrained_dir else ""
   if not flag.smoke:
-    missing = sorted({paper.row_config(r, flag.pretrained_dir).init_from.path for r in rows
+    missing = sorted({paper.row_config(r, pretrained_dir).init_from.path for r in rows
                       if r.pretrained} - {""})
     missing = [path for path in missing if not os.path.isfile(path)]
     if missing:
@@ -321,7 +326,7 @@ def main(argv):
       del torch  # loading the .pth files later segfaults.
   cache_dir = flag.compilation_cache_dir or (SMOKE_CACHE_DIR if flag.smoke else None)
   with compilation_cache(cache_dir):
-    records = run_rows(rows, runs_dir, smoke=flag.smoke, pretrained_dir=flag.pretrained_dir,
+    records = run_rows(rows, runs_dir, smoke=flag.smoke, pretrained_dir=pretrained_dir,
                        data_dir=data_dir, overrides=flag.set)
   for table in sorted({r["table"] for r in records}):
     print(markdown_table(table, records, flag.smoke))

@@ -19,7 +19,6 @@ format back through the same `finish`.
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any, NamedTuple, Optional
 
 from absl import logging
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from animesion_jax import run_dir
 from animesion_jax.models import resnet
 from animesion_jax.models import shallow
 from animesion_jax.models import vit
@@ -327,6 +327,21 @@ def _resize_for(summary, model_class, fields, params, image_size,
   return new_image_size
 
 
+def from_module(summary: dict[str, Any], model: nn.Module,
+                variables: dict[str, Any], image_size: int, *,
+                num_classes: Optional[int] = None,
+                new_image_size: Optional[int] = None) -> Conversion:
+  """A project model and its variables (e.g. a training run's) as a Conversion.
+
+  The same class-count and image-size changes as every other source apply.
+  """
+  spec = model_spec(model)
+  return finish(summary, spec['class'],
+                {k: _from_json(k, v) for k, v in spec['fields'].items()},
+                flatten(variables), image_size, num_classes=num_classes,
+                new_image_size=new_image_size)
+
+
 def save(output_dir: Any, model: nn.Module, variables: dict[str, Any],
          summary: dict[str, Any]) -> None:
   """Writes an exported checkpoint (see the module docstring) to `output_dir`.
@@ -349,7 +364,7 @@ def save(output_dir: Any, model: nn.Module, variables: dict[str, Any],
   # Refuse to write a checkpoint that would not load back.
   assemble(model, flatten(variables), image_size)
   spec = dict(model_spec(model), image_size=int(image_size))
-  out = pathlib.Path(output_dir).absolute()
+  out = run_dir.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(out / 'variables', dict(flax.core.unfreeze(variables)),
@@ -363,7 +378,7 @@ def load(path: Any, *, num_classes: Optional[int] = None,
          image_size: Optional[int] = None,
          num_heads: Optional[int] = None) -> Conversion:
   """Reads a checkpoint written by `save` (the `animesion` source)."""
-  root = pathlib.Path(path).absolute()
+  root = run_dir.resolve(path)
   spec_file = root / 'model.json'
   if not spec_file.is_file() or not (root / 'variables').is_dir():
     raise ConversionError(
@@ -394,6 +409,8 @@ def load(path: Any, *, num_classes: Optional[int] = None,
     earlier = json.loads(previous.read_text())
     summary['notes'].append(
         f"exported earlier from {earlier.get('source')} {earlier.get('input')}")
+    if earlier.get('normalization'):  # The inputs a trained run's model expects.
+      summary['normalization'] = earlier['normalization']
   return finish(summary, model_class,
                 {k: _from_json(k, v) for k, v in fields.items()},
                 flatten(variables), size, num_classes=num_classes,
