@@ -115,8 +115,14 @@ class MoeimoutoConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for moeImouto."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': ("The paper's split files ship with the builder: the default "
+                "config gives the paper's split from nagadomi's zip or the "
+                'Kaggle copy alone. Examples per class stored in the metadata '
+                "('class_counts')."),
+  }
   BUILDER_CONFIGS = [
       MoeimoutoConfig(
           name='drop_non_rgb',
