@@ -2,7 +2,11 @@
 
 import collections
 import itertools
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 from array_record.python import array_record_module
 import numpy as np
@@ -12,11 +16,13 @@ import tensorflow_datasets as tfds
 
 # Importing the package registers the dataset name with TFDS.
 import tfds_builders.synthetic_characters  # pylint: disable=unused-import
+from tests import helpers
 from tfds_builders.common import class_counts
 from tfds_builders.synthetic_characters import drawing
 from tfds_builders.synthetic_characters import (
     synthetic_characters_dataset_builder as scb)
 
+_REPO = pathlib.Path(__file__).resolve().parents[1]
 _NUM_CLASSES = len(drawing.CHARACTERS)
 _SPLITS = ('train', 'validation', 'test')
 _SMALL_PER_CLASS = {'train': 20, 'validation': 4, 'test': 8}
@@ -265,3 +271,25 @@ def test_class_counts_without_stored_counts_read_labels_only(small_builder,
   # A slice has no stored counts either way; 'train' alone is read too.
   assert class_counts.split_class_counts(reloaded, 'train').tolist() == (
       [20] * _NUM_CLASSES)
+
+
+# The test session's own data directory (tests/helpers.py).
+
+
+def test_session_data_is_built_in_this_sessions_own_directory(tmp_path_factory):
+  root = os.environ[helpers.SESSION_DIR_ENV]
+  # Under this session's pytest basetemp, so never a folder an earlier run left behind.
+  assert pathlib.Path(root).parent == tmp_path_factory.getbasetemp()
+  # Two training subprocesses asking first: one builds, the other waits for it.
+  code = 'from tests import helpers\nprint(helpers.tiny_config().data_dir)\n'
+  processes = [subprocess.Popen([sys.executable, '-c', code], cwd=_REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+  outputs = [process.communicate(timeout=300) for process in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-2000:]
+  data_dir = os.path.join(root, 'tfds')
+  assert [out.strip().splitlines()[-1] for out, _ in outputs] == [data_dir] * 2
+  builder = tfds.builder('synthetic_characters/small', data_dir=data_dir)
+  assert builder.info.splits['train'].num_examples == 20 * _NUM_CLASSES
+  assert helpers.synthetic_data_dir() == data_dir
