@@ -19,7 +19,8 @@ environment avoids that (the JSON records it, with XLA_FLAGS).
 
 --pipeline times the grain train loader (decode, resize, random crop, flip) over either
 generated JPEGs (--pipeline_dataset=jpeg, no TFDS needed) or a built TFDS dataset (its name; the
-data_dir and builder config come from the config), and reports images/s per worker core.
+data_dir and builder config come from the config), for each --pipeline_workers count (e.g. 0,1,2),
+and reports images/s per worker core next to the same per-image work in a plain loop.
 """
 
 import io
@@ -39,6 +40,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
+import psutil
 
 from animesion_jax import config_validation
 from animesion_jax import model_setup
@@ -80,8 +82,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                       "built TFDS dataset name (its data_dir/config from the config).", **fv)
   flags.DEFINE_integer("pipeline_jpeg_size", 128, "Side of the generated JPEGs, in pixels.", **fv)
   flags.DEFINE_integer("pipeline_records", 512, "Number of generated JPEGs.", **fv)
-  flags.DEFINE_integer("pipeline_batches", 40, "Batches timed (after a warm-up).", **fv)
-  flags.DEFINE_integer("pipeline_workers", -1, "grain workers (-1: config.data_workers).", **fv)
+  flags.DEFINE_integer("pipeline_batches", 10, "Batches timed per window (after a warm-up).", **fv)
+  flags.DEFINE_list("pipeline_workers", ["-1"], "grain worker counts to time, e.g. 0,1,2 "
+                    "(-1: config.data_workers).", **fv)
   flags.DEFINE_string("json_out", "", "Write every number to this JSON file.", **fv)
   flags.mark_flag_as_required("config", flag_values=flag_values)
 
@@ -274,44 +277,107 @@ def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> l
   return records
 
 
-def benchmark_pipeline(config: ml_collections.ConfigDict, fv: flags.FlagValues,
-                       num_classes: int) -> dict[str, Any]:
-  """Images per second of pipeline.train_loader, in all and per worker core."""
+def _pipeline_source(config: ml_collections.ConfigDict, fv: flags.FlagValues,
+                     num_classes: int) -> tuple[Any, str, float | None]:
   if fv.pipeline_dataset == "jpeg":
     source = generated_jpegs(fv.pipeline_records, fv.pipeline_jpeg_size, num_classes)
-    described = f"{len(source)} generated {fv.pipeline_jpeg_size}px JPEGs in memory"
-    mean_bytes = float(np.mean([len(r["image"]) for r in source]))
-  else:
-    builder = datasets.open_dataset(fv.pipeline_dataset, config.data_dir, config.dataset_config,
-                                    config.build_dataset_if_missing)
-    source = datasets.data_source(builder, datasets.get_spec(fv.pipeline_dataset).train_split)
-    described, mean_bytes = f"TFDS {fv.pipeline_dataset} train ({len(source)} records)", None
-  workers = config.data_workers if fv.pipeline_workers < 0 else fv.pipeline_workers
-  loader = pipeline.train_loader(
-      source, global_batch_size=config.batch_size, image_size=config.image_size,
-      resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,
-      seed=config.seed, workers=workers)
-  batches = iter(loader)
-  for _ in range(max(2, 2 * workers)):  # Starts the workers and fills their buffers.
+    return (source, f"{len(source)} generated {fv.pipeline_jpeg_size}px JPEGs in memory",
+            float(np.mean([len(r["image"]) for r in source])))
+  builder = datasets.open_dataset(fv.pipeline_dataset, config.data_dir, config.dataset_config,
+                                  config.build_dataset_if_missing)
+  source = datasets.data_source(builder, datasets.get_spec(fv.pipeline_dataset).train_split)
+  return source, f"TFDS {fv.pipeline_dataset} train ({len(source)} records)", None
+
+
+def _cpu_seconds() -> float:
+  """CPU time so far of this process and its live children (the grain workers)."""
+  me = psutil.Process()
+  processes = [me] + me.children(recursive=True)
+  total = 0.0
+  for process in processes:
+    try:
+      times = process.cpu_times()
+    except psutil.NoSuchProcess:
+      continue
+    total += times.user + times.system
+  return total
+
+
+def _transform_loop(source: Any, config: ml_collections.ConfigDict, count: int):
+  """A timer of the per-image work alone (decode, resize, crop, flip) in a plain loop."""
+  size, margin = config.image_size, config.resize_margin
+  rng = np.random.default_rng(config.seed)
+
+  def window() -> tuple[float, float]:
+    out = np.empty((size, size, 3), np.uint8)
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    for index in range(count):
+      pixels = preprocess.decode_resized(source[index % len(source)]["image"], size + margin)
+      top, left = rng.integers(0, margin + 1, size=2)
+      preprocess.crop_into(pixels, top, left, config.horizontal_flip and rng.random() < 0.5, out)
+    return time.perf_counter() - start, _cpu_seconds() - cpu_start
+  return window
+
+
+def _loader_window(batches, count: int, drain: int) -> tuple[float, float]:
+  """Wall and CPU seconds of `count` batches, after taking the `drain` already buffered ones."""
+  for _ in range(drain):
     next(batches)
-  start = time.perf_counter()
-  images = sum(len(next(batches)["label"]) for _ in range(fv.pipeline_batches))
-  seconds = time.perf_counter() - start
-  cores = min(max(workers, 1), _cores())
-  # The same transform in a plain loop on this core: the decode cost without grain's overhead.
-  transform = preprocess.TrainPreprocess(config.image_size, config.resize_margin,
-                                         config.horizontal_flip)
-  rng, count = np.random.default_rng(config.seed), min(len(source), images)
-  start = time.perf_counter()
-  for index in range(count):
-    transform.random_map(source[index], rng)
-  plain_per_s = count / (time.perf_counter() - start)
-  return {"source": described, "mean_record_bytes": mean_bytes, "workers": workers,
-          "cores": cores, "images": images, "seconds": seconds,
-          "images_per_s": images / seconds, "images_per_s_per_core": images / seconds / cores,
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
+  for _ in range(count):
+    next(batches)
+  return time.perf_counter() - start, _cpu_seconds() - cpu_start
+
+
+def benchmark_pipeline(config: ml_collections.ConfigDict, fv: flags.FlagValues,
+                       num_classes: int) -> dict[str, Any]:
+  """Images/s of pipeline.train_loader per worker count, and of the transform alone.
+
+  Every loader is started first; then --windows rounds each time --pipeline_batches batches of
+  every loader (after taking the batches its buffers filled while it waited) and the same
+  number of images through the plain transform loop, so that a shared machine's load hits all
+  alike. Speeds are medians over the rounds: wall-clock images/s, and images per CPU-second of
+  the process and its workers (what a dedicated core would do, less sensitive to other load).
+  """
+  source, described, mean_bytes = _pipeline_source(config, fv, num_classes)
+  counts = [config.data_workers if int(w) < 0 else int(w) for w in fv.pipeline_workers or ["-1"]]
+  jitter = config.get("color_jitter", 0.0)
+  iterators = {}
+  for workers in counts:
+    iterators[workers] = iter(pipeline.train_loader(
+        source, global_batch_size=config.batch_size, image_size=config.image_size,
+        resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,
+        seed=config.seed, workers=workers, color_jitter=jitter))
+    next(iterators[workers])  # Starts the workers.
+  images = fv.pipeline_batches * pipeline.per_process_batch_size(config.batch_size)
+  plain = _transform_loop(source, config, images)
+  measured = {workers: [] for workers in counts}
+  plain_measured = []
+  for _ in range(max(1, fv.windows)):
+    for workers, batches in iterators.items():
+      measured[workers].append(_loader_window(batches, fv.pipeline_batches, 2 + 2 * workers))
+    plain_measured.append(plain())
+  for batches in iterators.values():
+    batches.close()  # Stops the workers now rather than at interpreter exit.
+  plain_per_s = images / statistics.median(wall for wall, _ in plain_measured)
+  plain_per_cpu_s = images / statistics.median(cpu for _, cpu in plain_measured)
+  runs = []
+  for workers in counts:
+    per_s = images / statistics.median(wall for wall, _ in measured[workers])
+    per_cpu_s = images / statistics.median(cpu for _, cpu in measured[workers])
+    cores = min(max(workers, 1), _cores())
+    runs.append({"workers": workers, "cores": cores, "images": images,
+                 "windows": measured[workers], "images_per_s": per_s,
+                 "images_per_s_per_core": per_s / cores, "images_per_cpu_s": per_cpu_s,
+                 "fraction_of_transform_loop": per_s / cores / plain_per_s,
+                 "cpu_fraction_of_transform_loop": per_cpu_s / plain_per_cpu_s})
+  return {"source": described, "mean_record_bytes": mean_bytes, "color_jitter": jitter,
           "transform_loop_images_per_s": plain_per_s,
+          "transform_loop_images_per_cpu_s": plain_per_cpu_s,
+          "transform_loop_windows": plain_measured,
           "output": f"{config.image_size}px after resize to "
-                    f"{config.image_size + config.resize_margin}px, crop, flip"}
+                    f"{config.image_size + config.resize_margin}px, crop, flip",
+          **runs[0], "runs": runs}
 
 
 def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
@@ -407,9 +473,17 @@ def format_report(results: dict[str, Any]) -> str:
   if "pipeline" in results:
     pl = results["pipeline"]
     lines.append(f"input {pl['source']} ({_fmt(pl['mean_record_bytes'], 1024, '.1f', ' KiB')} "
-                 f"each) -> {pl['output']}: {pl['images_per_s']:.0f} img/s with "
-                 f"{pl['workers']} workers = {pl['images_per_s_per_core']:.0f} img/s per core "
-                 f"(the transform alone, in a loop: {pl['transform_loop_images_per_s']:.0f} img/s)")
+                 f"each) -> {pl['output']}"
+                 + (f", colour jitter {pl['color_jitter']}" if pl["color_jitter"] else "")
+                 + f"; the transform alone, in a loop: "
+                 f"{pl['transform_loop_images_per_s']:.0f} img/s, "
+                 f"{pl['transform_loop_images_per_cpu_s']:.0f} per CPU-second")
+    for run in pl["runs"]:
+      lines.append(f"      {run['workers']} workers: {run['images_per_s']:.0f} img/s = "
+                   f"{run['images_per_s_per_core']:.0f} img/s per core "
+                   f"({100 * run['fraction_of_transform_loop']:.0f}% of the transform alone); "
+                   f"{run['images_per_cpu_s']:.0f} per CPU-second "
+                   f"({100 * run['cpu_fraction_of_transform_loop']:.0f}%)")
   if "torch" in results:
     lines.append(f"{RATIO_PREFIX}{results['ratio_jax_over_torch']:.2f}")
   return "\n".join(lines)
