@@ -172,3 +172,17 @@ def test_other_modes_and_formats_decode_to_rgb_as_pillow(mode, fmt):
 def test_undecodable_bytes_raise_pillows_error():
   with pytest.raises(Exception, match="cannot identify image file"):
     preprocess.decode_resized(b"\xff\xd8 not really a jpeg", 16)
+
+
+def test_worker_processes_give_the_same_batches():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's workers read their absl flags.
+  source = _CoordinateSource(count=40, size=20)
+  want = [b for _, b in zip(range(3), iter(_loader(source, global_batch_size=16)))]
+  batches = iter(_loader(source, global_batch_size=16, workers=1))
+  got = [next(batches) for _ in range(3)]
+  batches.close()
+  for g, w in zip(got, want):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(g[key], w[key])

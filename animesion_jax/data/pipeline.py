@@ -63,6 +63,9 @@ class TrainBatch(grain.MapTransform):
   horizontal_flip: bool
   seed: int
   color_jitter: float = 0.0
+  # Fixed here, in the main process: grain's worker processes have no jax.distributed.
+  process_index: int = 0
+  process_count: int = 1
 
   def map(self, step: int) -> dict[str, np.ndarray]:
     num_records, batch = len(self.source), self.global_batch_size
@@ -78,8 +81,8 @@ class TrainBatch(grain.MapTransform):
     if self.color_jitter > 0:
       factors, jitter_order = color_jitter_lib.draw_parameters(rng, batch, self.color_jitter)
     # This process's rows.
-    local = per_process_batch_size(batch)
-    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    local = batch // self.process_count
+    mine = slice(self.process_index * local, (self.process_index + 1) * local)
     records = _read(self.source, [int(i) for i in indices[mine]])
     size, big = self.image_size, self.image_size + self.resize_margin
     images = np.empty((local, size, size, 3), np.uint8)
@@ -114,7 +117,7 @@ def train_loader(source: Sequence[Any], *, global_batch_size: int, image_size: i
   color_jitter_lib.check_strength(color_jitter)
   steps_per_epoch(len(source), global_batch_size)
   transform = TrainBatch(source, global_batch_size, image_size, resize_margin, horizontal_flip,
-                         seed, color_jitter)
+                         seed, color_jitter, jax.process_index(), jax.process_count())
   # One background thread decodes the next batch while the caller uses this one (decoding
   # releases the GIL); more parallelism comes from worker processes.
   batches = grain.MapDataset.range(_MAX_STEPS).map(transform).to_iter_dataset(
