@@ -1,0 +1,42 @@
+"""notebooks/quickstart.ipynb runs top to bottom on a CPU, as CI runs it (papermill).
+
+Only the Colab-only cells (install, Drive, upload widget) are skipped, by the COLAB parameter; a
+few training steps on the small synthetic set keep it to a minute or two. The executed notebook
+must show the training curves and evaluation figures inline and a prediction for the picture.
+"""
+
+import json
+import pathlib
+
+import nbformat
+import papermill
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_executes(tmp_path):
+  executed = tmp_path / "executed.ipynb"
+  workdir = tmp_path / "run"
+  papermill.execute_notebook(
+      str(NOTEBOOK), str(executed), cwd=str(REPO), kernel_name="python3", progress_bar=False,
+      parameters={"COLAB": False, "WORKDIR": str(workdir), "DATA_DIR": str(tmp_path / "tfds"),
+                  "DATASET_CONFIG": "small", "TRAIN_STEPS": 12})
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["steps"] == 12 and results["test"]["num_examples"] == 224
+
+  cells = nbformat.read(executed, as_version=4).cells
+  outputs = [output for cell in cells if cell.cell_type == "code" for output in cell.outputs]
+  images = [output for output in outputs if "image/png" in output.get("data", {})]
+  # Curves (1 figure), accuracy vs train count and confusions (2), one annotated picture (1).
+  assert len(images) == 4, [output.get("data", {}).keys() for output in outputs]
+  text = "".join(output.get("text", "") for output in outputs)
+  assert "kept: " in text and "jax " in text and "numpy " in text
+  assert "test top-1" in text
+  # The prediction of the picture taken from the test split, named after its true character.
+  picture = next(workdir.glob("notebook/pictures/*.png"))
+  predictions = json.loads((workdir / "notebook" / "predictions" / "predictions.json").read_text())
+  (result,) = predictions["results"]
+  assert pathlib.Path(result["file"]).name == picture.name
+  assert [p["rank"] for p in result["predictions"]] == [1, 2, 3]
+  assert f"{picture.name} [(" in text
