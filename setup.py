@@ -47,7 +47,17 @@ ACCELERATOR_EXTRAS = {
     "tpu": ["jax[tpu]>=0.10.2"],
 }
 
-TEST_REQUIRES = BUILD_REQUIRES + [
+# The web page (`python -m animesion_jax.serve`): a Starlette app served by uvicorn.
+DEMO_REQUIRES = [
+    "starlette>=1.0,<2",
+    "uvicorn>=0.30",
+    "python-multipart>=0.0.20",  # Starlette's parser of multipart uploads.
+]
+
+TEST_REQUIRES = BUILD_REQUIRES + DEMO_REQUIRES + [
+    # tests/test_serve.py: HTTP clients and Debian's chromium driven by Selenium.
+    "requests>=2.31",
+    "selenium>=4.30,<5",
     "pytest>=8",
     "dill>=0.3",  # tfds.testing imports it.
     # PyTorch references for the parity tests and the benchmark's --compare=torch.
@@ -74,8 +84,10 @@ setuptools.setup(
         "Programming Language :: Python :: 3.13",
     ],
     packages=setuptools.find_packages(include=["animesion_jax*", "tfds_builders*", "configs"]),
-    package_data={"tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"]},
+    package_data={"animesion_jax": ["serve/static/*"],
+                  "tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "build": BUILD_REQUIRES, **ACCELERATOR_EXTRAS},
+    extras_require={"test": TEST_REQUIRES, "build": BUILD_REQUIRES, "demo": DEMO_REQUIRES,
+                    **ACCELERATOR_EXTRAS},
 )

@@ -114,9 +114,12 @@ def main(argv):
   server = uvicorn.Server(uvicorn.Config(app.create_app(service), log_level="warning",
                                          timeout_graceful_shutdown=5))
   try:
-    server.run(sockets=[sock])
+    server.run(sockets=[sock])  # Returns after Ctrl+C or SIGTERM, then re-raises the signal.
+  except KeyboardInterrupt:
+    pass
   finally:
     service.batcher.close()
+  print("Stopped.")
 
 
 if __name__ == "__main__":

@@ -69,11 +69,12 @@ def read_picture(data: bytes, image_size: int, detector: faces.FaceDetector | No
   except UnidentifiedImageError:
     raise BadPicture(415, f"This file is not a picture that can be read: send a {_FORMATS} "
                      "file.") from None
-  except Image.DecompressionBombError:
-    raise BadPicture(413, "This picture has far too many pixels to decode (a decompression "
-                     f"bomb?); the limit is {_megapixels(limits.max_pixels)}.") from None
+  except Image.DecompressionBombError as error:  # Over twice Pillow's own limit.
+    raise BadPicture(413, f"This picture has far too many pixels to decode ({error}); the limit "
+                     f"is {_megapixels(limits.max_pixels)}.") from None
   except image_files.DECODE_ERRORS as error:  # A damaged header.
-    raise BadPicture(400, f"The picture's header is damaged ({error}).") from None
+    raise BadPicture(400, "The picture could not be read: the file is damaged or cut short "
+                     f"({error}).") from None
   if width * height > limits.max_pixels:
     raise BadPicture(413, f"The picture is {width}x{height} ({_megapixels(width * height)}); "
                      f"the limit is {_megapixels(limits.max_pixels)}. Scale it down and try "
