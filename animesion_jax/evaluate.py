@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import os
+import sys
 from typing import Any
 
 from absl import app
@@ -243,8 +244,8 @@ def main(argv):
           data_dir=flag.data_dir, dataset_config=flag.dataset_config, num_heads=flag.num_heads,
           image_size=flag.image_size, split=flag.split, output_dir=flag.output_dir,
           batch_size=flag.batch_size or 256, confused_limit=flag.confused_pairs)
-  except (*inference.USER_ERRORS, EvaluationError) as error:
-    raise app.UsageError(str(error)) from None
+  except (*inference.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
+    sys.exit(f"evaluate: {error}")
   if jax.process_index() == 0:
     print(format_summary(report))
     print(f"Wrote {report['output_dir']}")

@@ -389,8 +389,8 @@ def main(argv):
     else:
       output_dir = run_dir.resolve("predictions")
     writer = AttentionWriter(run, output_dir) if flag.attention_maps else None
-  except inference.USER_ERRORS as error:
-    raise app.UsageError(str(error)) from None
+  except inference.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
+    sys.exit(f"predict: {error}")
   results, errors = predict_files(run, files, top_k=flag.top_k, batch_size=flag.batch_size,
                                   detector=detector, each_batch=writer)
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors

@@ -1,9 +1,13 @@
 """predict.py: any image people have, bad files skipped, faces, outputs, and the CLI."""
 
+import torch  # First: importing torch after tensorflow segfaults.  # pylint: disable=g-bad-import-order
+from torchvision.models import resnet as tv_resnet  # pylint: disable=g-bad-import-order
+
 import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +22,9 @@ from animesion_jax import inference
 from animesion_jax import predict
 from animesion_jax import run_dir
 from animesion_jax.data import datasets
+from animesion_jax import attention
+from animesion_jax import sharding
+from tests import test_convert_torch
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
 
@@ -271,3 +278,154 @@ def test_command_line(tmp_path):
                            capture_output=True, text=True, timeout=300)
   assert missing.returncode != 0
   assert "--cascade='/nowhere.xml' does not exist" in missing.stderr
+
+
+_NAMES = ["asuka", "rei", "misato", "shinji", "kaworu"]
+
+
+def _torch_softmax(model, images: np.ndarray, mean, std) -> np.ndarray:
+  x = (images.astype(np.float32) / 255 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  with torch.no_grad():
+    return torch.softmax(model(torch.from_numpy(x.transpose(0, 3, 1, 2))), -1).numpy()
+
+
+def test_predict_straight_from_an_original_vit_checkpoint(tmp_path, monkeypatch):
+  """The released-checkpoint path: a pytorch_pretrained_vit file (Animesion's `model.` keys),
+  the original classid_classname.csv, relative paths; probabilities and attention maps match
+  the PyTorch network."""
+  model = test_convert_torch.tiny_torch_vit(monkeypatch)  # 32 px, patch 8, 2 layers, 5 classes.
+  test_convert_torch.save(model, tmp_path / "vit.pth", prefix=True)
+  (tmp_path / "classid_classname.csv").write_text("".join(
+      f"{i},{name}\n" for i, name in enumerate(_NAMES)))
+  (tmp_path / "pics").mkdir()
+  pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  for i, image in enumerate(pixels):
+    Image.fromarray(image).save(tmp_path / "pics" / f"p{i}.png")
+  command = [sys.executable, "-m", "animesion_jax.predict", "--checkpoint=vit.pth",
+             "--source=pytorch_vit", "--class_names=classid_classname.csv", "--num_heads=2",
+             "--top_k=2"]
+  done = subprocess.run(command + ["--attention_maps", "pics"], capture_output=True, text=True,
+                        timeout=300, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.splitlines()[-1] == (
+      f"3 predictions for 3 of 3 images; wrote {tmp_path / 'predictions'}")
+  written = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
+  assert written["checkpoint"] == str(tmp_path / "vit.pth") and written["step"] is None
+  expected = _torch_softmax(model, pixels, 0.5, 0.5)  # The paper's ViT inputs: mean/std 0.5.
+  for result, probabilities in zip(written["results"], expected):
+    best = np.argsort(-probabilities)[:2]
+    assert [p["name"] for p in result["predictions"]] == [_NAMES[i] for i in best]
+    np.testing.assert_allclose([p["probability"] for p in result["predictions"]],
+                               probabilities[best], atol=2e-5)
+
+  # Attention maps: the class token's attention per layer, as the PyTorch ViT computed it.
+  model(torch.from_numpy((pixels.astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)))
+  for i in range(3):
+    folder = tmp_path / "predictions" / "attention" / "pics" / f"p{i}"
+    assert sorted(p.name for p in folder.iterdir()) == ["layer_01.png", "layer_02.png",
+                                                        "rollout.png"]
+    picture = Image.fromarray(pixels[i]).resize((384, 384), Image.BICUBIC)
+    layers = []
+    for layer, block in enumerate(model.transformer.blocks):
+      heat = block.attn.scores[i, :, 0, 1:].mean(0).reshape(4, 4).detach().numpy()
+      layers.append(heat)
+      want = np.asarray(attention.overlay(picture, heat), np.int16)
+      got = np.asarray(Image.open(folder / f"layer_{layer + 1:02d}.png"), np.int16)
+      assert got.shape == (384, 384, 3) and np.abs(got - want).max() <= 1
+    assert not np.array_equal(np.asarray(Image.open(folder / "layer_01.png")),
+                              np.asarray(Image.open(folder / "layer_02.png")))
+    rollout_png = np.asarray(Image.open(folder / "rollout.png"))
+    assert rollout_png.max() > 0 and not np.array_equal(rollout_png, np.asarray(
+        Image.open(folder / "layer_02.png")))
+
+  # A run that classifies nothing fails.
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+  nothing = subprocess.run(command + ["broken.png", "missing.png"], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+  assert nothing.returncode == 1
+  assert "Could not read broken.png: UnidentifiedImageError: cannot identify image file" in (
+      nothing.stdout)
+  assert "Skipping missing.png: no such file or folder" in nothing.stdout
+  assert nothing.stderr.splitlines()[-1] == (
+      "predict: no image was classified (see the messages above).")
+
+
+def test_load_checkpoint_class_names_and_sources(tmp_path):
+  """A torchvision ResNet with a JSON list of names (ImageNet inputs); names that do not fit."""
+  model = test_convert_torch.tiny_torch_resnet(tv_resnet.BasicBlock)  # 5 classes.
+  test_convert_torch.save(model, tmp_path / "resnet.pth")
+  (tmp_path / "names.json").write_text(json.dumps(_NAMES))
+  run = inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
+                                  tmp_path / "names.json", image_size=36)
+  assert (run.class_names, run.step, run.workdir) == (_NAMES, None, None)
+  assert (run.config.normalization, run.config.image_size) == ("imagenet", 36)
+  images = np.random.default_rng(5).integers(0, 256, (8, 36, 36, 3), np.uint8)
+  probabilities, class_ids = inference.make_predict_fn(run, 3)(
+      run.variables, sharding.to_global_batch({"image": images}, run.mesh)["image"])
+  expected = _torch_softmax(model, images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+  np.testing.assert_array_equal(np.asarray(class_ids), np.argsort(-expected, axis=1)[:, :3])
+  np.testing.assert_allclose(np.asarray(probabilities), -np.sort(-expected, axis=1)[:, :3],
+                             atol=2e-5)
+
+  # The original CSV with a header row; a JSON list of the wrong length; files that are neither.
+  (tmp_path / "with_header.csv").write_text("class_id,class_name\n" + "".join(
+      f"{i},{name}\n" for i, name in enumerate(_NAMES)))
+  assert inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
+                                   tmp_path / "with_header.csv").class_names == _NAMES
+  (tmp_path / "four.json").write_text(json.dumps(_NAMES[:4]))
+  with pytest.raises(inference.CheckpointMismatch, match=r"four.json lists 4 class names, but "
+                     r"the classifier of .*resnet.pth has 5 outputs"):
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
+                              tmp_path / "four.json")
+  (tmp_path / "bad.json").write_text("{not json")
+  with pytest.raises(inference.ClassNamesError, match="bad.json is not valid JSON"):
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
+                              tmp_path / "bad.json")
+  with pytest.raises(FileNotFoundError, match="Class-names file .*nope.csv does not exist"):
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
+                              tmp_path / "nope.csv")
+  with pytest.raises(inference.LoadError, match="needs --class_names"):
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", None)
+
+  # source 'run': a run directory (its best checkpoint) or one of its step directories.
+  workdir = trained_run.tiny_trained_workdir()
+  whole = inference.load_checkpoint(workdir, "run", None)
+  assert (whole.step, whole.num_classes) == (trained_run.TRAIN_STEPS, 28)
+  second = inference.load_checkpoint(os.path.join(workdir, "checkpoints", "2"), "run", None)
+  assert second.step == 2 and second.workdir.path == whole.workdir.path
+  with pytest.raises(inference.CheckpointMismatch, match="The class names lists 5 class names"):
+    inference.load_checkpoint(workdir, "run", _NAMES)
+
+
+def test_worker_bugs_are_not_reported_as_unreadable_files(run, tmp_path):
+  """Only decoding problems mean "could not read"; any other worker exception propagates."""
+  Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "fine.png")
+
+  class BrokenDetector:
+
+    def detect(self, image):
+      raise RuntimeError(f"detector bug on a {image.size} image")
+
+  with pytest.raises(RuntimeError, match=r"detector bug on a \(40, 40\) image"):
+    predict.predict_files(run, [image_files.ImageFile(str(tmp_path / "fine.png"), "fine.png")],
+                          batch_size=8, detector=BrokenDetector())
+
+
+def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
+  workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
+  state = os.path.join(workdir, "checkpoints", str(trained_run.TRAIN_STEPS), "state")
+  # The merged OCDBT data files (what a restore reads), as a half-copied bucket would leave them.
+  for name in os.listdir(os.path.join(state, "d")):
+    path = os.path.join(state, "d", name)
+    os.truncate(path, os.path.getsize(path) // 2)
+  Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "fine.png")
+  done = subprocess.run([sys.executable, "-m", "animesion_jax.predict", "--workdir=run",
+                         "--checkpoint=latest", "fine.png"], capture_output=True, text=True,
+                        timeout=300, cwd=tmp_path)
+  assert done.returncode != 0
+  message = [line for line in done.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", line)]
+  assert len(message) == 2, done.stderr
+  assert message[0].startswith(f"predict: Checkpoint {workdir}/checkpoints/4 is damaged or "
+                               "incomplete (")
+  assert message[1] == (f"Other checkpoints of this run: {workdir}/checkpoints/2 (pass one with "
+                        "--checkpoint).")
