@@ -46,7 +46,7 @@ def _write_run(workdir: pathlib.Path) -> None:
 
 def test_read_metrics_keeps_the_last_record_of_a_step(tmp_path, capsys):
   _write_run(tmp_path)
-  curves = plot_run.read_metrics(str(tmp_path / "metrics.jsonl"))
+  curves = plot_run.read_metrics(tmp_path / "metrics.jsonl")
   assert sorted(curves) == ["test", "train", "validation"]
   assert curves["train"]["step"] == [10, 20, 30]
   assert curves["train"]["loss"] == [3.0, 2.4, 2.0]  # Step 20's later record wins.
@@ -81,9 +81,18 @@ def test_missing_or_empty_metrics_are_clear_errors(tmp_path):
 
 def test_command_line(tmp_path):
   _write_run(tmp_path)
+  # Importing the plotting modules selects no matplotlib backend (nor loads pyplot).
+  imported = subprocess.run(
+      [sys.executable, "-c", "import sys; import matplotlib; backend = matplotlib.rcParams."
+       "_get('backend'); from animesion_jax import evaluate, plots, predict; "
+       "assert matplotlib.rcParams._get('backend') == backend, backend; "
+       "assert 'matplotlib.pyplot' not in sys.modules; print('clean')"],
+      capture_output=True, text=True, timeout=120)
+  assert imported.stdout == "clean\n", imported.stderr
+  # Relative paths, typed in the directory above the run.
   done = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_run.py"),
-                         f"--workdir={tmp_path}", f"--out_dir={tmp_path / 'figures'}"],
-                        capture_output=True, text=True, timeout=120)
+                         f"--workdir={tmp_path.name}", f"--out_dir={tmp_path.name}/figures"],
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path.parent)
   assert done.returncode == 0, done.stderr
   assert done.stdout.splitlines()[-1] == (f"Wrote {tmp_path / 'figures' / 'loss.png'}, "
                                           f"{tmp_path / 'figures' / 'accuracy.png'}")
