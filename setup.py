@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "scipy>=1.13",
     "matplotlib>=3.8",
     "tqdm>=4.60",
+    # tfds 4.9.10 imports it to build datasets but declares it only for Python < 3.9.
+    "importlib_resources>=5",
     # Face detection for `predict --detect_faces`; OpenCV 5.x has no CascadeClassifier.
     "opencv-python-headless>=4.8,<5",
 ]
