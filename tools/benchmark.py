@@ -319,8 +319,25 @@ def _transform_loop(source: Any, config: ml_collections.ConfigDict, count: int):
   return window
 
 
+def _wait_until_idle(limit_s: float = 10.0) -> None:
+  """Waits until this process and its workers stop using CPU (the loaders' buffers are full)."""
+  deadline = time.perf_counter() + limit_s
+  before = _cpu_seconds()
+  while time.perf_counter() < deadline:
+    time.sleep(0.25)
+    now = _cpu_seconds()
+    if now - before < 0.01:
+      return
+    before = now
+
+
 def _loader_window(batches, count: int, drain: int) -> tuple[float, float]:
-  """Wall and CPU seconds of `count` batches, after taking the `drain` already buffered ones."""
+  """Wall and CPU seconds of `count` batches, after taking the `drain` already buffered ones.
+
+  Starts once every loader has refilled its buffers, so no loader's refill is charged to
+  another's window (or to the plain loop's).
+  """
+  _wait_until_idle()
   for _ in range(drain):
     next(batches)
   start, cpu_start = time.perf_counter(), _cpu_seconds()
@@ -355,7 +372,9 @@ def benchmark_pipeline(config: ml_collections.ConfigDict, fv: flags.FlagValues,
   plain_measured = []
   for _ in range(max(1, fv.windows)):
     for workers, batches in iterators.items():
-      measured[workers].append(_loader_window(batches, fv.pipeline_batches, 2 + 2 * workers))
+      # Buffers: 2 batches in the reading thread, and per worker its own 2 plus 1 in transit.
+      measured[workers].append(_loader_window(batches, fv.pipeline_batches, 3 + 4 * workers))
+    _wait_until_idle()
     plain_measured.append(plain())
   for batches in iterators.values():
     batches.close()  # Stops the workers now rather than at interpreter exit.
