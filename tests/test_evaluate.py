@@ -232,3 +232,35 @@ def test_binned_means():
   assert means == [pytest.approx(37 / 4), pytest.approx(249 / 4)]
   _, sparse = plots.binned_means(counts[:7], values[:7], bins=2, min_members=4)
   assert sparse == [pytest.approx(249 / 4)]
+
+
+def test_evaluate_straight_from_a_checkpoint(workdir, test_report, tmp_path, monkeypatch):
+  """No training run: the run's model exported to the converted format gives the same report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from animesion_jax import convert  # pylint: disable=g-import-not-at-top
+  from animesion_jax.convert import exported  # pylint: disable=g-import-not-at-top
+  run = inference.load_run(workdir, "latest")
+  summary = dict(exported.new_summary("run", run.checkpoint),
+                 normalization=run.config.normalization)
+  conversion = exported.from_module(summary, run.model, jax.device_get(run.variables),
+                                    run.config.image_size)
+  convert.save(tmp_path / "exported", conversion.model, conversion.variables, conversion.summary)
+  monkeypatch.chdir(tmp_path)  # Relative paths, and the default output folder, mean this one.
+  report = evaluate.evaluate_checkpoint(
+      "exported", "animesion", "synthetic_characters", data_dir=run.config.data_dir,
+      dataset_config="small", batch_size=64)
+  assert report["step"] is None and report["checkpoint"] == str(tmp_path / "exported")
+  assert report["output_dir"] == str(tmp_path / "evaluation" / "exported_test")
+  assert report["num_examples"] == 224 and report["top1"] == test_report["top1"]
+  assert report["loss"] == pytest.approx(test_report["loss"], rel=1e-5)
+  assert json.loads((tmp_path / "evaluation" / "exported_test" / "evaluation.json").read_text())[
+      "top5"] == test_report["top5"]
+  assert "converted checkpoint, synthetic_characters test: 224 examples" in (
+      evaluate.format_summary(report).splitlines()[0])
+  names = run_dir.RunDir(workdir).load_class_names()
+  (tmp_path / "names.json").write_text(json.dumps(names[:3] + ["someone"] + names[4:]))
+  with pytest.raises(evaluate.EvaluationError, match="first difference at class 3: 'someone' "
+                     f"against '{names[3]}'"):
+    evaluate.evaluate_checkpoint("exported", "animesion", "synthetic_characters",
+                                 class_names="names.json", data_dir=run.config.data_dir,
+                                 dataset_config="small")
