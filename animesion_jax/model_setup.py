@@ -4,13 +4,13 @@ import dataclasses
 from typing import Any, Callable
 
 from absl import logging
-import flax
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
+from animesion_jax import checkpointing
 from animesion_jax import models
 from animesion_jax import optim
 from animesion_jax import sharding
@@ -40,18 +40,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
                              dtype=_DTYPES[config.dtype], **overrides)
 
 
-def _shape_mismatches(expected: Any, actual: Any) -> list[str]:
-  flat_expected = flax.traverse_util.flatten_dict(expected, sep="/")
-  flat_actual = flax.traverse_util.flatten_dict(actual, sep="/")
-  problems = []
-  for key in sorted(set(flat_expected) | set(flat_actual)):
-    want = tuple(flat_expected[key].shape) if key in flat_expected else None
-    have = tuple(flat_actual[key].shape) if key in flat_actual else None
-    if want != have:
-      problems.append(f"{key}: model {want}, checkpoint {have}")
-  return problems
-
-
 def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
                            num_classes: int, abstract_variables: Any) -> tuple[nn.Module, Any]:
   """Variables from config.init_from, checked against the config's model."""
@@ -66,7 +54,7 @@ def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
     # Recorded in the run's config, so evaluate/predict rebuild the model the run trained.
     with config.unlocked():
       config.model.update(numerics)
-  problems = _shape_mismatches(dict(abstract_variables), dict(variables))
+  problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
   if problems:
     raise ValueError(
         f"config.init_from.path={config.init_from.path!r} does not fit "
