@@ -10,7 +10,7 @@ from configs import base as base_config
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
-_SOURCES = ("", "vit_npz", "pytorch_vit", "torchvision_resnet", "animesion")
+_SOURCES = ("",) + models.checkpoint_sources()
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("step", "warmup_cosine", "constant"),
@@ -43,6 +43,34 @@ def patch_size_of(config: ml_collections.ConfigDict) -> int | None:
   return getattr(model, "patch_size", None)
 
 
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  """config.model's fields and the model-dependent options, against the model table."""
+  name = config.model.name
+  family = models.spec(name).family
+  overrides = {k: v for k, v in config.model.items() if k != "name"}
+  for field in sorted(set(overrides) - family.fields):
+    owners = sorted(f.module.__name__ for f in models.FAMILIES if field in f.fields)
+    where = f"an option of {' and '.join(owners)} models only" if owners else "not a model option"
+    raise ConfigError(f"config.model has a field that model {name!r} does not take: "
+                      f"config.model.{field} is {where} ({name!r} is a "
+                      f"{family.module.__name__}). Remove it; its fields: "
+                      f"{sorted(family.fields - {'num_classes', 'dtype'})}.")
+  if overrides.get("representation_size") == 0:
+    overrides["representation_size"] = None
+  try:
+    models.check_fields(models.create_model(name, num_classes=2, **overrides))
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.model ({name!r}): {error}") from None
+  if config.freeze_backbone and not family.classifier_params:
+    raise ConfigError(f"config.freeze_backbone=True, but model {name!r} names no classifier "
+                      "parameters in animesion_jax.models.MODELS, so nothing would train.")
+  source = config.init_from.source
+  if source in models.checkpoint_sources() and source not in family.checkpoint_sources:
+    raise ConfigError(f"config.init_from.source={source!r} holds no {family.module.__name__} "
+                      f"(config.model.name={name!r}); sources for it: "
+                      f"{list(family.checkpoint_sources)}.")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int | None = None) -> None:
   """Raises ConfigError naming the first field that is wrong."""
@@ -70,12 +98,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if config.image_size <= 0 or config.resize_margin < 0:
     raise ConfigError(f"config.image_size={config.image_size} must be > 0 and "
                       f"config.resize_margin={config.resize_margin} >= 0.")
-  overrides = {k: v for k, v in config.model.items() if k != "name"}
-  try:
-    models.create_model(config.model.name, num_classes=2, **overrides)
-  except (TypeError, ValueError) as error:
-    raise ConfigError(f"config.model has a field that model {config.model.name!r} does not take: "
-                      f"{error}") from None
+  _validate_model(config)
   patch = patch_size_of(config)
   if patch and config.image_size % patch:
     raise ConfigError(f"config.image_size={config.image_size} is not divisible by the patch size "

@@ -4,10 +4,12 @@ import dataclasses
 from typing import Any, Callable
 
 from absl import logging
+import flax
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from animesion_jax import checkpointing
@@ -41,11 +43,25 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
 
 
 def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
-                           num_classes: int, abstract_variables: Any) -> tuple[nn.Module, Any]:
-  """Variables from config.init_from, checked against the config's model."""
+                           num_classes: int, abstract_variables: Any
+                           ) -> tuple[nn.Module, Any, list[str]]:
+  """Variables from config.init_from, checked against the config's model.
+
+  Returns the model (with the checkpoint's numerics), the variables, and the parameter paths
+  ('fc/kernel', ...) that must take the model's own initialisation instead (`_fresh_keys`).
+  """
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
-  loaded_model, variables = convert.load(config.init_from.source, config.init_from.path,
+  conversion = convert.load_with_summary(config.init_from.source, config.init_from.path,
                                          num_classes=num_classes, image_size=config.image_size)
+  loaded_model, variables = conversion.model, conversion.variables
+  fresh_keys = []
+  if getattr(model, "init_scheme", "") == "animesion":
+    # The original gave a pretrained ResNet a new torch nn.Linear (torch's default init), where
+    # the converters' shared recipe starts a new classifier at zero.
+    fresh_keys = [item["key"] for item in conversion.summary["reinitialised"]]
+  if (getattr(model, "head_type", "") == "intermediate_features"
+      and getattr(loaded_model, "head_type", "") == "class_token"):
+    variables, fresh_keys = _backbone_only(variables, abstract_variables)
   numerics = {name: getattr(loaded_model, name) for name in _CHECKPOINT_NUMERICS
               if hasattr(loaded_model, name) and hasattr(model, name)}
   model = model.clone(**numerics)
@@ -59,7 +75,32 @@ def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
     raise ValueError(
         f"config.init_from.path={config.init_from.path!r} does not fit "
         f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems))
-  return model, variables
+  return model, variables, fresh_keys
+
+
+def _backbone_only(variables: Any, abstract_variables: Any) -> tuple[Any, list[str]]:
+  """A class-token ViT checkpoint's backbone for an intermediate-features-head ViT.
+
+  As the original (`load_fc_layer=False`): the final LayerNorm, pre-logits and head are dropped;
+  the new head's parameters are placeholders, returned as the keys to initialise afresh.
+  """
+  heads = ("head/", "pre_logits/", "Transformer/encoder_norm/")
+  flat = {k: v for k, v in flax.traverse_util.flatten_dict(dict(variables["params"]),
+                                                           sep="/").items()
+          if not k.startswith(heads)}
+  wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
+  fresh = [k for k in wanted if k.startswith(("head/", "interm_aggregate/", "interm_norm/"))]
+  flat.update({k: np.zeros(wanted[k].shape, wanted[k].dtype) for k in fresh})
+  logging.info("Intermediate-features head: backbone from the checkpoint, new head %s.", fresh)
+  return {**variables, "params": flax.traverse_util.unflatten_dict(flat, sep="/")}, fresh
+
+
+def _own_classifier_init(variables: Any, fresh_params: Any, keys: list[str]) -> Any:
+  """`variables` with the parameters at `keys` ('fc/kernel', ...) taken from `fresh_params`."""
+  flat = flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+  fresh = flax.traverse_util.flatten_dict(dict(fresh_params), sep="/")
+  flat.update({key: fresh[key] for key in keys})
+  return {**variables, "params": flax.traverse_util.unflatten_dict(flat, sep="/")}
 
 
 def create(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
@@ -78,7 +119,10 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardi
   abstract_state = jax.eval_shape(make_state, abstract_variables)
   state_sharding = sharding.state_shardings(abstract_state, mesh)
   if config.init_from.source:
-    model, loaded = load_initial_variables(config, model, num_classes, abstract_variables)
+    model, loaded, fresh_keys = load_initial_variables(config, model, num_classes,
+                                                       abstract_variables)
+    if fresh_keys:
+      loaded = _own_classifier_init(loaded, jax.jit(init_variables)()["params"], fresh_keys)
     # Passed as an argument (not closed over) so large checkpoints are not baked into the program.
     state = jax.jit(make_state, out_shardings=state_sharding)(loaded)
   else:

@@ -7,9 +7,7 @@ import jax
 import ml_collections
 import optax
 
-# Top-level parameter names of the classifier of each model family; with
-# `freeze_backbone` only these train (the paper's recipe for pretrained ResNets).
-CLASSIFIER_PARAMS = ("head", "fc", "classifier")
+from animesion_jax import models
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -36,15 +34,15 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-def classifier_mask(params: Any) -> Any:
-  """True for the classifier's parameters, False for the backbone's."""
+def classifier_mask(params: Any, classifier_params: tuple[str, ...]) -> Any:
+  """True for the classifier's parameters (top-level names `classifier_params`), else False."""
   flat = flax.traverse_util.flatten_dict(params)
-  missing = not any(path[0] in CLASSIFIER_PARAMS for path in flat)
+  missing = not any(path[0] in classifier_params for path in flat)
   if missing:
-    raise ValueError(f"freeze_backbone: no classifier parameters named {CLASSIFIER_PARAMS} in "
+    raise ValueError(f"freeze_backbone: no classifier parameters named {classifier_params} in "
                      f"the model (top-level names: {sorted({p[0] for p in flat})}).")
   return flax.traverse_util.unflatten_dict(
-      {path: path[0] in CLASSIFIER_PARAMS for path in flat})
+      {path: path[0] in classifier_params for path in flat})
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
@@ -70,7 +68,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
   if config.freeze_backbone:
     if params is None:
       raise ValueError("freeze_backbone needs the parameter tree to know what to freeze.")
+    names = models.spec(config.model.name).family.classifier_params
     labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen",
-                          classifier_mask(params))
+                          classifier_mask(params, names))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx

@@ -61,15 +61,16 @@ def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp
 
   def loss_fn(params):
     variables = {"params": params}
+    # Models sow extra loss terms into 'losses' (e.g. the ViT's exclusion loss); none by default.
+    mutable = ["losses"]
     if batch_stats:
       variables["batch_stats"] = batch_stats
-      logits, updates = model.apply(variables, images, train=True,
-                                    rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    else:
-      logits, updates = model.apply(variables, images, train=True,
-                                    rngs={"dropout": dropout_rng}), {}
+      mutable.append("batch_stats")
+    logits, updates = model.apply(variables, images, train=True,
+                                  rngs={"dropout": dropout_rng}, mutable=mutable)
     losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
-    return jnp.mean(losses), (losses, logits, updates.get("batch_stats", batch_stats))
+    extra = sum(jnp.sum(term) for term in jax.tree.leaves(updates.get("losses", {})))
+    return jnp.mean(losses) + extra, (losses, logits, updates.get("batch_stats", batch_stats))
 
   (_, (losses, logits, new_batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(params)

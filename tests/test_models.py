@@ -422,8 +422,17 @@ def test_shallow_dropout_and_size_checks():
   model = models.create_model('shallow', 6)
   images = _images(4, 32)
   variables = _random_variables(model, images)
-  # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5; 16 * 5 * 5 features.
-  assert variables['params']['fc1']['kernel'].shape == (400, 512)
+  # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5; 32 * 5 * 5 features.
+  assert variables['params']['fc1']['kernel'].shape == (800, 512)
+  # The original at 224 px: 224 -> 220 -> 110 -> 106 -> 53; Linear(53 * 53 * 32 -> 512).
+  assert _shapes(_abstract_variables(model, 224)['params']) == {
+      'conv1/kernel': (5, 5, 3, 16), 'conv1/bias': (16,),
+      'bn1/scale': (16,), 'bn1/bias': (16,),
+      'conv2/kernel': (5, 5, 16, 32), 'conv2/bias': (32,),
+      'bn2/scale': (32,), 'bn2/bias': (32,),
+      'fc1/kernel': (53 * 53 * 32, 512), 'fc1/bias': (512,),
+      'fc2/kernel': (512, 6), 'fc2/bias': (6,)}
+  assert model.dropout_rate == 0.2
 
   train = _dropout_trainer(model, variables, images)
   assert np.max(np.abs(train(1) - train(2))) > 1e-4

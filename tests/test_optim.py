@@ -60,8 +60,9 @@ def test_sgd_momentum_matches_the_textbook_recursion():
 def test_freeze_backbone_updates_only_the_classifier():
   params = {"conv1": {"kernel": np.ones((3,), np.float32)},
             "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)}}
-  tx = optim.create_optimizer(_config(schedule="constant", freeze_backbone=True), 10, 100,
-                              params=params)
+  config = _config(schedule="constant", freeze_backbone=True)
+  config.model.name = "resnet18"  # Its classifier is "fc" (models.MODELS).
+  tx = optim.create_optimizer(config, 10, 100, params=params)
   grads = {"conv1": {"kernel": np.ones((3,), np.float32)},
            "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)}}
   updates, _ = tx.update(grads, tx.init(params), params)

@@ -8,8 +8,10 @@
 Sources (the architecture is read from the checkpoint itself):
   vit_npz             original google-research ViT `.npz` (tanh GELU).
   pytorch_vit         `pytorch_pretrained_vit.ViT` state dicts, as the original
-                      Animesion code saved them (exact GELU).
+                      Animesion code saved them (exact GELU), also with the
+                      intermediate-features head of its later work.
   torchvision_resnet  torchvision ResNet state dicts, BatchNorm stats included.
+  pytorch_shallownet  the original Animesion ShallowNet state dicts.
   animesion           a directory written by `save` (tools/convert_checkpoint).
 
 `num_classes=None` keeps the checkpoint's head; a different count replaces it
@@ -25,6 +27,7 @@ import flax.linen as nn
 
 from animesion_jax.convert import exported
 from animesion_jax.convert import torch_resnet
+from animesion_jax.convert import torch_shallow
 from animesion_jax.convert import torch_vit
 from animesion_jax.convert import vit_npz
 from animesion_jax.convert.exported import Conversion
@@ -41,6 +44,7 @@ SOURCES: dict[str, Callable[..., Conversion]] = {
     'vit_npz': vit_npz.load,
     'pytorch_vit': torch_vit.load,
     'torchvision_resnet': torch_resnet.load,
+    'pytorch_shallownet': torch_shallow.load,
     'animesion': exported.load,
 }
 

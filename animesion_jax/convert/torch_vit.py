@@ -55,13 +55,29 @@ _TOP_RULES = {
     'fc.bias': ('head/bias', None),
 }
 _PRE_LOGITS = ('pre_logits.weight', 'pre_logits.bias')
+# The intermediate-features head of the original's later work sits beside the wrapped network
+# (`inter_class_head`; `class_head` in its first version): Sequential(Linear(layers, 1),
+# Rearrange, ReLU, LayerNorm(D), Linear(D, classes)). Its network has no final `norm` / `fc`.
+INTERM_HEAD_PREFIXES = ('inter_class_head.', 'class_head.')
+_INTERM_RULES = {
+    '0.weight': ('interm_aggregate/kernel', 't'),
+    '0.bias': ('interm_aggregate/bias', None),
+    '3.weight': ('interm_norm/scale', None),
+    '3.bias': ('interm_norm/bias', None),
+    '4.weight': ('head/kernel', 't'),
+    '4.bias': ('head/bias', None),
+}
+# The original's later ViT (its packed pytorch_pretrained_vit) used LayerNorm epsilon 1e-12.
+_INTERM_LAYER_NORM_EPSILON = 1e-12
 
 
-def read_state_dict(path: Any, summary: dict[str, Any]) -> dict[
-    str, np.ndarray]:
+def read_state_dict(path: Any, summary: dict[str, Any],
+                    beside_wrapper: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
   """Reads a torch state dict as numpy arrays, without wrapper prefixes.
 
   Floating tensors become float32. A stripped prefix is noted in `summary`.
+  Keys starting with one of `beside_wrapper` (modules next to the wrapped
+  network) are kept as they are and do not stop the prefix from being stripped.
   """
   import torch  # pylint: disable=g-import-not-at-top  # optional dependency
 
@@ -88,9 +104,11 @@ def read_state_dict(path: Any, summary: dict[str, Any]) -> dict[
         'model.state_dict() instead.')
   if not state:
     raise exported.ConversionError(f'{path} is an empty state dict.')
+  beside = lambda key: key.startswith(beside_wrapper) if beside_wrapper else False
   for prefix in _WRAPPER_PREFIXES:
-    if all(k.startswith(prefix) for k in state):
-      state = {k[len(prefix):]: v for k, v in state.items()}
+    wrapped = [k for k in state if not beside(k)]
+    if wrapped and all(k.startswith(prefix) for k in wrapped):
+      state = {k if beside(k) else k[len(prefix):]: v for k, v in state.items()}
       summary['notes'].append(f"stripped the key prefix '{prefix}'")
   arrays = {}
   for key, tensor in state.items():
@@ -129,6 +147,25 @@ def _rearrange(how: Optional[str], key: str, x: np.ndarray, hidden: int,
   return x.T.reshape(heads, head_dim, hidden)
 
 
+def _interm_head(arrays: dict[str, np.ndarray],
+                 what: str) -> dict[str, tuple[str, Optional[str]]]:
+  """torch key -> (Flax path, rearrangement) of an intermediate-features head, if any."""
+  prefixes = sorted({p for p in INTERM_HEAD_PREFIXES for k in arrays if k.startswith(p)})
+  if not prefixes:
+    return {}
+  if len(prefixes) > 1:
+    raise exported.ConversionError(
+        f'{what} has two classifier heads ({prefixes}); expected one.')
+  prefix = prefixes[0]
+  keys = {k[len(prefix):] for k in arrays if k.startswith(prefix)}
+  if keys != set(_INTERM_RULES):
+    raise exported.ConversionError(
+        f'{what}: the head {prefix!r} has {sorted(keys)}; the intermediate-features head has '
+        f'{sorted(_INTERM_RULES)} (Linear(layers, 1), LayerNorm, Linear). Other heads of the '
+        "original's later code (e.g. the masked-language-model variant) are not supported.")
+  return {prefix + k: rule for k, rule in _INTERM_RULES.items()}
+
+
 def load(path: Any, *, num_classes: Optional[int] = None,
          image_size: Optional[int] = None,
          num_heads: Optional[int] = None) -> exported.Conversion:
@@ -146,7 +183,8 @@ def load(path: Any, *, num_classes: Optional[int] = None,
     (model, variables, summary).
   """
   summary = exported.new_summary('pytorch_vit', path)
-  arrays = read_state_dict(path, summary)
+  arrays = read_state_dict(path, summary, beside_wrapper=INTERM_HEAD_PREFIXES)
+  interm = _interm_head(arrays, os.fspath(path))
   if 'class_token' not in arrays or 'patch_embedding.weight' not in arrays:
     raise exported.ConversionError(
         f'{path} is not a pytorch_pretrained_vit state dict (no class_token / '
@@ -185,6 +223,8 @@ def load(path: Any, *, num_classes: Optional[int] = None,
       target = f'Transformer/encoderblock_{m.group(1)}/{target}'
     elif key in _TOP_RULES:
       target, how = _TOP_RULES[key]
+    elif key in interm:
+      target, how = interm[key]
     else:
       unknown[key] = value
       continue
@@ -193,6 +233,12 @@ def load(path: Any, *, num_classes: Optional[int] = None,
 
   fields, size = vit_npz.infer_fields(params, os.fspath(path))
   fields['gelu_approximate'] = False
+  if interm:
+    fields['head_type'] = 'intermediate_features'
+    fields['layer_norm_epsilon'] = _INTERM_LAYER_NORM_EPSILON
+    summary['notes'].append(
+        'intermediate-features head (the original\'s interm_features_fc); LayerNorm epsilon '
+        f'{_INTERM_LAYER_NORM_EPSILON} as its ViT')
   return exported.finish(summary, 'VisionTransformer', fields,
                          {'params': params}, size, num_classes=num_classes,
                          new_image_size=image_size)

@@ -1,10 +1,16 @@
-"""Model table: every architecture by name, built with `create_model`.
+"""Model table: every architecture by name and every per-model fact, in one place.
 
 Each model is a Flax Linen module called as `model(images, train=...)` on NHWC
 float images and returning float32 logits [N, num_classes]. Dropout draws from
 the 'dropout' rng collection; BatchNorm statistics live in 'batch_stats'.
+
+`MODELS[name]` is a `ModelSpec`: how to build it, which top-level parameters
+form its classifier (what `freeze_backbone` trains), the input normalisation
+the original code used for it, the checkpoint sources (`animesion_jax.convert`)
+that load into it, and the options only that family has.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -17,36 +23,97 @@ from animesion_jax.models.shallow import ShallowNet
 from animesion_jax.models.vit import VisionTransformer
 
 
-def _vit(patch: int, hidden: int, mlp: int, heads: int,
-         layers: int) -> Callable[..., nn.Module]:
-  return functools.partial(VisionTransformer, patch_size=patch,
-                           hidden_size=hidden, mlp_dim=mlp, num_heads=heads,
-                           num_layers=layers)
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """Facts shared by every model of one module class."""
+  module: type[nn.Module]
+  # Top-level parameter names of the classifier (all that trains with freeze_backbone).
+  classifier_params: tuple[str, ...]
+  # Key of animesion_jax.data.preprocess.NORMALIZATIONS the original code used.
+  normalization: str
+  # animesion_jax.convert sources whose checkpoints load into this family.
+  checkpoint_sources: tuple[str, ...]
+
+  @property
+  def fields(self) -> frozenset[str]:
+    """The constructor fields (what config.model may set, besides 'name')."""
+    return frozenset(f.name for f in dataclasses.fields(self.module)) - {"parent", "name"}
 
 
-def _resnet(block: str,
-            stage_sizes: tuple[int, ...]) -> Callable[..., nn.Module]:
-  return functools.partial(ResNet, block=block, stage_sizes=stage_sizes)
+VIT = Family(VisionTransformer, ("head", "interm_aggregate", "interm_norm"), "half",
+             ("vit_npz", "pytorch_vit", "animesion"))
+RESNET = Family(ResNet, ("fc",), "imagenet", ("torchvision_resnet", "animesion"))
+SHALLOW = Family(ShallowNet, ("fc2",), "half", ("pytorch_shallownet", "animesion"))
+FAMILIES = (VIT, RESNET, SHALLOW)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """One entry of the table: a family with fixed architecture fields."""
+  family: Family
+  fields: tuple[tuple[str, Any], ...] = ()
+
+  @property
+  def constructor(self) -> Callable[..., nn.Module]:
+    return functools.partial(self.family.module, **dict(self.fields))
+
+
+def _vit(patch: int, hidden: int, mlp: int, heads: int, layers: int) -> ModelSpec:
+  return ModelSpec(VIT, (("patch_size", patch), ("hidden_size", hidden), ("mlp_dim", mlp),
+                         ("num_heads", heads), ("num_layers", layers)))
+
+
+def _resnet(block: str, stage_sizes: tuple[int, ...]) -> ModelSpec:
+  return ModelSpec(RESNET, (("block", block), ("stage_sizes", stage_sizes)))
+
+
+MODELS: dict[str, ModelSpec] = {
     # ViT variants of the original paper (patch, hidden, mlp, heads, layers).
-    'vit_ti16': _vit(16, 192, 768, 3, 12),
-    'vit_s16': _vit(16, 384, 1536, 6, 12),
-    'vit_b16': _vit(16, 768, 3072, 12, 12),
-    'vit_b32': _vit(32, 768, 3072, 12, 12),
-    'vit_l16': _vit(16, 1024, 4096, 16, 24),
-    'vit_l32': _vit(32, 1024, 4096, 16, 24),
-    'vit_h14': _vit(14, 1280, 5120, 16, 32),
+    "vit_ti16": _vit(16, 192, 768, 3, 12),
+    "vit_s16": _vit(16, 384, 1536, 6, 12),
+    "vit_b16": _vit(16, 768, 3072, 12, 12),
+    "vit_b32": _vit(32, 768, 3072, 12, 12),
+    "vit_l16": _vit(16, 1024, 4096, 16, 24),
+    "vit_l32": _vit(32, 1024, 4096, 16, 24),
+    "vit_h14": _vit(14, 1280, 5120, 16, 32),
     # A few-thousand-parameter ViT for tests and smoke runs.
-    'vit_tiny': _vit(4, 32, 64, 2, 2),
-    'resnet18': _resnet('basic', (2, 2, 2, 2)),
-    'resnet34': _resnet('basic', (3, 4, 6, 3)),
-    'resnet50': _resnet('bottleneck', (3, 4, 6, 3)),
-    'resnet101': _resnet('bottleneck', (3, 4, 23, 3)),
-    'resnet152': _resnet('bottleneck', (3, 8, 36, 3)),
-    'shallow': ShallowNet,
+    "vit_tiny": _vit(4, 32, 64, 2, 2),
+    "resnet18": _resnet("basic", (2, 2, 2, 2)),
+    "resnet34": _resnet("basic", (3, 4, 6, 3)),
+    "resnet50": _resnet("bottleneck", (3, 4, 6, 3)),
+    "resnet101": _resnet("bottleneck", (3, 4, 23, 3)),
+    "resnet152": _resnet("bottleneck", (3, 8, 36, 3)),
+    "shallow": ModelSpec(SHALLOW),
 }
+
+
+def spec(name: str) -> ModelSpec:
+  """The table entry of model `name`; ValueError listing the valid names."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}.")
+  return MODELS[name]
+
+
+def family_of(model: nn.Module | str) -> Family:
+  """The family of a model instance or a model name."""
+  if isinstance(model, str):
+    return spec(model).family
+  for family in FAMILIES:
+    if isinstance(model, family.module):
+      return family
+  raise ValueError(f"{type(model).__name__} is not a model of the table.")
+
+
+def checkpoint_sources() -> tuple[str, ...]:
+  """Every checkpoint source some model loads from, in table order."""
+  return tuple(dict.fromkeys(s for f in FAMILIES for s in f.checkpoint_sources))
+
+
+def check_fields(model: nn.Module) -> None:
+  """Raises ValueError for field values `model` cannot be built with (without building it)."""
+  check = getattr(model, "check_fields", None)
+  if check is not None:
+    check()
 
 
 def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
@@ -65,16 +132,12 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     ValueError: If `name` is unknown or `overrides` names a field the model
       does not have.
   """
-  if name not in MODELS:
-    raise ValueError(
-        f'Unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}.')
-  constructor = MODELS[name]
+  constructor = spec(name).constructor
   try:
     return constructor(num_classes=num_classes, **overrides)
   except TypeError as e:
     raise ValueError(
-        f'Cannot build model {name!r} with overrides {sorted(overrides)}: {e}'
-    ) from e
+        f"Cannot build model {name!r} with overrides {sorted(overrides)}: {e}") from e
 
 
 def count_params(params: Any) -> int:
