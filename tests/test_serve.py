@@ -5,6 +5,7 @@ empty working directory, as people run it) serves the whole module.
 """
 
 import concurrent.futures
+import functools
 import io
 import os
 import re
@@ -176,6 +177,7 @@ def test_answers_match_the_predict_command(server, tmp_path):
       "no face found: the whole picture was classified"]
 
 
+@functools.cache
 def _awkward_cases() -> dict[str, tuple[bytes, int, str | bytes]]:
   """name -> (upload, expected status, message fragment or the PNG that must answer the same)."""
   example, group = _example(), _illustration()
@@ -338,6 +340,28 @@ def test_browser_names_the_characters(server, tmp_path):
       shutil.copyfile(screenshot, os.environ[_SCREENSHOT_ENV])
   finally:
     driver.quit()
+
+
+def test_command_line_mistakes_are_explained(server, tmp_path):
+  port = server.url.rsplit(":", 1)[1]
+  cases = {  # flags -> what the message must say.
+      ("--port=0",): "Give --workdir=RUN (a training run directory), or --checkpoint=PATH "
+                     "--source=SOURCE",
+      ("--port=0", "--workdir=no_such_run"): "no_such_run is not a training run directory",
+      ("--port=0", "--checkpoint=b16.pth", "--source=pytorch_vit", "--class_names=names.csv"):
+          "b16.pth does not exist",
+      (f"--workdir={server.workdir}", f"--port={port}"): f"Cannot listen on 127.0.0.1:{port}",
+  }
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  processes = {flags: subprocess.Popen(
+      [sys.executable, "-m", "animesion_jax.serve", *flags], cwd=tmp_path, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for flags in cases}
+  for flags, process in processes.items():
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1 and cases[flags] in output, (flags, output)
+    assert "Traceback" not in output, (flags, output)
+  assert os.listdir(tmp_path) == []
 
 
 def test_nothing_written_outside_the_temporary_folder(server):

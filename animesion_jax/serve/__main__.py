@@ -69,18 +69,21 @@ def _listen(host: str, port: int) -> socket.socket:
   return sock
 
 
+def _check_model_flags(flag) -> None:
+  if flag.source and flag.workdir:
+    raise absl_app.UsageError("Give either --workdir (a training run) or --checkpoint with "
+                              "--source, not both.")
+  if not (flag.source or flag.workdir):
+    raise absl_app.UsageError("Give --workdir=RUN (a training run directory), or "
+                              "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
+
+
 def _load(flag) -> inference.LoadedRun:
   devices = jax.local_devices()
   if flag.source:
-    if flag.workdir:
-      raise absl_app.UsageError("Give either --workdir (a training run) or --checkpoint with "
-                                "--source, not both.")
     return inference.load_checkpoint(flag.checkpoint, flag.source, flag.class_names,
                                      num_heads=flag.num_heads, image_size=flag.image_size,
                                      devices=devices)
-  if not flag.workdir:
-    raise absl_app.UsageError("Give --workdir=RUN (a training run directory), or "
-                              "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
   return inference.load_run(flag.workdir, flag.checkpoint, devices=devices)
 
 
@@ -93,6 +96,7 @@ def main(argv):
   if flag.max_batch < flag.max_faces:
     raise absl_app.UsageError(f"--max_batch={flag.max_batch} must be at least "
                               f"--max_faces={flag.max_faces}.")
+  _check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
