@@ -7,8 +7,9 @@ over the global batch, and per-example rows are gathered from all processes with
 `multihost_utils.process_allgather`.
 """
 
+from collections.abc import Callable, Iterable, Iterator
 import functools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils

@@ -6,10 +6,11 @@ float images are scaled to 8 bits, animated GIF/WebP give their first frame, and
 orientation is applied.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import os
 import struct
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 import zlib
 
 import numpy as np

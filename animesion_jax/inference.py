@@ -7,10 +7,11 @@ Shared by `evaluate`, `predict` and the web page:
   logits = run.model.apply(run.variables, normalized_images, train=False)
 """
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from absl import logging
 from etils import epath

@@ -7,7 +7,8 @@ fewer than 20 training images. A group's `mean_class_top1` averages its classes'
 convention of long-tail papers); `top1` pools its examples.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -5,8 +5,9 @@ importing this module selects no backend and changes no global state. Each funct
 PNG through etils.epath (local or gs://) and returns its path.
 """
 
+from collections.abc import Sequence
 import io
-from typing import Any, Sequence
+from typing import Any
 
 from etils import epath
 from matplotlib import figure

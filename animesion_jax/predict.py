@@ -19,6 +19,7 @@ classified.
 """
 
 import collections
+from collections.abc import Callable, Iterator, Sequence
 import concurrent.futures
 import csv
 import dataclasses
@@ -26,7 +27,7 @@ import io
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from absl import app
 from absl import flags

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from animesion_jax import checkpointing
 from animesion_jax import evaluate
@@ -237,6 +237,7 @@ def test_binned_means():
 def test_evaluate_straight_from_a_checkpoint(workdir, test_report, tmp_path, monkeypatch):
   """No training run: the run's model exported to the converted format gives the same report."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
   from animesion_jax.convert import exported  # pylint: disable=g-import-not-at-top
   run = inference.load_run(workdir, "latest")

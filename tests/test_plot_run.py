@@ -6,8 +6,8 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

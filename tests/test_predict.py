@@ -1,8 +1,5 @@
 """predict.py: any image people have, bad files skipped, faces, outputs, and the CLI."""
 
-import torch  # First: importing torch after tensorflow segfaults.  # pylint: disable=g-bad-import-order
-from torchvision.models import resnet as tv_resnet  # pylint: disable=g-bad-import-order
-
 import csv
 import io
 import json
@@ -12,18 +9,20 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
+import torch  # Before anything imports TensorFlow (torchvision after it segfaults).
+from torchvision.models import resnet as tv_resnet
 
+from animesion_jax import attention
 from animesion_jax import evaluate
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
 from animesion_jax import predict
 from animesion_jax import run_dir
-from animesion_jax.data import datasets
-from animesion_jax import attention
 from animesion_jax import sharding
+from animesion_jax.data import datasets
 from tests import test_convert_torch
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing

@@ -12,30 +12,25 @@ to change its class count or image size), run (a training run directory or one
 of its checkpoint step directories: exports the trained model). The output
 directory holds model.json, variables/ (Orbax) and conversion.json (plus
 class_names.json for a run); load it with `convert.load('animesion', DIR)` or
-`predict --source=animesion --checkpoint=DIR --class_names=DIR/class_names.json`. A summary is printed: the architecture found,
-the parameter count and which tensors were dropped, resized or re-initialised.
+`predict --source=animesion --checkpoint=DIR --class_names=DIR/class_names.json`.
+A summary is printed: the architecture found, the parameter count and which
+tensors were dropped, resized or re-initialised.
 """
 
+from collections.abc import Sequence
 import json
-import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # Run as `python tools/convert_checkpoint.py` from a source checkout.
-  sys.path.insert(0, ROOT)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from animesion_jax import convert
 from animesion_jax import inference
 from animesion_jax import run_dir
 from animesion_jax.convert import exported
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 RUN = 'run'  # --source of a training run.
 _SOURCE = flags.DEFINE_enum('source', None, sorted([*convert.SOURCES, RUN]),

@@ -23,6 +23,7 @@ checkpoint loading, and runs 2 steps, so the whole matrix is known to work befor
 accelerator hours on it. Smoke numbers mean nothing.
 """
 
+from collections.abc import Iterator, Sequence
 import contextlib
 import csv
 import json
@@ -30,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -62,6 +63,7 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   """
   # pylint: disable=g-import-not-at-top
   import jax
+
   from animesion_jax import checkpointing
   from animesion_jax import config_validation
   from animesion_jax import model_setup
@@ -158,6 +160,7 @@ def run_rows(rows: Sequence[paper.Row], runs_dir: str, *, smoke: bool = False,
   every row, so they show the progress of a long matrix.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from animesion_jax import train  # pylint: disable=g-import-not-at-top  # After torch, see main.
   records, runs_by_config, checked = [], {}, set()
   for row in rows:

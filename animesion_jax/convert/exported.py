@@ -19,7 +19,7 @@ format back through the same `finish`.
 import dataclasses
 import json
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from absl import logging
 import flax
@@ -138,7 +138,7 @@ def expected_shapes(model: nn.Module, image_size: int) -> Shapes:
 
 
 def assemble(model: nn.Module, flat: Flat, image_size: int,
-             want: Optional[Shapes] = None) -> dict[str, Any]:
+             want: Shapes | None = None) -> dict[str, Any]:
   """Checks `flat` against what `model` creates; returns nested jnp variables.
 
   Args:
@@ -239,8 +239,8 @@ def drop(summary: dict[str, Any], key: str, array: np.ndarray,
 
 
 def finish(summary: dict[str, Any], model_class: str, fields: dict[str, Any],
-           flat: Flat, image_size: int, *, num_classes: Optional[int],
-           new_image_size: Optional[int]) -> Conversion:
+           flat: Flat, image_size: int, *, num_classes: int | None,
+           new_image_size: int | None) -> Conversion:
   """Applies the class-count / image-size changes, validates, summarises.
 
   Args:
@@ -329,8 +329,8 @@ def _resize_for(summary, model_class, fields, params, image_size,
 
 def from_module(summary: dict[str, Any], model: nn.Module,
                 variables: dict[str, Any], image_size: int, *,
-                num_classes: Optional[int] = None,
-                new_image_size: Optional[int] = None) -> Conversion:
+                num_classes: int | None = None,
+                new_image_size: int | None = None) -> Conversion:
   """A project model and its variables (e.g. a training run's) as a Conversion.
 
   The same class-count and image-size changes as every other source apply.
@@ -374,9 +374,9 @@ def save(output_dir: Any, model: nn.Module, variables: dict[str, Any],
   (out / 'conversion.json').write_text(json.dumps(summary, indent=2) + '\n')
 
 
-def load(path: Any, *, num_classes: Optional[int] = None,
-         image_size: Optional[int] = None,
-         num_heads: Optional[int] = None) -> Conversion:
+def load(path: Any, *, num_classes: int | None = None,
+         image_size: int | None = None,
+         num_heads: int | None = None) -> Conversion:
   """Reads a checkpoint written by `save` (the `animesion` source)."""
   root = run_dir.resolve(path)
   spec_file = root / 'model.json'
