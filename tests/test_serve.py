@@ -161,7 +161,7 @@ def test_answers_match_the_predict_command(server, tmp_path):
     expected = [r for r in results if r["file"].endswith(name)]
     assert len(body["faces"]) == len(expected)
     assert (body["width"], body["height"]) == (width, height)
-    assert body["model"] == f"vit_tiny, step {trained_run.TRAIN_STEPS} ({server.workdir})"
+    assert body["model"] == f"vit_tiny, step {trained_run.TRAIN_STEPS} (run)"  # No server path.
     assert 0 < body["elapsed_ms"] < 60_000
     for face, result in zip(body["faces"], expected):
       if result["box"] is None:
@@ -369,6 +369,7 @@ def test_nothing_written_outside_the_temporary_folder(server):
   assert requests.get(f"{server.url}/healthz", timeout=10).json()["status"] == "ok"
   assert _files(server.workdir) == server.workdir_files
   assert os.listdir(server.cwd) == []
+  assert os.listdir(server.temp) == []  # Uploads spooled past 1 MB were deleted.
   server.stop()
   output = "".join(server.output)
   assert server.process.returncode == 0 and output.endswith("Stopped.\n"), output

@@ -1,5 +1,7 @@
 """A loaded model as the web app's Service: the batched predict function, faces, attention."""
 
+import os
+
 from absl import logging
 import numpy as np
 
@@ -83,9 +85,10 @@ def build_service(run: inference.LoadedRun, *, detector: faces.FaceDetector | No
   if warm_up:
     batcher.warm_up()
   step = f", step {run.step}" if run.step is not None else ""
+  source = os.path.basename(run.description.rstrip("/")) or run.description  # No server paths.
   return app.Service(
       batcher=batcher, class_names=list(run.class_names),
-      model=f"{run.config.model.name}{step} ({run.description})", image_size=size,
+      model=f"{run.config.model.name}{step} ({source})", image_size=size,
       detector=detector, face_note=face_note, limits=limits,
       examples=pictures.examples(run.class_names),
       attention=_attention_fn(run, batcher.sizes) if attention else None)
