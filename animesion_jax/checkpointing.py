@@ -39,6 +39,17 @@ class DamagedCheckpoint(RuntimeError):
   """A checkpoint's files are incomplete or unreadable (the message names it and the others)."""
 
 
+class IncompatibleCheckpoint(RuntimeError):
+  """A readable checkpoint whose arrays do not fit the train state the config builds."""
+
+
+def _is_structure_mismatch(error: BaseException) -> bool:
+  # What Orbax raises when the saved tree differs from the one asked for (not damage).
+  text = str(error)
+  return isinstance(error, ValueError) and ("tree structures do not match" in text
+                                            or "shape" in text.split("\n")[0].lower())
+
+
 def _step_args(state: Any, data_iterator: Any, meta: dict[str, Any]) -> ocp.args.Composite:
   args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
   if data_iterator is not None:
@@ -113,6 +124,12 @@ class Checkpoints:
       try:
         restored = self.manager.restore(step, args=_restore_args(abstract_state, data_iterator))
       except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
+        if _is_structure_mismatch(error):  # Readable, but another model or optimizer wrote it.
+          raise IncompatibleCheckpoint(
+              f"Checkpoint {self.run.checkpoints_dir / str(step)} holds a different train state "
+              "than this code and config build (written by another version of animesion_jax or "
+              f"another model/optimizer setting): {_first_line(error)}\nUse another --workdir."
+          ) from None
         moved = self._move_damaged(step)
         logging.warning("Checkpoint %s is damaged (%s); moved it to %s and trying the previous "
                         "one.", self.run.checkpoints_dir / str(step), _first_line(error), moved)
@@ -202,6 +219,9 @@ def restore(run: run_dir_lib.RunDir, abstract_state: Any,
   try:
     restored = manager.restore(int(path.name), args=_restore_args(abstract_state))
   except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
+    if _is_structure_mismatch(error):
+      raise IncompatibleCheckpoint(f"{path} does not hold the train state this config builds: "
+                                   f"{_first_line(error)}") from None
     others = [str(path.parent / str(s)) for s in manager.all_steps() if s != int(path.name)]
     raise DamagedCheckpoint(
         f"Checkpoint {path} is damaged or incomplete ({_first_line(error)}).\n"

@@ -58,10 +58,14 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
   if config.optimizer == "sgd":
     if config.weight_decay > 0:
       chain.append(optax.add_decayed_weights(config.weight_decay))
-    chain.append(optax.sgd(schedule, momentum=config.momentum or None,
-                           accumulator_dtype=config.momentum_dtype))
+    # inject_hyperparams keeps the learning rate each update applied in the optimizer state, so
+    # the logged rate is the applied one (also after skipped non-finite steps).
+    chain.append(optax.inject_hyperparams(optax.sgd, static_args=("momentum", "accumulator_dtype"))(
+        learning_rate=schedule, momentum=config.momentum or None,
+        accumulator_dtype=config.momentum_dtype))
   elif config.optimizer == "adamw":
-    chain.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+    chain.append(optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                                       weight_decay=config.weight_decay))
   else:
     raise ValueError(f"config.optimizer={config.optimizer!r}; choose 'sgd' or 'adamw'.")
   tx = optax.chain(*chain)
@@ -73,3 +77,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
                           classifier_mask(params, names))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx
+
+
+def applied_learning_rate(opt_state: Any) -> jax.Array:
+  """The learning rate of the last update applied (kept in the state by inject_hyperparams)."""
+  return optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]

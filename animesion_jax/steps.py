@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from animesion_jax import metrics as metrics_lib
+from animesion_jax import optim
 from animesion_jax.data import preprocess
 
 
@@ -56,8 +57,10 @@ def _all_finite(tree: Any) -> jnp.ndarray:
 
 
 def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp.ndarray,
-                    labels: jnp.ndarray, dropout_rng: jax.Array, label_smoothing: float):
-  """Per-example losses, top-1 hits, new BatchNorm statistics and mean-loss gradients."""
+                    labels: jnp.ndarray, weights: jnp.ndarray, dropout_rng: jax.Array,
+                    label_smoothing: float, model_train_mode: bool = True):
+  """Per-example losses, top-1 hits, new BatchNorm statistics and gradients of the mean of
+  weight * loss (weights: 0 on padding rows, see train_step)."""
 
   def loss_fn(params):
     variables = {"params": params}
@@ -66,11 +69,13 @@ def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp
     if batch_stats:
       variables["batch_stats"] = batch_stats
       mutable.append("batch_stats")
-    logits, updates = model.apply(variables, images, train=True,
+    # model_train_mode=False: dropout off and BatchNorm on its running statistics (frozen).
+    logits, updates = model.apply(variables, images, train=model_train_mode,
                                   rngs={"dropout": dropout_rng}, mutable=mutable)
     losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
     extra = sum(jnp.sum(term) for term in jax.tree.leaves(updates.get("losses", {})))
-    return jnp.mean(losses) + extra, (losses, logits, updates.get("batch_stats", batch_stats))
+    return (jnp.mean(losses * weights) + extra,
+            (losses, logits, updates.get("batch_stats", batch_stats)))
 
   (_, (losses, logits, new_batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(params)
@@ -89,30 +94,40 @@ def _split_microbatches(array: jnp.ndarray, count: int) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
-               normalization: str, label_smoothing: float = 0.0,
-               accumulation_steps: int = 1) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+               normalization: str, label_smoothing: float = 0.0, accumulation_steps: int = 1,
+               model_train_mode: bool = True) -> tuple[TrainState, metrics_lib.TrainMetrics]:
   """One optimizer step on a global batch of uint8 images.
 
   With accumulation_steps > 1 the batch is processed as that many microbatches whose gradients
   are averaged (one large step's update, in a fraction of the activation memory). A step whose
   loss or gradients are not finite changes nothing but the counters, so the parameters never
-  absorb NaN/Inf; the loop decides whether to stop or carry on.
+  absorb NaN/Inf; the loop decides whether to stop or carry on. model_train_mode=False runs the
+  model as in evaluation (the original Animesion code did so from its second epoch on).
   """
   images = preprocess.normalize(batch["image"], normalization, model.dtype)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   compute = functools.partial(_loss_and_grads, model, state.params,
-                              label_smoothing=label_smoothing)
+                              label_smoothing=label_smoothing, model_train_mode=model_train_mode)
+  # 'mask' is 0 on the padding rows of an epoch's short last batch. Weights mask * N / real make
+  # the mean of weight * loss over any equal split of the batch (the microbatches) average to
+  # the mean loss over the real examples of the whole batch.
+  mask = batch.get("mask")
+  mask = (jnp.ones(batch["label"].shape, jnp.float32) if mask is None
+          else mask.astype(jnp.float32))
+  weights = mask * (mask.shape[0] / jnp.maximum(jnp.sum(mask), 1.0))
   if accumulation_steps == 1:
     losses, hits, new_batch_stats, grads = compute(state.batch_stats, images, batch["label"],
-                                                   dropout_rng)
+                                                   weights, dropout_rng)
   else:
     micro_images = _split_microbatches(images, accumulation_steps)
     micro_labels = _split_microbatches(batch["label"], accumulation_steps)
+    micro_weights = _split_microbatches(weights, accumulation_steps)
+    mask = _split_microbatches(mask, accumulation_steps).reshape(-1)  # The losses' row order.
 
     def accumulate(carry, inputs):
       batch_stats, grad_sum = carry
-      index, micro_x, micro_y = inputs
-      losses, hits, batch_stats, grads = compute(batch_stats, micro_x, micro_y,
+      index, micro_x, micro_y, micro_w = inputs
+      losses, hits, batch_stats, grads = compute(batch_stats, micro_x, micro_y, micro_w,
                                                  jax.random.fold_in(dropout_rng, index))
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return (batch_stats, grad_sum), (losses, hits)
@@ -120,11 +135,11 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (new_batch_stats, grad_sum), (losses, hits) = jax.lax.scan(
         accumulate, (state.batch_stats, zeros),
-        (jnp.arange(accumulation_steps), micro_images, micro_labels))
+        (jnp.arange(accumulation_steps), micro_images, micro_labels, micro_weights))
     grads = jax.tree.map(lambda g: g / accumulation_steps, grad_sum)
     losses, hits = losses.reshape(-1), hits.reshape(-1)
 
-  loss = jnp.mean(losses)
+  loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
   param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, param_updates)
 
@@ -138,8 +153,11 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
       nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where(
           (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step))
+  # Masked averages over the real rows (the learning rate per row, so the mask applies to all).
   step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
-      loss=losses, top1_hits=hits, learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+      loss=losses, top1_hits=hits, mask=mask,
+      learning_rate=jnp.full(mask.shape, optim.applied_learning_rate(new_state.opt_state),
+                             jnp.float32))
   return new_state, step_metrics
 
 

@@ -8,9 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep TensorFlow (used by tfds) off the few cores JAX needs.
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-# Importing torchvision after tensorflow segfaults in one process; the other order works.
-import torch  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
-import torchvision  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
+# The suite tests the CPU paths (device counts included) even on a machine with an accelerator.
+os.environ["JAX_PLATFORMS"] = "cpu"
+# Importing torchvision or timm after tensorflow segfaults in one process; the other order works.
+# Test modules that need torch import it at their top, so it loads at collection, before any test
+# runs code that may import tensorflow (only dataset builds do).
 
 # Every test session builds its data in its own temporary directory (autouse, session-scoped).
 from tests.helpers import session_tmp_dir  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top

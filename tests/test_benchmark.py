@@ -11,6 +11,9 @@ from absl import app
 from absl import flags
 import jax
 import pytest
+# --compare=torch runs timm in this process: import it before anything can import tensorflow.
+import timm  # noqa: F401  pylint: disable=unused-import
+import torch  # noqa: F401  pylint: disable=unused-import
 
 from animesion_jax import models
 from tests import helpers

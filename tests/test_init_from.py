@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from animesion_jax import checkpointing
+from animesion_jax import run_dir
 from animesion_jax import config_validation
 from animesion_jax import convert
 from animesion_jax import model_setup
@@ -25,7 +26,7 @@ def _export(tmp_path, model, image_size):
 
 def _trained_state(workdir, config):
   setup = model_setup.create(config, 28, sharding.create_mesh(), 17, config.num_train_steps)
-  state, _, _ = checkpointing.restore_state(str(workdir), setup.abstract_state, "latest")
+  state, _, _ = checkpointing.restore(run_dir.RunDir(workdir), setup.abstract_state, "latest")
   return jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, state.batch_stats)
 
 

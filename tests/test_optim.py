@@ -9,15 +9,17 @@ from animesion_jax import optim
 from configs import base
 
 
-def _config(**overrides) -> ml_collections.ConfigDict:
-  config = base.get_base_config()
+def _config(dataset: str = "dafre", **overrides) -> ml_collections.ConfigDict:
+  config = base.get_base_config(dataset)
   for key, value in overrides.items():
     config[key] = value
   return config
 
 
 def test_paper_step_schedule_divides_by_three_every_20_epochs():
-  schedule = optim.create_schedule(_config(), steps_per_epoch=10, total_steps=500)
+  config = _config()  # The paper's DAF:re default (Table 1): 50 epochs.
+  assert (config.num_epochs, config.decay_every_epochs) == (50, 20)
+  schedule = optim.create_schedule(config, steps_per_epoch=10, total_steps=500)
   lr = lambda epoch: float(schedule(epoch * 10))
   assert lr(0) == pytest.approx(1e-3)
   assert lr(19.9) == pytest.approx(1e-3)
@@ -28,7 +30,9 @@ def test_paper_step_schedule_divides_by_three_every_20_epochs():
 
 
 def test_200_epoch_runs_decay_every_50():
-  schedule = optim.create_schedule(_config(decay_every_epochs=50, num_epochs=200), 10, 2000)
+  config = _config("moeimouto")  # The paper's moeImouto default (Table 2): 200 epochs.
+  assert (config.num_epochs, config.decay_every_epochs) == (200, 50)
+  schedule = optim.create_schedule(config, 10, 2000)
   assert [float(schedule(e * 10)) for e in (49, 50, 100, 150, 199)] == pytest.approx(
       [1e-3, 1e-3 / 3, 1e-3 / 9, 1e-3 / 27, 1e-3 / 27])
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from absl import logging
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from animesion_jax import run_dir
@@ -108,3 +109,39 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str):
   """Random-access records with the image left encoded (decoded by the input pipeline)."""
   return builder.as_data_source(
       split, decoders={"image": tfds.decode.SkipDecoding()}, file_format="array_record")
+
+
+_CARVE_SEED = 0  # Fixed, so runs with different seeds share one carved validation split.
+
+
+class Subset:
+  """Some records of a random-access source, by index (e.g. a validation split carved from train)."""
+
+  def __init__(self, source: Any, indices: Any):
+    self.source = source
+    self.indices = [int(i) for i in indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Any:
+    return self.source[self.indices[index]]
+
+
+def carves_validation(builder: tfds.core.DatasetBuilder, validation_fraction: float) -> bool:
+  """Whether 'validation' is carved from train (asked for, and the dataset has none)."""
+  return validation_fraction > 0 and "validation" not in builder.info.splits
+
+
+def split_source(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
+                 validation_fraction: float = 0.0):
+  """The records of `split`; with config.validation_fraction > 0 on a dataset without a
+  validation split, 'validation' is a seeded fraction of train and train is the rest."""
+  train_split = get_spec(dataset).train_split
+  if not carves_validation(builder, validation_fraction) or split not in ("validation",
+                                                                          train_split):
+    return data_source(builder, split)
+  source = data_source(builder, train_split)
+  order = np.random.default_rng(_CARVE_SEED).permutation(len(source))
+  count = max(1, int(round(validation_fraction * len(source))))
+  return Subset(source, sorted(order[:count] if split == "validation" else order[count:]))
