@@ -8,11 +8,13 @@ orientation is applied.
 
 from collections.abc import Sequence
 import dataclasses
+import io
 import os
 import struct
 from typing import BinaryIO
 import zlib
 
+from etils import epath
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -38,26 +40,34 @@ class ImageFile:
 def find_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[tuple[str, str]]]:
   """Files named directly, plus image files (by extension) anywhere under named folders.
 
+  Paths are local (relative as typed, `~`, absolute) or gs://...; outputs name them as given.
+
   Returns:
     (images in input order, folders sorted by name) and (input, problem) for inputs that do not
     exist or are folders without images.
   """
   found, problems = [], []
   for given in inputs:
-    if os.path.isdir(given):
-      root = os.path.normpath(given)
-      before = len(found)
-      for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
-        for name in sorted(files):
+    remote = "://" in given
+    path = epath.Path(given if remote else os.path.expanduser(given))
+    if path.is_dir():
+      root = os.fspath(path).rstrip("/") if remote else os.path.normpath(os.fspath(path))
+      here = []
+      for folder, _, files in epath.Path(root).walk():
+        for name in files:
           if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-            path = os.path.join(folder, name)
-            found.append(ImageFile(path, os.path.join(os.path.basename(root) or "images",
-                                                      os.path.relpath(path, root))))
-      if len(found) == before:
+            file = os.fspath(epath.Path(folder) / name)
+            relative = (file[len(root):].lstrip("/") if remote
+                        else os.path.relpath(file, root).replace(os.sep, "/"))
+            here.append((relative, file))
+      # Top-down, sorted: a folder's files, then each subfolder's, by name.
+      here.sort(key=lambda item: (tuple(item[0].split("/")[:-1]), item[0].split("/")[-1]))
+      name = root.rsplit("/", 1)[-1] or "images"
+      found += [ImageFile(file, f"{name}/{relative}") for relative, file in here]
+      if not here:
         problems.append((given, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
-    elif os.path.isfile(given):
-      found.append(ImageFile(given, os.path.basename(given)))
+    elif path.is_file():
+      found.append(ImageFile(os.fspath(path) if not remote else given, path.name))
     else:
       problems.append((given, "no such file or folder"))
   return found, problems
@@ -91,6 +101,8 @@ def load_image(path: str | os.PathLike | BinaryIO, min_size: int | None = None) 
     FileNotFoundError: no such file.
     UnreadableImage: the file is not a readable image (the message has Pillow's reason).
   """
+  if isinstance(path, str) and "://" in path:  # gs://...: Pillow opens local files only.
+    path = io.BytesIO(epath.Path(path).read_bytes())
   try:
     with Image.open(path) as image:
       if getattr(image, "n_frames", 1) > 1:

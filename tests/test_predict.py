@@ -67,7 +67,7 @@ def test_load_image_first_gif_frame_and_exif_orientation(tmp_path):
   assert reduced.size == (250, 125)  # Decoded at 1/8 scale: both sides still >= 64.
 
 
-def test_find_images(tmp_path):
+def test_find_images(tmp_path, monkeypatch):
   (tmp_path / "art" / "sub").mkdir(parents=True)
   (tmp_path / "empty").mkdir()
   for name in ("art/b.PNG", "art/a.jpg", "art/sub/c.webp", "art/notes.txt", "art/.hidden.png",
@@ -78,6 +78,10 @@ def test_find_images(tmp_path):
        str(tmp_path / "empty")])
   assert [f.relative for f in found] == ["art/a.jpg", "art/b.PNG", "art/sub/c.webp", "single.gif"]
   assert found[2].path == str(tmp_path / "art" / "sub" / "c.webp")
+  monkeypatch.chdir(tmp_path / "art")  # A folder typed as "." (or relative) works the same.
+  here, _ = image_files.find_images(["."])
+  assert [(f.path, f.relative) for f in here] == [("a.jpg", "./a.jpg"), ("b.PNG", "./b.PNG"),
+                                                  ("sub/c.webp", "./sub/c.webp")]
   assert problems == [(str(tmp_path / "missing.png"), "no such file or folder"),
                       (str(tmp_path / "empty"), "no image files (.jpg, .jpeg, .png, .webp, .gif, "
                        ".bmp, .tif, .tiff) in this folder")]
