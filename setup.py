@@ -85,7 +85,7 @@ setuptools.setup(
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
     ],
-    packages=setuptools.find_packages(include=["animesion_jax*", "tfds_builders*", "configs"]),
+    packages=setuptools.find_packages(include=["animesion_jax*", "tfds_builders*"]),  # configs/ are files users pass by path.
     package_data={"animesion_jax": ["serve/static/*"],
                   "tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"]},
     include_package_data=True,

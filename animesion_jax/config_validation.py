@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from animesion_jax import models
-from configs import base as base_config
+from animesion_jax import config_schema as base_config
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
@@ -80,10 +80,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   unknown = sorted(set(config.keys()) - set(known.keys()))
   if unknown:
     raise ConfigError(f"Unknown config fields {['config.' + k for k in unknown]}; the fields are "
-                      "listed in configs/base.py.")
+                      "listed in animesion_jax/config_schema.py.")
   for key in known.keys():
     if key not in config:
-      raise ConfigError(f"config.{key} is missing (configs/base.py documents it).")
+      raise ConfigError(f"config.{key} is missing (animesion_jax/config_schema.py documents it).")
     if key != "model" and not _same_type(known[key], config[key]):
       raise ConfigError(f"config.{key}={config[key]!r} should be of type "
                         f"{type(known[key]).__name__}.")

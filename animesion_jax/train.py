@@ -148,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from `workdir` if it holds a checkpoint), evaluates, writes results.json.
 
   Args:
-    config: the run's config (see configs/base.py).
+    config: the run's config (see animesion_jax/config_schema.py).
     workdir: the run directory (relative, absolute, `~` or gs://).
     devices: devices of the mesh (default: all).
 

@@ -5,8 +5,8 @@ Pretrained row: add --config.init_from.source=torchvision_resnet --config.init_f
 --config.freeze_backbone=True (the paper trains only the classifier of pretrained ResNets).
 """
 
-from configs import resnet_family
+from animesion_jax import config_schema
 
 
 def get_config(dataset: str = "moeimouto"):
-  return resnet_family.get_resnet_config("resnet152", dataset)
+  return config_schema.resnet_config("resnet152", dataset)

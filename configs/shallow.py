@@ -6,11 +6,11 @@ every 50 (on DAF:re and moeImouto alike); those are the defaults here.
   python -m animesion_jax.main --config=configs/shallow.py:moeimouto --workdir=runs/sn_moe
 """
 
-from configs import base
+from animesion_jax import config_schema
 
 
 def get_config(dataset: str = "moeimouto"):
-  config = base.get_base_config(dataset)
+  config = config_schema.get_base_config(dataset)
   config.model.name = "shallow"  # The 5-layer ShallowNet.
   config.image_size = 224  # Tables 3 and 4: 224 x 224 inputs.
   config.batch_size = 1024  # Tables 3 and 4: batch 1024.

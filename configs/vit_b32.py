@@ -6,8 +6,8 @@ Tables 3 and 4 (image 224, batch 1024, 200 epochs) are rows of configs/paper.py.
 The argument after ':' picks the dataset (default moeimouto).
 """
 
-from configs import vit_family
+from animesion_jax import config_schema
 
 
 def get_config(dataset: str = "moeimouto"):
-  return vit_family.get_vit_config("vit_b32", dataset)
+  return config_schema.vit_config("vit_b32", dataset)

@@ -4,8 +4,8 @@
 The argument after ':' picks the dataset (default moeimouto).
 """
 
-from configs import vit_family
+from animesion_jax import config_schema
 
 
 def get_config(dataset: str = "moeimouto"):
-  return vit_family.get_vit_config("vit_l16", dataset)
+  return config_schema.vit_config("vit_l16", dataset)

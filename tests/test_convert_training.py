@@ -26,7 +26,7 @@ from animesion_jax import convert
 from animesion_jax import optim
 from animesion_jax import steps
 from animesion_jax.data import preprocess
-from configs import base
+from animesion_jax import config_schema as base
 from tests.test_convert_torch import NarrowResNet
 
 _STEPS, _BATCH, _CLASSES = 10, 8, 5

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from animesion_jax import optim
-from configs import base
+from animesion_jax import config_schema as base
 
 
 def _config(dataset: str = "dafre", **overrides) -> ml_collections.ConfigDict:

@@ -1,9 +1,12 @@
-"""Fields shared by every model family; each family's config file starts from here.
+"""The config schema: every field a run has, its default and a comment saying what it does.
 
-Not a config file itself: `configs/<family>.py` calls `get_base_config()` and sets the model.
+Library code validates and fills configs from here; the files under configs/ (the ones the README
+names on command lines) start from `get_base_config` and set their model family's fields.
 """
 
 import ml_collections
+
+
 
 
 def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
@@ -70,4 +73,33 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2  # How many latest checkpoints to keep (plus the best one).
   config.transfer_guard = "allow"  # 'disallow': fail on implicit host<->device transfers in the step loop.
   config.halt_after_steps = -1  # Stop this run (after saving) once it has done this many steps; -1 = never.
+  return config
+
+
+def vit_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
+  """Paper recipe for a ViT variant on `dataset`."""
+  config = get_base_config(dataset)
+  config.model.name = model_name  # ViT variant (patch size and width come from the name).
+  config.model.dropout_rate = 0.1  # Hidden-activation dropout (the original: 0.1).
+  # The original's ViT (pytorch_pretrained_vit) put its one rate on the attention probabilities too.
+  config.model.attention_dropout_rate = 0.1  # Dropout on the attention probabilities.
+  # Where dropout goes: 'pytorch_pretrained_vit' (the original: after the attention projection and
+  # after the MLP) or 'vit_jax' (also after the position embedding and inside the MLP).
+  config.model.dropout_placement = "pytorch_pretrained_vit"
+  # 'class_token' (the paper's ViT) or 'intermediate_features' (the original's later head).
+  config.model.head_type = "class_token"
+  config.model.representation_size = 0  # Width of the tanh pre-logits layer (0 = none, the fine-tuning recipe).
+  config.model.gelu_approximate = True  # tanh GELU (original JAX ViT); False = exact GELU (pytorch_pretrained_vit).
+  config.model.layer_norm_epsilon = 1e-6  # LayerNorm epsilon of the original ViT.
+  config.normalization = "half"  # The original code normalised ViT inputs with mean 0.5 / std 0.5.
+  return config
+
+
+def resnet_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
+  """Paper recipe for a torchvision-layout ResNet on `dataset`."""
+  config = get_base_config(dataset)
+  config.model.name = model_name  # ResNet depth (block type and stage sizes come from the name).
+  config.model.base_width = 64  # Channels of the stem and first stage (torchvision: 64).
+  config.model.init_scheme = "animesion"  # From scratch: xavier-uniform convs, as the original code.
+  config.normalization = "imagenet"  # The original code normalised ResNet inputs with ImageNet mean/std.
   return config
