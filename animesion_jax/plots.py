@@ -1,8 +1,9 @@
-"""The project's figures: training curves (tools/plot_run.py) and evaluation plots (evaluate).
+"""The project's figures: training curves (tools/plot_run.py), evaluation plots (evaluate) and
+the labels drawn on pictures (predict).
 
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), never pyplot, so
-importing this module selects no backend and changes no global state. Each function writes one
-PNG through etils.epath (local or gs://) and returns its path.
+importing this module selects no backend and changes no global state. Each writes one PNG through
+etils.epath (local or gs://) and returns its path.
 """
 
 from collections.abc import Sequence
@@ -13,6 +14,9 @@ from etils import epath
 from matplotlib import figure
 from matplotlib import ticker
 import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 
 from animesion_jax import longtail
 
@@ -159,3 +163,39 @@ def confusions(report: dict[str, Any], labels: np.ndarray, predictions: np.ndarr
     fig.colorbar(image, ax=ax, label="% of the true class's examples", shrink=0.8)
   ax.set_title("Most confused classes", fontsize=10)
   return _save(fig, path)
+
+
+def font(size: int) -> ImageFont.ImageFont:
+  """Pillow's default font at `size` pixels (its fixed bitmap font without FreeType)."""
+  try:
+    return ImageFont.load_default(size=size)
+  except (TypeError, OSError):  # Pillow built without FreeType: fixed-size bitmap font.
+    return ImageFont.load_default()
+
+
+def draw_label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
+           lines: Sequence[str], font: ImageFont.ImageFont, colour: str,
+           size: tuple[int, int]) -> None:
+  """Draws `lines` below `box` (above it, or inside it, where the image ends), in the image."""
+  text = "\n".join(lines)
+  _, _, width, height = draw.multiline_textbbox((0, 0), text, font=font)
+  pad = max(2, height // (8 * len(lines)))
+  left, top, _, bottom = box
+  if bottom + 2 * pad + height <= size[1]:
+    y = bottom + 2 * pad
+  elif top - 2 * pad - height >= 0:
+    y = top - 2 * pad - height
+  else:
+    y = top + 2 * pad
+  x = min(max(left + 2 * pad, pad), max(pad, size[0] - width - pad))
+  draw.rectangle((x - pad, y - pad, x + width + pad, y + height + pad),
+                 fill=(255, 255, 255, 200), outline=colour, width=max(1, pad // 2))
+  draw.multiline_text((x, y), text, font=font, fill=(0, 0, 0, 255))
+
+
+def save_png(image: Image.Image, destination: epath.Path) -> None:
+  """Writes a PIL image as PNG (local or gs://), creating the folder."""
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  destination.write_bytes(buffer.getvalue())

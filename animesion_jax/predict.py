@@ -37,7 +37,6 @@ import jax
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
-from PIL import ImageFont
 import tqdm
 
 from animesion_jax import attention
@@ -45,6 +44,7 @@ from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
+from animesion_jax import plots
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
@@ -206,40 +206,6 @@ def write_outputs(results: Sequence[dict[str, Any]], errors: Sequence[dict[str, 
   (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-  try:
-    return ImageFont.load_default(size=size)
-  except (TypeError, OSError):  # Pillow built without FreeType: fixed-size bitmap font.
-    return ImageFont.load_default()
-
-
-def _label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
-           lines: Sequence[str], font: ImageFont.ImageFont, colour: str,
-           size: tuple[int, int]) -> None:
-  """Draws `lines` below `box` (above it, or inside it, where the image ends), in the image."""
-  text = "\n".join(lines)
-  _, _, width, height = draw.multiline_textbbox((0, 0), text, font=font)
-  pad = max(2, height // (8 * len(lines)))
-  left, top, _, bottom = box
-  if bottom + 2 * pad + height <= size[1]:
-    y = bottom + 2 * pad
-  elif top - 2 * pad - height >= 0:
-    y = top - 2 * pad - height
-  else:
-    y = top + 2 * pad
-  x = min(max(left + 2 * pad, pad), max(pad, size[0] - width - pad))
-  draw.rectangle((x - pad, y - pad, x + width + pad, y + height + pad),
-                 fill=(255, 255, 255, 200), outline=colour, width=max(1, pad // 2))
-  draw.multiline_text((x, y), text, font=font, fill=(0, 0, 0, 255))
-
-
-def save_png(image: Image.Image, destination: epath.Path) -> None:
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  destination.write_bytes(buffer.getvalue())
-
-
 def annotate(path: str, crops: Sequence[dict[str, Any]], destination: epath.Path,
              label_ranks: int = 3) -> None:
   """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
@@ -250,19 +216,19 @@ def annotate(path: str, crops: Sequence[dict[str, Any]], destination: epath.Path
                          Image.BICUBIC)
   canvas = Image.new("RGBA", image.size)
   draw = ImageDraw.Draw(canvas)
-  font = _font(max(12, min(image.size) // 28))
+  font = plots.font(max(12, min(image.size) // 28))
   line_width = max(2, min(image.size) // 150)
   for i, crop in enumerate(crops):
     colour = _COLOURS[i % len(_COLOURS)]
     ranked = [f"{p['rank']}. {p['name']} {100 * p['probability']:.1f}%"
               for p in crop["predictions"][:label_ranks]]
     if crop["box"] is None:  # The whole image: the label goes inside its top-left corner.
-      _label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
+      plots.draw_label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
       continue
     box = tuple(round(v * scale) for v in crop["box"])
     draw.rectangle(box, outline=colour, width=line_width)
-    _label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
-  save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
+    plots.draw_label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
+  plots.save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
 
 
 def _unique(stem: str, taken: set[str]) -> str:
@@ -316,8 +282,8 @@ class AttentionWriter:
       picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
                                Image.BICUBIC)
       for layer, heat in enumerate(result["layers"][row]):
-        save_png(attention.overlay(picture, heat), folder / f"layer_{layer + 1:02d}.png")
-      save_png(attention.overlay(picture, result["rollout"][row]), folder / "rollout.png")
+        plots.save_png(attention.overlay(picture, heat), folder / f"layer_{layer + 1:02d}.png")
+      plots.save_png(attention.overlay(picture, result["rollout"][row]), folder / "rollout.png")
       self.written[(crop.file.path, crop.face)] = os.fspath(folder)
 
 
