@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from animesion_jax import checkpointing
+from animesion_jax import config_schema as base_config
 from animesion_jax import convert
 from animesion_jax import model_setup
 from animesion_jax import run_dir
@@ -28,7 +29,6 @@ from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
-from configs import base as base_config
 
 # Inputs a converted checkpoint's model expects, by model class (the ResNets were trained on
 # ImageNet statistics; the paper's ViTs and ShallowNet on mean 0.5, std 0.5).
