@@ -8,55 +8,58 @@ import setuptools
 # Nothing here pulls in TensorFlow: training, evaluation, prediction, conversion and the benchmark
 # run without it (tests/test_no_tensorflow.py); only the `tfds build` command line needs it.
 INSTALL_REQUIRES = [
-    "jax>=0.10.2",
-    "jaxlib>=0.10.2",
-    "flax>=0.12.8",
-    "optax>=0.2.8",
-    "orbax-checkpoint>=0.12.8",
-    # ArrayRecord data sources and DatasetBuilder.download_and_prepare work without TensorFlow.
-    "tensorflow-datasets>=4.9.10",
-    "grain>=0.2.18",
-    "array_record>=0.8",
-    "clu>=0.0.12",  # Only clu.metrics and clu.parameter_overview (TF-free) are used.
-    "ml-collections>=1.1.0",
-    "etils[epath]>=1.9.1",
-    "numpy>=2.0",  # jax's own floor; keeps the numpy that Colab ships.
-    "tensorboard>=2.21",  # Its TF-free event-file writer writes the summaries.
-    "pillow>=11",
-    "scipy>=1.13",
-    "matplotlib>=3.8",
-    "tqdm>=4.60",
-    # tfds 4.9.10 imports it to build datasets but declares it only for Python < 3.9.
-    "importlib_resources>=5",
-    # Face detection for `predict --detect_faces`; OpenCV 5.x has no CascadeClassifier.
-    "opencv-python-headless>=4.8,<5",
+  "jax>=0.10.2",
+  "jaxlib>=0.10.2",
+  "flax>=0.12.8",
+  "optax>=0.2.8",
+  "orbax-checkpoint>=0.12.8",
+  # ArrayRecord data sources and DatasetBuilder.download_and_prepare work without TensorFlow.
+  "tensorflow-datasets>=4.9.10",
+  "grain>=0.2.18",
+  "array_record>=0.8",
+  "clu>=0.0.12",  # Only clu.metrics and clu.parameter_overview (TF-free) are used.
+  "ml-collections>=1.1.0",
+  "etils[epath]>=1.9.1",
+  "numpy>=2.0",  # jax's own floor; keeps the numpy that Colab ships.
+  "tensorboard>=2.21",  # Its TF-free event-file writer writes the summaries.
+  "pillow>=11",
+  "scipy>=1.13",
+  "matplotlib>=3.8",
+  "tqdm>=4.60",
+  # tfds 4.9.10 imports it to build datasets but declares it only for Python < 3.9.
+  "importlib_resources>=5",
+  # Face detection for `predict --detect_faces`; OpenCV 5.x has no CascadeClassifier.
+  "opencv-python-headless>=4.8,<5",
 ]
 
 # `tfds build` (the command line that builds moeImouto and DAF:re) imports TensorFlow, apache_beam
 # and mlcroissant at start-up in tfds 4.9.10 (tensorflow/datasets#5463). The quick start builds its
 # synthetic dataset through the Python API, which needs none of them.
 BUILD_REQUIRES = [
-    "tensorflow-cpu>=2.21; platform_machine == 'x86_64'",
-    "tensorflow>=2.21; platform_machine != 'x86_64'",
-    "apache-beam>=2.77",
-    "mlcroissant>=1.1",
+  "tensorflow-cpu>=2.21; platform_machine == 'x86_64'",
+  "tensorflow>=2.21; platform_machine != 'x86_64'",
+  "apache-beam>=2.77",
+  "mlcroissant>=1.1",
 ]
 
 # JAX with accelerator plugins, through jax's own extras (the same jax version constraint).
 ACCELERATOR_EXTRAS = {
-    "cuda12": ["jax[cuda12]>=0.10.2"],
-    "cuda13": ["jax[cuda13]>=0.10.2"],
-    "tpu": ["jax[tpu]>=0.10.2"],
+  "cuda12": ["jax[cuda12]>=0.10.2"],
+  "cuda13": ["jax[cuda13]>=0.10.2"],
+  "tpu": ["jax[tpu]>=0.10.2"],
 }
 
 # The web page (`python -m animesion_jax.serve`): a Starlette app served by uvicorn.
 DEMO_REQUIRES = [
-    "starlette>=1.0,<2",
-    "uvicorn>=0.30",
-    "python-multipart>=0.0.20",  # Starlette's parser of multipart uploads.
+  "starlette>=1.0,<2",
+  "uvicorn>=0.30",
+  "python-multipart>=0.0.20",  # Starlette's parser of multipart uploads.
 ]
 
-TEST_REQUIRES = BUILD_REQUIRES + DEMO_REQUIRES + [
+TEST_REQUIRES = (
+  BUILD_REQUIRES
+  + DEMO_REQUIRES
+  + [
     # tests/test_serve.py: HTTP clients and Debian's chromium driven by Selenium.
     "requests>=2.31",
     "selenium>=4.30,<5",
@@ -70,26 +73,40 @@ TEST_REQUIRES = BUILD_REQUIRES + DEMO_REQUIRES + [
     # tests/test_notebook.py executes notebooks/quickstart.ipynb with parameters.
     "papermill>=2.6",
     "ipykernel>=6",
-]
+    # tests/test_gcs.py: a gs:// run directory against a local Cloud Storage emulator.
+    "gcp-storage-emulator>=2024.8",
+    "gcsfs>=2024.6",
+    # The one formatter and linter (pyproject.toml); pinned, so its output is the same everywhere.
+    "ruff==0.17.6",
+  ]
+)
 
 setuptools.setup(
-    name="animesion_jax",
-    version="0.1.0",
-    description="Anime character recognition (DAF:re, moeImouto) with ViT and ResNet in JAX/Flax.",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.11",  # jax >= 0.10 requires Python >= 3.11 (and numpy >= 2.3 has no 3.10 wheels).
-    classifiers=[
-        "Programming Language :: Python :: 3",
-        "Programming Language :: Python :: 3.11",
-        "Programming Language :: Python :: 3.12",
-        "Programming Language :: Python :: 3.13",
-    ],
-    packages=setuptools.find_packages(include=["animesion_jax*", "tfds_builders*"]),  # configs/ are files users pass by path.
-    package_data={"animesion_jax": ["serve/static/*"],
-                  "tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"]},
-    include_package_data=True,
-    install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "build": BUILD_REQUIRES, "demo": DEMO_REQUIRES,
-                    **ACCELERATOR_EXTRAS},
+  name="animesion_jax",
+  version="0.1.0",
+  description="Anime character recognition (DAF:re, moeImouto) with ViT and ResNet in JAX/Flax.",
+  long_description=open("README.md", encoding="utf-8").read(),
+  long_description_content_type="text/markdown",
+  python_requires=">=3.11",  # jax >= 0.10 requires Python >= 3.11 (and numpy >= 2.3 has no 3.10 wheels).
+  classifiers=[
+    "Programming Language :: Python :: 3",
+    "Programming Language :: Python :: 3.11",
+    "Programming Language :: Python :: 3.12",
+    "Programming Language :: Python :: 3.13",
+  ],
+  packages=setuptools.find_packages(
+    include=["animesion_jax*", "tfds_builders*"]
+  ),  # configs/ are files users pass by path.
+  package_data={
+    "animesion_jax": ["serve/static/*"],
+    "tfds_builders": ["*/dummy_data/**/*", "*/paper_split/*", "*/*.txt", "*/*.md"],
+  },
+  include_package_data=True,
+  install_requires=INSTALL_REQUIRES,
+  extras_require={
+    "test": TEST_REQUIRES,
+    "build": BUILD_REQUIRES,
+    "demo": DEMO_REQUIRES,
+    **ACCELERATOR_EXTRAS,
+  },
 )

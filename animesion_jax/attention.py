@@ -26,8 +26,9 @@ _WEIGHTS = "attention_weights"
 
 def _check_vit(model: nn.Module) -> vit.VisionTransformer:
   if not isinstance(model, vit.VisionTransformer):
-    raise ValueError(f"Attention maps need a ViT; this model is a {type(model).__name__}, which "
-                     "has no attention.")
+    raise ValueError(
+      f"Attention maps need a ViT; this model is a {type(model).__name__}, which has no attention."
+    )
   return model
 
 
@@ -42,8 +43,9 @@ def _attention(model: vit.VisionTransformer, variables: Any, images: jax.Array) 
       block = next(p for p in path if p.startswith("encoderblock_"))
       per_layer[int(block.split("_")[1])] = value[0]  # sow stores a tuple of calls.
   if sorted(per_layer) != list(range(model.num_layers)):
-    raise ValueError(f"Found attention weights of blocks {sorted(per_layer)}; expected "
-                     f"{model.num_layers} blocks.")
+    raise ValueError(
+      f"Found attention weights of blocks {sorted(per_layer)}; expected {model.num_layers} blocks."
+    )
   stacked = jax.numpy.stack([per_layer[i] for i in range(model.num_layers)], axis=1)
   return stacked.astype(jax.numpy.float32).mean(axis=2)
 
@@ -111,8 +113,10 @@ def maps(model: nn.Module, variables: Any, images: Any) -> dict[str, np.ndarray]
   attention = full_attention(model, variables, images)
   grid = _grid(model, images)
   batch, layers = attention.shape[:2]
-  return {"layers": attention[:, :, 0, 1:].reshape(batch, layers, *grid),
-          "rollout": rollout(attention, grid)}
+  return {
+    "layers": attention[:, :, 0, 1:].reshape(batch, layers, *grid),
+    "rollout": rollout(attention, grid),
+  }
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray) -> Image.Image:

@@ -46,8 +46,9 @@ class IncompatibleCheckpoint(RuntimeError):
 def _is_structure_mismatch(error: BaseException) -> bool:
   # What Orbax raises when the saved tree differs from the one asked for (not damage).
   text = str(error)
-  return isinstance(error, ValueError) and ("tree structures do not match" in text
-                                            or "shape" in text.split("\n")[0].lower())
+  return isinstance(error, ValueError) and (
+    "tree structures do not match" in text or "shape" in text.split("\n")[0].lower()
+  )
 
 
 def _step_args(state: Any, data_iterator: Any, meta: dict[str, Any]) -> ocp.args.Composite:
@@ -64,6 +65,20 @@ def _restore_args(abstract_state: Any, data_iterator: Any = None) -> ocp.args.Co
   return ocp.args.Composite(**args)
 
 
+# Orbax writes a checkpoint's metrics to disk (so a restarted run still knows which checkpoint is
+# best) only when the manager ranks checkpoints; the preservation policy above decides what is kept.
+_RANKED = dict(best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max")
+
+
+def _reader(directory: epath.Path) -> ocp.CheckpointManager:
+  """A read-only manager of a checkpoints directory (for inference)."""
+  return ocp.CheckpointManager(
+    directory,
+    item_names=("state", "data", "meta"),
+    options=ocp.CheckpointManagerOptions(read_only=True, **_RANKED),
+  )
+
+
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
@@ -72,31 +87,52 @@ def _first_line(error: BaseException) -> str:
 class Checkpoints:
   """The checkpoints of one training run (latest N plus the best), for saving and resuming."""
 
-  def __init__(self, run: run_dir_lib.RunDir, *, keep: int = 2, every_steps: int = 0,
-               every_minutes: float = 0.0):
+  def __init__(
+    self,
+    run: run_dir_lib.RunDir,
+    *,
+    keep: int = 2,
+    every_steps: int = 0,
+    every_minutes: float = 0.0,
+  ):
     self.run = run
     self.incomplete = sorted(p for p in _children(run.checkpoints_dir) if _TMP_MARK in p.name)
     for path in self.incomplete:
-      logging.warning("Ignoring %s: a checkpoint write that never finished (the process was "
-                      "killed while saving); it is deleted.", path)
+      logging.warning(
+        "Ignoring %s: a checkpoint write that never finished (the process was "
+        "killed while saving); it is deleted.",
+        path,
+      )
     save_policies = [checkpoint_managers.PreemptionCheckpointingPolicy()]
     if every_steps > 0:
       save_policies.append(checkpoint_managers.FixedIntervalPolicy(every_steps))
     if every_minutes > 0:
-      save_policies.append(checkpoint_managers.ContinuousCheckpointingPolicy(
-          minimum_interval_secs=max(1, int(60 * every_minutes))))
-    preservation = checkpoint_managers.AnyPreservationPolicy([
+      save_policies.append(
+        checkpoint_managers.ContinuousCheckpointingPolicy(
+          minimum_interval_secs=max(1, int(60 * every_minutes))
+        )
+      )
+    preservation = checkpoint_managers.AnyPreservationPolicy(
+      [
         checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
-                                  keep_checkpoints_without_metrics=False),
-    ])
+        checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        ),
+      ]
+    )
     self.manager = ocp.CheckpointManager(
-        run.checkpoints_dir,
-        options=ocp.CheckpointManagerOptions(
-            create=True, cleanup_tmp_directories=True,
-            save_decision_policy=checkpoint_managers.AnySavePolicy(save_policies),
-            preservation_policy=preservation),
-        item_names=("state", "data", "meta"))
+      run.checkpoints_dir,
+      options=ocp.CheckpointManagerOptions(
+        create=True,
+        cleanup_tmp_directories=True,
+        save_decision_policy=checkpoint_managers.AnySavePolicy(save_policies),
+        preservation_policy=preservation,
+        **_RANKED,
+      ),
+      item_names=("state", "data", "meta"),
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -106,13 +142,21 @@ class Checkpoints:
     asks at every step; time-based answers come from process 0)."""
     return self.manager.should_save(step)
 
-  def save(self, step: int, state: Any, data_iterator: Any, meta: dict[str, Any], *,
-           metrics: dict[str, float] | None = None) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_iterator: Any,
+    meta: dict[str, Any],
+    *,
+    metrics: dict[str, float] | None = None,
+  ) -> bool:
     """Saves `step` (with the metrics that rank it, if any); False if it is already saved."""
     if step in self.manager.all_steps():
       return False  # Already on disk (e.g. the final step right after a periodic save).
-    return self.manager.save(step, args=_step_args(state, data_iterator, meta), metrics=metrics,
-                             force=True)
+    return self.manager.save(
+      step, args=_step_args(state, data_iterator, meta), metrics=metrics, force=True
+    )
 
   def restore_newest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict, int] | None:
     """Restores the newest readable checkpoint; None when there is none.
@@ -126,13 +170,17 @@ class Checkpoints:
       except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
         if _is_structure_mismatch(error):  # Readable, but another model or optimizer wrote it.
           raise IncompatibleCheckpoint(
-              f"Checkpoint {self.run.checkpoints_dir / str(step)} holds a different train state "
-              "than this code and config build (written by another version of animesion_jax or "
-              f"another model/optimizer setting): {_first_line(error)}\nUse another --workdir."
+            f"Checkpoint {self.run.checkpoints_dir / str(step)} holds a different train state "
+            "than this code and config build (written by another version of animesion_jax or "
+            f"another model/optimizer setting): {_first_line(error)}\nUse another --workdir."
           ) from None
         moved = self._move_damaged(step)
-        logging.warning("Checkpoint %s is damaged (%s); moved it to %s and trying the previous "
-                        "one.", self.run.checkpoints_dir / str(step), _first_line(error), moved)
+        logging.warning(
+          "Checkpoint %s is damaged (%s); moved it to %s and trying the previous one.",
+          self.run.checkpoints_dir / str(step),
+          _first_line(error),
+          moved,
+        )
         continue
       return restored["state"], dict(restored["meta"]), step
     return None
@@ -144,6 +192,7 @@ class Checkpoints:
       (self.run.checkpoints_dir / str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices(f"animesion_damaged_checkpoint_{step}")
     self.manager.reload()
     return target
@@ -171,8 +220,9 @@ def _children(directory: epath.Path) -> list[epath.Path]:
 
 def step_dirs(run: run_dir_lib.RunDir) -> list[int]:
   """Steps of the complete checkpoints of a run, oldest first."""
-  return sorted(int(p.name) for p in _children(run.checkpoints_dir)
-                if p.name.isdigit() and p.is_dir())
+  return sorted(
+    int(p.name) for p in _children(run.checkpoints_dir) if p.name.isdigit() and p.is_dir()
+  )
 
 
 def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
@@ -184,12 +234,12 @@ def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
   if which in ("best", "latest"):
     found = step_dirs(run)
     if not found:
-      raise FileNotFoundError(f"No checkpoint under {run.checkpoints_dir}: has this run saved one "
-                              "yet?")
+      raise FileNotFoundError(
+        f"No checkpoint under {run.checkpoints_dir}: has this run saved one yet?"
+      )
     step = found[-1]
     if which == "best":
-      manager = ocp.CheckpointManager(run.checkpoints_dir, item_names=("state", "data", "meta"),
-                                      options=ocp.CheckpointManagerOptions(read_only=True))
+      manager = _reader(run.checkpoints_dir)
       scored = [((manager.metrics(s) or {}).get(BEST_METRIC), s) for s in found]
       scored = [(value, s) for value, s in scored if value is not None]
       manager.close()
@@ -199,13 +249,15 @@ def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
   path = run_dir_lib.resolve(which)
   if not path.is_dir() or not path.name.isdigit():
     raise FileNotFoundError(
-        f"--checkpoint={which!r}: expected 'best', 'latest' or a checkpoint step directory such "
-        f"as {run.checkpoints_dir / '1000'}.")
+      f"--checkpoint={which!r}: expected 'best', 'latest' or a checkpoint step directory such "
+      f"as {run.checkpoints_dir / '1000'}."
+    )
   return path
 
 
-def restore(run: run_dir_lib.RunDir, abstract_state: Any,
-            which: str = "best") -> tuple[Any, dict[str, Any], int]:
+def restore(
+  run: run_dir_lib.RunDir, abstract_state: Any, which: str = "best"
+) -> tuple[Any, dict[str, Any], int]:
   """Loads the state of a run's checkpoint for inference: (state, metadata, step).
 
   Raises:
@@ -214,40 +266,50 @@ def restore(run: run_dir_lib.RunDir, abstract_state: Any,
       run's other checkpoints.
   """
   path = resolve(run, which)
-  manager = ocp.CheckpointManager(path.parent, item_names=("state", "data", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = _reader(path.parent)
   try:
     restored = manager.restore(int(path.name), args=_restore_args(abstract_state))
   except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
     if _is_structure_mismatch(error):
-      raise IncompatibleCheckpoint(f"{path} does not hold the train state this config builds: "
-                                   f"{_first_line(error)}") from None
+      raise IncompatibleCheckpoint(
+        f"{path} does not hold the train state this config builds: {_first_line(error)}"
+      ) from None
     others = [str(path.parent / str(s)) for s in manager.all_steps() if s != int(path.name)]
     raise DamagedCheckpoint(
-        f"Checkpoint {path} is damaged or incomplete ({_first_line(error)}).\n"
-        + (f"Other checkpoints of this run: {', '.join(others)} (pass one with --checkpoint)."
-           if others else "The run has no other checkpoint.")) from None
+      f"Checkpoint {path} is damaged or incomplete ({_first_line(error)}).\n"
+      + (
+        f"Other checkpoints of this run: {', '.join(others)} (pass one with --checkpoint)."
+        if others
+        else "The run has no other checkpoint."
+      )
+    ) from None
   finally:
     manager.close()
   return restored["state"], dict(restored["meta"]), int(path.name)
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                         mesh: jax.sharding.Mesh) -> Any:
+def abstract_train_state(
+  config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh
+) -> Any:
   """Shapes, dtypes and shardings of a run's TrainState, without allocating it."""
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   rng = jax.random.PRNGKey(0)
   abstract_variables = jax.eval_shape(
-      lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False))
+    lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False)
+  )
   # The optimizer state's structure does not depend on the schedule's length.
-  tx = optim.create_optimizer(config, steps_per_epoch=1, total_steps=1,
-                              params=abstract_variables["params"])
+  tx = optim.create_optimizer(
+    config, steps_per_epoch=1, total_steps=1, params=abstract_variables["params"]
+  )
   abstract = jax.eval_shape(
-      lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables)
+    lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables
+  )
   shardings = sharding.state_shardings(abstract, mesh)
-  return jax.tree.map(lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                               sharding=shard),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
+    abstract,
+    shardings,
+  )
 
 
 def shape_mismatches(expected: Any, actual: Any) -> list[str]:
@@ -269,8 +331,9 @@ RESUME_CRITICAL_FIELDS = ("dataset", "dataset_config", "image_size", "model")
 _FROM_CHECKPOINT = ("model.gelu_approximate", "model.layer_norm_epsilon")
 
 
-def config_differences(saved: ml_collections.ConfigDict,
-                       current: ml_collections.ConfigDict) -> list[str]:
+def config_differences(
+  saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
+) -> list[str]:
   """'field: saved -> current' for each resume-critical field that changed."""
   saved_flat = flax.traverse_util.flatten_dict(saved.to_dict(), sep=".")
   current_flat = flax.traverse_util.flatten_dict(current.to_dict(), sep=".")
@@ -283,4 +346,3 @@ def config_differences(saved: ml_collections.ConfigDict,
     if key.split(".")[0] in RESUME_CRITICAL_FIELDS and before != now:
       differences.append(f"config.{key}: {before!r} in the run, now {now!r}")
   return differences
-

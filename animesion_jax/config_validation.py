@@ -5,19 +5,19 @@ import os
 import jax
 import ml_collections
 
-from animesion_jax import models
 from animesion_jax import config_schema as base_config
+from animesion_jax import models
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
 _SOURCES = ("",) + models.checkpoint_sources()
 _CHOICES = {
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("step", "warmup_cosine", "constant"),
-    "dtype": ("float32", "bfloat16"),
-    "momentum_dtype": ("float32", "bfloat16"),
-    "transfer_guard": ("allow", "log", "disallow"),
-    "normalization": tuple(preprocess.NORMALIZATIONS),
+  "optimizer": ("sgd", "adamw"),
+  "schedule": ("step", "warmup_cosine", "constant"),
+  "dtype": ("float32", "bfloat16"),
+  "momentum_dtype": ("float32", "bfloat16"),
+  "transfer_guard": ("allow", "log", "disallow"),
+  "normalization": tuple(preprocess.NORMALIZATIONS),
 }
 
 
@@ -51,10 +51,12 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   for field in sorted(set(overrides) - family.fields):
     owners = sorted(f.module.__name__ for f in models.FAMILIES if field in f.fields)
     where = f"an option of {' and '.join(owners)} models only" if owners else "not a model option"
-    raise ConfigError(f"config.model has a field that model {name!r} does not take: "
-                      f"config.model.{field} is {where} ({name!r} is a "
-                      f"{family.module.__name__}). Remove it; its fields: "
-                      f"{sorted(family.fields - {'num_classes', 'dtype'})}.")
+    raise ConfigError(
+      f"config.model has a field that model {name!r} does not take: "
+      f"config.model.{field} is {where} ({name!r} is a "
+      f"{family.module.__name__}). Remove it; its fields: "
+      f"{sorted(family.fields - {'num_classes', 'dtype'})}."
+    )
   if overrides.get("representation_size") == 0:
     overrides["representation_size"] = None
   try:
@@ -62,69 +64,96 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   except (TypeError, ValueError) as error:
     raise ConfigError(f"config.model ({name!r}): {error}") from None
   if config.freeze_backbone and not family.classifier_params:
-    raise ConfigError(f"config.freeze_backbone=True, but model {name!r} names no classifier "
-                      "parameters in animesion_jax.models.MODELS, so nothing would train.")
+    raise ConfigError(
+      f"config.freeze_backbone=True, but model {name!r} names no classifier "
+      "parameters in animesion_jax.models.MODELS, so nothing would train."
+    )
   source = config.init_from.source
   if source in models.checkpoint_sources() and source not in family.checkpoint_sources:
-    raise ConfigError(f"config.init_from.source={source!r} holds no {family.module.__name__} "
-                      f"(config.model.name={name!r}); sources for it: "
-                      f"{list(family.checkpoint_sources)}.")
+    raise ConfigError(
+      f"config.init_from.source={source!r} holds no {family.module.__name__} "
+      f"(config.model.name={name!r}); sources for it: "
+      f"{list(family.checkpoint_sources)}."
+    )
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
-             num_processes: int | None = None) -> None:
+def validate(
+  config: ml_collections.ConfigDict,
+  num_devices: int | None = None,
+  num_processes: int | None = None,
+) -> None:
   """Raises ConfigError naming the first field that is wrong."""
   num_devices = num_devices or jax.device_count()
   num_processes = num_processes or jax.process_count()
   known = base_config.get_base_config()
   unknown = sorted(set(config.keys()) - set(known.keys()))
   if unknown:
-    raise ConfigError(f"Unknown config fields {['config.' + k for k in unknown]}; the fields are "
-                      "listed in animesion_jax/config_schema.py.")
+    raise ConfigError(
+      f"Unknown config fields {['config.' + k for k in unknown]}; the fields are "
+      "listed in animesion_jax/config_schema.py."
+    )
   for key in known.keys():
     if key not in config:
       raise ConfigError(f"config.{key} is missing (animesion_jax/config_schema.py documents it).")
     if key != "model" and not _same_type(known[key], config[key]):
-      raise ConfigError(f"config.{key}={config[key]!r} should be of type "
-                        f"{type(known[key]).__name__}.")
+      raise ConfigError(
+        f"config.{key}={config[key]!r} should be of type {type(known[key]).__name__}."
+      )
   for field, choices in _CHOICES.items():
     if config[field] not in choices:
       raise ConfigError(f"config.{field}={config[field]!r}: choose one of {list(choices)}.")
   if config.model.name not in models.MODELS:
-    raise ConfigError(f"config.model.name={config.model.name!r} is not a known model; "
-                      f"choose one of {sorted(models.MODELS)}.")
+    raise ConfigError(
+      f"config.model.name={config.model.name!r} is not a known model; "
+      f"choose one of {sorted(models.MODELS)}."
+    )
   if config.dataset not in datasets.DATASETS:
-    raise ConfigError(f"config.dataset={config.dataset!r}: choose one of {sorted(datasets.DATASETS)}.")
+    raise ConfigError(
+      f"config.dataset={config.dataset!r}: choose one of {sorted(datasets.DATASETS)}."
+    )
   if config.image_size <= 0 or config.resize_margin < 0:
-    raise ConfigError(f"config.image_size={config.image_size} must be > 0 and "
-                      f"config.resize_margin={config.resize_margin} >= 0.")
+    raise ConfigError(
+      f"config.image_size={config.image_size} must be > 0 and "
+      f"config.resize_margin={config.resize_margin} >= 0."
+    )
   _validate_model(config)
   patch = patch_size_of(config)
   if patch and config.image_size % patch:
-    raise ConfigError(f"config.image_size={config.image_size} is not divisible by the patch size "
-                      f"{patch} of config.model.name={config.model.name!r}.")
+    raise ConfigError(
+      f"config.image_size={config.image_size} is not divisible by the patch size "
+      f"{patch} of config.model.name={config.model.name!r}."
+    )
   for field in ("batch_size", "eval_batch_size"):
     value = config[field]
     if value <= 0 or value % num_devices or value % num_processes:
-      raise ConfigError(f"config.{field}={value} must be a positive multiple of the device count "
-                        f"({num_devices}) and process count ({num_processes}).")
+      raise ConfigError(
+        f"config.{field}={value} must be a positive multiple of the device count "
+        f"({num_devices}) and process count ({num_processes})."
+      )
   if config.fsdp_size < 1 or num_devices % config.fsdp_size:
     raise ConfigError(f"config.fsdp_size={config.fsdp_size} must divide the {num_devices} devices.")
   accumulation = config.grad_accumulation_steps
   if accumulation < 1 or config.batch_size % (accumulation * num_devices):
-    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
-                      f"config.grad_accumulation_steps={accumulation} times the {num_devices} "
-                      "devices (each microbatch is split over all devices).")
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} must be divisible by "
+      f"config.grad_accumulation_steps={accumulation} times the {num_devices} "
+      "devices (each microbatch is split over all devices)."
+    )
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
   if config.learning_rate <= 0:
     raise ConfigError(f"config.learning_rate={config.learning_rate} must be > 0.")
   if config.init_from.source not in _SOURCES:
-    raise ConfigError(f"config.init_from.source={config.init_from.source!r}: choose one of "
-                      f"{list(_SOURCES)}.")
+    raise ConfigError(
+      f"config.init_from.source={config.init_from.source!r}: choose one of {list(_SOURCES)}."
+    )
   if config.init_from.source and not os.path.exists(config.init_from.path):
-    raise ConfigError(f"config.init_from.path={config.init_from.path!r} does not exist "
-                      f"(config.init_from.source={config.init_from.source!r}).")
+    raise ConfigError(
+      f"config.init_from.path={config.init_from.path!r} does not exist "
+      f"(config.init_from.source={config.init_from.source!r})."
+    )
   if config.init_from.path and not config.init_from.source:
-    raise ConfigError("config.init_from.path is set but config.init_from.source is empty; "
-                      f"choose one of {list(_SOURCES[1:])}.")
+    raise ConfigError(
+      "config.init_from.path is set but config.init_from.source is empty; "
+      f"choose one of {list(_SOURCES[1:])}."
+    )

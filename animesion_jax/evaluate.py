@@ -50,71 +50,120 @@ class EvaluationError(ValueError):
 def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.ndarray:
   """Training images per class: stored when the dataset was built, else from the labels alone."""
   from tfds_builders.common import class_counts  # pylint: disable=g-import-not-at-top
+
   return class_counts.split_class_counts(builder, train_split, num_classes)
 
 
-def split_outputs(run: inference.LoadedRun, builder: Any, split: str,
-                  batch_size: int) -> dict[str, Any]:
+def split_outputs(
+  run: inference.LoadedRun, builder: Any, split: str, batch_size: int
+) -> dict[str, Any]:
   """{'index', 'label', 'top5'} of every example in record order, and exact 'metrics'."""
   return evaluation.predict_split(
-      run.variables, evaluation.make_eval_fn(run.model, run.config.normalization), builder,
-      split, batch_size=batch_size, image_size=run.config.image_size,
-      workers=run.config.get("data_workers", 0), mesh=run.mesh)
+    run.variables,
+    evaluation.make_eval_fn(run.model, run.config.normalization),
+    builder,
+    split,
+    batch_size=batch_size,
+    image_size=run.config.image_size,
+    workers=run.config.get("data_workers", 0),
+    mesh=run.mesh,
+  )
 
 
-def evaluate_loaded(run: inference.LoadedRun, builder: Any, dataset: str, split: str = "test",
-                    output_dir: epath.Path | None = None, batch_size: int = 256,
-                    confused_limit: int = 20) -> dict[str, Any]:
+def evaluate_loaded(
+  run: inference.LoadedRun,
+  builder: Any,
+  dataset: str,
+  split: str = "test",
+  output_dir: epath.Path | None = None,
+  batch_size: int = 256,
+  confused_limit: int = 20,
+) -> dict[str, Any]:
   """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it."""
   if split not in builder.info.splits:
-    raise EvaluationError(f"--split={split!r}: dataset {dataset!r} has splits "
-                          f"{sorted(builder.info.splits)}.")
+    raise EvaluationError(
+      f"--split={split!r}: dataset {dataset!r} has splits {sorted(builder.info.splits)}."
+    )
   names = list(builder.info.features["label"].names)
   if len(names) != run.num_classes:
-    raise EvaluationError(f"{run.description} has {run.num_classes} classes but dataset "
-                          f"{dataset!r} has {len(names)}.")
+    raise EvaluationError(
+      f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
+    )
   batch_size = inference.round_up_batch(batch_size, run.mesh.size)
   outputs = split_outputs(run, builder, split, batch_size)
-  train_counts = train_class_counts(builder, datasets.get_spec(dataset).train_split,
-                                    run.num_classes)
-  report = longtail.summarize(outputs["label"], outputs["top5"], train_counts, run.class_names,
-                              confused_limit)
-  report = {"workdir": run.description, "checkpoint": run.checkpoint, "step": run.step,
-            "split": split, "dataset": dataset, "model": run.config.model.name,
-            "loss": outputs["metrics"]["loss"], **report}
+  train_counts = train_class_counts(
+    builder, datasets.get_spec(dataset).train_split, run.num_classes
+  )
+  report = longtail.summarize(
+    outputs["label"], outputs["top5"], train_counts, run.class_names, confused_limit
+  )
+  report = {
+    "workdir": run.description,
+    "checkpoint": run.checkpoint,
+    "step": run.step,
+    "split": split,
+    "dataset": dataset,
+    "model": run.config.model.name,
+    "loss": outputs["metrics"]["loss"],
+    **report,
+  }
   if output_dir is None:
-    output_dir = (run.workdir.evaluation_dir(split, run.step) if run.workdir is not None else
-                  run_dir.resolve("evaluation") / f"{epath.Path(run.checkpoint).stem}_{split}")
+    output_dir = (
+      run.workdir.evaluation_dir(split, run.step)
+      if run.workdir is not None
+      else run_dir.resolve("evaluation") / f"{epath.Path(run.checkpoint).stem}_{split}"
+    )
   if jax.process_index() == 0:
     write_report(report, outputs, output_dir)
   report["output_dir"] = os.fspath(output_dir)
   return report
 
 
-def evaluate(workdir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
-             output_dir: str | os.PathLike | None = None, batch_size: int = 0,
-             confused_limit: int = 20) -> dict[str, Any]:
+def evaluate(
+  workdir: str | os.PathLike,
+  split: str = "test",
+  checkpoint: str = "best",
+  output_dir: str | os.PathLike | None = None,
+  batch_size: int = 0,
+  confused_limit: int = 20,
+) -> dict[str, Any]:
   """Evaluates a training run's checkpoint on `split` of the dataset it was trained on."""
   run = inference.load_run(workdir, checkpoint)
   config = run.config
-  builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config,
-                                  config.build_dataset_if_missing)
-  return evaluate_loaded(run, builder, config.dataset, split,
-                         None if output_dir is None else run_dir.resolve(output_dir),
-                         batch_size or config.eval_batch_size, confused_limit)
+  builder = datasets.open_dataset(
+    config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
+  )
+  return evaluate_loaded(
+    run,
+    builder,
+    config.dataset,
+    split,
+    None if output_dir is None else run_dir.resolve(output_dir),
+    batch_size or config.eval_batch_size,
+    confused_limit,
+  )
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, source: str, dataset: str, *,
-                        class_names: str | os.PathLike | None = None, data_dir: str = "",
-                        dataset_config: str = "", num_heads: int | None = None,
-                        image_size: int | None = None, **kwargs) -> dict[str, Any]:
+def evaluate_checkpoint(
+  checkpoint: str | os.PathLike,
+  source: str,
+  dataset: str,
+  *,
+  class_names: str | os.PathLike | None = None,
+  data_dir: str = "",
+  dataset_config: str = "",
+  num_heads: int | None = None,
+  image_size: int | None = None,
+  **kwargs,
+) -> dict[str, Any]:
   """Evaluates a checkpoint with no training run (see inference.load_checkpoint).
 
   The class names default to the dataset's; given ones must be the dataset's, in its order.
   `kwargs` are those of `evaluate_loaded` (split, output_dir, batch_size, confused_limit).
   """
-  builder = datasets.open_dataset(dataset, os.fspath(run_dir.resolve(data_dir)) if data_dir
-                                  else "", dataset_config)
+  builder = datasets.open_dataset(
+    dataset, os.fspath(run_dir.resolve(data_dir)) if data_dir else "", dataset_config
+  )
   names = list(builder.info.features["label"].names)
   if class_names is not None:
     given = inference.read_class_names(class_names)
@@ -122,35 +171,50 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, source: str, dataset: str
     if len(given) != len(names) or differ:
       first = differ[0] if differ else min(len(given), len(names))
       raise EvaluationError(
-          f"--class_names={os.fspath(class_names)} does not match dataset {dataset!r}: "
-          f"{len(given)} names against {len(names)}" + (
-              f"; first difference at class {first}: {given[first]!r} against {names[first]!r}"
-              if differ else "") + ". The checkpoint's class ids would not mean the dataset's.")
-  run = inference.load_checkpoint(checkpoint, source, names, num_heads=num_heads,
-                                  image_size=image_size)
+        f"--class_names={os.fspath(class_names)} does not match dataset {dataset!r}: "
+        f"{len(given)} names against {len(names)}"
+        + (
+          f"; first difference at class {first}: {given[first]!r} against {names[first]!r}"
+          if differ
+          else ""
+        )
+        + ". The checkpoint's class ids would not mean the dataset's."
+      )
+  run = inference.load_checkpoint(
+    checkpoint, source, names, num_heads=num_heads, image_size=image_size
+  )
   if kwargs.get("output_dir") is not None:
     kwargs["output_dir"] = run_dir.resolve(kwargs["output_dir"])
   return evaluate_loaded(run, builder, dataset, **kwargs)
 
 
-def write_report(report: dict[str, Any], outputs: dict[str, Any],
-                 output_dir: str | os.PathLike) -> None:
+def write_report(
+  report: dict[str, Any], outputs: dict[str, Any], output_dir: str | os.PathLike
+) -> None:
   """JSON, CSV and PNG files of an evaluation."""
   output_dir = epath.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  (output_dir / "evaluation.json").write_text(json.dumps(report, indent=1, ensure_ascii=False),
-                                              encoding="utf-8")
-  _write_csv(output_dir / "per_class.csv", report["per_class"],
-             ["class_id", "name", "train_count", "group", "examples", "top1", "top5"])
-  _write_csv(output_dir / "confused_pairs.csv", report["confused_pairs"],
-             ["true_id", "true_name", "predicted_id", "predicted_name", "count",
-              "fraction_of_true"])
+  (output_dir / "evaluation.json").write_text(
+    json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8"
+  )
+  _write_csv(
+    output_dir / "per_class.csv",
+    report["per_class"],
+    ["class_id", "name", "train_count", "group", "examples", "top1", "top5"],
+  )
+  _write_csv(
+    output_dir / "confused_pairs.csv",
+    report["confused_pairs"],
+    ["true_id", "true_name", "predicted_id", "predicted_name", "count", "fraction_of_true"],
+  )
   k = outputs["top5"].shape[1]
-  rows = [{"index": int(index), "label": int(label),
-           **{f"top{i + 1}": int(c) for i, c in enumerate(top)}}
-          for index, label, top in zip(outputs["index"], outputs["label"], outputs["top5"])]
-  _write_csv(output_dir / "predictions.csv", rows,
-             ["index", "label"] + [f"top{i + 1}" for i in range(k)])
+  rows = [
+    {"index": int(index), "label": int(label), **{f"top{i + 1}": int(c) for i, c in enumerate(top)}}
+    for index, label, top in zip(outputs["index"], outputs["label"], outputs["top5"])
+  ]
+  _write_csv(
+    output_dir / "predictions.csv", rows, ["index", "label"] + [f"top{i + 1}" for i in range(k)]
+  )
   plots.accuracy_vs_frequency(report, output_dir / "accuracy_vs_train_count.png")
   plots.confusions(report, outputs["label"], outputs["top5"][:, 0], output_dir / "confusions.png")
 
@@ -169,20 +233,32 @@ def _percent(value: float | None) -> str:
 
 def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
   """A compact text table of an evaluation report."""
-  where = ("converted checkpoint" if report["step"] is None
-           else f"checkpoint step {report['step']}")
-  lines = [f"{report['workdir']}: {report['model']}, {where}, "
-           f"{report['dataset']} {report['split']}: {report['num_examples']} examples, "
-           f"{report['classes_evaluated']}/{report['num_classes']} classes, loss "
-           f"{report['loss']:.4f}",
-           f"{'':24}{'classes':>8}{'examples':>10}{'top-1':>8}{'top-5':>8}{'class-avg top-1':>17}"]
-  rows = [("all", {"classes": report["classes_evaluated"], "examples": report["num_examples"],
-                   "top1": report["top1"], "top5": report["top5"],
-                   "mean_class_top1": report["mean_class_top1"]})]
+  where = "converted checkpoint" if report["step"] is None else f"checkpoint step {report['step']}"
+  lines = [
+    f"{report['workdir']}: {report['model']}, {where}, "
+    f"{report['dataset']} {report['split']}: {report['num_examples']} examples, "
+    f"{report['classes_evaluated']}/{report['num_classes']} classes, loss "
+    f"{report['loss']:.4f}",
+    f"{'':24}{'classes':>8}{'examples':>10}{'top-1':>8}{'top-5':>8}{'class-avg top-1':>17}",
+  ]
+  rows = [
+    (
+      "all",
+      {
+        "classes": report["classes_evaluated"],
+        "examples": report["num_examples"],
+        "top1": report["top1"],
+        "top5": report["top5"],
+        "mean_class_top1": report["mean_class_top1"],
+      },
+    )
+  ]
   rows += [(group["title"], group) for group in report["groups"].values()]
   for title, row in rows:
-    lines.append(f"{title:24}{row['classes']:>8}{row['examples']:>10}{_percent(row['top1']):>8}"
-                 f"{_percent(row['top5']):>8}{_percent(row['mean_class_top1']):>17}")
+    lines.append(
+      f"{title:24}{row['classes']:>8}{row['examples']:>10}{_percent(row['top1']):>8}"
+      f"{_percent(row['top5']):>8}{_percent(row['mean_class_top1']):>17}"
+    )
   if report["confused_pairs"]:
     lines.append("Most confused (count: true -> predicted):")
     for pair in report["confused_pairs"][:pairs]:
@@ -194,27 +270,54 @@ def define_flags() -> None:
   """The command line flags (defined only when run as a program: importing defines none)."""
   flags.DEFINE_string("workdir", None, "Training run directory.")
   flags.DEFINE_string("split", "test", "Split to evaluate.")
-  flags.DEFINE_string("checkpoint", "best", "With --workdir: 'best', 'latest' or a checkpoint "
-                      "step directory. With --source: the checkpoint file or directory.")
-  flags.DEFINE_string("source", None, "Evaluate a checkpoint without a training run: "
-                      "pytorch_vit, torchvision_resnet, animesion, vit_npz or run.")
+  flags.DEFINE_string(
+    "checkpoint",
+    "best",
+    "With --workdir: 'best', 'latest' or a checkpoint "
+    "step directory. With --source: the checkpoint file or directory.",
+  )
+  flags.DEFINE_string(
+    "source",
+    None,
+    "Evaluate a checkpoint without a training run: "
+    "pytorch_vit, torchvision_resnet, animesion, vit_npz or run.",
+  )
   flags.DEFINE_string("dataset", None, "With --source: the dataset (moeimouto, dafre, ...).")
   flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
   flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
-  flags.DEFINE_string("class_names", None, "With --source: classid_classname.csv or a JSON list "
-                      "(default: the dataset's names).")
-  flags.DEFINE_integer("num_heads", None, "With --source=pytorch_vit: attention heads "
-                       "(default hidden / 64).")
+  flags.DEFINE_string(
+    "class_names",
+    None,
+    "With --source: classid_classname.csv or a JSON list (default: the dataset's names).",
+  )
+  flags.DEFINE_integer(
+    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden / 64)."
+  )
   flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
-  flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/evaluation/SPLIT_stepN, "
-                      "or evaluation/CHECKPOINT_SPLIT here).")
-  flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the run's eval_batch_size, or 256; "
-                       "rounded up to a multiple of the device count).")
+  flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where to write (default WORKDIR/evaluation/SPLIT_stepN, or evaluation/CHECKPOINT_SPLIT here).",
+  )
+  flags.DEFINE_integer(
+    "batch_size",
+    0,
+    "Global batch size (0: the run's eval_batch_size, or 256; "
+    "rounded up to a multiple of the device count).",
+  )
   flags.DEFINE_integer("confused_pairs", 20, "How many most-confused pairs to report.")
-  flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host); default: "
-                    "when the environment names a coordinator or --coordinator_address is set.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process "
-                      "runs without a cluster environment (as for training).")
+  flags.DEFINE_bool(
+    "distributed",
+    None,
+    "Call jax.distributed.initialize() (multi-host); default: "
+    "when the environment names a coordinator or --coordinator_address is set.",
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for multi-process "
+    "runs without a cluster environment (as for training).",
+  )
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
 
@@ -232,18 +335,36 @@ def main(argv):
   if inference.wants_distributed(flag.distributed, flag.coordinator_address):
     # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=flag.coordinator_address,
-                               num_processes=flag.num_processes, process_id=flag.process_id)
+    jax.distributed.initialize(
+      coordinator_address=flag.coordinator_address,
+      num_processes=flag.num_processes,
+      process_id=flag.process_id,
+    )
   try:
     if flag.workdir is not None:
-      report = evaluate(flag.workdir, flag.split, flag.checkpoint, flag.output_dir,
-                        flag.batch_size, flag.confused_pairs)
+      report = evaluate(
+        flag.workdir,
+        flag.split,
+        flag.checkpoint,
+        flag.output_dir,
+        flag.batch_size,
+        flag.confused_pairs,
+      )
     else:
       report = evaluate_checkpoint(
-          flag.checkpoint, flag.source, flag.dataset, class_names=flag.class_names,
-          data_dir=flag.data_dir, dataset_config=flag.dataset_config, num_heads=flag.num_heads,
-          image_size=flag.image_size, split=flag.split, output_dir=flag.output_dir,
-          batch_size=flag.batch_size or 256, confused_limit=flag.confused_pairs)
+        flag.checkpoint,
+        flag.source,
+        flag.dataset,
+        class_names=flag.class_names,
+        data_dir=flag.data_dir,
+        dataset_config=flag.dataset_config,
+        num_heads=flag.num_heads,
+        image_size=flag.image_size,
+        split=flag.split,
+        output_dir=flag.output_dir,
+        batch_size=flag.batch_size or 256,
+        confused_limit=flag.confused_pairs,
+      )
   except (*inference.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
     sys.exit(f"evaluate: {error}")
   if jax.process_index() == 0:

@@ -35,8 +35,11 @@ def host_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   """This process's rows of a batch-sharded global array, in the order it fed them."""
   if jax.process_count() == 1:
     return np.asarray(array)
-  return np.asarray(multihost_utils.global_array_to_host_local_array(
-      array, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)))
+  return np.asarray(
+    multihost_utils.global_array_to_host_local_array(
+      array, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)
+    )
+  )
 
 
 def gather(array: np.ndarray) -> np.ndarray:
@@ -61,9 +64,14 @@ def lagged(items: Iterable[tuple[Any, Any]], mesh: jax.sharding.Mesh) -> Iterato
     yield previous[0], jax.tree.map(lambda a: host_rows(a, mesh), previous[1])
 
 
-def evaluate_batches(state: Any, eval_fn: EvalFn, local_batches: Iterable[dict[str, np.ndarray]],
-                     mesh: jax.sharding.Mesh, *,
-                     keep_rows: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate_batches(
+  state: Any,
+  eval_fn: EvalFn,
+  local_batches: Iterable[dict[str, np.ndarray]],
+  mesh: jax.sharding.Mesh,
+  *,
+  keep_rows: bool = False,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """Runs `eval_fn` over per-process batches ('image', 'label', 'mask', 'index').
 
   Returns:
@@ -71,6 +79,7 @@ def evaluate_batches(state: Any, eval_fn: EvalFn, local_batches: Iterable[dict[s
     with keep_rows, {'index', 'label', 'top5'} of every process's real examples in record order
     ({} otherwise).
   """
+
   def dispatch():
     for local in local_batches:
       index = local.pop("index")
@@ -80,8 +89,7 @@ def evaluate_batches(state: Any, eval_fn: EvalFn, local_batches: Iterable[dict[s
       yield (batch_metrics, index, local["label"]), top5
 
   totals, parts = None, {"index": [], "label": [], "top5": []}
-  for (batch_metrics, index, label), top5 in (lagged(dispatch(), mesh) if keep_rows
-                                              else dispatch()):
+  for (batch_metrics, index, label), top5 in lagged(dispatch(), mesh) if keep_rows else dispatch():
     totals = batch_metrics if totals is None else totals.merge(batch_metrics)
     if keep_rows:
       parts["index"].append(index)
@@ -99,17 +107,36 @@ def evaluate_batches(state: Any, eval_fn: EvalFn, local_batches: Iterable[dict[s
   return metrics, {name: values[real][order] for name, values in rows.items()}
 
 
-def evaluate_split(state: steps.TrainState, eval_fn: EvalFn, builder: Any, split: str,
-                   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, float]:
+def evaluate_split(
+  state: steps.TrainState,
+  eval_fn: EvalFn,
+  builder: Any,
+  split: str,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+) -> dict[str, float]:
   """Exact loss/top-1/top-5 over a whole split (the per-epoch evaluation of training)."""
   source = datasets.data_source(builder, split)
-  batches = pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
-                                  image_size=config.image_size, workers=config.data_workers)
+  batches = pipeline.eval_batches(
+    source,
+    global_batch_size=config.eval_batch_size,
+    image_size=config.image_size,
+    workers=config.data_workers,
+  )
   return evaluate_batches(state, eval_fn, batches, mesh)[0]
 
 
-def predict_split(state: Any, eval_fn: EvalFn, builder: Any, split: str, *, batch_size: int,
-                  image_size: int, workers: int, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+def predict_split(
+  state: Any,
+  eval_fn: EvalFn,
+  builder: Any,
+  split: str,
+  *,
+  batch_size: int,
+  image_size: int,
+  workers: int,
+  mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
   """Metrics and every example's top-5 over a whole split, with a progress bar on process 0.
 
   Returns {'index', 'label', 'top5'} sorted by record index (one row per example) and 'metrics'.
@@ -119,12 +146,18 @@ def predict_split(state: Any, eval_fn: EvalFn, builder: Any, split: str, *, batc
   """
   source = datasets.data_source(builder, split)
   batches = tqdm.tqdm(
-      pipeline.eval_batches(source, global_batch_size=batch_size, image_size=image_size,
-                            workers=workers),
-      total=pipeline.num_eval_batches(len(source), batch_size), desc=split, unit="batch",
-      disable=None if jax.process_index() == 0 else True)
+    pipeline.eval_batches(
+      source, global_batch_size=batch_size, image_size=image_size, workers=workers
+    ),
+    total=pipeline.num_eval_batches(len(source), batch_size),
+    desc=split,
+    unit="batch",
+    disable=None if jax.process_index() == 0 else True,
+  )
   metrics, rows = evaluate_batches(state, eval_fn, batches, mesh, keep_rows=True)
   if not np.array_equal(rows["index"], np.arange(len(source))):
-    raise RuntimeError(f"Evaluation saw {len(rows['index'])} records of the {len(source)} in "
-                       f"split {split!r} (some missing or repeated); this is a bug.")
+    raise RuntimeError(
+      f"Evaluation saw {len(rows['index'])} records of the {len(source)} in "
+      f"split {split!r} (some missing or repeated); this is a bug."
+    )
   return {**rows, "metrics": metrics}

@@ -18,9 +18,10 @@ CASCADE_FILE = "lbpcascade_animeface.xml"
 _PACKAGES_WITH_CASCADE = ("danbooru-utility",)  # Looked at first; then every installed package.
 
 _HOW_TO_GET_IT = (
-    f"Install a package that ships {CASCADE_FILE} (`pip install --no-deps danbooru-utility`) or "
-    f"download it from https://github.com/nagadomi/lbpcascade_animeface (MIT licence) and pass "
-    "--cascade=PATH.")
+  f"Install a package that ships {CASCADE_FILE} (`pip install --no-deps danbooru-utility`) or "
+  f"download it from https://github.com/nagadomi/lbpcascade_animeface (MIT licence) and pass "
+  "--cascade=PATH."
+)
 
 
 class CascadeNotFound(FileNotFoundError):
@@ -57,25 +58,31 @@ def find_cascade(path: str | None = None) -> str:
     found = _in_distribution(distribution)
     if found:
       return found
-  raise CascadeNotFound(f"The anime face detector {CASCADE_FILE} was not found in any installed "
-                        f"package. {_HOW_TO_GET_IT}")
+  raise CascadeNotFound(
+    f"The anime face detector {CASCADE_FILE} was not found in any installed "
+    f"package. {_HOW_TO_GET_IT}"
+  )
 
 
 def _import_cv2():
   try:
     import cv2  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise CascadeNotFound("Face detection needs OpenCV: pip install 'opencv-python-headless<5'."
-                          ) from None
+    raise CascadeNotFound(
+      "Face detection needs OpenCV: pip install 'opencv-python-headless<5'."
+    ) from None
   if not hasattr(cv2, "CascadeClassifier"):
-    raise CascadeNotFound(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in 5.x): "
-                          "pip install 'opencv-python-headless<5'.")
+    raise CascadeNotFound(
+      f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in 5.x): "
+      "pip install 'opencv-python-headless<5'."
+    )
   return cv2
 
 
 @dataclasses.dataclass(frozen=True)
 class Box:
   """A face box in pixels: left, top (inclusive), right, bottom (exclusive)."""
+
   left: int
   top: int
   right: int
@@ -88,8 +95,15 @@ class Box:
 class FaceDetector:
   """Finds faces in RGB images; safe to call from several threads."""
 
-  def __init__(self, cascade_path: str, *, scale_factor: float = 1.1, min_neighbors: int = 5,
-               min_size: int = 24, margin: float = 0.25):
+  def __init__(
+    self,
+    cascade_path: str,
+    *,
+    scale_factor: float = 1.1,
+    min_neighbors: int = 5,
+    min_size: int = 24,
+    margin: float = 0.25,
+  ):
     """Loads the cascade.
 
     Args:
@@ -117,8 +131,9 @@ class FaceDetector:
       except (self._cv2.error, SystemError):  # OpenCV's parse error (surfaces as SystemError).
         classifier = None
       if classifier is None or classifier.empty():
-        raise CascadeNotFound(f"{self.cascade_path} is not an OpenCV cascade file. "
-                              f"{_HOW_TO_GET_IT}")
+        raise CascadeNotFound(
+          f"{self.cascade_path} is not an OpenCV cascade file. {_HOW_TO_GET_IT}"
+        )
       self._local.classifier = classifier
     return classifier
 
@@ -126,12 +141,20 @@ class FaceDetector:
     """Face boxes in reading order (top to bottom, then left to right)."""
     gray = self._cv2.equalizeHist(np.asarray(image.convert("L")))
     found = self._classifier().detectMultiScale(
-        gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-        minSize=(self.min_size, self.min_size))
+      gray,
+      scaleFactor=self.scale_factor,
+      minNeighbors=self.min_neighbors,
+      minSize=(self.min_size, self.min_size),
+    )
     boxes = []
     for x, y, w, h in np.asarray(found, dtype=np.int64).reshape(-1, 4).tolist():
       grow_x, grow_y = round(w * self.margin), round(h * self.margin)
-      boxes.append(Box(left=max(0, x - grow_x), top=max(0, y - grow_y),
-                       right=min(image.width, x + w + grow_x),
-                       bottom=min(image.height, y + h + grow_y)))
+      boxes.append(
+        Box(
+          left=max(0, x - grow_x),
+          top=max(0, y - grow_y),
+          right=min(image.width, x + w + grow_x),
+          bottom=min(image.height, y + h + grow_y),
+        )
+      )
     return sorted(boxes, key=lambda box: (box.top, box.left))

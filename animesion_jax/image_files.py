@@ -23,8 +23,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 _WHITE = (255, 255, 255, 255)
 # What Pillow raises on foreign, damaged or cut-short bytes: the file cannot be read as an image.
 # Anything else raised while reading is a bug and propagates.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-                 Image.DecompressionBombError)
+DECODE_ERRORS = (
+  OSError,
+  SyntaxError,
+  ValueError,
+  EOFError,
+  struct.error,
+  zlib.error,
+  Image.DecompressionBombError,
+)
 
 
 class UnreadableImage(ValueError):
@@ -57,8 +64,11 @@ def find_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[tuple[str,
         for name in files:
           if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
             file = os.fspath(epath.Path(folder) / name)
-            relative = (file[len(root):].lstrip("/") if remote
-                        else os.path.relpath(file, root).replace(os.sep, "/"))
+            relative = (
+              file[len(root) :].lstrip("/")
+              if remote
+              else os.path.relpath(file, root).replace(os.sep, "/")
+            )
             here.append((relative, file))
       # Top-down, sorted: a folder's files, then each subfolder's, by name.
       here.sort(key=lambda item: (tuple(item[0].split("/")[:-1]), item[0].split("/")[-1]))
@@ -80,7 +90,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 255.0)
     image = Image.fromarray(np.clip(pixels * 255.0 / top, 0, 255).astype(np.uint8), "L")
   has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-      image.mode in ("P", "L", "RGB") and "transparency" in image.info)
+    image.mode in ("P", "L", "RGB") and "transparency" in image.info
+  )
   if has_alpha:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, _WHITE)

@@ -49,13 +49,18 @@ class ClassNamesError(LoadError):
 
 
 # Errors in what the user gave (paths, files, flags): the CLIs print the message, no traceback.
-USER_ERRORS = (FileNotFoundError, LoadError, convert.ConversionError,
-               checkpointing.DamagedCheckpoint)
+USER_ERRORS = (
+  FileNotFoundError,
+  LoadError,
+  convert.ConversionError,
+  checkpointing.DamagedCheckpoint,
+)
 
 
 @dataclasses.dataclass
 class LoadedRun:
   """Everything needed to run a trained model."""
+
   config: ml_collections.ConfigDict  # At least image_size, normalization and model.name.
   model: nn.Module
   variables: dict[str, Any]  # {'params': ..., ['batch_stats': ...]}, placed on `mesh`.
@@ -82,8 +87,9 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(merged)
 
 
-def class_names_of(run: run_dir.RunDir, config: ml_collections.ConfigDict,
-                   builder: Any = None) -> list[str]:
+def class_names_of(
+  run: run_dir.RunDir, config: ml_collections.ConfigDict, builder: Any = None
+) -> list[str]:
   """Class names saved with the run, else read from the dataset it was trained on."""
   names = run.load_class_names()
   if names is not None:
@@ -93,10 +99,11 @@ def class_names_of(run: run_dir.RunDir, config: ml_collections.ConfigDict,
       builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
     except FileNotFoundError as error:
       raise FileNotFoundError(
-          f"The class names of {run} are unknown: it has no {run.class_names_file.name} and the "
-          f"dataset it was trained on is not available here.\n{error}\nEither build the dataset "
-          f"(same --data_dir as the run: config.data_dir={config.data_dir!r}) or copy "
-          f"{run.class_names_file.name} into the run directory.") from None
+        f"The class names of {run} are unknown: it has no {run.class_names_file.name} and the "
+        f"dataset it was trained on is not available here.\n{error}\nEither build the dataset "
+        f"(same --data_dir as the run: config.data_dir={config.data_dir!r}) or copy "
+        f"{run.class_names_file.name} into the run directory."
+      ) from None
   return list(builder.info.features["label"].names)
 
 
@@ -106,6 +113,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
   The CSV is the original Animesion `classid_classname.csv` (with or without a header row).
   """
   from tfds_builders.common import label_csv  # pylint: disable=g-import-not-at-top
+
   path = run_dir.resolve(path)
   if not path.is_file():
     raise FileNotFoundError(f"Class-names file {path} does not exist.")
@@ -113,16 +121,20 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     try:
       return label_csv.read_class_names(path)
     except (ValueError, UnicodeDecodeError) as error:
-      raise ClassNamesError(f"{error}\nExpected the dataset's classid_classname.csv "
-                            "(class_id,class_name rows) or a JSON list of names.") from None
+      raise ClassNamesError(
+        f"{error}\nExpected the dataset's classid_classname.csv "
+        "(class_id,class_name rows) or a JSON list of names."
+      ) from None
   try:
     names = json.loads(path.read_text(encoding="utf-8"))
   except (ValueError, UnicodeDecodeError) as error:
-    raise ClassNamesError(f"{path} is not valid JSON ({error}); expected a list of class "
-                          "names.") from None
+    raise ClassNamesError(
+      f"{path} is not valid JSON ({error}); expected a list of class names."
+    ) from None
   if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-    raise ClassNamesError(f"{path} should hold a JSON list of class-name strings "
-                          "(index = class id).")
+    raise ClassNamesError(
+      f"{path} should hold a JSON list of class-name strings (index = class id)."
+    )
   return names
 
 
@@ -134,6 +146,7 @@ def create_mesh(devices: Sequence[jax.Device] | None, fsdp_size: int = 1) -> jax
 def _mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
   """The shape differences between a checkpoint's saved state and the model's."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   try:
     saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
   except Exception:  # pylint: disable=broad-except  # Unreadable: restore names the damage.
@@ -143,8 +156,11 @@ def _mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
   return checkpointing.shape_mismatches(expected, actual)
 
 
-def load_run(workdir: str | os.PathLike | run_dir.RunDir, checkpoint: str = "best",
-             devices: Sequence[jax.Device] | None = None) -> LoadedRun:
+def load_run(
+  workdir: str | os.PathLike | run_dir.RunDir,
+  checkpoint: str = "best",
+  devices: Sequence[jax.Device] | None = None,
+) -> LoadedRun:
   """Restores a run's model and variables for inference.
 
   Args:
@@ -169,14 +185,23 @@ def load_run(workdir: str | os.PathLike | run_dir.RunDir, checkpoint: str = "bes
   problems = _mismatches(path, abstract)
   if problems:
     raise CheckpointMismatch(
-        f"{path} does not fit the model of {run.config_file} ({config.model.name}, "
-        f"{len(names)} classes, image size {config.image_size}):\n  " + "\n  ".join(problems[:20])
-        + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+      f"{path} does not fit the model of {run.config_file} ({config.model.name}, "
+      f"{len(names)} classes, image size {config.image_size}):\n  "
+      + "\n  ".join(problems[:20])
+      + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+    )
   state, _, step = checkpointing.restore(run, abstract, which=os.fspath(path))
   logging.info("Restored %s (step %d): %s, %d classes.", path, step, config.model.name, len(names))
-  return LoadedRun(config=config, model=model, variables=steps.model_variables(state),
-                   class_names=names, mesh=mesh, checkpoint=os.fspath(path), step=step,
-                   workdir=run)
+  return LoadedRun(
+    config=config,
+    model=model,
+    variables=steps.model_variables(state),
+    class_names=names,
+    mesh=mesh,
+    checkpoint=os.fspath(path),
+    step=step,
+    workdir=run,
+  )
 
 
 def _run_of(path: epath.Path) -> tuple[run_dir.RunDir, str]:
@@ -185,14 +210,21 @@ def _run_of(path: epath.Path) -> tuple[run_dir.RunDir, str]:
     return run_dir.RunDir(path), "best"
   if path.name.isdigit() and run_dir.RunDir(path.parent.parent).exists():
     return run_dir.RunDir(path.parent.parent), os.fspath(path)
-  raise FileNotFoundError(f"{path} is neither a training run directory (with config.json) nor "
-                          "one of its checkpoint step directories (source 'run').")
+  raise FileNotFoundError(
+    f"{path} is neither a training run directory (with config.json) nor "
+    "one of its checkpoint step directories (source 'run')."
+  )
 
 
-def load_checkpoint(checkpoint: str | os.PathLike, source: str,
-                    class_names: str | os.PathLike | Sequence[str] | None, *, num_heads: int | None = None,
-                    image_size: int | None = None,
-                    devices: Sequence[jax.Device] | None = None) -> LoadedRun:
+def load_checkpoint(
+  checkpoint: str | os.PathLike,
+  source: str,
+  class_names: str | os.PathLike | Sequence[str] | None,
+  *,
+  num_heads: int | None = None,
+  image_size: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> LoadedRun:
   """A model straight from a checkpoint and a class-names file, with no training run.
 
   Args:
@@ -221,8 +253,9 @@ def load_checkpoint(checkpoint: str | os.PathLike, source: str,
     names = read_class_names(class_names)
   if source == RUN_SOURCE:
     if num_heads is not None or image_size is not None:
-      raise LoadError("--num_heads and --image_size apply to converted checkpoints; a run "
-                       "uses its own settings.")
+      raise LoadError(
+        "--num_heads and --image_size apply to converted checkpoints; a run uses its own settings."
+      )
     run, which = _run_of(path)
     loaded = load_run(run, which, devices)
     if names is not None:
@@ -230,46 +263,62 @@ def load_checkpoint(checkpoint: str | os.PathLike, source: str,
       loaded.class_names = names
     return loaded
   if source not in convert.SOURCES:
-    raise LoadError(f"--source={source!r}: choose one of "
-                     f"{sorted([*convert.SOURCES, RUN_SOURCE])}.")
+    raise LoadError(f"--source={source!r}: choose one of {sorted([*convert.SOURCES, RUN_SOURCE])}.")
   if names is None:
-    raise LoadError(f"--source={source} needs --class_names (classid_classname.csv or a JSON "
-                     "list of names).")
-  conversion = convert.load_with_summary(source, path, image_size=image_size,
-                                         num_heads=num_heads)
+    raise LoadError(
+      f"--source={source} needs --class_names (classid_classname.csv or a JSON list of names)."
+    )
+  conversion = convert.load_with_summary(source, path, image_size=image_size, num_heads=num_heads)
   model = conversion.model
   _check_class_count(names, model.num_classes, class_names, path)
   model_class = type(model).__name__
-  config = ml_collections.ConfigDict({
+  config = ml_collections.ConfigDict(
+    {
       "image_size": int(conversion.summary["image_size"]),
       "normalization": conversion.summary.get("normalization") or _NORMALIZATION[model_class],
       "model": {"name": f"{model_class} ({source})"},
-  })
+    }
+  )
   mesh = create_mesh(devices)
   variables = jax.device_put(conversion.variables, sharding.replicated(mesh))
-  logging.info("Loaded %s (%s): %s, %d classes, image size %d.", path, source, model_class,
-               len(names), config.image_size)
-  return LoadedRun(config=config, model=model, variables=variables, class_names=names,
-                   mesh=mesh, checkpoint=os.fspath(path))
+  logging.info(
+    "Loaded %s (%s): %s, %d classes, image size %d.",
+    path,
+    source,
+    model_class,
+    len(names),
+    config.image_size,
+  )
+  return LoadedRun(
+    config=config,
+    model=model,
+    variables=variables,
+    class_names=names,
+    mesh=mesh,
+    checkpoint=os.fspath(path),
+  )
 
 
 def _check_class_count(names: list[str], outputs: int, given: Any, checkpoint: Any) -> None:
   if len(names) != outputs:
     given = "The class names" if isinstance(given, (list, tuple)) else os.fspath(given)
     raise CheckpointMismatch(
-        f"{given} lists {len(names)} class names, but the classifier of {checkpoint} "
-        f"has {outputs} outputs: use the class-names file of the dataset it was trained on.")
+      f"{given} lists {len(names)} class names, but the classifier of {checkpoint} "
+      f"has {outputs} outputs: use the class-names file of the dataset it was trained on."
+    )
 
 
-def make_predict_fn(run: LoadedRun, top_k: int) -> Callable[[Any, jax.Array],
-                                                            tuple[jax.Array, jax.Array]]:
+def make_predict_fn(
+  run: LoadedRun, top_k: int
+) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
   """jit(variables, uint8 NHWC images) -> (top-k probabilities, top-k class ids), best first."""
   k = min(top_k, run.num_classes)
   model, normalization = run.model, run.config.normalization
 
   def predict(variables, images):
-    logits = model.apply(variables, preprocess.normalize(images, normalization, model.dtype),
-                         train=False)
+    logits = model.apply(
+      variables, preprocess.normalize(images, normalization, model.dtype), train=False
+    )
     return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
 
   return jax.jit(predict, out_shardings=sharding.batch_sharding(run.mesh))
@@ -283,8 +332,10 @@ def wants_distributed(explicit: bool | None = None, coordinator: str | None = No
   """
   if explicit is not None:
     return explicit
-  return coordinator is not None or any(name in os.environ for name in (
-      "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
+  return coordinator is not None or any(
+    name in os.environ
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES")
+  )
 
 
 def round_up_batch(batch_size: int, num_devices: int) -> int:

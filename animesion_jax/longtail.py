@@ -16,9 +16,9 @@ MANY_SHOT_ABOVE = 100  # Many-shot classes have more training images than this.
 FEW_SHOT_BELOW = 20  # Few-shot classes have fewer training images than this.
 GROUPS = ("many", "medium", "few")
 GROUP_TITLES = {
-    "many": f"many-shot (>{MANY_SHOT_ABOVE})",
-    "medium": f"medium-shot ({FEW_SHOT_BELOW}-{MANY_SHOT_ABOVE})",
-    "few": f"few-shot (<{FEW_SHOT_BELOW})",
+  "many": f"many-shot (>{MANY_SHOT_ABOVE})",
+  "medium": f"medium-shot ({FEW_SHOT_BELOW}-{MANY_SHOT_ABOVE})",
+  "few": f"few-shot (<{FEW_SHOT_BELOW})",
 }
 
 
@@ -30,8 +30,9 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return np.bincount(labels, minlength=num_classes)
 
 
-def shot_groups(train_counts: np.ndarray, many_above: int = MANY_SHOT_ABOVE,
-                few_below: int = FEW_SHOT_BELOW) -> np.ndarray:
+def shot_groups(
+  train_counts: np.ndarray, many_above: int = MANY_SHOT_ABOVE, few_below: int = FEW_SHOT_BELOW
+) -> np.ndarray:
   """'many', 'medium' or 'few' for each class, from its number of training images."""
   counts = np.asarray(train_counts)
   return np.where(counts > many_above, "many", np.where(counts < few_below, "few", "medium"))
@@ -55,14 +56,18 @@ def per_class(labels: np.ndarray, top_ids: np.ndarray, num_classes: int) -> dict
   correct1 = np.bincount(labels, weights=hit1, minlength=num_classes)
   correctk = np.bincount(labels, weights=hitk, minlength=num_classes)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return {"examples": examples, "top1_correct": correct1.astype(np.int64),
-            "topk_correct": correctk.astype(np.int64),
-            "top1": np.where(examples > 0, correct1 / examples, np.nan),
-            "topk": np.where(examples > 0, correctk / examples, np.nan)}
+    return {
+      "examples": examples,
+      "top1_correct": correct1.astype(np.int64),
+      "topk_correct": correctk.astype(np.int64),
+      "top1": np.where(examples > 0, correct1 / examples, np.nan),
+      "topk": np.where(examples > 0, correctk / examples, np.nan),
+    }
 
 
-def confused_pairs(labels: np.ndarray, predictions: np.ndarray,
-                   limit: int = 20) -> list[tuple[int, int, int]]:
+def confused_pairs(
+  labels: np.ndarray, predictions: np.ndarray, limit: int = 20
+) -> list[tuple[int, int, int]]:
   """The most frequent (true class, predicted class, count) mistakes, most frequent first.
 
   Ties are broken by class ids so the order is reproducible.
@@ -72,8 +77,9 @@ def confused_pairs(labels: np.ndarray, predictions: np.ndarray,
   wrong = labels != predictions
   if not wrong.any():
     return []
-  pairs, counts = np.unique(np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0,
-                            return_counts=True)
+  pairs, counts = np.unique(
+    np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0, return_counts=True
+  )
   order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts))[:limit]
   return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order]
 
@@ -83,17 +89,23 @@ def _group_summary(stats: dict[str, np.ndarray], members: np.ndarray) -> dict[st
   examples = int(stats["examples"][present].sum())
   summary = {"classes": int(present.sum()), "examples": examples}
   if examples == 0:
-    return {**summary, "top1": None, "top5": None, "mean_class_top1": None,
-            "mean_class_top5": None}
-  return {**summary,
-          "top1": float(stats["top1_correct"][present].sum() / examples),
-          "top5": float(stats["topk_correct"][present].sum() / examples),
-          "mean_class_top1": float(np.mean(stats["top1"][present])),
-          "mean_class_top5": float(np.mean(stats["topk"][present]))}
+    return {**summary, "top1": None, "top5": None, "mean_class_top1": None, "mean_class_top5": None}
+  return {
+    **summary,
+    "top1": float(stats["top1_correct"][present].sum() / examples),
+    "top5": float(stats["topk_correct"][present].sum() / examples),
+    "mean_class_top1": float(np.mean(stats["top1"][present])),
+    "mean_class_top5": float(np.mean(stats["topk"][present])),
+  }
 
 
-def summarize(labels: np.ndarray, top_ids: np.ndarray, train_counts: np.ndarray,
-              class_names: Sequence[str], confused_limit: int = 20) -> dict[str, Any]:
+def summarize(
+  labels: np.ndarray,
+  top_ids: np.ndarray,
+  train_counts: np.ndarray,
+  class_names: Sequence[str],
+  confused_limit: int = 20,
+) -> dict[str, Any]:
   """Overall, balanced, per-shot-group and per-class accuracy, and the most confused pairs.
 
   Args:
@@ -118,25 +130,41 @@ def summarize(labels: np.ndarray, top_ids: np.ndarray, train_counts: np.ndarray,
   predicted = np.asarray(top_ids)[:, 0]
   pairs = []
   for true_id, pred_id, count in confused_pairs(labels, predicted, confused_limit):
-    pairs.append({"true_id": true_id, "true_name": class_names[true_id],
-                  "predicted_id": pred_id, "predicted_name": class_names[pred_id],
-                  "count": count, "fraction_of_true": count / int(stats["examples"][true_id])})
+    pairs.append(
+      {
+        "true_id": true_id,
+        "true_name": class_names[true_id],
+        "predicted_id": pred_id,
+        "predicted_name": class_names[pred_id],
+        "count": count,
+        "fraction_of_true": count / int(stats["examples"][true_id]),
+      }
+    )
   classes = []
   for i in range(num_classes):
-    classes.append({
-        "class_id": i, "name": class_names[i], "train_count": int(train_counts[i]),
-        "group": str(groups[i]), "examples": int(stats["examples"][i]),
+    classes.append(
+      {
+        "class_id": i,
+        "name": class_names[i],
+        "train_count": int(train_counts[i]),
+        "group": str(groups[i]),
+        "examples": int(stats["examples"][i]),
         "top1": None if np.isnan(stats["top1"][i]) else float(stats["top1"][i]),
-        "top5": None if np.isnan(stats["topk"][i]) else float(stats["topk"][i])})
+        "top5": None if np.isnan(stats["topk"][i]) else float(stats["topk"][i]),
+      }
+    )
   return {
-      "num_examples": overall["examples"],
-      "num_classes": num_classes,
-      "classes_evaluated": overall["classes"],
-      "top1": overall["top1"], "top5": overall["top5"],
-      "mean_class_top1": overall["mean_class_top1"],
-      "mean_class_top5": overall["mean_class_top5"],
-      "groups": {name: {"title": GROUP_TITLES[name], **_group_summary(stats, groups == name)}
-                 for name in GROUPS},
-      "confused_pairs": pairs,
-      "per_class": classes,
+    "num_examples": overall["examples"],
+    "num_classes": num_classes,
+    "classes_evaluated": overall["classes"],
+    "top1": overall["top1"],
+    "top5": overall["top5"],
+    "mean_class_top1": overall["mean_class_top1"],
+    "mean_class_top5": overall["mean_class_top5"],
+    "groups": {
+      name: {"title": GROUP_TITLES[name], **_group_summary(stats, groups == name)}
+      for name in GROUPS
+    },
+    "confused_pairs": pairs,
+    "per_class": classes,
   }

@@ -17,12 +17,18 @@ from animesion_jax import config_validation
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None, "Call jax.distributed.initialize() (multi-host). Default: on when the "
-    "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS) or "
-    "--coordinator_address is given.")
+  "distributed",
+  None,
+  "Call jax.distributed.initialize() (multi-host). Default: on when the "
+  "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS) or "
+  "--coordinator_address is given.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-process runs without a "
-    "cluster environment (e.g. several GPU hosts, or several processes on one machine).")
+  "coordinator_address",
+  None,
+  "host:port of process 0, for multi-process runs without a "
+  "cluster environment (e.g. several GPU hosts, or several processes on one machine).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -31,17 +37,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _wants_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  return _COORDINATOR.value is not None or any(name in os.environ for name in (
-      "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES"))
+  return _COORDINATOR.value is not None or any(
+    name in os.environ
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES")
+  )
 
 
 class _QuietLibraries(py_logging.Filter):
   """Drops the INFO chatter of orbax, grain and tfds so the progress lines stay readable."""
+
   _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/clu/")
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or not any(
-        part in record.pathname for part in self._NOISY)
+      part in record.pathname for part in self._NOISY
+    )
 
 
 def main(argv):
@@ -49,17 +59,27 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_logger().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
+
   if _wants_distributed():
     # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+
+  logging.info(
+    "JAX process %d/%d, %d local / %d global devices (%s).",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_validation.ConfigError as error:

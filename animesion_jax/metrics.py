@@ -4,9 +4,9 @@ Eval metrics are masked sums, so a padded last batch counts nothing and the resu
 over the whole split (float32 counts are exact up to 2**24 examples).
 """
 
+from clu import metrics
 import flax
 import jax.numpy as jnp
-from clu import metrics
 
 
 def top_k_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
@@ -22,7 +22,6 @@ def top_k_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarr
 
 @flax.struct.dataclass
 class Top1(metrics.Average):
-
   @classmethod
   def from_model_output(cls, *, logits, labels, mask=None, **_):
     return super().from_model_output(values=top_k_correct(logits, labels, 1), mask=mask)
@@ -30,7 +29,6 @@ class Top1(metrics.Average):
 
 @flax.struct.dataclass
 class Top5(metrics.Average):
-
   @classmethod
   def from_model_output(cls, *, logits, labels, mask=None, **_):
     return super().from_model_output(values=top_k_correct(logits, labels, 5), mask=mask)
@@ -39,6 +37,7 @@ class Top5(metrics.Average):
 @flax.struct.dataclass
 class NumExamples(metrics.Metric):
   """How many (unmasked) examples were seen."""
+
   count: jnp.ndarray
 
   @classmethod

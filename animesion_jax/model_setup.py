@@ -1,7 +1,8 @@
 """Builds the model, optimizer and (sharded) initial train state a config asks for."""
 
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import flax
@@ -31,6 +32,7 @@ class Setup:
   state: steps.TrainState
   abstract_state: Any  # jax.ShapeDtypeStruct tree with shardings, for restoring checkpoints.
   state_sharding: Any
+  config: ml_collections.ConfigDict  # The run's config, with the init_from checkpoint's numerics.
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -38,32 +40,43 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
   if overrides.get("representation_size") == 0:
     overrides["representation_size"] = None
-  return models.create_model(config.model.name, num_classes=num_classes,
-                             dtype=_DTYPES[config.dtype], **overrides)
+  return models.create_model(
+    config.model.name, num_classes=num_classes, dtype=_DTYPES[config.dtype], **overrides
+  )
 
 
-def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
-                           num_classes: int, abstract_variables: Any
-                           ) -> tuple[nn.Module, Any, list[str]]:
+def load_initial_variables(
+  config: ml_collections.ConfigDict, model: nn.Module, num_classes: int, abstract_variables: Any
+) -> tuple[nn.Module, Any, list[str]]:
   """Variables from config.init_from, checked against the config's model.
 
   Returns the model (with the checkpoint's numerics), the variables, and the parameter paths
   ('fc/kernel', ...) that must take the model's own initialisation instead (`_fresh_keys`).
   """
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
-  conversion = convert.load_with_summary(config.init_from.source, config.init_from.path,
-                                         num_classes=num_classes, image_size=config.image_size)
+
+  conversion = convert.load_with_summary(
+    config.init_from.source,
+    config.init_from.path,
+    num_classes=num_classes,
+    image_size=config.image_size,
+  )
   loaded_model, variables = conversion.model, conversion.variables
   fresh_keys = []
   if getattr(model, "init_scheme", "") == "animesion":
     # The original gave a pretrained ResNet a new torch nn.Linear (torch's default init), where
     # the converters' shared recipe starts a new classifier at zero.
     fresh_keys = [item["key"] for item in conversion.summary["reinitialised"]]
-  if (getattr(model, "head_type", "") == "intermediate_features"
-      and getattr(loaded_model, "head_type", "") == "class_token"):
+  if (
+    getattr(model, "head_type", "") == "intermediate_features"
+    and getattr(loaded_model, "head_type", "") == "class_token"
+  ):
     variables, fresh_keys = _backbone_only(variables, abstract_variables)
-  numerics = {name: getattr(loaded_model, name) for name in _CHECKPOINT_NUMERICS
-              if hasattr(loaded_model, name) and hasattr(model, name)}
+  numerics = {
+    name: getattr(loaded_model, name)
+    for name in _CHECKPOINT_NUMERICS
+    if hasattr(loaded_model, name) and hasattr(model, name)
+  }
   model = model.clone(**numerics)
   if numerics:
     logging.info("Using the checkpoint's numerics: %s", numerics)
@@ -73,8 +86,9 @@ def load_initial_variables(config: ml_collections.ConfigDict, model: nn.Module,
   problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
   if problems:
     raise ValueError(
-        f"config.init_from.path={config.init_from.path!r} does not fit "
-        f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems))
+      f"config.init_from.path={config.init_from.path!r} does not fit "
+      f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems)
+    )
   return model, variables, fresh_keys
 
 
@@ -85,9 +99,11 @@ def _backbone_only(variables: Any, abstract_variables: Any) -> tuple[Any, list[s
   the new head's parameters are placeholders, returned as the keys to initialise afresh.
   """
   heads = ("head/", "pre_logits/", "Transformer/encoder_norm/")
-  flat = {k: v for k, v in flax.traverse_util.flatten_dict(dict(variables["params"]),
-                                                           sep="/").items()
-          if not k.startswith(heads)}
+  flat = {
+    k: v
+    for k, v in flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/").items()
+    if not k.startswith(heads)
+  }
   wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
   fresh = [k for k in wanted if k.startswith(("head/", "interm_aggregate/", "interm_norm/"))]
   flat.update({k: np.zeros(wanted[k].shape, wanted[k].dtype) for k in fresh})
@@ -103,24 +119,36 @@ def _own_classifier_init(variables: Any, fresh_params: Any, keys: list[str]) -> 
   return {**variables, "params": flax.traverse_util.unflatten_dict(flat, sep="/")}
 
 
-def create(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
-           steps_per_epoch: int, total_steps: int) -> Setup:
-  """Model, optimizer and an initial state created directly with its shardings."""
+def create(
+  config: ml_collections.ConfigDict,
+  num_classes: int,
+  mesh: jax.sharding.Mesh,
+  steps_per_epoch: int,
+  total_steps: int,
+) -> Setup:
+  """Model, optimizer and an initial state created directly with its shardings.
+
+  The caller's config is not changed; `Setup.config` is a copy with the numerics an init_from
+  checkpoint dictates (what the run records).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
   model = build_model(config, num_classes)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   init_variables = lambda: model.init({"params": init_rng, "dropout": init_rng}, dummy, train=False)
   abstract_variables = jax.eval_shape(init_variables)
-  tx = optim.create_optimizer(config, steps_per_epoch, total_steps,
-                              params=abstract_variables["params"])
+  tx = optim.create_optimizer(
+    config, steps_per_epoch, total_steps, params=abstract_variables["params"]
+  )
   schedule = optim.create_schedule(config, steps_per_epoch, total_steps)
 
   make_state = lambda variables: steps.create_train_state(dict(variables), tx, train_rng)
   abstract_state = jax.eval_shape(make_state, abstract_variables)
   state_sharding = sharding.state_shardings(abstract_state, mesh)
   if config.init_from.source:
-    model, loaded, fresh_keys = load_initial_variables(config, model, num_classes,
-                                                       abstract_variables)
+    model, loaded, fresh_keys = load_initial_variables(
+      config, model, num_classes, abstract_variables
+    )
     if fresh_keys:
       loaded = _own_classifier_init(loaded, jax.jit(init_variables)()["params"], fresh_keys)
     # Passed as an argument (not closed over) so large checkpoints are not baked into the program.
@@ -128,9 +156,19 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardi
   else:
     state = jax.jit(lambda: make_state(init_variables()), out_shardings=state_sharding)()
   abstract_state = jax.tree.map(
-      lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
-      abstract_state, state_sharding)
-  logging.info("Model %s: %s parameters.", config.model.name,
-               f"{models.count_params(state.params):,}")
-  return Setup(model=model, tx=tx, schedule=schedule, state=state,
-               abstract_state=abstract_state, state_sharding=state_sharding)
+    lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
+    abstract_state,
+    state_sharding,
+  )
+  logging.info(
+    "Model %s: %s parameters.", config.model.name, f"{models.count_params(state.params):,}"
+  )
+  return Setup(
+    model=model,
+    tx=tx,
+    schedule=schedule,
+    state=state,
+    abstract_state=abstract_state,
+    state_sharding=state_sharding,
+    config=config,
+  )

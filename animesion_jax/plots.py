@@ -20,8 +20,11 @@ from PIL import ImageFont
 
 from animesion_jax import longtail
 
-SPLIT_STYLE = {"train": ("tab:blue", None), "validation": ("tab:orange", "o"),
-               "test": ("tab:green", "s")}
+SPLIT_STYLE = {
+  "train": ("tab:blue", None),
+  "validation": ("tab:orange", "o"),
+  "test": ("tab:green", "s"),
+}
 CONFUSION_CLASSES = 16  # Classes shown in the confusion plot at most.
 _GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 
@@ -38,8 +41,9 @@ def _ordered(splits: Sequence[str]) -> list[str]:
   return sorted(splits, key=lambda s: (list(SPLIT_STYLE).index(s) if s in SPLIT_STYLE else 99, s))
 
 
-def training_curves(curves: dict[str, dict[str, list[float]]], out_dir: epath.Path,
-                    title: str = "") -> list[epath.Path]:
+def training_curves(
+  curves: dict[str, dict[str, list[float]]], out_dir: epath.Path, title: str = ""
+) -> list[epath.Path]:
   """loss.png and accuracy.png of {split: {'epoch', 'loss', 'top1', 'top5': [...]}}."""
   fig = figure.Figure(figsize=(7, 4.5), layout="tight")
   ax = fig.subplots()
@@ -47,8 +51,7 @@ def training_curves(curves: dict[str, dict[str, list[float]]], out_dir: epath.Pa
     colour, marker = SPLIT_STYLE.get(split, ("black", "x"))
     curve = curves[split]
     if curve.get("loss"):
-      ax.plot(curve["epoch"], curve["loss"], color=colour, marker=marker, markersize=4,
-              label=split)
+      ax.plot(curve["epoch"], curve["loss"], color=colour, marker=marker, markersize=4, label=split)
   ax.set_xlabel("epoch")
   ax.set_ylabel("cross-entropy loss")
   ax.set_title(f"{title} loss".strip())
@@ -63,9 +66,16 @@ def training_curves(curves: dict[str, dict[str, list[float]]], out_dir: epath.Pa
     curve = curves[split]
     for name, line, fill in (("top1", "-", colour), ("top5", "--", "none")):
       if len(curve.get(name, [])) == len(curve["epoch"]):
-        ax.plot(curve["epoch"], [100 * v for v in curve[name]], color=colour, linestyle=line,
-                marker=marker, markersize=4, markerfacecolor=fill,
-                label=f"{split} {name.replace('top', 'top-')}")
+        ax.plot(
+          curve["epoch"],
+          [100 * v for v in curve[name]],
+          color=colour,
+          linestyle=line,
+          marker=marker,
+          markersize=4,
+          markerfacecolor=fill,
+          label=f"{split} {name.replace('top', 'top-')}",
+        )
   ax.set_xlabel("epoch")
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 100)
@@ -76,8 +86,9 @@ def training_curves(curves: dict[str, dict[str, list[float]]], out_dir: epath.Pa
   return paths
 
 
-def binned_means(counts: np.ndarray, values: np.ndarray, bins: int = 12,
-                 min_members: int = 3) -> tuple[list[float], list[float]]:
+def binned_means(
+  counts: np.ndarray, values: np.ndarray, bins: int = 12, min_members: int = 3
+) -> tuple[list[float], list[float]]:
   """Geometric-mean count and mean value of classes in log-spaced count bins (>= min_members)."""
   edges = np.geomspace(counts.min(), counts.max() * 1.0001, bins + 1)
   which = np.digitize(counts, edges)
@@ -99,14 +110,21 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
     members = [c for c in classes if c["group"] == group]
     if members:
       counts = [max(c["train_count"], 1) for c in members]
-      ax.scatter(counts, [100 * c["top1"] for c in members], s=12, alpha=0.6,
-                 color=_GROUP_COLOURS[group],
-                 label=f"{longtail.GROUP_TITLES[group]}: {len(members)}")
+      ax.scatter(
+        counts,
+        [100 * c["top1"] for c in members],
+        s=12,
+        alpha=0.6,
+        color=_GROUP_COLOURS[group],
+        label=f"{longtail.GROUP_TITLES[group]}: {len(members)}",
+      )
   for boundary in (longtail.FEW_SHOT_BELOW, longtail.MANY_SHOT_ABOVE):
     ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
   if len(classes) >= 20:  # A trend line once there are enough classes to average.
-    centres, means = binned_means(np.array([max(c["train_count"], 1) for c in classes], float),
-                                  np.array([100 * c["top1"] for c in classes]))
+    centres, means = binned_means(
+      np.array([max(c["train_count"], 1) for c in classes], float),
+      np.array([100 * c["top1"] for c in classes]),
+    )
     ax.plot(centres, means, color="black", linewidth=1.5, label="mean over classes (log bins)")
   ax.set_xscale("log")
   ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
@@ -114,9 +132,11 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
   ax.set_ylim(-3, 103)
   ax.set_xlabel("training images of the class")
   ax.set_ylabel("top-1 accuracy of the class (%)")
-  ax.set_title(f"{report['model']} on {report['dataset']} {report['split']}: top-1 "
-               f"{100 * report['top1']:.2f}%, mean per class "
-               f"{100 * report['mean_class_top1']:.2f}%")
+  ax.set_title(
+    f"{report['model']} on {report['dataset']} {report['split']}: top-1 "
+    f"{100 * report['top1']:.2f}%, mean per class "
+    f"{100 * report['mean_class_top1']:.2f}%"
+  )
   ax.legend(loc="lower right", fontsize=8)
   return _save(fig, path)
 
@@ -131,8 +151,9 @@ def confusion_classes(report: dict[str, Any], limit: int = CONFUSION_CLASSES) ->
   return chosen
 
 
-def confusions(report: dict[str, Any], labels: np.ndarray, predictions: np.ndarray,
-               path: epath.Path) -> epath.Path:
+def confusions(
+  report: dict[str, Any], labels: np.ndarray, predictions: np.ndarray, path: epath.Path
+) -> epath.Path:
   """Row-normalised confusion matrix restricted to the most confused classes."""
   chosen = confusion_classes(report)
   side = 0.45 * max(len(chosen), 4)
@@ -156,8 +177,15 @@ def confusions(report: dict[str, Any], labels: np.ndarray, predictions: np.ndarr
     ax.set_yticks(range(len(chosen)), names, fontsize=7)
     for (row, col), value in np.ndenumerate(matrix):
       if value >= 0.5:
-        ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=6,
-                color="white" if value > 50 else "black")
+        ax.text(
+          col,
+          row,
+          f"{value:.0f}",
+          ha="center",
+          va="center",
+          fontsize=6,
+          color="white" if value > 50 else "black",
+        )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, label="% of the true class's examples", shrink=0.8)
@@ -173,9 +201,14 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
-def draw_label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
-           lines: Sequence[str], font: ImageFont.ImageFont, colour: str,
-           size: tuple[int, int]) -> None:
+def draw_label(
+  draw: ImageDraw.ImageDraw,
+  box: tuple[float, float, float, float],
+  lines: Sequence[str],
+  font: ImageFont.ImageFont,
+  colour: str,
+  size: tuple[int, int],
+) -> None:
   """Draws `lines` below `box` (above it, or inside it, where the image ends), in the image."""
   text = "\n".join(lines)
   _, _, width, height = draw.multiline_textbbox((0, 0), text, font=font)
@@ -188,8 +221,12 @@ def draw_label(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]
   else:
     y = top + 2 * pad
   x = min(max(left + 2 * pad, pad), max(pad, size[0] - width - pad))
-  draw.rectangle((x - pad, y - pad, x + width + pad, y + height + pad),
-                 fill=(255, 255, 255, 200), outline=colour, width=max(1, pad // 2))
+  draw.rectangle(
+    (x - pad, y - pad, x + width + pad, y + height + pad),
+    fill=(255, 255, 255, 200),
+    outline=colour,
+    width=max(1, pad // 2),
+  )
   draw.multiline_text((x, y), text, font=font, fill=(0, 0, 0, 255))
 
 

@@ -57,6 +57,7 @@ _COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#
 @dataclasses.dataclass
 class Crop:
   """One thing to classify: a whole image, or one face in it."""
+
   file: image_files.ImageFile
   face: int | None  # Index of the face in its image (reading order); None for the whole image.
   box: faces.Box | None
@@ -64,24 +65,45 @@ class Crop:
   note: str = ""
 
 
-def _prepare(file: image_files.ImageFile, image_size: int,
-             detector: faces.FaceDetector | None) -> list[Crop]:
+def _prepare(
+  file: image_files.ImageFile, image_size: int, detector: faces.FaceDetector | None
+) -> list[Crop]:
   """Decodes one file into the crops to classify (runs in a worker thread)."""
   image = image_files.load_image(file.path, min_size=None if detector else image_size)
   if detector is None:
     return [Crop(file, None, None, np.asarray(preprocess.resize_square(image, image_size)))]
   boxes = detector.detect(image)
   if not boxes:
-    return [Crop(file, None, None, np.asarray(preprocess.resize_square(image, image_size)),
-                 note="no face found; whole image classified")]
-  return [Crop(file, i, box, np.asarray(preprocess.resize_square(
-      image.crop((box.left, box.top, box.right, box.bottom)), image_size)))
-          for i, box in enumerate(boxes)]
+    return [
+      Crop(
+        file,
+        None,
+        None,
+        np.asarray(preprocess.resize_square(image, image_size)),
+        note="no face found; whole image classified",
+      )
+    ]
+  return [
+    Crop(
+      file,
+      i,
+      box,
+      np.asarray(
+        preprocess.resize_square(image.crop((box.left, box.top, box.right, box.bottom)), image_size)
+      ),
+    )
+    for i, box in enumerate(boxes)
+  ]
 
 
-def _crops(files: Sequence[image_files.ImageFile], image_size: int,
-           detector: faces.FaceDetector | None, pool: concurrent.futures.Executor,
-           errors: list[dict[str, str]], in_flight: int) -> Iterator[Crop]:
+def _crops(
+  files: Sequence[image_files.ImageFile],
+  image_size: int,
+  detector: faces.FaceDetector | None,
+  pool: concurrent.futures.Executor,
+  errors: list[dict[str, str]],
+  in_flight: int,
+) -> Iterator[Crop]:
   """Crops of all files in order, decoding up to `in_flight` files ahead in the pool.
 
   Files that cannot be decoded are recorded in `errors` and skipped; any other exception of a
@@ -118,15 +140,20 @@ def _batches(crops: Iterator[Crop], batch_size: int) -> Iterator[tuple[list[Crop
       batch = []
   if batch:
     images = np.zeros((batch_size, *batch[0].pixels.shape), np.uint8)
-    images[:len(batch)] = np.stack([c.pixels for c in batch])
+    images[: len(batch)] = np.stack([c.pixels for c in batch])
     yield batch, images
 
 
-def predict_files(run: inference.LoadedRun, files: Sequence[image_files.ImageFile], *,
-                  top_k: int = 5, batch_size: int = 256,
-                  detector: faces.FaceDetector | None = None, workers: int | None = None,
-                  each_batch: Callable[[list[Crop], np.ndarray], None] | None = None
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def predict_files(
+  run: inference.LoadedRun,
+  files: Sequence[image_files.ImageFile],
+  *,
+  top_k: int = 5,
+  batch_size: int = 256,
+  detector: faces.FaceDetector | None = None,
+  workers: int | None = None,
+  each_batch: Callable[[list[Crop], np.ndarray], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Classifies every file (or every face in it).
 
   `each_batch(crops, uint8 images)` is called with every batch after it is dispatched (e.g. to
@@ -143,27 +170,43 @@ def predict_files(run: inference.LoadedRun, files: Sequence[image_files.ImageFil
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    batches = _batches(_crops(files, run.config.image_size, detector, pool, errors,
-                              in_flight=2 * batch_size), batch_size)
+    batches = _batches(
+      _crops(files, run.config.image_size, detector, pool, errors, in_flight=2 * batch_size),
+      batch_size,
+    )
 
     def dispatch():
       for crops, images in batches:
-        yield crops, predict_fn(run.variables, sharding.to_global_batch(
-            {"image": images}, run.mesh)["image"])
+        yield (
+          crops,
+          predict_fn(run.variables, sharding.to_global_batch({"image": images}, run.mesh)["image"]),
+        )
         if each_batch is not None:
           each_batch(crops, images)
 
     dispatched = dispatch()
     for crops, (probabilities, class_ids) in evaluation.lagged(dispatched, run.mesh):
       for row, crop in enumerate(crops):
-        results.append({
-            "file": crop.file.path, "relative": crop.file.relative, "face": crop.face,
-            "box": crop.box.as_list() if crop.box else None, "note": crop.note,
-            "predictions": [{"rank": rank + 1, "class_id": int(class_id),
-                             "name": run.class_names[int(class_id)],
-                             "probability": float(probability)}
-                            for rank, (class_id, probability) in enumerate(
-                                zip(class_ids[row], probabilities[row]))]})
+        results.append(
+          {
+            "file": crop.file.path,
+            "relative": crop.file.relative,
+            "face": crop.face,
+            "box": crop.box.as_list() if crop.box else None,
+            "note": crop.note,
+            "predictions": [
+              {
+                "rank": rank + 1,
+                "class_id": int(class_id),
+                "name": run.class_names[int(class_id)],
+                "probability": float(probability),
+              }
+              for rank, (class_id, probability) in enumerate(
+                zip(class_ids[row], probabilities[row])
+              )
+            ],
+          }
+        )
   return results, errors
 
 
@@ -177,8 +220,10 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
     face = "" if result["face"] is None else str(result["face"])
     for p in result["predictions"]:
       first = p["rank"] == 1
-      lines.append(f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
-                   f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%")
+      lines.append(
+        f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
+        f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
+      )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")
   if len(shown) < len(results):
@@ -186,42 +231,80 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   return "\n".join(lines)
 
 
-def write_outputs(results: Sequence[dict[str, Any]], errors: Sequence[dict[str, str]],
-                  run: inference.LoadedRun, output_dir: str | os.PathLike) -> None:
+def write_outputs(
+  results: Sequence[dict[str, Any]],
+  errors: Sequence[dict[str, str]],
+  run: inference.LoadedRun,
+  output_dir: str | os.PathLike,
+) -> None:
   """predictions.json (everything) and predictions.csv (one row per crop and rank)."""
   output_dir = epath.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  (output_dir / "predictions.json").write_text(json.dumps(
-      {"workdir": run.description, "checkpoint": run.checkpoint, "step": run.step,
-       "results": list(results), "errors": list(errors)}, indent=1, ensure_ascii=False), encoding="utf-8")
+  (output_dir / "predictions.json").write_text(
+    json.dumps(
+      {
+        "workdir": run.description,
+        "checkpoint": run.checkpoint,
+        "step": run.step,
+        "results": list(results),
+        "errors": list(errors),
+      },
+      indent=1,
+      ensure_ascii=False,
+    ),
+    encoding="utf-8",
+  )
   text = io.StringIO()
   writer = csv.writer(text, lineterminator="\n")
-  writer.writerow(["file", "face", "box_left", "box_top", "box_right", "box_bottom", "rank",
-                   "class_id", "name", "probability"])
+  writer.writerow(
+    [
+      "file",
+      "face",
+      "box_left",
+      "box_top",
+      "box_right",
+      "box_bottom",
+      "rank",
+      "class_id",
+      "name",
+      "probability",
+    ]
+  )
   for result in results:
     box = result["box"] or ["", "", "", ""]
     for p in result["predictions"]:
-      writer.writerow([result["file"], "" if result["face"] is None else result["face"], *box,
-                       p["rank"], p["class_id"], p["name"], f"{p['probability']:.6f}"])
+      writer.writerow(
+        [
+          result["file"],
+          "" if result["face"] is None else result["face"],
+          *box,
+          p["rank"],
+          p["class_id"],
+          p["name"],
+          f"{p['probability']:.6f}",
+        ]
+      )
   (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
 
 
-def annotate(path: str, crops: Sequence[dict[str, Any]], destination: epath.Path,
-             label_ranks: int = 3) -> None:
+def annotate(
+  path: str, crops: Sequence[dict[str, Any]], destination: epath.Path, label_ranks: int = 3
+) -> None:
   """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
   image = image_files.load_image(path)
   scale = max(1.0, ANNOTATE_MIN_SIDE / min(image.size))
   if scale > 1:
-    image = image.resize((round(image.width * scale), round(image.height * scale)),
-                         Image.BICUBIC)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
   canvas = Image.new("RGBA", image.size)
   draw = ImageDraw.Draw(canvas)
   font = plots.font(max(12, min(image.size) // 28))
   line_width = max(2, min(image.size) // 150)
   for i, crop in enumerate(crops):
     colour = _COLOURS[i % len(_COLOURS)]
-    ranked = [f"{p['rank']}. {p['name']} {100 * p['probability']:.1f}%"
-              for p in crop["predictions"][:label_ranks]]
+    ranked = [
+      f"{p['rank']}. {p['name']} {100 * p['probability']:.1f}%"
+      for p in crop["predictions"][:label_ranks]
+    ]
     if crop["box"] is None:  # The whole image: the label goes inside its top-left corner.
       plots.draw_label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
       continue
@@ -240,16 +323,21 @@ def _unique(stem: str, taken: set[str]) -> str:
   return candidate
 
 
-def annotate_all(results: Sequence[dict[str, Any]], output_dir: str | os.PathLike) -> dict[str, str]:
+def annotate_all(
+  results: Sequence[dict[str, Any]], output_dir: str | os.PathLike
+) -> dict[str, str]:
   """Annotated copies of every classified file under output_dir/annotated; {file: copy}."""
   output_dir = epath.Path(output_dir)
   by_file: dict[str, list[dict[str, Any]]] = collections.OrderedDict()
   for result in results:
     by_file.setdefault(result["file"], []).append(result)
   taken = set()
-  destinations = {file: output_dir / "annotated" / (
-      _unique(os.path.splitext(crops[0]["relative"])[0], taken) + ".png")
-                  for file, crops in by_file.items()}
+  destinations = {
+    file: output_dir
+    / "annotated"
+    / (_unique(os.path.splitext(crops[0]["relative"])[0], taken) + ".png")
+    for file, crops in by_file.items()
+  }
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
     list(pool.map(lambda f: annotate(f, by_file[f], destinations[f]), by_file))
   return {file: os.fspath(path) for file, path in destinations.items()}
@@ -264,8 +352,10 @@ class AttentionWriter:
 
   def __init__(self, run: inference.LoadedRun, output_dir: epath.Path):
     if not isinstance(run.model, vit.VisionTransformer):
-      raise inference.LoadError(f"--attention_maps needs a ViT; {run.description} is a "
-                       f"{type(run.model).__name__}, which has no attention.")
+      raise inference.LoadError(
+        f"--attention_maps needs a ViT; {run.description} is a "
+        f"{type(run.model).__name__}, which has no attention."
+      )
     self.run, self.root, self.taken = run, output_dir / "attention", set()
     self.written: dict[tuple[str, int | None], str] = {}  # (file, face) -> folder.
 
@@ -275,12 +365,14 @@ class AttentionWriter:
     result = attention.maps(run.model, run.variables, normalized)
     for row, crop in enumerate(crops):
       stem = os.path.splitext(crop.file.relative)[0]
-      folder = self.root / _unique(stem if crop.face is None else f"{stem}_face{crop.face}",
-                                   self.taken)
+      folder = self.root / _unique(
+        stem if crop.face is None else f"{stem}_face{crop.face}", self.taken
+      )
       picture = Image.fromarray(crop.pixels)
       scale = max(1.0, ANNOTATE_MIN_SIDE / picture.width)
-      picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
-                               Image.BICUBIC)
+      picture = picture.resize(
+        (round(picture.width * scale), round(picture.height * scale)), Image.BICUBIC
+      )
       for layer, heat in enumerate(result["layers"][row]):
         plots.save_png(attention.overlay(picture, heat), folder / f"layer_{layer + 1:02d}.png")
       plots.save_png(attention.overlay(picture, result["rollout"][row]), folder / "rollout.png")
@@ -290,45 +382,79 @@ class AttentionWriter:
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
   flags.DEFINE_string("workdir", None, "Training run directory.")
-  flags.DEFINE_string("checkpoint", None, "With --workdir: 'best' (default), 'latest' or a "
-                      "checkpoint step directory. With --source: the checkpoint file or directory.")
-  flags.DEFINE_string("source", None, "Use a checkpoint without a training run: pytorch_vit, "
-                      "torchvision_resnet, animesion, vit_npz or run.")
-  flags.DEFINE_string("class_names", None, "With --source: the dataset's classid_classname.csv "
-                      "(id,name rows) or a JSON list of names.")
-  flags.DEFINE_integer("num_heads", None, "With --source=pytorch_vit: attention heads "
-                       "(default hidden / 64).")
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "With --workdir: 'best' (default), 'latest' or a "
+    "checkpoint step directory. With --source: the checkpoint file or directory.",
+  )
+  flags.DEFINE_string(
+    "source",
+    None,
+    "Use a checkpoint without a training run: pytorch_vit, "
+    "torchvision_resnet, animesion, vit_npz or run.",
+  )
+  flags.DEFINE_string(
+    "class_names",
+    None,
+    "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names.",
+  )
+  flags.DEFINE_integer(
+    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden / 64)."
+  )
   flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
   flags.DEFINE_integer("top_k", 5, "Characters listed per image or face.")
-  flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/predictions, or "
-                      "predictions/ in the current directory).")
+  flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where to write (default WORKDIR/predictions, or predictions/ in the current directory).",
+  )
   flags.DEFINE_bool("annotate", False, "Also write copies of the images with the predictions.")
-  flags.DEFINE_bool("attention_maps", False, "ViTs: also write the class token's attention per "
-                    "layer and its rollout over each input (OUTPUT_DIR/attention/).")
-  flags.DEFINE_bool("detect_faces", False, "Find anime faces first and classify each face "
-                    "(for whole illustrations).")
-  flags.DEFINE_string("cascade", None, f"Face detector cascade file (default: the "
-                      f"{faces.CASCADE_FILE} of an installed package).")
+  flags.DEFINE_bool(
+    "attention_maps",
+    False,
+    "ViTs: also write the class token's attention per "
+    "layer and its rollout over each input (OUTPUT_DIR/attention/).",
+  )
+  flags.DEFINE_bool(
+    "detect_faces",
+    False,
+    "Find anime faces first and classify each face (for whole illustrations).",
+  )
+  flags.DEFINE_string(
+    "cascade",
+    None,
+    f"Face detector cascade file (default: the {faces.CASCADE_FILE} of an installed package).",
+  )
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
-  flags.DEFINE_integer("batch_size", 256, "Images per batch over all local devices (rounded up to "
-                       "a multiple of the device count).")
+  flags.DEFINE_integer(
+    "batch_size",
+    256,
+    "Images per batch over all local devices (rounded up to a multiple of the device count).",
+  )
   flags.DEFINE_integer("print_limit", 50, "Crops shown in the printed table (0 = all).")
 
 
 def load(flag: Any) -> inference.LoadedRun:
   """The model the flags name: a training run (--workdir) or a checkpoint (--source)."""
   if (flag.workdir is None) == (flag.source is None):
-    raise app.UsageError("Give either --workdir=RUN (a training run directory), or "
-                         "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
+    raise app.UsageError(
+      "Give either --workdir=RUN (a training run directory), or "
+      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
+    )
   if flag.workdir is not None:
-    return inference.load_run(flag.workdir, flag.checkpoint or "best",
-                              devices=jax.local_devices())
+    return inference.load_run(flag.workdir, flag.checkpoint or "best", devices=jax.local_devices())
   if flag.checkpoint is None:
     raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
-  return inference.load_checkpoint(flag.checkpoint, flag.source, flag.class_names,
-                                   num_heads=flag.num_heads, image_size=flag.image_size,
-                                   devices=jax.local_devices())
+  return inference.load_checkpoint(
+    flag.checkpoint,
+    flag.source,
+    flag.class_names,
+    num_heads=flag.num_heads,
+    image_size=flag.image_size,
+    devices=jax.local_devices(),
+  )
 
 
 def main(argv):
@@ -346,8 +472,9 @@ def main(argv):
   try:
     detector = None
     if flag.detect_faces:
-      detector = faces.FaceDetector(faces.find_cascade(flag.cascade), margin=flag.face_margin,
-                                    min_size=flag.min_face)
+      detector = faces.FaceDetector(
+        faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
+      )
     run = load(flag)
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
@@ -358,8 +485,9 @@ def main(argv):
     writer = AttentionWriter(run, output_dir) if flag.attention_maps else None
   except inference.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
     sys.exit(f"predict: {error}")
-  results, errors = predict_files(run, files, top_k=flag.top_k, batch_size=flag.batch_size,
-                                  detector=detector, each_batch=writer)
+  results, errors = predict_files(
+    run, files, top_k=flag.top_k, batch_size=flag.batch_size, detector=detector, each_batch=writer
+  )
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors
   write_outputs(results, errors, run, output_dir)
   if flag.annotate:

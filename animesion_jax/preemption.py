@@ -52,6 +52,7 @@ class StopRequest:
     if not self._multi_process:
       return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     try:
       return multihost_utils.reached_preemption_sync_point(step)
     except RuntimeError:  # The preemption service is disabled (jax_enable_preemption_service).

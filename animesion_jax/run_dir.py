@@ -97,14 +97,16 @@ class RunDir:
     """The config the run was trained with, as saved at its start."""
     if not self.config_file.exists():
       raise FileNotFoundError(
-          f"{self.config_file} not found: {self.path} is not a training run directory.")
+        f"{self.config_file} not found: {self.path} is not a training run directory."
+      )
     return ml_collections.ConfigDict(json.loads(self.config_file.read_text()))
 
   def save_class_names(self, names: list[str]) -> None:
     if jax.process_index() == 0:
       self.path.mkdir(parents=True, exist_ok=True)
-      self.class_names_file.write_text(json.dumps(list(names), indent=0, ensure_ascii=False),
-                                       encoding="utf-8")
+      self.class_names_file.write_text(
+        json.dumps(list(names), indent=0, ensure_ascii=False), encoding="utf-8"
+      )
 
   def load_class_names(self) -> list[str] | None:
     """The class names (index = class id), or None if the run has none."""

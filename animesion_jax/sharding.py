@@ -12,11 +12,14 @@ the data-parallel gradient reduction crosses the slower network between hosts.
 """
 
 import collections
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXES = ("data", "fsdp")  # Batch dimension is split over both axes.
@@ -43,19 +46,27 @@ def device_grid(devices: Sequence[jax.Device], fsdp_size: int = 1) -> np.ndarray
   kind, groups = _granules(devices)
   sizes = {len(group) for group in groups.values()}
   if len(groups) == 1:
-    return mesh_utils.create_device_mesh((len(devices) // fsdp_size, fsdp_size), devices,
-                                         allow_split_physical_axes=True)
+    return mesh_utils.create_device_mesh(
+      (len(devices) // fsdp_size, fsdp_size), devices, allow_split_physical_axes=True
+    )
   if len(sizes) != 1:
-    raise ValueError(f"Every {kind} must bring the same number of devices; got "
-                     f"{ {index: len(group) for index, group in sorted(groups.items())} }.")
+    raise ValueError(
+      f"Every {kind} must bring the same number of devices; got "
+      f"{ {index: len(group) for index, group in sorted(groups.items())} }."
+    )
   per_group = sizes.pop()
   if per_group % fsdp_size:
     raise ValueError(
-        f"fsdp_size={fsdp_size} must divide the {per_group} devices of one {kind} "
-        f"({len(groups)} {kind}s): the fsdp axis is kept within a {kind}'s fast interconnect.")
+      f"fsdp_size={fsdp_size} must divide the {per_group} devices of one {kind} "
+      f"({len(groups)} {kind}s): the fsdp axis is kept within a {kind}'s fast interconnect."
+    )
   return mesh_utils.create_hybrid_device_mesh(
-      (per_group // fsdp_size, fsdp_size), (len(groups), 1), devices,
-      process_is_granule=kind == "host", allow_split_physical_axes=True)
+    (per_group // fsdp_size, fsdp_size),
+    (len(groups), 1),
+    devices,
+    process_is_granule=kind == "host",
+    allow_split_physical_axes=True,
+  )
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None, fsdp_size: int = 1) -> Mesh:
@@ -75,8 +86,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's slice of the batch -> one global jax.Array per field, split over devices."""
   sharding = batch_sharding(mesh)
-  return {name: jax.make_array_from_process_local_data(sharding, value)
-          for name, value in local_batch.items()}
+  return {
+    name: jax.make_array_from_process_local_data(sharding, value)
+    for name, value in local_batch.items()
+  }
 
 
 def _leaf_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
@@ -95,5 +108,6 @@ def state_shardings(abstract_tree: Any, mesh: Mesh, min_fsdp_size: int = 2**16) 
   """Shardings for a tree of arrays (params, optimizer state): FSDP-split big leaves."""
   fsdp_size = mesh.shape["fsdp"]
   return jax.tree.map(
-      lambda leaf: NamedSharding(mesh, _leaf_spec(tuple(leaf.shape), fsdp_size, min_fsdp_size)),
-      abstract_tree)
+    lambda leaf: NamedSharding(mesh, _leaf_spec(tuple(leaf.shape), fsdp_size, min_fsdp_size)),
+    abstract_tree,
+  )

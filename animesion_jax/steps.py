@@ -1,7 +1,7 @@
 """Train state and the pure train / eval step functions (jitted by the loop)."""
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax
 from flax import linen as nn
@@ -17,6 +17,7 @@ from animesion_jax.data import preprocess
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; a pytree, checkpointed as a whole."""
+
   step: jax.Array  # Optimizer steps taken (including skipped non-finite ones).
   params: Any
   batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm).
@@ -26,13 +27,19 @@ class TrainState:
   first_nonfinite_step: jax.Array  # -1 until the first such step.
 
 
-def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
+def create_train_state(
+  variables: dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=rng,
-      nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32))
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=rng,
+    nonfinite_steps=jnp.zeros((), jnp.int32),
+    first_nonfinite_step=jnp.full((), -1, jnp.int32),
+  )
 
 
 def model_variables(state: TrainState) -> dict[str, Any]:
@@ -41,8 +48,9 @@ def model_variables(state: TrainState) -> dict[str, Any]:
   return {"params": state.params}
 
 
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                  label_smoothing: float = 0.0) -> jnp.ndarray:
+def cross_entropy(
+  logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0
+) -> jnp.ndarray:
   """Per-example softmax cross-entropy with integer labels."""
   if label_smoothing == 0.0:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -56,9 +64,17 @@ def _all_finite(tree: Any) -> jnp.ndarray:
   return jnp.isfinite(optax.global_norm(tree))
 
 
-def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp.ndarray,
-                    labels: jnp.ndarray, weights: jnp.ndarray, dropout_rng: jax.Array,
-                    label_smoothing: float, model_train_mode: bool = True):
+def _loss_and_grads(
+  model: nn.Module,
+  params: Any,
+  batch_stats: Any,
+  images: jnp.ndarray,
+  labels: jnp.ndarray,
+  weights: jnp.ndarray,
+  dropout_rng: jax.Array,
+  label_smoothing: float,
+  model_train_mode: bool = True,
+):
   """Per-example losses, top-1 hits, new BatchNorm statistics and gradients of the mean of
   weight * loss (weights: 0 on padding rows, see train_step)."""
 
@@ -70,15 +86,17 @@ def _loss_and_grads(model: nn.Module, params: Any, batch_stats: Any, images: jnp
       variables["batch_stats"] = batch_stats
       mutable.append("batch_stats")
     # model_train_mode=False: dropout off and BatchNorm on its running statistics (frozen).
-    logits, updates = model.apply(variables, images, train=model_train_mode,
-                                  rngs={"dropout": dropout_rng}, mutable=mutable)
+    logits, updates = model.apply(
+      variables, images, train=model_train_mode, rngs={"dropout": dropout_rng}, mutable=mutable
+    )
     losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
     extra = sum(jnp.sum(term) for term in jax.tree.leaves(updates.get("losses", {})))
-    return (jnp.mean(losses * weights) + extra,
-            (losses, logits, updates.get("batch_stats", batch_stats)))
+    return (
+      jnp.mean(losses * weights) + extra,
+      (losses, logits, updates.get("batch_stats", batch_stats)),
+    )
 
-  (_, (losses, logits, new_batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(params)
+  (_, (losses, logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   hits = metrics_lib.top_k_correct(logits.astype(jnp.float32), labels, 1)
   return losses, hits, new_batch_stats, grads
 
@@ -92,10 +110,17 @@ def _split_microbatches(array: jnp.ndarray, count: int) -> jnp.ndarray:
   return jnp.swapaxes(array.reshape(array.shape[0] // count, count, *array.shape[1:]), 0, 1)
 
 
-def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
-               normalization: str, label_smoothing: float = 0.0, accumulation_steps: int = 1,
-               model_train_mode: bool = True) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jnp.ndarray],
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  normalization: str,
+  label_smoothing: float = 0.0,
+  accumulation_steps: int = 1,
+  model_train_mode: bool = True,
+) -> tuple[TrainState, metrics_lib.TrainMetrics]:
   """One optimizer step on a global batch of uint8 images.
 
   With accumulation_steps > 1 the batch is processed as that many microbatches whose gradients
@@ -106,18 +131,23 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
   """
   images = preprocess.normalize(batch["image"], normalization, model.dtype)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  compute = functools.partial(_loss_and_grads, model, state.params,
-                              label_smoothing=label_smoothing, model_train_mode=model_train_mode)
+  compute = functools.partial(
+    _loss_and_grads,
+    model,
+    state.params,
+    label_smoothing=label_smoothing,
+    model_train_mode=model_train_mode,
+  )
   # 'mask' is 0 on the padding rows of an epoch's short last batch. Weights mask * N / real make
   # the mean of weight * loss over any equal split of the batch (the microbatches) average to
   # the mean loss over the real examples of the whole batch.
   mask = batch.get("mask")
-  mask = (jnp.ones(batch["label"].shape, jnp.float32) if mask is None
-          else mask.astype(jnp.float32))
+  mask = jnp.ones(batch["label"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
   weights = mask * (mask.shape[0] / jnp.maximum(jnp.sum(mask), 1.0))
   if accumulation_steps == 1:
-    losses, hits, new_batch_stats, grads = compute(state.batch_stats, images, batch["label"],
-                                                   weights, dropout_rng)
+    losses, hits, new_batch_stats, grads = compute(
+      state.batch_stats, images, batch["label"], weights, dropout_rng
+    )
   else:
     micro_images = _split_microbatches(images, accumulation_steps)
     micro_labels = _split_microbatches(batch["label"], accumulation_steps)
@@ -127,15 +157,18 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
     def accumulate(carry, inputs):
       batch_stats, grad_sum = carry
       index, micro_x, micro_y, micro_w = inputs
-      losses, hits, batch_stats, grads = compute(batch_stats, micro_x, micro_y, micro_w,
-                                                 jax.random.fold_in(dropout_rng, index))
+      losses, hits, batch_stats, grads = compute(
+        batch_stats, micro_x, micro_y, micro_w, jax.random.fold_in(dropout_rng, index)
+      )
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return (batch_stats, grad_sum), (losses, hits)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (new_batch_stats, grad_sum), (losses, hits) = jax.lax.scan(
-        accumulate, (state.batch_stats, zeros),
-        (jnp.arange(accumulation_steps), micro_images, micro_labels, micro_weights))
+      accumulate,
+      (state.batch_stats, zeros),
+      (jnp.arange(accumulation_steps), micro_images, micro_labels, micro_weights),
+    )
     grads = jax.tree.map(lambda g: g / accumulation_steps, grad_sum)
     losses, hits = losses.reshape(-1), hits.reshape(-1)
 
@@ -146,23 +179,34 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
   finite = jnp.isfinite(loss) & _all_finite(grads)
   keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
-      step=state.step + 1,
-      params=keep_if_bad(new_params, state.params),
-      batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
-      opt_state=keep_if_bad(new_opt_state, state.opt_state),
-      nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-      first_nonfinite_step=jnp.where(
-          (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step))
+    step=state.step + 1,
+    params=keep_if_bad(new_params, state.params),
+    batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
+    opt_state=keep_if_bad(new_opt_state, state.opt_state),
+    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+    first_nonfinite_step=jnp.where(
+      (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+    ),
+  )
   # Masked averages over the real rows (the learning rate per row, so the mask applies to all).
   step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
-      loss=losses, top1_hits=hits, mask=mask,
-      learning_rate=jnp.full(mask.shape, optim.applied_learning_rate(new_state.opt_state),
-                             jnp.float32))
+    loss=losses,
+    top1_hits=hits,
+    mask=mask,
+    learning_rate=jnp.full(
+      mask.shape, optim.applied_learning_rate(new_state.opt_state), jnp.float32
+    ),
+  )
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState | dict[str, Any], batch: dict[str, jnp.ndarray], *,
-              model: nn.Module, normalization: str) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
+def eval_step(
+  state: TrainState | dict[str, Any],
+  batch: dict[str, jnp.ndarray],
+  *,
+  model: nn.Module,
+  normalization: str,
+) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
   """Masked metrics of one eval batch, and each example's top-5 class ids (best first).
 
   `state` is the TrainState, or (for inference) the model's variables themselves.
@@ -172,6 +216,7 @@ def eval_step(state: TrainState | dict[str, Any], batch: dict[str, jnp.ndarray],
   logits = model.apply(variables, images, train=False).astype(jnp.float32)
   loss = cross_entropy(logits, batch["label"])
   step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
+    loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
+  )
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   return step_metrics, top5

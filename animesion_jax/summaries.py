@@ -4,18 +4,25 @@ One writer fans every record out (TensorBoard through TensorBoard's own TF-free 
 reaches gs:// through fsspec), so the run path never imports TensorFlow. Only process 0 writes.
 """
 
+from collections.abc import Iterator
 import contextlib
 import os
+import sys
 import time
-from typing import Any, Iterator
+import types
+from typing import Any
 
 from absl import logging
 import jax
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.summary.writer import event_file_writer
 
-from animesion_jax import run_dir as run_dir_lib
+# TensorBoard's writer imports TensorFlow whenever it is installed unless the `notf` marker module
+# exists (TensorBoard's own switch); its stub then writes locally and to gs:// through fsspec.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+from tensorboard.compat.proto import event_pb2  # noqa: E402  pylint: disable=g-import-not-at-top
+from tensorboard.compat.proto import summary_pb2  # noqa: E402  pylint: disable=g-import-not-at-top
+from tensorboard.summary.writer import event_file_writer  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from animesion_jax import run_dir as run_dir_lib  # noqa: E402
 
 
 class Summaries:
@@ -32,9 +39,12 @@ class Summaries:
     """One record: TensorBoard scalars `<split>_<name>` and one metrics.jsonl line."""
     if self._events is None:
       return
-    summary = summary_pb2.Summary(value=[
+    summary = summary_pb2.Summary(
+      value=[
         summary_pb2.Summary.Value(tag=f"{split}_{name}", simple_value=float(value))
-        for name, value in values.items()])
+        for name, value in values.items()
+      ]
+    )
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
     self.run.append_metrics({"step": step, **extra, "split": split, **values})
 
@@ -79,10 +89,19 @@ class Progress:
   def log(self, step: int, epoch: float, train: dict[str, float]) -> float:
     """Logs the progress line of a log step; returns the images/s."""
     rate, eta = self.rate(step)
-    logging.info("step %d/%d epoch %.2f | %.1f img/s | loss %.4f top1 %.4f lr %.3g | %s to go "
-                 "(%s evaluating so far)", step, self.total_steps, epoch, rate, train["loss"],
-                 train["top1"], train.get("learning_rate", float("nan")), format_seconds(eta),
-                 format_seconds(self.eval_seconds))
+    logging.info(
+      "step %d/%d epoch %.2f | %.1f img/s | loss %.4f top1 %.4f lr %.3g | %s to go "
+      "(%s evaluating so far)",
+      step,
+      self.total_steps,
+      epoch,
+      rate,
+      train["loss"],
+      train["top1"],
+      train.get("learning_rate", float("nan")),
+      format_seconds(eta),
+      format_seconds(self.eval_seconds),
+    )
     return rate
 
 

@@ -1,8 +1,9 @@
 """train_and_evaluate: the training loop (data-parallel jit over a device mesh)."""
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from absl import logging
 import jax
@@ -33,6 +34,7 @@ class NonFiniteLoss(RuntimeError):
 @dataclasses.dataclass
 class Data:
   """The dataset of a run, opened once."""
+
   train_source: Any
   eval_sources: dict[str, Any]  # Split name -> records, in report order.
   class_names: list[str]
@@ -41,23 +43,33 @@ class Data:
 
 
 def open_data(config: ml_collections.ConfigDict) -> Data:
-  builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config,
-                                  config.build_dataset_if_missing)
-  source = functools.partial(datasets.split_source, builder, dataset=config.dataset,
-                             validation_fraction=config.validation_fraction)
+  builder = datasets.open_dataset(
+    config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
+  )
+  source = functools.partial(
+    datasets.split_source,
+    builder,
+    dataset=config.dataset,
+    validation_fraction=config.validation_fraction,
+  )
   train_source = source(datasets.get_spec(config.dataset).train_split)
   eval_splits = datasets.available_eval_splits(builder, tuple(config.eval_splits))
-  if (datasets.carves_validation(builder, config.validation_fraction)
-      and "validation" in config.eval_splits):
+  if (
+    datasets.carves_validation(builder, config.validation_fraction)
+    and "validation" in config.eval_splits
+  ):
     eval_splits.insert(0, "validation")
   # The short last batch is trained on (padded and masked), as the original DataLoader did.
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
-  return Data(train_source=train_source,
-              eval_sources={split: source(split) for split in eval_splits},
-              class_names=list(builder.info.features["label"].names),
-              steps_per_epoch=steps_per_epoch,
-              total_steps=(config.num_train_steps if config.num_train_steps > 0
-                           else config.num_epochs * steps_per_epoch))
+  return Data(
+    train_source=train_source,
+    eval_sources={split: source(split) for split in eval_splits},
+    class_names=list(builder.info.features["label"].names),
+    steps_per_epoch=steps_per_epoch,
+    total_steps=(
+      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    ),
+  )
 
 
 def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) -> None:
@@ -66,32 +78,47 @@ def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) 
     differences = checkpointing.config_differences(run.load_config(), config)
     if differences:
       raise config_validation.ConfigError(
-          f"{run.path} holds checkpoints of a different run; resuming would not fit them:\n  "
-          + "\n  ".join(differences) + "\nUse another --workdir or the run's original settings.")
+        f"{run.path} holds checkpoints of a different run; resuming would not fit them:\n  "
+        + "\n  ".join(differences)
+        + "\nUse another --workdir or the run's original settings."
+      )
 
 
-def jit_train_step(setup: model_setup.Setup, config: ml_collections.ConfigDict, mesh,
-                   model_train_mode: bool = True):
+def jit_train_step(
+  setup: model_setup.Setup, config: ml_collections.ConfigDict, mesh, model_train_mode: bool = True
+):
   """The configured train step, jitted over the mesh with the state donated."""
   return jax.jit(
-      functools.partial(steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-                        normalization=config.normalization,
-                        label_smoothing=config.label_smoothing,
-                        accumulation_steps=config.grad_accumulation_steps,
-                        model_train_mode=model_train_mode),
-      in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
-      # Donating the state saves accelerator memory; on CPU, XLA then copies the parameters
-      # every step instead (measured: ViT-B/16 1.18x and ResNet-18 1.1x faster without).
-      donate_argnums=() if mesh.devices.flat[0].platform == "cpu" else (0,))
+    functools.partial(
+      steps.train_step,
+      model=setup.model,
+      tx=setup.tx,
+      normalization=config.normalization,
+      label_smoothing=config.label_smoothing,
+      accumulation_steps=config.grad_accumulation_steps,
+      model_train_mode=model_train_mode,
+    ),
+    in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
+    out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
+    # Donating the state saves accelerator memory; on CPU, XLA then copies the parameters
+    # every step instead (measured: ViT-B/16 1.18x and ResNet-18 1.1x faster without).
+    donate_argnums=() if mesh.devices.flat[0].platform == "cpu" else (0,),
+  )
 
 
-def train_batches(config: ml_collections.ConfigDict, data: Data,
-                  mesh) -> tuple[Any, Callable[[int], dict[str, jax.Array]]]:
+def train_batches(
+  config: ml_collections.ConfigDict, data: Data, mesh
+) -> tuple[Any, Callable[[int], dict[str, jax.Array]]]:
   """(checkpointable iterator or None, step -> global batch)."""
-  augment = dict(global_batch_size=config.batch_size, image_size=config.image_size,
-                 resize_margin=config.resize_margin, horizontal_flip=config.horizontal_flip,
-                 seed=config.seed, workers=config.data_workers)
+  augment = dict(
+    global_batch_size=config.batch_size,
+    image_size=config.image_size,
+    resize_margin=config.resize_margin,
+    horizontal_flip=config.horizontal_flip,
+    color_jitter=config.color_jitter,
+    seed=config.seed,
+    workers=config.data_workers,
+  )
   if config.data_on_device:
     cache = device_cache.DeviceCache(data.train_source, mesh=mesh, **augment)
     logging.info("Training split cached on the devices: %d examples.", cache.num_examples)
@@ -103,6 +130,7 @@ def train_batches(config: ml_collections.ConfigDict, data: Data,
 @dataclasses.dataclass
 class Loop:
   """What the loop's steps share: the run's files, checkpoints, evaluation and summaries."""
+
   config: ml_collections.ConfigDict
   data: Data
   mesh: Any
@@ -124,27 +152,45 @@ class Loop:
     with self.progress.evaluating():
       for split in self.data.eval_sources:
         batches = pipeline.eval_batches(
-            self.data.eval_sources[split], global_batch_size=self.config.eval_batch_size,
-            image_size=self.config.image_size, workers=self.config.data_workers)
+          self.data.eval_sources[split],
+          global_batch_size=self.config.eval_batch_size,
+          image_size=self.config.image_size,
+          workers=self.config.data_workers,
+        )
         results[split] = evaluation.evaluate_batches(state, self.eval_fn, batches, self.mesh)[0]
         self.summaries.write(step, split, results[split], epoch=self.epoch(step))
-        logging.info("step %d %s: top1 %.4f top5 %.4f loss %.4f (%d examples)", step, split,
-                     results[split]["top1"], results[split]["top5"], results[split]["loss"],
-                     results[split]["num_examples"])
+        logging.info(
+          "step %d %s: top1 %.4f top5 %.4f loss %.4f (%d examples)",
+          step,
+          split,
+          results[split]["top1"],
+          results[split]["top5"],
+          results[split]["loss"],
+          results[split]["num_examples"],
+        )
     return results
 
-  def save(self, step: int, state: steps.TrainState, train_iter: Any, *, force: bool,
-           metrics: dict[str, float] | None = None) -> bool:
+  def save(
+    self,
+    step: int,
+    state: steps.TrainState,
+    train_iter: Any,
+    *,
+    force: bool,
+    metrics: dict[str, float] | None = None,
+  ) -> bool:
     """Saves when forced or when a save policy says so (asked at every step: a collective)."""
     if not force and not self.checkpoints.should_save(step):
       return False
     check_finite(state, self.config, self.checkpoints)  # Never checkpoint a run that must stop.
-    return self.checkpoints.save(step, state, train_iter, {"epoch": self.epoch(step)},
-                                 metrics=metrics)
+    return self.checkpoints.save(
+      step, state, train_iter, {"epoch": self.epoch(step)}, metrics=metrics
+    )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint), evaluates, writes results.json.
 
   Args:
@@ -161,45 +207,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.create_mesh(devices, fsdp_size=config.fsdp_size)
   data = open_data(config)
   check_resumable(run, config)
-  setup = model_setup.create(config, len(data.class_names), mesh, data.steps_per_epoch,
-                             data.total_steps)
+  setup = model_setup.create(
+    config, len(data.class_names), mesh, data.steps_per_epoch, data.total_steps
+  )
+  config = setup.config  # With the numerics an init_from checkpoint dictates.
   run.save_config(config)
   run.save_class_names(data.class_names)
-  checkpoints = checkpointing.Checkpoints(run, keep=config.keep_checkpoints,
-                                          every_steps=config.checkpoint_every_steps,
-                                          every_minutes=config.checkpoint_every_minutes)
+  checkpoints = checkpointing.Checkpoints(
+    run,
+    keep=config.keep_checkpoints,
+    every_steps=config.checkpoint_every_steps,
+    every_minutes=config.checkpoint_every_minutes,
+  )
   train_iter, fetch_batch = train_batches(config, data, mesh)
   state = setup.state
   restored = checkpoints.restore_newest(setup.abstract_state, train_iter)
   if restored is not None:
     state, _, _ = restored
-    logging.warning("Resumed from %s at step %d.", checkpoints.run.checkpoints_dir,
-                    int(state.step))
+    logging.warning("Resumed from %s at step %d.", checkpoints.run.checkpoints_dir, int(state.step))
   start_step = int(state.step)
   run.drop_metrics_after(start_step)  # Steps after the checkpoint are trained (and logged) again.
-  logging.info("Training %s on %s: %d classes, %d train examples, %d steps (%d per epoch), "
-               "%d devices.", config.model.name, config.dataset, len(data.class_names),
-               len(data.train_source), data.total_steps, data.steps_per_epoch, mesh.size)
-  loop = Loop(config=config, data=data, mesh=mesh, checkpoints=checkpoints,
-              summaries=summaries_lib.Summaries(run),
-              progress=summaries_lib.Progress(data.total_steps, start_step, config.batch_size),
-              eval_fn=evaluation.make_eval_fn(setup.model, config.normalization))
-  train_fns = {mode: functools.partial(jit_train_step, setup, config, mesh, mode)
-               for mode in (True, False)}  # Compiled on first use.
-  state, step, eval_results = run_steps(loop, state, train_fns, train_iter, fetch_batch,
-                                        start_step)
+  logging.info(
+    "Training %s on %s: %d classes, %d train examples, %d steps (%d per epoch), %d devices.",
+    config.model.name,
+    config.dataset,
+    len(data.class_names),
+    len(data.train_source),
+    data.total_steps,
+    data.steps_per_epoch,
+    mesh.size,
+  )
+  loop = Loop(
+    config=config,
+    data=data,
+    mesh=mesh,
+    checkpoints=checkpoints,
+    summaries=summaries_lib.Summaries(run),
+    progress=summaries_lib.Progress(data.total_steps, start_step, config.batch_size),
+    eval_fn=evaluation.make_eval_fn(setup.model, config.normalization),
+  )
+  train_fns = {
+    mode: functools.partial(jit_train_step, setup, config, mesh, mode) for mode in (True, False)
+  }  # Compiled on first use.
+  state, step, eval_results = run_steps(loop, state, train_fns, train_iter, fetch_batch, start_step)
   checkpoints.wait()
   checkpoints.close()
   loop.summaries.close()
-  results = {**eval_results, "config": config.to_dict(), "steps": step,
-             "completed": step >= data.total_steps, "best": checkpoints.best()}
+  results = {
+    **eval_results,
+    "config": config.to_dict(),
+    "steps": step,
+    "completed": step >= data.total_steps,
+    "best": checkpoints.best(),
+  }
   if step >= data.total_steps:
     run.save_results(results)
   return results
 
 
-def run_steps(loop: Loop, state: steps.TrainState, train_fns: dict[bool, Callable[[], Any]],
-              train_iter: Any, fetch_batch: Callable[[int], Any], start_step: int):
+def run_steps(
+  loop: Loop,
+  state: steps.TrainState,
+  train_fns: dict[bool, Callable[[], Any]],
+  train_iter: Any,
+  fetch_batch: Callable[[int], Any],
+  start_step: int,
+):
   """Trains from `start_step` to the end (or a halt); returns (state, step, last eval results).
 
   `train_fns[model_train_mode]()` builds the jitted step; with
@@ -232,8 +305,13 @@ def run_steps(loop: Loop, state: steps.TrainState, train_fns: dict[bool, Callabl
           metrics = {checkpointing.BEST_METRIC: eval_results["validation"]["top1"]}
       stopping = stop.should_stop(step)
       halting = 0 < config.halt_after_steps <= step - start_step
-      loop.save(step, state, train_iter, metrics=metrics,
-                force=stopping or halting or metrics is not None or step == total_steps)
+      loop.save(
+        step,
+        state,
+        train_iter,
+        metrics=metrics,
+        force=stopping or halting or metrics is not None or step == total_steps,
+      )
       if stopping:
         loop.checkpoints.wait()
         logging.warning("Saved step %d after a stop signal; run the same command to resume.", step)
@@ -249,22 +327,28 @@ def run_steps(loop: Loop, state: steps.TrainState, train_fns: dict[bool, Callabl
   return state, step, eval_results
 
 
-def check_finite(state: steps.TrainState, config: ml_collections.ConfigDict,
-                 checkpoints: checkpointing.Checkpoints) -> None:
+def check_finite(
+  state: steps.TrainState, config: ml_collections.ConfigDict, checkpoints: checkpointing.Checkpoints
+) -> None:
   """Stops the run once a NaN/Inf step happened, unless the config allows skipping them."""
   bad = int(state.nonfinite_steps)
   if bad == 0:
     return
   first = int(state.first_nonfinite_step)
   if config.skip_nonfinite_steps:
-    logging.warning("%d steps had a NaN/Inf loss or gradient and were skipped (first: step %d).",
-                    bad, first)
+    logging.warning(
+      "%d steps had a NaN/Inf loss or gradient and were skipped (first: step %d).", bad, first
+    )
     return
   checkpoints.wait()
   last = checkpoints.latest_step()
-  where = (f"{checkpoints.run.checkpoints_dir / str(last)}" if last is not None
-           else "none (no checkpoint saved yet)")
+  where = (
+    f"{checkpoints.run.checkpoints_dir / str(last)}"
+    if last is not None
+    else "none (no checkpoint saved yet)"
+  )
   raise NonFiniteLoss(
-      f"Loss or gradient became NaN/Inf at step {first}; that update was not applied. Last good "
-      f"checkpoint: {where}. Lower the learning rate or set "
-      "--config.skip_nonfinite_steps=True to skip such steps.")
+    f"Loss or gradient became NaN/Inf at step {first}; that update was not applied. Last good "
+    f"checkpoint: {where}. Lower the learning rate or set "
+    "--config.skip_nonfinite_steps=True to skip such steps."
+  )

@@ -9,7 +9,9 @@ from animesion_jax import config_schema
 
 def get_config():
   config = config_schema.get_base_config("synthetic_characters")
-  config.build_dataset_if_missing = True  # The synthetic dataset is drawn locally, so build it on first use.
+  config.build_dataset_if_missing = (
+    True  # The synthetic dataset is drawn locally, so build it on first use.
+  )
   config.image_size = 32  # Synthetic images are 64 px; 32 px keeps the quick start fast on a CPU.
   # No resize-then-crop: the synthetic images already vary in position and scale, and the
   # paper's train crop (from S+32) sees faces 25% larger than its eval resize (to S) does,

@@ -36,8 +36,10 @@ def session_dir(name: str) -> str:
   """`name` under this test session's directory (created if needed)."""
   root = os.environ.get(SESSION_DIR_ENV)
   if not root:
-    raise RuntimeError(f"{SESSION_DIR_ENV} is not set: run the tests with pytest (tests/conftest.py "
-                       "gives every session its own temporary directory).")
+    raise RuntimeError(
+      f"{SESSION_DIR_ENV} is not set: run the tests with pytest (tests/conftest.py "
+      "gives every session its own temporary directory)."
+    )
   path = os.path.join(root, name)
   os.makedirs(path, exist_ok=True)
   return path
@@ -46,6 +48,7 @@ def session_dir(name: str) -> str:
 @functools.cache
 def _built(data_dir: str) -> str:
   from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
   # Training subprocesses (two at once in the multi-process test) may be the first to ask:
   # one builds, the others wait and find it built.
   with open(f"{data_dir}.lock", "w") as lock:

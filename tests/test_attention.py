@@ -3,8 +3,8 @@
 import flax
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from animesion_jax import attention
 from animesion_jax import models
@@ -52,8 +52,10 @@ def _reference_attention(params, images, patch, heads):
     block = params["Transformer"][f"encoderblock_{i}"]
     mha = block["MultiHeadDotProductAttention_1"]
     y = _layer_norm(x, block["LayerNorm_0"])
-    q, k, v = (np.einsum("btd,dhk->bthk", y, mha[name]["kernel"]) + mha[name]["bias"]
-               for name in ("query", "key", "value"))
+    q, k, v = (
+      np.einsum("btd,dhk->bthk", y, mha[name]["kernel"]) + mha[name]["bias"]
+      for name in ("query", "key", "value")
+    )
     logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -98,8 +100,9 @@ def test_rollout_multiplies_residual_augmented_layers():
   heads = np.stack([raw, raw], axis=2)
   np.testing.assert_allclose(attention.rollout(heads), got, rtol=1e-6)
   # One layer: the class row of (A + I) / 2 without the class token.
-  np.testing.assert_allclose(attention.rollout(raw[:, :1]),
-                             aug[:, 0, 0, 1:].reshape(2, 2, 2), rtol=1e-6)
+  np.testing.assert_allclose(
+    attention.rollout(raw[:, :1]), aug[:, 0, 0, 1:].reshape(2, 2, 2), rtol=1e-6
+  )
   with pytest.raises(ValueError, match="grid"):
     attention.rollout(raw, grid=(1, 3))
 
@@ -109,11 +112,14 @@ def test_maps_combines_layers_and_rollout():
   images = _images()
   variables = _variables(model, images)
   result = attention.maps(model, variables, images)
-  np.testing.assert_allclose(result["layers"],
-                             attention.class_token_attention(model, variables, images))
   np.testing.assert_allclose(
-      result["rollout"], attention.rollout(attention.full_attention(model, variables, images)),
-      rtol=1e-6)
+    result["layers"], attention.class_token_attention(model, variables, images)
+  )
+  np.testing.assert_allclose(
+    result["rollout"],
+    attention.rollout(attention.full_attention(model, variables, images)),
+    rtol=1e-6,
+  )
   assert result["rollout"].shape == (2, 4, 4)
 
 
@@ -145,8 +151,7 @@ def test_overlay_scales_the_image_by_the_normalised_map():
   np.testing.assert_array_equal(np.asarray(attention.overlay(image, 5 * heat)), out)
   np.testing.assert_array_equal(np.asarray(attention.overlay(image, heat - 1.0)), out)
   # A zero map leaves the image as it is; a greyscale image becomes RGB.
-  np.testing.assert_array_equal(np.asarray(attention.overlay(image, 0 * heat)),
-                                np.asarray(image))
+  np.testing.assert_array_equal(np.asarray(attention.overlay(image, 0 * heat)), np.asarray(image))
   assert attention.overlay(image.convert("L"), heat).mode == "RGB"
   with pytest.raises(ValueError, match="NaN"):
     attention.overlay(image, heat * np.nan)

@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 import jax
 import pytest
+
 # --compare=torch runs timm in this process: import it before anything can import tensorflow.
 import timm  # noqa: F401  pylint: disable=unused-import
 import torch  # noqa: F401  pylint: disable=unused-import
@@ -41,18 +42,31 @@ def _parsed_flags(*args: str, config_file: str = "quickstart.py") -> flags.FlagV
   return flag_values
 
 
-_TINY_VIT = ("--config.image_size=16", "--config.batch_size=8", "--config.model.patch_size=4",
-             "--config.model.hidden_size=32", "--config.model.mlp_dim=64",
-             "--config.model.num_heads=2", "--config.model.num_layers=2",
-             "--windows=2", "--steps_per_window=2")
+_TINY_VIT = (
+  "--config.image_size=16",
+  "--config.batch_size=8",
+  "--config.model.patch_size=4",
+  "--config.model.hidden_size=32",
+  "--config.model.mlp_dim=64",
+  "--config.model.num_heads=2",
+  "--config.model.num_layers=2",
+  "--windows=2",
+  "--steps_per_window=2",
+)
 
 
 def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
   json_out = tmp_path / "bench.json"
   flag_values = _parsed_flags(
-      *_TINY_VIT, "--compare=torch", "--pipeline", "--pipeline_jpeg_size=24",
-      "--pipeline_records=16", "--pipeline_batches=3", "--pipeline_workers=0",
-      f"--json_out={json_out}")
+    *_TINY_VIT,
+    "--compare=torch",
+    "--pipeline",
+    "--pipeline_jpeg_size=24",
+    "--pipeline_records=16",
+    "--pipeline_batches=3",
+    "--pipeline_workers=0",
+    f"--json_out={json_out}",
+  )
   benchmark.main(["benchmark"], flag_values=flag_values)
 
   lines = capsys.readouterr().out.strip().splitlines()
@@ -90,10 +104,20 @@ def test_command_line_imports_torch_before_tensorflow():
   # A fresh process: here conftest has imported torch first, which would hide a wrong order
   # (torch imported after tensorflow segfaults).
   run = subprocess.run(
-      [sys.executable, str(ROOT / "tools" / "benchmark.py"),
-       f"--config={ROOT / 'configs' / 'quickstart.py'}", *_TINY_VIT[:-2], "--windows=1",
-       "--steps_per_window=1", "--compare=torch"],
-      capture_output=True, text=True, timeout=180, check=False)
+    [
+      sys.executable,
+      str(ROOT / "tools" / "benchmark.py"),
+      f"--config={ROOT / 'configs' / 'quickstart.py'}",
+      *_TINY_VIT[:-2],
+      "--windows=1",
+      "--steps_per_window=1",
+      "--compare=torch",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=180,
+    check=False,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   assert _RATIO_LINE.match(run.stdout.strip().splitlines()[-1]), run.stdout
 
@@ -103,9 +127,10 @@ def test_bad_window_count_is_a_usage_error():
     benchmark.main(["benchmark"], flag_values=_parsed_flags(*_TINY_VIT[:-2], "--windows=0"))
 
 
-@pytest.mark.parametrize("name,image_size,gflops", [
-    ("vit_b16", 128, 11.27), ("vit_b16", 224, 35.1), ("vit_b32", 128, 2.98),
-    ("vit_l16", 128, 39.8)])
+@pytest.mark.parametrize(
+  "name,image_size,gflops",
+  [("vit_b16", 128, 11.27), ("vit_b16", 224, 35.1), ("vit_b32", 128, 2.98), ("vit_l16", 128, 39.8)],
+)
 def test_vit_flops_match_performance_doc(name, image_size, gflops):
   model = models.create_model(name, num_classes=1)
   assert benchmark.vit_forward_flops(model, image_size) / 1e9 == pytest.approx(gflops, rel=0.005)
@@ -120,16 +145,22 @@ def test_peak_flops_by_device_kind():
 
 def _flax_params(config):
   from animesion_jax import model_setup  # pylint: disable=g-import-not-at-top
+
   model = model_setup.build_model(config, num_classes=173)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jax.numpy.zeros((1, config.image_size, config.image_size, 3)),
-      train=False))
+  shapes = jax.eval_shape(
+    lambda: model.init(
+      jax.random.PRNGKey(0),
+      jax.numpy.zeros((1, config.image_size, config.image_size, 3)),
+      train=False,
+    )
+  )
   return model, models.count_params(shapes["params"])
 
 
-@pytest.mark.parametrize("config_file,expected_source", [
-    ("vit_b16.py", "pytorch_pretrained_vit.ViT('B_16')"),
-    ("resnet18.py", "torchvision resnet18")])
+@pytest.mark.parametrize(
+  "config_file,expected_source",
+  [("vit_b16.py", "pytorch_pretrained_vit.ViT('B_16')"), ("resnet18.py", "torchvision resnet18")],
+)
 def test_torch_reference_has_the_flax_model_size(config_file, expected_source):
   config = _parsed_flags("--config.image_size=32", config_file=config_file).config
   model, flax_params = _flax_params(config)
@@ -148,10 +179,18 @@ def test_torch_reference_refuses_models_without_one():
 def test_pipeline_only_over_a_tfds_dataset(tmp_path, capsys):
   json_out = tmp_path / "pipeline.json"
   flag_values = _parsed_flags(
-      "--config.image_size=16", "--config.resize_margin=4", "--config.batch_size=8",
-      f"--config.data_dir={helpers.synthetic_data_dir()}", "--config.dataset_config=small",
-      "--notrain_step", "--pipeline", "--pipeline_dataset=synthetic_characters",
-      "--pipeline_batches=4", "--pipeline_workers=0", f"--json_out={json_out}")
+    "--config.image_size=16",
+    "--config.resize_margin=4",
+    "--config.batch_size=8",
+    f"--config.data_dir={helpers.synthetic_data_dir()}",
+    "--config.dataset_config=small",
+    "--notrain_step",
+    "--pipeline",
+    "--pipeline_dataset=synthetic_characters",
+    "--pipeline_batches=4",
+    "--pipeline_workers=0",
+    f"--json_out={json_out}",
+  )
   benchmark.main(["benchmark"], flag_values=flag_values)
 
   results = json.loads(json_out.read_text())
@@ -165,5 +204,6 @@ def test_pipeline_only_over_a_tfds_dataset(tmp_path, capsys):
 
 def test_compare_needs_the_train_step():
   with pytest.raises(app.UsageError, match="--notrain_step"):
-    benchmark.main(["benchmark"], flag_values=_parsed_flags(
-        "--notrain_step", "--pipeline", "--compare=torch"))
+    benchmark.main(
+      ["benchmark"], flag_values=_parsed_flags("--notrain_step", "--pipeline", "--compare=torch")
+    )

@@ -5,14 +5,13 @@ its ShallowNet, and the ViT with the intermediate-features head of its later wor
 (`interm_features_fc`, with the exclusion loss), both random-initialised and tiny.
 """
 
-import torch  # First: importing torch after tensorflow segfaults.
-from torch import nn
-from torch.nn import functional as F
-
 import flax
 import jax
 import numpy as np
 import pytest
+import torch  # First: importing torch after tensorflow segfaults.
+from torch import nn
+from torch.nn import functional as F
 
 from animesion_jax import convert
 from tests.test_convert_torch import _perturb
@@ -28,14 +27,25 @@ class TorchShallowNet(nn.Module):
 
   def __init__(self, num_classes, channels=(16, 32), side=53, hidden=512):
     super().__init__()
-    self.layer1 = nn.Sequential(nn.Conv2d(3, channels[0], kernel_size=5, stride=1, padding=0),
-                                nn.BatchNorm2d(channels[0]), nn.ReLU(),
-                                nn.MaxPool2d(kernel_size=2, stride=2))
-    self.layer2 = nn.Sequential(nn.Conv2d(channels[0], channels[1], 5, stride=1, padding=0),
-                                nn.BatchNorm2d(channels[1]), nn.ReLU(),
-                                nn.MaxPool2d(kernel_size=2, stride=2))
-    self.fc = nn.Sequential(nn.Flatten(), nn.Linear(side * side * channels[1], hidden),
-                            nn.ReLU(), nn.Dropout(p=0.2), nn.Linear(hidden, num_classes))
+    self.layer1 = nn.Sequential(
+      nn.Conv2d(3, channels[0], kernel_size=5, stride=1, padding=0),
+      nn.BatchNorm2d(channels[0]),
+      nn.ReLU(),
+      nn.MaxPool2d(kernel_size=2, stride=2),
+    )
+    self.layer2 = nn.Sequential(
+      nn.Conv2d(channels[0], channels[1], 5, stride=1, padding=0),
+      nn.BatchNorm2d(channels[1]),
+      nn.ReLU(),
+      nn.MaxPool2d(kernel_size=2, stride=2),
+    )
+    self.fc = nn.Sequential(
+      nn.Flatten(),
+      nn.Linear(side * side * channels[1], hidden),
+      nn.ReLU(),
+      nn.Dropout(p=0.2),
+      nn.Linear(hidden, num_classes),
+    )
 
   def forward(self, x):
     return self.fc(self.layer2(self.layer1(x)))
@@ -63,9 +73,13 @@ class TorchIntermViT(nn.Module):
         m.eps = 1e-12  # The later code's ViT config (layer_norm_eps=1e-12).
     self.model = vit
     layers, dim = len(vit.transformer.blocks), vit.class_token.shape[-1]
-    self.inter_class_head = nn.Sequential(nn.Linear(layers, 1), _Squeeze(), nn.ReLU(),
-                                          nn.LayerNorm(dim, eps=1e-12),
-                                          nn.Linear(dim, num_classes))
+    self.inter_class_head = nn.Sequential(
+      nn.Linear(layers, 1),
+      _Squeeze(),
+      nn.ReLU(),
+      nn.LayerNorm(dim, eps=1e-12),
+      nn.Linear(dim, num_classes),
+    )
     self.exclusion = nn.KLDivLoss(reduction="batchmean")
     self.temperature, self.distance = temperature, distance
 
@@ -80,9 +94,10 @@ class TorchIntermViT(nn.Module):
       interm.append(x)
     loss = 0
     for i in range(len(interm) - self.distance):
-      loss += self.exclusion(F.log_softmax(interm[i][:, 0, :] / self.temperature, dim=1),
-                             F.softmax(interm[i + self.distance][:, 0, :] / self.temperature,
-                                       dim=1))
+      loss += self.exclusion(
+        F.log_softmax(interm[i][:, 0, :] / self.temperature, dim=1),
+        F.softmax(interm[i + self.distance][:, 0, :] / self.temperature, dim=1),
+      )
     return self.inter_class_head(torch.stack(interm, dim=-1)[:, 0]), loss
 
 
@@ -106,16 +121,21 @@ def test_shallownet_logits_match(tmp_path):
   # 32 px -> conv 28 -> pool 14 -> conv 10 -> pool 5: the smallest size with a 5x5 map.
   assert conversion.summary["image_size"] == 32
   assert [d["key"] for d in conversion.summary["dropped"]] == [
-      "layer1.1.num_batches_tracked", "layer2.1.num_batches_tracked"]
+    "layer1.1.num_batches_tracked",
+    "layer2.1.num_batches_tracked",
+  ]
   x = images(32)
   expected = torch_logits(torch_model, x)
   assert np.abs(expected).max() > 0.1
-  np.testing.assert_allclose(logits_of(model, conversion.variables, x), expected,
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(logits_of(model, conversion.variables, x), expected, atol=1e-5, rtol=0)
   # 33 px gives the same 5x5 map (floor pooling), so the checkpoint serves it too.
   model, variables = convert.load("pytorch_shallownet", path, image_size=33)
-  np.testing.assert_allclose(logits_of(model, variables, images(33)),
-                             torch_logits(torch_model, images(33)), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    logits_of(model, variables, images(33)),
+    torch_logits(torch_model, images(33)),
+    atol=1e-5,
+    rtol=0,
+  )
   with pytest.raises(convert.ConversionError, match="tied to the image size"):
     convert.load("pytorch_shallownet", path, image_size=64)
 
@@ -141,11 +161,13 @@ def _interm_torch_vit(monkeypatch, temperature=2.0, distance=1):
 
 
 @pytest.mark.parametrize("head_name", ["inter_class_head", "class_head"])
-def test_intermediate_features_vit_logits_and_exclusion_loss_match(tmp_path, monkeypatch,
-                                                                   head_name):
+def test_intermediate_features_vit_logits_and_exclusion_loss_match(
+  tmp_path, monkeypatch, head_name
+):
   torch_model = _interm_torch_vit(monkeypatch)
-  state = {k.replace("inter_class_head.", f"{head_name}."): v
-           for k, v in torch_model.state_dict().items()}
+  state = {
+    k.replace("inter_class_head.", f"{head_name}."): v for k, v in torch_model.state_dict().items()
+  }
   path = tmp_path / "interm.pth"
   torch.save(state, path)
 
@@ -158,16 +180,20 @@ def test_intermediate_features_vit_logits_and_exclusion_loss_match(tmp_path, mon
   with torch.no_grad():
     expected, torch_exclusion = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2)))
   assert np.abs(expected.numpy()).max() > 0.1
-  np.testing.assert_allclose(logits_of(model, conversion.variables, x), expected.numpy(),
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    logits_of(model, conversion.variables, x), expected.numpy(), atol=1e-5, rtol=0
+  )
   # The exclusion term the model adds to the loss: -weight * T^2 * (sum of KLs), as the original.
-  weighted = model.clone(exclusion_loss_weight=0.01, exclusion_temperature=2.0,
-                         exclusion_layer_distance=1)
+  weighted = model.clone(
+    exclusion_loss_weight=0.01, exclusion_temperature=2.0, exclusion_layer_distance=1
+  )
   _, sown = jax.jit(lambda v, x: weighted.apply(v, x, train=False, mutable=["losses"]))(
-      conversion.variables, x)
+    conversion.variables, x
+  )
   assert float(torch_exclusion) > 1e-4
-  np.testing.assert_allclose(float(sown["losses"]["exclusion"][0]),
-                             -0.01 * 4.0 * float(torch_exclusion), rtol=1e-4)
+  np.testing.assert_allclose(
+    float(sown["losses"]["exclusion"][0]), -0.01 * 4.0 * float(torch_exclusion), rtol=1e-4
+  )
 
 
 def test_intermediate_features_head_of_other_shape_is_refused(tmp_path, monkeypatch):

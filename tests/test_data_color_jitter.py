@@ -40,8 +40,9 @@ def _torchvision_tensor(pixels: np.ndarray, factors, order) -> np.ndarray:
   return image.permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("op, factor", [(0, 0.9), (0, 1.1), (1, 0.9), (1, 1.1), (2, 0.9),
-                                        (2, 1.1), (3, -0.1), (3, 0.07)])
+@pytest.mark.parametrize(
+  "op, factor", [(0, 0.9), (0, 1.1), (1, 0.9), (1, 1.1), (2, 0.9), (2, 1.1), (3, -0.1), (3, 0.07)]
+)
 def test_each_host_adjustment_is_torchvisions_on_pil_images(op, factor):
   factors = np.asarray([1.0, 1.0, 1.0, 0.0], np.float32)
   factors[op] = factor
@@ -60,8 +61,9 @@ def test_device_jitter_is_torchvisions_tensor_jitter_in_any_order():
   rng = np.random.default_rng(0)
   factors, order = color_jitter.draw_parameters(rng, len(images), 0.1)
   order[:4] = [[3, 0, 1, 2], [0, 1, 2, 3], [2, 3, 0, 1], [1, 2, 3, 0]]  # Hue first..last.
-  got = np.asarray(jax.jit(color_jitter.jitter_float)(
-      jnp.asarray(images, jnp.float32) / 255.0, factors, order))
+  got = np.asarray(
+    jax.jit(color_jitter.jitter_float)(jnp.asarray(images, jnp.float32) / 255.0, factors, order)
+  )
   for index, pixels in enumerate(images):
     want = _torchvision_tensor(pixels, factors[index], order[index])
     np.testing.assert_allclose(got[index], want, atol=2e-5)
@@ -85,7 +87,8 @@ def test_parameters_have_torchvisions_distribution():
   count = 24_000
   factors, order = color_jitter.draw_parameters(np.random.default_rng(2), count, 0.1)
   device_factors, device_order = jax.device_get(
-      color_jitter.draw_parameters_jax(jax.random.PRNGKey(2), count, 0.1))
+    color_jitter.draw_parameters_jax(jax.random.PRNGKey(2), count, 0.1)
+  )
   for f, o in ((factors, order), (device_factors, device_order)):
     np.testing.assert_array_less(np.abs(f - [1, 1, 1, 0]), 0.1 + 1e-6)
     # Uniform on [-0.1, 0.1] around the identity: mean 0, std 0.1 / sqrt(3).
@@ -101,9 +104,13 @@ def test_parameters_have_torchvisions_distribution():
 def _summary(before: np.ndarray, after: np.ndarray) -> np.ndarray:
   """Per image: change of the mean of each channel, and of the per-image std (contrast)."""
   before, after = before.astype(np.float64), after.astype(np.float64)
-  return np.concatenate([
+  return np.concatenate(
+    [
       after.mean(axis=(1, 2)) - before.mean(axis=(1, 2)),
-      (after.std(axis=(1, 2, 3)) - before.std(axis=(1, 2, 3)))[:, None]], axis=1)
+      (after.std(axis=(1, 2, 3)) - before.std(axis=(1, 2, 3)))[:, None],
+    ],
+    axis=1,
+  )
 
 
 def test_random_jitter_statistics_match_torchvision_color_jitter():
@@ -116,9 +123,11 @@ def test_random_jitter_statistics_match_torchvision_color_jitter():
   factors, order = color_jitter.draw_parameters(np.random.default_rng(3), len(images), 0.1)
   host = np.stack([color_jitter.jitter_uint8(p, f, o) for p, f, o in zip(images, factors, order)])
   device_factors, device_order = color_jitter.draw_parameters_jax(
-      jax.random.PRNGKey(3), len(images), 0.1)
-  device = np.asarray(jax.jit(color_jitter.jitter_uint8_batch_jax)(
-      jnp.asarray(images), device_factors, device_order))
+    jax.random.PRNGKey(3), len(images), 0.1
+  )
+  device = np.asarray(
+    jax.jit(color_jitter.jitter_uint8_batch_jax)(jnp.asarray(images), device_factors, device_order)
+  )
   assert device.dtype == np.uint8
   reference_summary = _summary(images, want)
   spread = reference_summary.std(axis=0)
@@ -126,8 +135,10 @@ def test_random_jitter_statistics_match_torchvision_color_jitter():
   for got in (host, device):
     summary = _summary(images, got)
     # Same centre (within 4 standard errors) and the same spread (within 15%).
-    np.testing.assert_array_less(np.abs(summary.mean(axis=0) - reference_summary.mean(axis=0)),
-                                 4 * spread / np.sqrt(len(images)) * np.sqrt(2))
+    np.testing.assert_array_less(
+      np.abs(summary.mean(axis=0) - reference_summary.mean(axis=0)),
+      4 * spread / np.sqrt(len(images)) * np.sqrt(2),
+    )
     np.testing.assert_allclose(summary.std(axis=0), spread, rtol=0.15)
     # The hue moves: mean absolute pixel change is that of torchvision's.
     change = np.abs(got.astype(np.int32) - images).mean()

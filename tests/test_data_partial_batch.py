@@ -36,8 +36,14 @@ class _IndexSource:
 
 
 def _cache(source, **overrides):
-  kwargs = dict(mesh=sharding.create_mesh(), global_batch_size=16, image_size=16,
-                resize_margin=4, horizontal_flip=True, seed=0)
+  kwargs = dict(
+    mesh=sharding.create_mesh(),
+    global_batch_size=16,
+    image_size=16,
+    resize_margin=4,
+    horizontal_flip=True,
+    seed=0,
+  )
   kwargs.update(overrides)
   return device_cache.DeviceCache(source, **kwargs)
 
@@ -90,9 +96,11 @@ def _step(batch, accumulation_steps=1):
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))
   tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.5)  # As optim.create does.
   state = steps.create_train_state(variables, tx, jax.random.PRNGKey(1))
-  new_state, metrics = jax.jit(lambda s, b: steps.train_step(
-      s, b, model=model, tx=tx, schedule=lambda _: 0.5, normalization="half",
-      accumulation_steps=accumulation_steps))(state, batch)
+  new_state, metrics = jax.jit(
+    lambda s, b: steps.train_step(
+      s, b, model=model, tx=tx, normalization="half", accumulation_steps=accumulation_steps
+    )
+  )(state, batch)
   return new_state.params, metrics.compute()
 
 
@@ -106,8 +114,9 @@ def test_train_step_averages_over_real_rows_only(accumulation_steps):
   padded = {"image": images, "label": labels, "mask": (np.arange(8) < 5).astype(np.float32)}
   want_params, want_metrics = _step(real)
   got_params, got_metrics = _step(padded, accumulation_steps)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               got_params, want_params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got_params, want_params
+  )
   for name in ("loss", "top1", "learning_rate"):
     np.testing.assert_allclose(got_metrics[name], want_metrics[name], rtol=1e-5)
   # Without the mask the padding rows do count (the comparison above can fail).
@@ -117,10 +126,13 @@ def test_train_step_averages_over_real_rows_only(accumulation_steps):
 
 def test_full_mask_is_the_plain_mean():
   rng = np.random.default_rng(1)
-  batch = {"image": rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
-           "label": rng.integers(0, 5, (8,)).astype(np.int32)}
+  batch = {
+    "image": rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
+    "label": rng.integers(0, 5, (8,)).astype(np.int32),
+  }
   plain_params, plain_metrics = _step(batch)
   masked_params, masked_metrics = _step({**batch, "mask": np.ones(8, np.float32)}, 2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               plain_params, masked_params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain_params, masked_params
+  )
   np.testing.assert_allclose(plain_metrics["loss"], masked_metrics["loss"], rtol=1e-6)

@@ -33,8 +33,7 @@ class _CoordinateSource:
 
 
 def _loader(source, **overrides):
-  kwargs = dict(global_batch_size=32, image_size=16, resize_margin=4, horizontal_flip=True,
-                seed=3)
+  kwargs = dict(global_batch_size=32, image_size=16, resize_margin=4, horizontal_flip=True, seed=3)
   kwargs.update(overrides)
   return pipeline.train_loader(source, **kwargs)
 
@@ -96,7 +95,8 @@ def test_processes_take_their_rows_of_the_same_global_batches(monkeypatch):
   for step in range(4):
     for key in ("image", "label", "mask"):
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][step][key], parts[1][step][key]]), alone[step][key])
+        np.concatenate([parts[0][step][key], parts[1][step][key]]), alone[step][key]
+      )
 
 
 def test_crop_and_flip_distribution():
@@ -143,12 +143,14 @@ def _encoded(pixels: np.ndarray, fmt: str, **kwargs) -> bytes:
 
 def _smooth_image(rng, size, mode="RGB"):
   coarse = Image.fromarray(rng.integers(0, 256, (5, 5, 3), np.uint8)).resize(
-      (size, size), Image.BICUBIC)
+    (size, size), Image.BICUBIC
+  )
   return np.asarray(coarse.convert(mode))
 
 
-@pytest.mark.parametrize("source_size, target", [(128, 160), (100, 160), (160, 160), (200, 160),
-                                                 (320, 128)])
+@pytest.mark.parametrize(
+  "source_size, target", [(128, 160), (100, 160), (160, 160), (200, 160), (320, 128)]
+)
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_fast_decode_matches_pillow(source_size, target, fmt):
   rng = np.random.default_rng(source_size)
@@ -160,8 +162,10 @@ def test_fast_decode_matches_pillow(source_size, target, fmt):
   assert np.abs(got.astype(np.int32) - want).max() <= (1 if source_size < target else 0)
 
 
-@pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"),
-                                       ("P", "PNG"), ("RGB", "GIF"), ("RGB", "BMP")])
+@pytest.mark.parametrize(
+  "mode, fmt",
+  [("L", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("RGB", "GIF"), ("RGB", "BMP")],
+)
 def test_other_modes_and_formats_decode_to_rgb_as_pillow(mode, fmt):
   pixels = _smooth_image(np.random.default_rng(1), 48, mode)
   encoded = _encoded(pixels, fmt)
@@ -176,6 +180,7 @@ def test_undecodable_bytes_raise_pillows_error():
 
 def test_worker_processes_give_the_same_batches():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's workers read their absl flags.
   source = _CoordinateSource(count=40, size=20)

@@ -48,21 +48,36 @@ def test_summary_numbers():
   assert (few["classes"], few["examples"], few["top1"], few["top5"]) == (1, 1, 0.0, 1.0)
   assert medium["title"] == "medium-shot (20-100)"
   assert [(p["true_name"], p["predicted_name"], p["count"]) for p in report["confused_pairs"]] == [
-      ("asuka", "rei", 2), ("rei", "asuka", 1), ("misato", "rei", 1)]
+    ("asuka", "rei", 2),
+    ("rei", "asuka", 1),
+    ("misato", "rei", 1),
+  ]
   assert report["confused_pairs"][0]["fraction_of_true"] == pytest.approx(2 / 3)
   shinji = report["per_class"][3]
   assert (shinji["examples"], shinji["top1"], shinji["group"]) == (0, None, "medium")
-  assert report["per_class"][0] == {"class_id": 0, "name": "asuka", "train_count": 150,
-                                    "group": "many", "examples": 3, "top1": pytest.approx(1 / 3),
-                                    "top5": pytest.approx(2 / 3)}
+  assert report["per_class"][0] == {
+    "class_id": 0,
+    "name": "asuka",
+    "train_count": 150,
+    "group": "many",
+    "examples": 3,
+    "top1": pytest.approx(1 / 3),
+    "top5": pytest.approx(2 / 3),
+  }
   json.dumps(report)  # JSON-ready: no numpy scalars or NaN.
 
 
 def test_group_without_examples_and_bad_inputs():
   report = longtail.summarize(_LABELS[:3], _TOP[:3], _TRAIN_COUNTS, _NAMES)
-  assert report["groups"]["few"] == {"title": "few-shot (<20)", "classes": 0, "examples": 0,
-                                     "top1": None, "top5": None, "mean_class_top1": None,
-                                     "mean_class_top5": None}
+  assert report["groups"]["few"] == {
+    "title": "few-shot (<20)",
+    "classes": 0,
+    "examples": 0,
+    "top1": None,
+    "top5": None,
+    "mean_class_top1": None,
+    "mean_class_top5": None,
+  }
   with pytest.raises(ValueError, match=r"Labels must be in \[0, 4\)"):
     longtail.class_counts(np.array([0, 4]), 4)
   with pytest.raises(ValueError, match="3 training counts for 4 classes"):
@@ -72,8 +87,7 @@ def test_group_without_examples_and_bad_inputs():
 def test_confused_pairs_order_and_limit():
   labels = np.array([3, 3, 1, 1, 2, 0, 0])
   predicted = np.array([1, 1, 3, 3, 0, 0, 2])
-  assert longtail.confused_pairs(labels, predicted) == [(1, 3, 2), (3, 1, 2), (0, 2, 1),
-                                                        (2, 0, 1)]
+  assert longtail.confused_pairs(labels, predicted) == [(1, 3, 2), (3, 1, 2), (0, 2, 1), (2, 0, 1)]
   assert longtail.confused_pairs(labels, predicted, limit=1) == [(1, 3, 2)]
   assert longtail.confused_pairs(labels, labels) == []
 
@@ -134,8 +148,13 @@ def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path, monkeypatc
     results = json.load(f)["validation"]
   monkeypatch.chdir(os.path.dirname(workdir))  # A relative workdir works too.
   # 20 is not a multiple of the 8 devices: rounded up to 24, the last batch padded.
-  report = evaluate.evaluate(os.path.basename(workdir), split="validation", checkpoint="best",
-                             output_dir=str(tmp_path), batch_size=20)
+  report = evaluate.evaluate(
+    os.path.basename(workdir),
+    split="validation",
+    checkpoint="best",
+    output_dir=str(tmp_path),
+    batch_size=20,
+  )
   assert report["num_examples"] == 112
   assert report["top1"] == pytest.approx(results["top1"], abs=1e-6)
   assert report["loss"] == pytest.approx(results["loss"], rel=1e-5)
@@ -158,11 +177,27 @@ def test_command_line_with_two_processes(workdir, tmp_path, test_report):
     sock.bind(("localhost", 0))
     port = sock.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  processes = [subprocess.Popen(
-      [sys.executable, "-m", "animesion_jax.evaluate", f"--workdir={workdir}",
-       "--checkpoint=latest", f"--output_dir={tmp_path}", "--batch_size=48",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={index}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(2)]
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "animesion_jax.evaluate",
+        f"--workdir={workdir}",
+        "--checkpoint=latest",
+        f"--output_dir={tmp_path}",
+        "--batch_size=48",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={index}",
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for index in range(2)
+  ]
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
@@ -175,14 +210,19 @@ def test_command_line_with_two_processes(workdir, tmp_path, test_report):
   assert report["num_examples"] == 224
   assert report["top1"] == test_report["top1"] and report["top5"] == test_report["top5"]
   assert report["loss"] == pytest.approx(test_report["loss"], rel=1e-5)
-  with open(tmp_path / "predictions.csv") as f, open(
-      os.path.join(test_report["output_dir"], "predictions.csv")) as g:
+  with (
+    open(tmp_path / "predictions.csv") as f,
+    open(os.path.join(test_report["output_dir"], "predictions.csv")) as g,
+  ):
     assert f.read() == g.read()  # The same top-5 for every example, in record order.
 
 
 def test_unknown_split_is_a_clear_error(workdir):
-  with pytest.raises(evaluate.EvaluationError, match=r"--split='dev'.*\['test', 'train', "
-                     r"'validation'\]"):
+  with pytest.raises(
+    evaluate.EvaluationError,
+    match=r"--split='dev'.*\['test', 'train', "
+    r"'validation'\]",
+  ):
     evaluate.evaluate(workdir, split="dev")
 
 
@@ -204,8 +244,11 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
   run_dir.RunDir(workdir).save_class_names([f"c{i}" for i in range(10)])
-  with pytest.raises(inference.CheckpointMismatch, match=r"params/head/bias: model \(10,\), "
-                     r"checkpoint \(28,\)"):
+  with pytest.raises(
+    inference.CheckpointMismatch,
+    match=r"params/head/bias: model \(10,\), "
+    r"checkpoint \(28,\)",
+  ):
     inference.load_run(workdir)
 
 
@@ -227,8 +270,10 @@ def test_binned_means():
   counts = np.array([1, 1, 1, 50, 50, 50, 100, 5], float)
   values = np.array([0, 0, 30, 50, 50, 50, 99, 7.0])
   centres, means = plots.binned_means(counts, values, bins=2)
-  assert centres == [pytest.approx(math.exp(np.mean(np.log([1, 1, 1, 5])))),
-                     pytest.approx(math.exp(np.mean(np.log([50, 50, 50, 100]))))]
+  assert centres == [
+    pytest.approx(math.exp(np.mean(np.log([1, 1, 1, 5])))),
+    pytest.approx(math.exp(np.mean(np.log([50, 50, 50, 100])))),
+  ]
   assert means == [pytest.approx(37 / 4), pytest.approx(249 / 4)]
   _, sparse = plots.binned_means(counts[:7], values[:7], bins=2, min_members=4)
   assert sparse == [pytest.approx(249 / 4)]
@@ -240,28 +285,46 @@ def test_evaluate_straight_from_a_checkpoint(workdir, test_report, tmp_path, mon
 
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
   from animesion_jax.convert import exported  # pylint: disable=g-import-not-at-top
+
   run = inference.load_run(workdir, "latest")
-  summary = dict(exported.new_summary("run", run.checkpoint),
-                 normalization=run.config.normalization)
-  conversion = exported.from_module(summary, run.model, jax.device_get(run.variables),
-                                    run.config.image_size)
+  summary = dict(
+    exported.new_summary("run", run.checkpoint), normalization=run.config.normalization
+  )
+  conversion = exported.from_module(
+    summary, run.model, jax.device_get(run.variables), run.config.image_size
+  )
   convert.save(tmp_path / "exported", conversion.model, conversion.variables, conversion.summary)
   monkeypatch.chdir(tmp_path)  # Relative paths, and the default output folder, mean this one.
   report = evaluate.evaluate_checkpoint(
-      "exported", "animesion", "synthetic_characters", data_dir=run.config.data_dir,
-      dataset_config="small", batch_size=64)
+    "exported",
+    "animesion",
+    "synthetic_characters",
+    data_dir=run.config.data_dir,
+    dataset_config="small",
+    batch_size=64,
+  )
   assert report["step"] is None and report["checkpoint"] == str(tmp_path / "exported")
   assert report["output_dir"] == str(tmp_path / "evaluation" / "exported_test")
   assert report["num_examples"] == 224 and report["top1"] == test_report["top1"]
   assert report["loss"] == pytest.approx(test_report["loss"], rel=1e-5)
-  assert json.loads((tmp_path / "evaluation" / "exported_test" / "evaluation.json").read_text())[
-      "top5"] == test_report["top5"]
-  assert "converted checkpoint, synthetic_characters test: 224 examples" in (
-      evaluate.format_summary(report).splitlines()[0])
+  assert (
+    json.loads((tmp_path / "evaluation" / "exported_test" / "evaluation.json").read_text())["top5"]
+    == test_report["top5"]
+  )
+  assert (
+    "converted checkpoint, synthetic_characters test: 224 examples"
+    in (evaluate.format_summary(report).splitlines()[0])
+  )
   names = run_dir.RunDir(workdir).load_class_names()
   (tmp_path / "names.json").write_text(json.dumps(names[:3] + ["someone"] + names[4:]))
-  with pytest.raises(evaluate.EvaluationError, match="first difference at class 3: 'someone' "
-                     f"against '{names[3]}'"):
-    evaluate.evaluate_checkpoint("exported", "animesion", "synthetic_characters",
-                                 class_names="names.json", data_dir=run.config.data_dir,
-                                 dataset_config="small")
+  with pytest.raises(
+    evaluate.EvaluationError, match=f"first difference at class 3: 'someone' against '{names[3]}'"
+  ):
+    evaluate.evaluate_checkpoint(
+      "exported",
+      "animesion",
+      "synthetic_characters",
+      class_names="names.json",
+      data_dir=run.config.data_dir,
+      dataset_config="small",
+    )

@@ -9,14 +9,13 @@ import time
 
 import jax
 import ml_collections
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from animesion_jax import checkpointing
-from animesion_jax import run_dir
 from animesion_jax import config_validation
 from animesion_jax import model_setup
+from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax import train
 from tests import helpers
@@ -35,8 +34,11 @@ def _partial_writes(directory):
 
 
 def _assert_same_params(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6),
-               a.params, b.params)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6),
+    a.params,
+    b.params,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +93,18 @@ def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path, st
   straight_dir, config = straight_run
   config_file = tmp_path / "kill_config.py"
   config_file.write_text(
-      "from tests import helpers\n\n"
-      "def get_config():\n"
-      "  return helpers.tiny_config(num_train_steps=8, checkpoint_every_steps=1)\n")
+    "from tests import helpers\n\n"
+    "def get_config():\n"
+    "  return helpers.tiny_config(num_train_steps=8, checkpoint_every_steps=1)\n"
+  )
   workdir = tmp_path / "run"
   process = subprocess.Popen(
-      [sys.executable, "-m", "animesion_jax.main", f"--config={config_file}",
-       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    [sys.executable, "-m", "animesion_jax.main", f"--config={config_file}", f"--workdir={workdir}"],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+  )
   latest = workdir / "checkpoints"
   deadline = time.time() + 240
   killed_mid_write = False
@@ -172,15 +178,22 @@ def _set(config, dotted, value):
   return config
 
 
-@pytest.mark.parametrize("dotted, value, message", [
+@pytest.mark.parametrize(
+  "dotted, value, message",
+  [
     ("learning_rat", 0.1, r"Unknown config fields \['config.learning_rat'\]"),
     ("batch_size", "64", r"config.batch_size='64' should be of type int"),
     ("learning_rate", "0.1", r"config.learning_rate='0.1' should be of type float"),
     ("image_size", 18, r"config.image_size=18 is not divisible by the patch size 4"),
-    ("batch_size", 20, r"config.batch_size=20 must be a positive multiple of the device count \(8\)"),
+    (
+      "batch_size",
+      20,
+      r"config.batch_size=20 must be a positive multiple of the device count \(8\)",
+    ),
     ("model.hidden_sise", 8, r"config.model has a field that model 'vit_tiny' does not take"),
     ("init_from.source", "vit_npz", r"config.init_from.path='/nonexistent.npz' does not exist"),
-])
+  ],
+)
 def test_bad_config_message(tmp_path, dotted, value, message):
   # Not type-safe, like a config rebuilt from JSON, so a wrong type reaches the validator.
   config = ml_collections.ConfigDict(helpers.tiny_config().to_dict(), type_safe=False)
@@ -202,6 +215,7 @@ def test_resume_with_incompatible_config_names_the_difference(tmp_path):
   train.train_and_evaluate(helpers.tiny_config(num_train_steps=2), str(tmp_path))
   changed = helpers.tiny_config(num_train_steps=4)
   changed.model.hidden_size = 48
-  with pytest.raises(config_validation.ConfigError,
-                     match=r"config.model.hidden_size: 32 in the run, now 48"):
+  with pytest.raises(
+    config_validation.ConfigError, match=r"config.model.hidden_size: 32 in the run, now 48"
+  ):
     train.train_and_evaluate(changed, str(tmp_path))

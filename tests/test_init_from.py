@@ -7,19 +7,22 @@ import numpy as np
 import pytest
 
 from animesion_jax import checkpointing
-from animesion_jax import run_dir
 from animesion_jax import config_validation
 from animesion_jax import convert
 from animesion_jax import model_setup
 from animesion_jax import models
+from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax import train
 from tests import helpers
 
 
 def _export(tmp_path, model, image_size):
-  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(7),
-                                         jnp.zeros((1, image_size, image_size, 3)), train=False))()
+  variables = jax.jit(
+    lambda: model.init(
+      jax.random.PRNGKey(7), jnp.zeros((1, image_size, image_size, 3)), train=False
+    )
+  )()
   convert.save(str(tmp_path), model, variables, {"image_size": image_size, "source": "test"})
   return jax.tree.map(np.asarray, dict(variables))
 
@@ -66,8 +69,9 @@ def test_vit_fine_tunes_every_layer_from_checkpoint(tmp_path):
 
 def test_checkpoint_that_does_not_fit_the_config_names_shapes(tmp_path):
   config = helpers.tiny_config(num_train_steps=2)
-  other = models.create_model("vit_tiny", num_classes=28, patch_size=4, hidden_size=48,
-                              mlp_dim=64, num_heads=2, num_layers=2)
+  other = models.create_model(
+    "vit_tiny", num_classes=28, patch_size=4, hidden_size=48, mlp_dim=64, num_heads=2, num_layers=2
+  )
   _export(tmp_path / "pretrained", other, 16)
   config.init_from.source = "animesion"
   config.init_from.path = str(tmp_path / "pretrained")

@@ -19,8 +19,9 @@ from tests import helpers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Evaluated every 4 steps (with a validation split, so every evaluation is a ranked checkpoint),
 # periodic checkpoints every 5: best and latest fall on the same and on different steps.
-OVERRIDES = dict(num_train_steps=24, eval_every_epochs=4 / 17, checkpoint_every_steps=5,
-                 log_every_steps=4)
+OVERRIDES = dict(
+  num_train_steps=24, eval_every_epochs=4 / 17, checkpoint_every_steps=5, log_every_steps=4
+)
 
 
 def _config():
@@ -45,14 +46,19 @@ def _start(cwd, workdir: str) -> subprocess.Popen:
   config_file = os.path.join(cwd, "kill_config.py")
   if not os.path.exists(config_file):
     with open(config_file, "w") as f:
-      f.write(f"from tests import helpers\n\ndef get_config():\n"
-              f"  return helpers.tiny_config(**{OVERRIDES!r})\n")
-  env = {**os.environ, "PYTHONPATH": REPO,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+      f.write(
+        f"from tests import helpers\n\ndef get_config():\n"
+        f"  return helpers.tiny_config(**{OVERRIDES!r})\n"
+      )
+  env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   return subprocess.Popen(
-      [sys.executable, "-m", "animesion_jax.main", "--config=kill_config.py",
-       f"--workdir={workdir}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
+    [sys.executable, "-m", "animesion_jax.main", "--config=kill_config.py", f"--workdir={workdir}"],
+    cwd=cwd,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def test_random_sigkills_then_restarts_finish_like_an_uninterrupted_run(tmp_path, straight_run):
@@ -70,8 +76,11 @@ def test_random_sigkills_then_restarts_finish_like_an_uninterrupted_run(tmp_path
         process.kill()
         output = process.communicate()[0]
         kills += 1
-        steps = sorted(os.listdir(tmp_path / "runs/killed/checkpoints")) if (
-            tmp_path / "runs/killed/checkpoints").exists() else []
+        steps = (
+          sorted(os.listdir(tmp_path / "runs/killed/checkpoints"))
+          if (tmp_path / "runs/killed/checkpoints").exists()
+          else []
+        )
         log.append(f"attempt {attempt}: killed after {delay:.1f}s; on disk: {steps}")
         continue
     else:
@@ -104,16 +113,16 @@ def test_best_and_latest_kept_by_one_manager(straight_run):
 
 
 def _truncate_an_array_file(step_dir) -> str:
-  files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000
-           and "state" in str(p)]
+  files = [
+    p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000 and "state" in str(p)
+  ]
   biggest = max(files, key=lambda p: p.stat().st_size)
   with open(biggest, "r+b") as f:
     f.truncate(biggest.stat().st_size // 3)
   return str(biggest)
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, straight_run,
-                                                                   caplog):
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, straight_run, caplog):
   config = _config()
   config.halt_after_steps = 10
   train.train_and_evaluate(config, str(tmp_path))  # Halts after step 10 (saved).
@@ -132,6 +141,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, stra
 
 def test_damaged_checkpoint_for_inference_names_it_and_the_others(tmp_path, straight_run):
   import shutil  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path / "copy"
   shutil.copytree(straight_run, workdir)
   _truncate_an_array_file(workdir / "checkpoints" / "24")

@@ -12,6 +12,7 @@ from animesion_jax import sharding
 @dataclasses.dataclass(frozen=True)
 class FakeGpu:
   """What mesh_utils reads from a device: a global id, its process, platform and kind."""
+
   id: int
   process_index: int
   platform: str = "gpu"
@@ -20,8 +21,9 @@ class FakeGpu:
 
 def _two_hosts_interleaved() -> list[FakeGpu]:
   # 2 hosts x 4 GPUs, listed in an order that mixes the hosts (as a device list may come).
-  devices = [FakeGpu(id=host * 4 + local, process_index=host) for host in (0, 1)
-             for local in range(4)]
+  devices = [
+    FakeGpu(id=host * 4 + local, process_index=host) for host in (0, 1) for local in range(4)
+  ]
   return [devices[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)]
 
 

@@ -1,6 +1,8 @@
 """The model table and the original code's model options: dropout placement, intermediate-features
 head with exclusion loss, ResNet initialisation, and the config checks that depend on them."""
 
+import functools
+
 import flax
 import flax.linen as nn
 import jax
@@ -37,20 +39,36 @@ def _images(n=4, size=16, seed=1):
 # ------------------------------------------------------------------------------------ the table
 
 
-@pytest.mark.parametrize("name, overrides, size", [
-    ("vit_tiny", {}, 8), ("vit_tiny", {"head_type": "intermediate_features"}, 8),
-    ("resnet18", {"base_width": 4}, 32), ("shallow", {}, 32)])
+@pytest.mark.parametrize(
+  "name, overrides, size",
+  [
+    ("vit_tiny", {}, 8),
+    ("vit_tiny", {"head_type": "intermediate_features"}, 8),
+    ("resnet18", {"base_width": 4}, 32),
+    ("shallow", {}, 32),
+  ],
+)
 def test_classifier_params_of_the_table_exist_in_each_model(name, overrides, size):
   model = models.create_model(name, 5, **overrides)
   params = _abstract_params(model, size)
   names = models.spec(name).family.classifier_params
   mask = optim.classifier_mask(params, names)
   trainable = sorted(k for k, v in flax.traverse_util.flatten_dict(mask, sep="/").items() if v)
-  expected = {"vit_tiny": ["head/bias", "head/kernel"], "resnet18": ["fc/bias", "fc/kernel"],
-              "shallow": ["fc2/bias", "fc2/kernel"]}[name]
+  expected = {
+    "vit_tiny": ["head/bias", "head/kernel"],
+    "resnet18": ["fc/bias", "fc/kernel"],
+    "shallow": ["fc2/bias", "fc2/kernel"],
+  }[name]
   if overrides.get("head_type"):  # Intermediate features: the layer mix, LayerNorm, Dense.
-    expected = sorted(expected + ["interm_aggregate/bias", "interm_aggregate/kernel",
-                                  "interm_norm/bias", "interm_norm/scale"])
+    expected = sorted(
+      expected
+      + [
+        "interm_aggregate/bias",
+        "interm_aggregate/kernel",
+        "interm_norm/bias",
+        "interm_norm/scale",
+      ]
+    )
   assert trainable == expected
 
 
@@ -77,23 +95,39 @@ def test_freeze_backbone_with_shallownet_validates_and_freezes_fc2_only():
   tx = optim.create_optimizer(config, 10, 100, params=params)
   ones = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(ones, tx.init(params), params)
-  moved = sorted(k for k, v in flax.traverse_util.flatten_dict(updates, sep="/").items()
-                 if np.any(np.asarray(v)))
+  moved = sorted(
+    k for k, v in flax.traverse_util.flatten_dict(updates, sep="/").items() if np.any(np.asarray(v))
+  )
   assert moved == ["fc2/bias", "fc2/kernel"]
 
 
-@pytest.mark.parametrize("get_config, field, value, message", [
-    (resnet18.get_config, "dropout_placement", "vit_jax",
-     r"model.dropout_placement is an option of VisionTransformer models only.*ResNet"),
-    (shallow_config.get_config, "head_type", "class_token",
-     r"head_type is an option of VisionTransformer models only"),
-    (vit_b16.get_config, "init_scheme", "animesion",
-     r"init_scheme is an option of ResNet models only"),
+@pytest.mark.parametrize(
+  "get_config, field, value, message",
+  [
+    (
+      resnet18.get_config,
+      "dropout_placement",
+      "vit_jax",
+      r"model.dropout_placement is an option of VisionTransformer models only.*ResNet",
+    ),
+    (
+      shallow_config.get_config,
+      "head_type",
+      "class_token",
+      r"head_type is an option of VisionTransformer models only",
+    ),
+    (
+      vit_b16.get_config,
+      "init_scheme",
+      "animesion",
+      r"init_scheme is an option of ResNet models only",
+    ),
     (vit_b16.get_config, "dropout_placement", "timm", r"dropout_placement='timm'"),
     (vit_b16.get_config, "exclusion_loss_weight", 0.01, r"needs head_type='intermediate_features'"),
     (resnet18.get_config, "init_scheme", "kaiming", r"init_scheme 'kaiming'"),
     (vit_b16.get_config, "no_such_field", 1, r"no_such_field is not a model option"),
-])
+  ],
+)
 def test_model_options_are_checked_against_the_model(get_config, field, value, message):
   config = get_config()
   config.model[field] = value
@@ -116,8 +150,10 @@ def test_init_from_source_must_hold_the_models_family():
   config = vit_b16.get_config()
   config.init_from.source = "torchvision_resnet"
   config.init_from.path = "resnet18.pth"
-  with pytest.raises(config_validation.ConfigError,
-                     match=r"holds no VisionTransformer.*\['vit_npz', 'pytorch_vit', 'animesion'\]"):
+  with pytest.raises(
+    config_validation.ConfigError,
+    match=r"holds no VisionTransformer.*\['vit_npz', 'pytorch_vit', 'animesion'\]",
+  ):
     _valid(config)
 
 
@@ -141,15 +177,20 @@ def _dropout_sites(model, images):
 
 def test_pytorch_pretrained_vit_dropout_placement():
   images = _images(1, 8)
-  fields = dict(patch_size=4, hidden_size=8, mlp_dim=16, num_heads=2, num_layers=1,
-                dropout_rate=0.1)
+  fields = dict(
+    patch_size=4, hidden_size=8, mlp_dim=16, num_heads=2, num_layers=1, dropout_rate=0.1
+  )
   jax_sites = _dropout_sites(models.create_model("vit_tiny", 3, **fields), images)
   torch_sites = _dropout_sites(
-      models.create_model("vit_tiny", 3, dropout_placement="pytorch_pretrained_vit", **fields),
-      images)
+    models.create_model("vit_tiny", 3, dropout_placement="pytorch_pretrained_vit", **fields), images
+  )
   block = "Transformer/encoderblock_0"
-  assert jax_sites == ["Transformer/Dropout_0", f"{block}/Dropout_0",
-                       f"{block}/MlpBlock_3/Dropout_0", f"{block}/MlpBlock_3/Dropout_1"]
+  assert jax_sites == [
+    "Transformer/Dropout_0",
+    f"{block}/Dropout_0",
+    f"{block}/MlpBlock_3/Dropout_0",
+    f"{block}/MlpBlock_3/Dropout_1",
+  ]
   # After the attention projection and after the MLP; none on the embeddings or inside the MLP.
   assert torch_sites == [f"{block}/Dropout_0", f"{block}/MlpBlock_3/Dropout_0"]
 
@@ -157,13 +198,16 @@ def test_pytorch_pretrained_vit_dropout_placement():
 def test_attention_probabilities_dropout_in_both_placements():
   images = _images(2, 8)
   for placement in vit.DROPOUT_PLACEMENTS:
-    model = models.create_model("vit_tiny", 3, attention_dropout_rate=0.5,
-                                dropout_placement=placement)
+    model = models.create_model(
+      "vit_tiny", 3, attention_dropout_rate=0.5, dropout_placement=placement
+    )
     variables = model.init(_KEY, images, train=False)
     rng = np.random.default_rng(0)  # Random values everywhere, the head included.
-    variables = jax.tree.map(lambda p: p + rng.normal(size=p.shape).astype(np.float32),
-                             variables)
-    apply = jax.jit(lambda k: model.apply(variables, images, train=True, rngs={"dropout": k}))
+    variables = jax.tree.map(
+      lambda p, rng=rng: p + rng.normal(size=p.shape).astype(np.float32), variables
+    )
+    apply_fn = jax.jit(functools.partial(model.apply, variables, images, train=True))
+    apply = lambda k, apply_fn=apply_fn: apply_fn(rngs={"dropout": k})
     assert np.abs(apply(jax.random.key(1)) - apply(jax.random.key(2))).max() > 1e-3
 
 
@@ -185,30 +229,38 @@ def test_intermediate_head_parameters_and_torch_default_init():
   assert flat["head/kernel"].shape == (16, 5)
   # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
   bound = 1 / np.sqrt(16)
-  assert np.abs(flat["head/kernel"]).max() <= bound and np.abs(flat["head/kernel"]).max() > 0.8 * bound
+  assert (
+    np.abs(flat["head/kernel"]).max() <= bound and np.abs(flat["head/kernel"]).max() > 0.8 * bound
+  )
   assert 0 < np.abs(flat["head/bias"]).max() <= bound
 
 
 def test_exclusion_loss_is_added_to_the_training_loss_only_when_on():
   images = _images()
   labels = np.array([0, 1, 2, 3], np.int32)
-  batch = {"image": ((images - images.min()) / np.ptp(images) * 255).astype(np.uint8),
-           "label": labels, "mask": np.ones(4, bool)}
+  batch = {
+    "image": ((images - images.min()) / np.ptp(images) * 255).astype(np.uint8),
+    "label": labels,
+    "mask": np.ones(4, bool),
+  }
   tx = optax.sgd(1.0)
 
   def step(model, variables):
     state = steps.create_train_state(variables, tx, _KEY)
-    new_state, _ = jax.jit(lambda s, b: steps.train_step(
-        s, b, model=model, tx=tx, schedule=lambda _: 1.0, normalization="half"))(state, batch)
-    return jax.tree.map(lambda new, old: np.asarray(old) - np.asarray(new),
-                        new_state.params, state.params)  # = the gradient (SGD, lr 1).
+    new_state, _ = jax.jit(
+      lambda s, b: steps.train_step(s, b, model=model, tx=tx, normalization="half")
+    )(state, batch)
+    return jax.tree.map(
+      lambda new, old: np.asarray(old) - np.asarray(new), new_state.params, state.params
+    )  # = the gradient (SGD, lr 1).
 
   def expected_grad(model, variables, weight):
     x = (batch["image"].astype(np.float32) / 255 - 0.5) / 0.5
 
     def loss(params):
-      logits, inter = model.apply({"params": params}, x, train=True, capture_intermediates=True,
-                                  mutable=["intermediates"])
+      logits, inter = model.apply(
+        {"params": params}, x, train=True, capture_intermediates=True, mutable=["intermediates"]
+      )
       _, tokens = inter["intermediates"]["Transformer"]["__call__"][0]
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return ce - weight * 1.5**2 * vit.exclusion_loss(tokens, 1, 1.5)
@@ -217,12 +269,16 @@ def test_exclusion_loss_is_added_to_the_training_loss_only_when_on():
 
   off = _tiny_interm()
   variables = jax.jit(lambda: off.init(_KEY, images, train=False))()
-  on = _tiny_interm(exclusion_loss_weight=0.5, exclusion_temperature=1.5,
-                    exclusion_layer_distance=1)
+  on = _tiny_interm(
+    exclusion_loss_weight=0.5, exclusion_temperature=1.5, exclusion_layer_distance=1
+  )
   got_off, got_on = step(off, variables), step(on, variables)
   for got, weight in ((got_off, 0.0), (got_on, 0.5)):
-    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6),
-                 got, expected_grad(off, variables, weight))
+    jax.tree.map(
+      lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6),
+      got,
+      expected_grad(off, variables, weight),
+    )
   # The term reaches the encoder (the class tokens), not only the head.
   block = lambda g: g["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
   assert np.abs(block(got_on) - block(got_off)).max() > 1e-4
@@ -236,9 +292,11 @@ def test_resnet_init_schemes():
   stats = {}
   for scheme in ("torchvision", "animesion"):
     model = models.create_model("resnet18", 10, base_width=16, init_scheme=scheme)
-    params = jax.jit(lambda: model.init(_KEY, images, train=False))()["params"]
-    stats[scheme] = (np.asarray(params["layer3_0"]["conv2"]["kernel"]),
-                     np.asarray(params["fc"]["bias"]))
+    params = jax.jit(functools.partial(model.init, _KEY, images, train=False))()["params"]
+    stats[scheme] = (
+      np.asarray(params["layer3_0"]["conv2"]["kernel"]),
+      np.asarray(params["fc"]["bias"]),
+    )
   (tv_kernel, tv_bias), (an_kernel, an_bias) = stats["torchvision"], stats["animesion"]
   fan_in, fan_out = 3 * 3 * 64, 3 * 3 * 64
   # torchvision: kaiming normal, fan_out; std sqrt(2 / fan_out).
@@ -256,8 +314,7 @@ def test_resnet_init_schemes():
 def test_pretrained_resnet_new_classifier_init(tmp_path, scheme):
   pretrained = models.create_model("resnet18", 7, base_width=4)
   size = 32
-  variables = jax.jit(lambda: pretrained.init(_KEY, jnp.zeros((1, size, size, 3)),
-                                              train=False))()
+  variables = jax.jit(lambda: pretrained.init(_KEY, jnp.zeros((1, size, size, 3)), train=False))()
   convert.save(str(tmp_path / "ckpt"), pretrained, variables, {"image_size": size})
   config = resnet18.get_config()
   config.model.base_width = 4
@@ -288,8 +345,10 @@ def test_intermediate_head_starts_from_a_class_token_vits_backbone(tmp_path):
   config.init_from.source = "animesion"
   config.init_from.path = str(tmp_path / "ckpt")
   setup = model_setup.create(config, 5, sharding.create_mesh(jax.devices()[:1]), 10, 10)
-  got = {k: np.asarray(v) for k, v in
-         flax.traverse_util.flatten_dict(setup.state.params, sep="/").items()}
+  got = {
+    k: np.asarray(v)
+    for k, v in flax.traverse_util.flatten_dict(setup.state.params, sep="/").items()
+  }
   start = flax.traverse_util.flatten_dict(variables["params"], sep="/")
   backbone = [k for k in start if k.startswith(("Transformer/encoderblock", "embedding", "cls"))]
   for key in backbone:

@@ -30,17 +30,31 @@ def _train_losses(workdir):
 def _start_two(tmp_path, overrides, workdir):
   config_file = tmp_path / "two_process_config.py"
   config_file.write_text(
-      "from tests import helpers\n\n"
-      f"def get_config():\n  return helpers.tiny_config(**{overrides!r})\n")
+    "from tests import helpers\n\n"
+    f"def get_config():\n  return helpers.tiny_config(**{overrides!r})\n"
+  )
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   return [
-      subprocess.Popen(
-          [sys.executable, "-m", "animesion_jax.main", f"--config={config_file}",
-           f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
-           "--num_processes=2", f"--process_id={index}"],
-          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for index in range(2)]
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "animesion_jax.main",
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={index}",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for index in range(2)
+  ]
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -58,20 +72,23 @@ def test_two_processes_match_one_process(tmp_path):
   two = _train_losses(workdir)
   one = _train_losses(tmp_path / "one")
   assert [s for s, _ in two] == [s for s, _ in one] == [1, 2, 3, 4]
-  np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-5)
+  np.testing.assert_allclose([loss for _, loss in two], [loss for _, loss in one], rtol=1e-5)
   written = json.loads((workdir / "results.json").read_text())
   assert written["test"]["num_examples"] == results["test"]["num_examples"] == 224
   assert abs(written["test"]["top1"] - results["test"]["top1"]) < 1e-6
   # Checkpoints were written collectively: one step directory with both processes' data state.
   data_files = os.listdir(workdir / "checkpoints" / "4" / "data")
   assert sorted(f for f in data_files if f.startswith("process_")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
 
 
 def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   """A preemption notice reaching one host: JAX's sync point picks one step; both save it."""
-  overrides = dict(num_train_steps=3000, log_every_steps=5000, checkpoint_every_steps=5000,
-                   eval_every_epochs=5000)
+  overrides = dict(
+    num_train_steps=3000, log_every_steps=5000, checkpoint_every_steps=5000, eval_every_epochs=5000
+  )
   workdir = tmp_path / "preempted"
   processes = _start_two(tmp_path, overrides, workdir)
   deadline = time.time() + 300
@@ -86,4 +103,6 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   assert len(saved) == 1 and 0 < saved[0] < 3000, saved
   data_files = os.listdir(workdir / "checkpoints" / str(saved[0]) / "data")
   assert sorted(f for f in data_files if f.startswith("process_")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]

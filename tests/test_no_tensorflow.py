@@ -43,12 +43,12 @@ sys.meta_path[:] = [_NoTensorFlow if finder is importlib.machinery.PathFinder el
                     for finder in sys.meta_path]
 '''
 
-CONFIG = '''
+CONFIG = """
 from tests import helpers
 
 def get_config():
   return helpers.tiny_config(num_train_steps=4, eval_every_epochs=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +58,19 @@ def no_tf(tmp_path_factory):
   (root / "site").mkdir()
   (root / "site" / "sitecustomize.py").write_text(BLOCKER)
   attempts = root / "attempts.txt"
-  env = {**os.environ, "PYTHONPATH": f"{root / 'site'}{os.pathsep}{REPO}",
-         "NO_TF_ATTEMPTS": str(attempts),
-         # Its own session directory: the synthetic dataset is built here, without TensorFlow.
-         "ANIMESION_JAX_TEST_SESSION_DIR": str(root / "session"),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": f"{root / 'site'}{os.pathsep}{REPO}",
+    "NO_TF_ATTEMPTS": str(attempts),
+    # Its own session directory: the synthetic dataset is built here, without TensorFlow.
+    "ANIMESION_JAX_TEST_SESSION_DIR": str(root / "session"),
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  }
 
   def run(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+      [sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
@@ -75,9 +79,12 @@ def no_tf(tmp_path_factory):
 
 def test_blocker_makes_tensorflow_unimportable(no_tf):
   run, attempts, _ = no_tf
-  out = run("-c", "import importlib.util\n"
-            "assert importlib.util.find_spec('tensorflow') is None\n"
-            "try:\n  import tensorflow\nexcept ModuleNotFoundError as e:\n  print('absent:', e)\n")
+  out = run(
+    "-c",
+    "import importlib.util\n"
+    "assert importlib.util.find_spec('tensorflow') is None\n"
+    "try:\n  import tensorflow\nexcept ModuleNotFoundError as e:\n  print('absent:', e)\n",
+  )
   assert "absent: No module named 'tensorflow'" in out
   assert "tensorflow" in attempts.read_text()
   attempts.unlink()
@@ -96,22 +103,35 @@ def test_train_evaluate_predict_convert_benchmark_without_tensorflow(no_tf):
   assert evaluation["num_examples"] == 224 and 0 <= evaluation["top1"] <= 1
 
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), np.uint8)).save(
-      root / "picture.png")
-  run("-m", "animesion_jax.predict", "--workdir=run", "--output_dir=pred", "--top_k=3",
-      "picture.png")
+    root / "picture.png"
+  )
+  run(
+    "-m", "animesion_jax.predict", "--workdir=run", "--output_dir=pred", "--top_k=3", "picture.png"
+  )
   predictions = json.loads((root / "pred" / "predictions.json").read_text())
   assert predictions["step"] == 4 and not predictions["errors"]
   assert len(predictions["results"]) == 1
   assert predictions["results"][0]["file"].endswith("picture.png")
 
-  run(str(REPO / "tools" / "convert_checkpoint.py"), "--source=run", "--input=run",
-      "--output=exported")
+  run(
+    str(REPO / "tools" / "convert_checkpoint.py"),
+    "--source=run",
+    "--input=run",
+    "--output=exported",
+  )
   assert (root / "exported" / "model.json").exists()
 
-  run(str(REPO / "tools" / "benchmark.py"), "--config=config.py", "--windows=1",
-      "--steps_per_window=1", "--pipeline", "--pipeline_dataset=synthetic_characters",
-      "--pipeline_batches=2", "--pipeline_workers=0",
-      "--json_out=bench.json")
+  run(
+    str(REPO / "tools" / "benchmark.py"),
+    "--config=config.py",
+    "--windows=1",
+    "--steps_per_window=1",
+    "--pipeline",
+    "--pipeline_dataset=synthetic_characters",
+    "--pipeline_batches=2",
+    "--pipeline_workers=0",
+    "--json_out=bench.json",
+  )
   bench = json.loads((root / "bench.json").read_text())
   assert bench["jax"]["images_per_s"] > 0 and bench["jax"]["platform"] == "cpu"
 

@@ -19,9 +19,19 @@ def test_quickstart_notebook_executes(tmp_path):
   executed = tmp_path / "executed.ipynb"
   workdir = tmp_path / "run"
   papermill.execute_notebook(
-      str(NOTEBOOK), str(executed), cwd=str(REPO), kernel_name="python3", progress_bar=False,
-      parameters={"COLAB": False, "WORKDIR": str(workdir), "DATA_DIR": str(tmp_path / "tfds"),
-                  "DATASET_CONFIG": "small", "TRAIN_STEPS": 12})
+    str(NOTEBOOK),
+    str(executed),
+    cwd=str(REPO),
+    kernel_name="python3",
+    progress_bar=False,
+    parameters={
+      "COLAB": False,
+      "WORKDIR": str(workdir),
+      "DATA_DIR": str(tmp_path / "tfds"),
+      "DATASET_CONFIG": "small",
+      "TRAIN_STEPS": 12,
+    },
+  )
   results = json.loads((workdir / "results.json").read_text())
   assert results["steps"] == 12 and results["test"]["num_examples"] == 224
 

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from animesion_jax import optim
 from animesion_jax import config_schema as base
+from animesion_jax import optim
 
 
 def _config(dataset: str = "dafre", **overrides) -> ml_collections.ConfigDict:
@@ -34,12 +34,14 @@ def test_200_epoch_runs_decay_every_50():
   assert (config.num_epochs, config.decay_every_epochs) == (200, 50)
   schedule = optim.create_schedule(config, 10, 2000)
   assert [float(schedule(e * 10)) for e in (49, 50, 100, 150, 199)] == pytest.approx(
-      [1e-3, 1e-3 / 3, 1e-3 / 9, 1e-3 / 27, 1e-3 / 27])
+    [1e-3, 1e-3 / 3, 1e-3 / 9, 1e-3 / 27, 1e-3 / 27]
+  )
 
 
 def test_warmup_cosine():
   schedule = optim.create_schedule(
-      _config(schedule="warmup_cosine", learning_rate=0.1, warmup_epochs=1.0), 10, 100)
+    _config(schedule="warmup_cosine", learning_rate=0.1, warmup_epochs=1.0), 10, 100
+  )
   assert float(schedule(0)) == 0.0
   assert float(schedule(5)) == pytest.approx(0.05)
   assert float(schedule(10)) == pytest.approx(0.1)
@@ -62,13 +64,17 @@ def test_sgd_momentum_matches_the_textbook_recursion():
 
 
 def test_freeze_backbone_updates_only_the_classifier():
-  params = {"conv1": {"kernel": np.ones((3,), np.float32)},
-            "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)}}
+  params = {
+    "conv1": {"kernel": np.ones((3,), np.float32)},
+    "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)},
+  }
   config = _config(schedule="constant", freeze_backbone=True)
   config.model.name = "resnet18"  # Its classifier is "fc" (models.MODELS).
   tx = optim.create_optimizer(config, 10, 100, params=params)
-  grads = {"conv1": {"kernel": np.ones((3,), np.float32)},
-           "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)}}
+  grads = {
+    "conv1": {"kernel": np.ones((3,), np.float32)},
+    "fc": {"kernel": np.ones((3,), np.float32), "bias": np.ones((1,), np.float32)},
+  }
   updates, _ = tx.update(grads, tx.init(params), params)
   assert np.all(np.asarray(updates["conv1"]["kernel"]) == 0)
   assert np.all(np.asarray(updates["fc"]["kernel"]) == pytest.approx(-1e-3))
@@ -76,5 +82,9 @@ def test_freeze_backbone_updates_only_the_classifier():
 
 def test_freeze_backbone_without_classifier_is_an_error():
   with pytest.raises(ValueError, match="no classifier parameters"):
-    optim.create_optimizer(_config(freeze_backbone=True), 10, 100,
-                           params={"dense": {"kernel": np.ones((2,), np.float32)}})
+    optim.create_optimizer(
+      _config(freeze_backbone=True),
+      10,
+      100,
+      params={"dense": {"kernel": np.ones((2,), np.float32)}},
+    )

@@ -48,7 +48,10 @@ def test_to_rgb_composites_transparency_on_white():
   assert np.asarray(image_files.to_rgb(sixteen)).tolist() == [[[0, 0, 0], [255, 255, 255]]]
   assert image_files.to_rgb(Image.new("L", (1, 1), 7)).getpixel((0, 0)) == (7, 7, 7)
   assert image_files.to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0))).getpixel((0, 0)) == (
-      255, 255, 255)
+    255,
+    255,
+    255,
+  )
 
 
 def test_load_image_first_gif_frame_and_exif_orientation(tmp_path):
@@ -70,21 +73,39 @@ def test_load_image_first_gif_frame_and_exif_orientation(tmp_path):
 def test_find_images(tmp_path, monkeypatch):
   (tmp_path / "art" / "sub").mkdir(parents=True)
   (tmp_path / "empty").mkdir()
-  for name in ("art/b.PNG", "art/a.jpg", "art/sub/c.webp", "art/notes.txt", "art/.hidden.png",
-               "single.gif"):
+  for name in (
+    "art/b.PNG",
+    "art/a.jpg",
+    "art/sub/c.webp",
+    "art/notes.txt",
+    "art/.hidden.png",
+    "single.gif",
+  ):
     (tmp_path / name).write_bytes(b"x")
   found, problems = image_files.find_images(
-      [str(tmp_path / "art"), str(tmp_path / "single.gif"), str(tmp_path / "missing.png"),
-       str(tmp_path / "empty")])
+    [
+      str(tmp_path / "art"),
+      str(tmp_path / "single.gif"),
+      str(tmp_path / "missing.png"),
+      str(tmp_path / "empty"),
+    ]
+  )
   assert [f.relative for f in found] == ["art/a.jpg", "art/b.PNG", "art/sub/c.webp", "single.gif"]
   assert found[2].path == str(tmp_path / "art" / "sub" / "c.webp")
   monkeypatch.chdir(tmp_path / "art")  # A folder typed as "." (or relative) works the same.
   here, _ = image_files.find_images(["."])
-  assert [(f.path, f.relative) for f in here] == [("a.jpg", "./a.jpg"), ("b.PNG", "./b.PNG"),
-                                                  ("sub/c.webp", "./sub/c.webp")]
-  assert problems == [(str(tmp_path / "missing.png"), "no such file or folder"),
-                      (str(tmp_path / "empty"), "no image files (.jpg, .jpeg, .png, .webp, .gif, "
-                       ".bmp, .tif, .tiff) in this folder")]
+  assert [(f.path, f.relative) for f in here] == [
+    ("a.jpg", "./a.jpg"),
+    ("b.PNG", "./b.PNG"),
+    ("sub/c.webp", "./sub/c.webp"),
+  ]
+  assert problems == [
+    (str(tmp_path / "missing.png"), "no such file or folder"),
+    (
+      str(tmp_path / "empty"),
+      "no image files (.jpg, .jpeg, .png, .webp, .gif, .bmp, .tif, .tiff) in this folder",
+    ),
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +151,17 @@ def test_predictions_match_the_evaluation_pipeline(user_files):
   # The same picture as lossless WebP or opaque RGBA gets the same answer as the PNG.
   for variant in ("variant_webp.webp", "variant_rgba.png"):
     assert by_name[variant]["predictions"] == by_name["00.png"]["predictions"]
-  assert by_name["variant_gray.png"]["predictions"][0]["name"] in run_dir.RunDir(
-      trained_run.tiny_trained_workdir()).load_class_names()
+  assert (
+    by_name["variant_gray.png"]["predictions"][0]["name"]
+    in run_dir.RunDir(trained_run.tiny_trained_workdir()).load_class_names()
+  )
 
 
 def test_unreadable_files_are_reported_and_skipped(user_files):
   assert sorted(os.path.basename(e["file"]) for e in user_files["errors"]) == [
-      "corrupt.png", "truncated.jpg"]
+    "corrupt.png",
+    "truncated.jpg",
+  ]
   assert any("cannot identify image file" in e["error"] for e in user_files["errors"])
   assert len(user_files["results"]) == _RECORDS + 3
 
@@ -159,13 +184,14 @@ def test_outputs_table_and_annotations(user_files, run, tmp_path):
   assert table[1].split()[1:] == ["1", top["name"], f"{100 * top['probability']:.1f}%"]
   copies = predict.annotate_all(results[:2], str(tmp_path))
   assert sorted(os.path.relpath(p, tmp_path) for p in copies.values()) == [
-      os.path.join("annotated", os.path.basename(user_files["folder"]), name)
-      for name in ("00.png", "01.png")]
+    os.path.join("annotated", os.path.basename(user_files["folder"]), name)
+    for name in ("00.png", "01.png")
+  ]
   with Image.open(copies[results[0]["file"]]) as image:
     assert image.size == (384, 384)  # 64 px inputs are enlarged so the text is legible.
     # The label box, outlined in the first colour, is drawn in the top-left corner.
     colour = predict._COLOURS[0]  # pylint: disable=protected-access
-    outline = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+    outline = tuple(int(colour[k : k + 2], 16) for k in (1, 3, 5))
     corner = np.asarray(image.convert("RGB"))[:80, :240]
     assert np.sum(np.all(corner == outline, axis=-1)) > 200
     original = np.asarray(Image.open(results[0]["file"]).convert("RGB"))
@@ -177,8 +203,10 @@ def _illustration() -> Image.Image:
   canvas = Image.new("RGB", (560, 300), (250, 250, 250))
   for i, left in ((0, 10), (1, 290)):
     character = drawing.CHARACTERS[i]
-    canvas.paste(Image.fromarray(drawing.draw_character(
-        character, np.random.default_rng(i), size=256)), (left, 20))
+    canvas.paste(
+      Image.fromarray(drawing.draw_character(character, np.random.default_rng(i), size=256)),
+      (left, 20),
+    )
   return canvas
 
 
@@ -187,6 +215,7 @@ def _cascade() -> str:
     return faces.find_cascade()
   except faces.CascadeNotFound:  # Plumbing test with OpenCV's own cascade (found both faces).
     import cv2  # pylint: disable=g-import-not-at-top
+
     return os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
 
 
@@ -194,8 +223,12 @@ def test_each_face_is_classified_and_boxed(run, tmp_path):
   _illustration().save(tmp_path / "group.png")
   detector = faces.FaceDetector(_cascade())
   results, errors = predict.predict_files(
-      run, [image_files.ImageFile(str(tmp_path / "group.png"), "group.png")], top_k=3,
-      batch_size=8, detector=detector)
+    run,
+    [image_files.ImageFile(str(tmp_path / "group.png"), "group.png")],
+    top_k=3,
+    batch_size=8,
+    detector=detector,
+  )
   assert errors == []
   assert [r["face"] for r in results] == [0, 1]
   lefts = sorted(r["box"][0] for r in results)
@@ -211,7 +244,7 @@ def test_each_face_is_classified_and_boxed(run, tmp_path):
     for i, result in enumerate(results):
       left, top, _, bottom = (round(v * scale) for v in result["box"])
       colour = predict._COLOURS[i]  # pylint: disable=protected-access
-      expected = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+      expected = tuple(int(colour[k : k + 2], 16) for k in (1, 3, 5))
       for x in (left, left + 1):  # The box's left edge, 2 px wide at this size.
         assert image.convert("RGB").getpixel((x, (top + bottom) // 2)) == expected
 
@@ -219,20 +252,30 @@ def test_each_face_is_classified_and_boxed(run, tmp_path):
 def test_no_face_falls_back_to_the_whole_image(run, tmp_path):
   Image.new("RGB", (200, 100), (30, 160, 90)).save(tmp_path / "plain.png")
   results, _ = predict.predict_files(
-      run, [image_files.ImageFile(str(tmp_path / "plain.png"), "plain.png")], top_k=2,
-      batch_size=8, detector=faces.FaceDetector(_cascade()))
+    run,
+    [image_files.ImageFile(str(tmp_path / "plain.png"), "plain.png")],
+    top_k=2,
+    batch_size=8,
+    detector=faces.FaceDetector(_cascade()),
+  )
   assert len(results) == 1 and results[0]["box"] is None
   assert results[0]["note"] == "no face found; whole image classified"
 
 
 def test_missing_cascade_is_a_clear_error(tmp_path, monkeypatch):
-  with pytest.raises(faces.CascadeNotFound, match=r"--cascade='/nowhere.xml' does not exist.*"
-                     r"pip install --no-deps danbooru-utility"):
+  with pytest.raises(
+    faces.CascadeNotFound,
+    match=r"--cascade='/nowhere.xml' does not exist.*"
+    r"pip install --no-deps danbooru-utility",
+  ):
     faces.find_cascade("/nowhere.xml")
   monkeypatch.setattr(faces, "_PACKAGES_WITH_CASCADE", ())
   monkeypatch.setattr(faces.importlib.metadata, "distributions", lambda: [])
-  with pytest.raises(faces.CascadeNotFound, match="lbpcascade_animeface.xml was not found in any "
-                     "installed package.*github.com/nagadomi/lbpcascade_animeface"):
+  with pytest.raises(
+    faces.CascadeNotFound,
+    match="lbpcascade_animeface.xml was not found in any "
+    "installed package.*github.com/nagadomi/lbpcascade_animeface",
+  ):
     faces.find_cascade()
   (tmp_path / "bad.xml").write_text("<not a cascade/>")
   with pytest.raises(faces.CascadeNotFound, match="is not an OpenCV cascade file"):
@@ -250,8 +293,11 @@ def test_class_names_file_and_missing_dataset(tmp_path):
   config["data_dir"] = str(tmp_path / "no_data")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(FileNotFoundError, match="class names of .* are unknown: it has no "
-                     "class_names.json and the dataset it was trained on is not available"):
+  with pytest.raises(
+    FileNotFoundError,
+    match="class names of .* are unknown: it has no "
+    "class_names.json and the dataset it was trained on is not available",
+  ):
     inference.load_run(workdir)
 
 
@@ -260,12 +306,27 @@ def test_command_line(tmp_path):
   _illustration().save(tmp_path / "group.png")
   (tmp_path / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "animesion_jax.predict",
-             f"--workdir={trained_run.tiny_trained_workdir()}", "--top_k=2", "--annotate",
-             "--detect_faces", f"--cascade={_cascade()}", f"--output_dir={out}",
-             str(tmp_path / "group.png"), str(tmp_path / "broken.webp"), str(tmp_path / "nope")]
-  done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  command = [
+    sys.executable,
+    "-m",
+    "animesion_jax.predict",
+    f"--workdir={trained_run.tiny_trained_workdir()}",
+    "--top_k=2",
+    "--annotate",
+    "--detect_faces",
+    f"--cascade={_cascade()}",
+    f"--output_dir={out}",
+    str(tmp_path / "group.png"),
+    str(tmp_path / "broken.webp"),
+    str(tmp_path / "nope"),
+  ]
+  done = subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()
   assert lines[0] == f"Skipping {tmp_path / 'nope'}: no such file or folder"
@@ -277,8 +338,12 @@ def test_command_line(tmp_path):
   with open(out / "predictions.json") as f:
     assert [r["face"] for r in json.load(f)["results"]] == [0, 1]
 
-  missing = subprocess.run(command[:7] + ["--cascade=/nowhere.xml", str(tmp_path / "group.png")],
-                           capture_output=True, text=True, timeout=300)
+  missing = subprocess.run(
+    command[:7] + ["--cascade=/nowhere.xml", str(tmp_path / "group.png")],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert missing.returncode != 0
   assert "--cascade='/nowhere.xml' does not exist" in missing.stderr
 
@@ -298,35 +363,53 @@ def test_predict_straight_from_an_original_vit_checkpoint(tmp_path, monkeypatch)
   the PyTorch network."""
   model = test_convert_torch.tiny_torch_vit(monkeypatch)  # 32 px, patch 8, 2 layers, 5 classes.
   test_convert_torch.save(model, tmp_path / "vit.pth", prefix=True)
-  (tmp_path / "classid_classname.csv").write_text("".join(
-      f"{i},{name}\n" for i, name in enumerate(_NAMES)))
+  (tmp_path / "classid_classname.csv").write_text(
+    "".join(f"{i},{name}\n" for i, name in enumerate(_NAMES))
+  )
   (tmp_path / "pics").mkdir()
   pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), np.uint8)
   for i, image in enumerate(pixels):
     Image.fromarray(image).save(tmp_path / "pics" / f"p{i}.png")
-  command = [sys.executable, "-m", "animesion_jax.predict", "--checkpoint=vit.pth",
-             "--source=pytorch_vit", "--class_names=classid_classname.csv", "--num_heads=2",
-             "--top_k=2"]
-  done = subprocess.run(command + ["--attention_maps", "pics"], capture_output=True, text=True,
-                        timeout=300, cwd=tmp_path)
+  command = [
+    sys.executable,
+    "-m",
+    "animesion_jax.predict",
+    "--checkpoint=vit.pth",
+    "--source=pytorch_vit",
+    "--class_names=classid_classname.csv",
+    "--num_heads=2",
+    "--top_k=2",
+  ]
+  done = subprocess.run(
+    command + ["--attention_maps", "pics"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.splitlines()[-1] == (
-      f"3 predictions for 3 of 3 images; wrote {tmp_path / 'predictions'}")
+    f"3 predictions for 3 of 3 images; wrote {tmp_path / 'predictions'}"
+  )
   written = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
   assert written["checkpoint"] == str(tmp_path / "vit.pth") and written["step"] is None
   expected = _torch_softmax(model, pixels, 0.5, 0.5)  # The paper's ViT inputs: mean/std 0.5.
   for result, probabilities in zip(written["results"], expected):
     best = np.argsort(-probabilities)[:2]
     assert [p["name"] for p in result["predictions"]] == [_NAMES[i] for i in best]
-    np.testing.assert_allclose([p["probability"] for p in result["predictions"]],
-                               probabilities[best], atol=2e-5)
+    np.testing.assert_allclose(
+      [p["probability"] for p in result["predictions"]], probabilities[best], atol=2e-5
+    )
 
   # Attention maps: the class token's attention per layer, as the PyTorch ViT computed it.
   model(torch.from_numpy((pixels.astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)))
   for i in range(3):
     folder = tmp_path / "predictions" / "attention" / "pics" / f"p{i}"
-    assert sorted(p.name for p in folder.iterdir()) == ["layer_01.png", "layer_02.png",
-                                                        "rollout.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+      "layer_01.png",
+      "layer_02.png",
+      "rollout.png",
+    ]
     picture = Image.fromarray(pixels[i]).resize((384, 384), Image.BICUBIC)
     layers = []
     for layer, block in enumerate(model.transformer.blocks):
@@ -335,22 +418,32 @@ def test_predict_straight_from_an_original_vit_checkpoint(tmp_path, monkeypatch)
       want = np.asarray(attention.overlay(picture, heat), np.int16)
       got = np.asarray(Image.open(folder / f"layer_{layer + 1:02d}.png"), np.int16)
       assert got.shape == (384, 384, 3) and np.abs(got - want).max() <= 1
-    assert not np.array_equal(np.asarray(Image.open(folder / "layer_01.png")),
-                              np.asarray(Image.open(folder / "layer_02.png")))
+    assert not np.array_equal(
+      np.asarray(Image.open(folder / "layer_01.png")),
+      np.asarray(Image.open(folder / "layer_02.png")),
+    )
     rollout_png = np.asarray(Image.open(folder / "rollout.png"))
-    assert rollout_png.max() > 0 and not np.array_equal(rollout_png, np.asarray(
-        Image.open(folder / "layer_02.png")))
+    assert rollout_png.max() > 0 and not np.array_equal(
+      rollout_png, np.asarray(Image.open(folder / "layer_02.png"))
+    )
 
   # A run that classifies nothing fails.
   (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-  nothing = subprocess.run(command + ["broken.png", "missing.png"], capture_output=True,
-                           text=True, timeout=300, cwd=tmp_path)
+  nothing = subprocess.run(
+    command + ["broken.png", "missing.png"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
   assert nothing.returncode == 1
   assert "Could not read broken.png: UnidentifiedImageError: cannot identify image file" in (
-      nothing.stdout)
+    nothing.stdout
+  )
   assert "Skipping missing.png: no such file or folder" in nothing.stdout
   assert nothing.stderr.splitlines()[-1] == (
-      "predict: no image was classified (see the messages above).")
+    "predict: no image was classified (see the messages above)."
+  )
 
 
 def test_load_checkpoint_class_names_and_sources(tmp_path):
@@ -358,35 +451,43 @@ def test_load_checkpoint_class_names_and_sources(tmp_path):
   model = test_convert_torch.tiny_torch_resnet(tv_resnet.BasicBlock)  # 5 classes.
   test_convert_torch.save(model, tmp_path / "resnet.pth")
   (tmp_path / "names.json").write_text(json.dumps(_NAMES))
-  run = inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
-                                  tmp_path / "names.json", image_size=36)
+  run = inference.load_checkpoint(
+    tmp_path / "resnet.pth", "torchvision_resnet", tmp_path / "names.json", image_size=36
+  )
   assert (run.class_names, run.step, run.workdir) == (_NAMES, None, None)
   assert (run.config.normalization, run.config.image_size) == ("imagenet", 36)
   images = np.random.default_rng(5).integers(0, 256, (8, 36, 36, 3), np.uint8)
   probabilities, class_ids = inference.make_predict_fn(run, 3)(
-      run.variables, sharding.to_global_batch({"image": images}, run.mesh)["image"])
+    run.variables, sharding.to_global_batch({"image": images}, run.mesh)["image"]
+  )
   expected = _torch_softmax(model, images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
   np.testing.assert_array_equal(np.asarray(class_ids), np.argsort(-expected, axis=1)[:, :3])
-  np.testing.assert_allclose(np.asarray(probabilities), -np.sort(-expected, axis=1)[:, :3],
-                             atol=2e-5)
+  np.testing.assert_allclose(
+    np.asarray(probabilities), -np.sort(-expected, axis=1)[:, :3], atol=2e-5
+  )
 
   # The original CSV with a header row; a JSON list of the wrong length; files that are neither.
-  (tmp_path / "with_header.csv").write_text("class_id,class_name\n" + "".join(
-      f"{i},{name}\n" for i, name in enumerate(_NAMES)))
-  assert inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
-                                   tmp_path / "with_header.csv").class_names == _NAMES
+  (tmp_path / "with_header.csv").write_text(
+    "class_id,class_name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(_NAMES))
+  )
+  assert (
+    inference.load_checkpoint(
+      tmp_path / "resnet.pth", "torchvision_resnet", tmp_path / "with_header.csv"
+    ).class_names
+    == _NAMES
+  )
   (tmp_path / "four.json").write_text(json.dumps(_NAMES[:4]))
-  with pytest.raises(inference.CheckpointMismatch, match=r"four.json lists 4 class names, but "
-                     r"the classifier of .*resnet.pth has 5 outputs"):
-    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
-                              tmp_path / "four.json")
+  with pytest.raises(
+    inference.CheckpointMismatch,
+    match=r"four.json lists 4 class names, but "
+    r"the classifier of .*resnet.pth has 5 outputs",
+  ):
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", tmp_path / "four.json")
   (tmp_path / "bad.json").write_text("{not json")
   with pytest.raises(inference.ClassNamesError, match="bad.json is not valid JSON"):
-    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
-                              tmp_path / "bad.json")
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", tmp_path / "bad.json")
   with pytest.raises(FileNotFoundError, match="Class-names file .*nope.csv does not exist"):
-    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet",
-                              tmp_path / "nope.csv")
+    inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", tmp_path / "nope.csv")
   with pytest.raises(inference.LoadError, match="needs --class_names"):
     inference.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", None)
 
@@ -405,13 +506,16 @@ def test_worker_bugs_are_not_reported_as_unreadable_files(run, tmp_path):
   Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "fine.png")
 
   class BrokenDetector:
-
     def detect(self, image):
       raise RuntimeError(f"detector bug on a {image.size} image")
 
   with pytest.raises(RuntimeError, match=r"detector bug on a \(40, 40\) image"):
-    predict.predict_files(run, [image_files.ImageFile(str(tmp_path / "fine.png"), "fine.png")],
-                          batch_size=8, detector=BrokenDetector())
+    predict.predict_files(
+      run,
+      [image_files.ImageFile(str(tmp_path / "fine.png"), "fine.png")],
+      batch_size=8,
+      detector=BrokenDetector(),
+    )
 
 
 def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
@@ -422,13 +526,26 @@ def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
     path = os.path.join(state, "d", name)
     os.truncate(path, os.path.getsize(path) // 2)
   Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "fine.png")
-  done = subprocess.run([sys.executable, "-m", "animesion_jax.predict", "--workdir=run",
-                         "--checkpoint=latest", "fine.png"], capture_output=True, text=True,
-                        timeout=300, cwd=tmp_path)
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "animesion_jax.predict",
+      "--workdir=run",
+      "--checkpoint=latest",
+      "fine.png",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
   assert done.returncode != 0
   message = [line for line in done.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", line)]
   assert len(message) == 2, done.stderr
-  assert message[0].startswith(f"predict: Checkpoint {workdir}/checkpoints/4 is damaged or "
-                               "incomplete (")
-  assert message[1] == (f"Other checkpoints of this run: {workdir}/checkpoints/2 (pass one with "
-                        "--checkpoint).")
+  assert message[0].startswith(
+    f"predict: Checkpoint {workdir}/checkpoints/4 is damaged or incomplete ("
+  )
+  assert message[1] == (
+    f"Other checkpoints of this run: {workdir}/checkpoints/2 (pass one with --checkpoint)."
+  )

@@ -25,11 +25,12 @@ _SKIP = (".git", ".ci-venv", ".venv", "runs", "__pycache__", ".pytest_cache", "*
 def readme_commands(heading: str) -> list[str]:
   """The command lines of the first ```bash block after `heading` in README.md."""
   text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-  section = text[text.index(heading):]
+  section = text[text.index(heading) :]
   block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
   lines = block.replace("\\\n", " ").splitlines()
-  return [line.split("  #")[0].strip() for line in lines if line.strip()
-          and not line.startswith("#")]
+  return [
+    line.split("  #")[0].strip() for line in lines if line.strip() and not line.startswith("#")
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,15 @@ def _run(command: str, cwd, env, timeout: int = 1500) -> str:
   """Runs one README command line with this interpreter as `python`; returns its output."""
   argv = shlex.split(command)
   assert argv[0] == "python", command
-  process = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+  process = subprocess.run(
+    [sys.executable, *argv[1:]],
+    cwd=cwd,
+    env=env,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    timeout=timeout,
+  )
   assert process.returncode == 0, f"{command}\n{process.stdout[-4000:]}"
   return process.stdout
 
@@ -60,6 +68,7 @@ def quickstart_run(fresh_copy):
   install, train_command = [part.strip() for part in line.split("&&")]
   assert install.startswith("pip install -e .")  # Done already: the suite runs installed.
   output = _run(train_command, copy, env)
+  print(output[-3000:])  # The README shows an abridged copy of this (pytest -s shows it).
   workdir = re.search(r"--workdir=(\S+)", train_command).group(1)
   assert not os.path.isabs(workdir), "the README shows a relative workdir"
   return copy, env, workdir, output
@@ -89,7 +98,8 @@ def test_evaluate_predict_and_plots_with_relative_paths(quickstart_run):
   rng = np.random.default_rng(0)
   for index in range(3):
     Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(
-        pictures / f"picture{index}.png")
+      pictures / f"picture{index}.png"
+    )
   out = _run(predict, copy, env)
   assert "3 predictions for 3 of 3 images" in out, out
   assert (copy / workdir / "predictions").is_dir()
@@ -100,8 +110,9 @@ def test_evaluate_predict_and_plots_with_relative_paths(quickstart_run):
 
 def test_reproduce_paper_smoke_default_output_folder(fresh_copy):
   copy, env = fresh_copy
-  (command,) = [c for c in readme_commands("`tools/reproduce_paper.py` runs whole tables")
-                if "--smoke" in c]
+  (command,) = [
+    c for c in readme_commands("`tools/reproduce_paper.py` runs whole tables") if "--smoke" in c
+  ]
   _run(command, copy, env)
   assert (copy / "runs" / "paper").is_dir()
   written = [p for p in (copy / "runs" / "paper").rglob("results.json")]

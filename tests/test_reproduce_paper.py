@@ -17,8 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_tool():
-  spec = importlib.util.spec_from_file_location("reproduce_paper",
-                                                ROOT / "tools" / "reproduce_paper.py")
+  spec = importlib.util.spec_from_file_location(
+    "reproduce_paper", ROOT / "tools" / "reproduce_paper.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -37,35 +38,55 @@ def test_tables_hold_the_papers_numbers():
   assert (3, "SN", True) not in cell and (3, "SN", False) in cell
   for r in rows:
     assert (r.dataset, r.image_size, r.batch_size, r.epochs) == {
-        1: ("dafre", 128, 64, 50), 2: ("moeimouto", 128, 64, 200),
-        3: ("dafre", 224, 1024, 200), 4: ("moeimouto", 224, 1024, 200)}[r.table]
+      1: ("dafre", 128, 64, 50),
+      2: ("moeimouto", 128, 64, 200),
+      3: ("dafre", 224, 1024, 200),
+      4: ("moeimouto", 224, 1024, 200),
+    }[r.table]
   assert paper.caption(3) == (
-      "Table 3: Classification accuracy (%) for DAF:re trained for 200 epochs with batch size: "
-      "1024 and image size: 224x224.")
+    "Table 3: Classification accuracy (%) for DAF:re trained for 200 epochs with batch size: "
+    "1024 and image size: 224x224."
+  )
 
 
 def test_row_configs_follow_the_recipe():
   rows = {(r.table, r.model, r.pretrained): r for r in paper.paper_rows()}
   resnet = paper.row_config(rows[3, "R-18", True], pretrained_dir="/weights")
   assert (resnet.model.name, resnet.dataset, resnet.image_size, resnet.batch_size) == (
-      "resnet18", "dafre", 224, 1024)
+    "resnet18",
+    "dafre",
+    224,
+    1024,
+  )
   assert (resnet.num_epochs, resnet.decay_every_epochs, resnet.resize_margin) == (200, 50, 32)
   assert (resnet.init_from.source, resnet.init_from.path, resnet.freeze_backbone) == (
-      "torchvision_resnet", "/weights/resnet18-f37072fd.pth", True)
+    "torchvision_resnet",
+    "/weights/resnet18-f37072fd.pth",
+    True,
+  )
   assert resnet.normalization == "imagenet" and resnet.learning_rate == 0.001
   vit = paper.row_config(rows[1, "L-32", True], pretrained_dir="/weights")
   assert (vit.model.name, vit.num_epochs, vit.decay_every_epochs) == ("vit_l32", 50, 20)
   assert (vit.init_from.source, vit.init_from.path, vit.freeze_backbone) == (
-      "vit_npz", "/weights/ViT-L_32.npz", False)
+    "vit_npz",
+    "/weights/ViT-L_32.npz",
+    False,
+  )
   scratch = paper.row_config(rows[2, "R-152", False])
   assert (scratch.model.name, scratch.init_from.source, scratch.freeze_backbone) == (
-      "resnet152", "", False)
+    "resnet152",
+    "",
+    False,
+  )
 
 
 def test_one_row_as_a_training_config():
   config = paper.get_config("2,B-16,pretrained")
   assert (config.model.name, config.dataset, config.init_from.source) == (
-      "vit_b16", "moeimouto", "vit_npz")
+    "vit_b16",
+    "moeimouto",
+    "vit_npz",
+  )
   assert config.init_from.path == "ViT-B_16.npz"  # Set --config.init_from.path to the file.
   assert paper.get_config("3,SN,scratch").model.name == "shallow"
   for bad in ("3,SN,pretrained", "5,B-16,scratch", "2,B-16", "2,B-16,yes"):
@@ -75,22 +96,33 @@ def test_one_row_as_a_training_config():
 
 def test_select_rows():
   assert [(r.model, r.pretrained) for r in paper.select_rows("2", "B-16,L-16")] == [
-      ("B-16", False), ("B-16", True), ("L-16", False), ("L-16", True)]
+    ("B-16", False),
+    ("B-16", True),
+    ("L-16", False),
+    ("L-16", True),
+  ]
   assert [r.table for r in paper.select_rows("3,4", "SN")] == [3, 4]
   assert len(paper.select_rows("all", pretrained="yes")) == 6 + 6 + 2 + 2
   with pytest.raises(ValueError, match=r"the paper has tables \[1, 2, 3, 4\]"):
     paper.select_rows("5")
-  with pytest.raises(ValueError, match=r"\['L-16'\] not in table\(s\) \[3\]; they have "
-                     r"\['B-32', 'R-18', 'SN'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"\['L-16'\] not in table\(s\) \[3\]; they have "
+    r"\['B-32', 'R-18', 'SN'\]",
+  ):
     paper.select_rows("3", "L-16")
 
 
 def test_overrides_and_results(tmp_path):
   config = paper.row_config(paper.select_rows("1", "B-16")[0])
-  reproduce_paper.apply_overrides(config, ["dtype=bfloat16", "grad_accumulation_steps=4",
-                                           "model.dropout_rate=0.0"])
+  reproduce_paper.apply_overrides(
+    config, ["dtype=bfloat16", "grad_accumulation_steps=4", "model.dropout_rate=0.0"]
+  )
   assert (config.dtype, config.grad_accumulation_steps, config.model.dropout_rate) == (
-      "bfloat16", 4, 0.0)
+    "bfloat16",
+    4,
+    0.0,
+  )
   with pytest.raises(ValueError, match="expected FIELD=VALUE"):
     reproduce_paper.apply_overrides(config, ["dtype"])
   assert reproduce_paper.read_result(str(tmp_path)) is None
@@ -102,12 +134,16 @@ def test_overrides_and_results(tmp_path):
 
 
 def test_markdown_layout():
-  records = [{"table": 4, "model": "SN", "pretrained": False, "top1": 12.345, "top5": 40.0},
-             {"table": 4, "model": "R-18", "pretrained": True, "top1": None, "top5": None}]
+  records = [
+    {"table": 4, "model": "SN", "pretrained": False, "top1": 12.345, "top5": 40.0},
+    {"table": 4, "model": "R-18", "pretrained": True, "top1": None, "top5": None},
+  ]
   lines = reproduce_paper.markdown_table(4, records).splitlines()
   assert lines[0] == paper.caption(4)
-  assert lines[3] == ("| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | "
-                      "Pretrained=True Top-1 | Pretrained=True Top-5 |")
+  assert lines[3] == (
+    "| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | "
+    "Pretrained=True Top-1 | Pretrained=True Top-5 |"
+  )
   assert lines[5] == "| SN | 57.49 / 12.35 | 80.43 / 40.00 |  |  |"
   assert lines[6] == "| R-18 | 60.41 / — | 84.20 / — | 34.08 / — | 58.95 / — |"
   assert lines[7] == "| B-32 | 9.17 / — | 20.12 / — | 24.69 / — | 54.03 / — |"
@@ -117,8 +153,9 @@ def test_smoke_runs_every_row_of_every_table(tmp_path):
   """The whole matrix's plumbing: full-size config checks, tiny runs, tables written."""
   rows = paper.paper_rows()
   with reproduce_paper.compilation_cache(reproduce_paper.SMOKE_CACHE_DIR):
-    records = reproduce_paper.run_rows(rows, str(tmp_path), smoke=True,
-                                       data_dir=helpers.synthetic_data_dir())
+    records = reproduce_paper.run_rows(
+      rows, str(tmp_path), smoke=True, data_dir=helpers.synthetic_data_dir()
+    )
   assert len(records) == len(rows)
   for record in records:
     assert record["status"].startswith(("ran in", "same run as")), record
@@ -143,23 +180,54 @@ def test_smoke_runs_every_row_of_every_table(tmp_path):
 
 
 def test_command_line_rejects_bad_selections(tmp_path):
-  done = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_paper.py"), "--table=2",
-                         "--rows=SN", f"--runs_dir={tmp_path}"],
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "tools" / "reproduce_paper.py"),
+      "--table=2",
+      "--rows=SN",
+      f"--runs_dir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode != 0
   assert "--rows='SN': ['SN'] not in table(s) [2]" in done.stderr
-  missing = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_paper.py"),
-                            "--table=4", "--rows=R-18", "--pretrained=yes",
-                            f"--pretrained_dir={tmp_path}", f"--runs_dir={tmp_path}"],
-                           capture_output=True, text=True, timeout=120)
+  missing = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "tools" / "reproduce_paper.py"),
+      "--table=4",
+      "--rows=R-18",
+      "--pretrained=yes",
+      f"--pretrained_dir={tmp_path}",
+      f"--runs_dir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert missing.returncode != 0
   assert f"Pretrained rows need these files (see --help):\n  {tmp_path}/resnet18-f37072fd.pth" in (
-      missing.stderr)
+    missing.stderr
+  )
   # Typed from another directory, relative paths (and the default --runs_dir) mean that one.
-  relative = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_paper.py"),
-                             "--table=4", "--rows=R-18", "--pretrained=yes",
-                             "--pretrained_dir=weights"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  relative = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "tools" / "reproduce_paper.py"),
+      "--table=4",
+      "--rows=R-18",
+      "--pretrained=yes",
+      "--pretrained_dir=weights",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=tmp_path,
+  )
   assert relative.returncode != 0
   assert f"need these files (see --help):\n  {tmp_path}/weights/resnet18-f37072fd.pth" in (
-      relative.stderr)
+    relative.stderr
+  )

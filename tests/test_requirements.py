@@ -24,16 +24,28 @@ def _setup_lists() -> dict[str, list[str]]:
 
 
 def _requirements() -> dict[str, Requirement]:
-  return {Requirement(line).name.lower(): Requirement(line)
-          for line in _setup_lists()["INSTALL_REQUIRES"]}
+  return {
+    Requirement(line).name.lower(): Requirement(line) for line in _setup_lists()["INSTALL_REQUIRES"]
+  }
 
 
-@pytest.mark.parametrize("name,version", [
-    ("jax", "0.10.2"), ("jax", "0.11.2"), ("jax", "0.12.0"), ("jax", "0.12.7"),
-    ("jaxlib", "0.11.2"), ("jaxlib", "0.12.3"),
-    ("flax", "0.12.8"), ("flax", "0.13.0"), ("optax", "0.3.0"),
-    ("orbax-checkpoint", "0.13.1"), ("numpy", "2.0.2"), ("numpy", "2.4.6"),
-])
+@pytest.mark.parametrize(
+  "name,version",
+  [
+    ("jax", "0.10.2"),
+    ("jax", "0.11.2"),
+    ("jax", "0.12.0"),
+    ("jax", "0.12.7"),
+    ("jaxlib", "0.11.2"),
+    ("jaxlib", "0.12.3"),
+    ("flax", "0.12.8"),
+    ("flax", "0.13.0"),
+    ("optax", "0.3.0"),
+    ("orbax-checkpoint", "0.13.1"),
+    ("numpy", "2.0.2"),
+    ("numpy", "2.4.6"),
+  ],
+)
 def test_accepts_current_and_newer_releases(name, version):
   assert _requirements()[name].specifier.contains(version), (name, version)
 
@@ -47,7 +59,10 @@ def test_python_versions():
   text = SETUP.read_text()
   python_requires = SpecifierSet(text.split('python_requires="')[1].split('"')[0])
   assert [v for v in ("3.10", "3.11", "3.12", "3.13") if python_requires.contains(v)] == [
-      "3.11", "3.12", "3.13"]
+    "3.11",
+    "3.12",
+    "3.13",
+  ]
   for minor in ("3.11", "3.12", "3.13"):
     assert f"Programming Language :: Python :: {minor}" in text
 

@@ -17,15 +17,23 @@ from tests import helpers
 
 def _random_batch(seed, size=32, image_size=16):
   rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (size, image_size, image_size, 3), dtype=np.uint8),
-          "label": rng.integers(0, 28, (size,), dtype=np.int32)}
+  return {
+    "image": rng.integers(0, 256, (size, image_size, image_size, 3), dtype=np.uint8),
+    "label": rng.integers(0, 28, (size,), dtype=np.int32),
+  }
 
 
 def _run_steps(config, batches, accumulation, mesh):
   setup = model_setup.create(config, 28, mesh, steps_per_epoch=17, total_steps=10)
-  step_fn = jax.jit(functools.partial(
-      steps.train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-      normalization="half", accumulation_steps=accumulation))
+  step_fn = jax.jit(
+    functools.partial(
+      steps.train_step,
+      model=setup.model,
+      tx=setup.tx,
+      normalization="half",
+      accumulation_steps=accumulation,
+    )
+  )
   state, losses = setup.state, []
   for batch in batches:
     state, metrics = step_fn(state, sharding.to_global_batch(batch, mesh))
@@ -40,8 +48,11 @@ def test_gradient_accumulation_matches_one_large_step():
   losses_1, state_1 = _run_steps(config, batches, 1, mesh)
   losses_4, state_4 = _run_steps(config, batches, 4, mesh)
   np.testing.assert_allclose(losses_1, losses_4, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
-               state_1.params, state_4.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+    state_1.params,
+    state_4.params,
+  )
 
 
 def test_fsdp_mesh_shards_parameters_and_matches_data_parallel():
@@ -52,19 +63,25 @@ def test_fsdp_mesh_shards_parameters_and_matches_data_parallel():
   losses_dp, state_dp = _run_steps(config, batches, 1, sharding.create_mesh())
   fsdp_mesh = sharding.create_mesh(fsdp_size=4)
   setup = model_setup.create(config, 28, fsdp_mesh, 17, 10)
-  mlp_kernel = setup.state.params["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
+  mlp_kernel = setup.state.params["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"][
+    "kernel"
+  ]
   assert mlp_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
   assert mlp_kernel.addressable_shards[0].data.shape == (64, 256)  # 1024 / 4 per device.
   losses_fsdp, state_fsdp = _run_steps(config, batches, 1, fsdp_mesh)
   np.testing.assert_allclose(losses_dp, losses_fsdp, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5),
-               state_dp.params, state_fsdp.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5),
+    state_dp.params,
+    state_fsdp.params,
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params():
   config = helpers.tiny_config(dtype="bfloat16", momentum_dtype="bfloat16")
-  losses, state = _run_steps(config, [_random_batch(0), _random_batch(1)], 1,
-                             sharding.create_mesh())
+  losses, state = _run_steps(
+    config, [_random_batch(0), _random_batch(1)], 1, sharding.create_mesh()
+  )
   assert all(np.isfinite(losses))
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
   momentum = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim > 0]
@@ -75,8 +92,10 @@ class _ArraySource:
   """A random-access source of encoded images whose pixels encode their own index."""
 
   def __init__(self, count, size):
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     import io  # pylint: disable=g-import-not-at-top
+
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
     self.records = []
     for index in range(count):
       # Column x holds x, row y holds y, channel 2 holds the index: crops reveal their offset.
@@ -96,8 +115,15 @@ class _ArraySource:
 def test_device_cache_augmentation_matches_host_pipeline_distribution():
   mesh = sharding.create_mesh()
   source = _ArraySource(count=64, size=20)
-  cache = device_cache.DeviceCache(source, mesh=mesh, global_batch_size=16, image_size=16,
-                                   resize_margin=4, horizontal_flip=True, seed=0)
+  cache = device_cache.DeviceCache(
+    source,
+    mesh=mesh,
+    global_batch_size=16,
+    image_size=16,
+    resize_margin=4,
+    horizontal_flip=True,
+    seed=0,
+  )
   assert cache.steps_per_epoch == 4 and cache.num_examples == 64
   assert len(cache.images.sharding.device_set) == 8
   seen, corners, flips = [], [], []
@@ -123,8 +149,9 @@ def test_device_cache_augmentation_matches_host_pipeline_distribution():
   counts = np.bincount(corners[:, 1], minlength=5) / len(corners)
   assert np.all(np.abs(counts - 0.2) < 0.04)
   # Resumable: the batch of a step is a pure function of (seed, step).
-  np.testing.assert_array_equal(jax.device_get(cache.batch(7))["image"],
-                                jax.device_get(cache.batch(7))["image"])
+  np.testing.assert_array_equal(
+    jax.device_get(cache.batch(7))["image"], jax.device_get(cache.batch(7))["image"]
+  )
 
 
 def test_training_with_device_resident_data(tmp_path):
@@ -137,8 +164,13 @@ def test_training_with_device_resident_data(tmp_path):
 @pytest.mark.parametrize("data_on_device", [False, True])
 def test_step_loop_has_no_hidden_host_device_transfers(tmp_path, data_on_device):
   # Log, checkpoint and eval only at the end: steps 1-5 run under the 'disallow' guard.
-  config = helpers.tiny_config(num_train_steps=6, log_every_steps=6, checkpoint_every_steps=6,
-                               transfer_guard="disallow", data_on_device=data_on_device)
+  config = helpers.tiny_config(
+    num_train_steps=6,
+    log_every_steps=6,
+    checkpoint_every_steps=6,
+    transfer_guard="disallow",
+    data_on_device=data_on_device,
+  )
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 6
 

@@ -19,9 +19,9 @@ import time
 import zlib
 
 import numpy as np
+from PIL import Image
 import pytest
 import requests
-from PIL import Image
 
 from animesion_jax import faces
 from animesion_jax import image_files
@@ -41,30 +41,46 @@ def _cascade() -> str:
     return faces.find_cascade()
   except faces.CascadeNotFound:  # OpenCV's own face cascade finds the synthetic faces too.
     import cv2  # pylint: disable=g-import-not-at-top
+
     return os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
 
 
 def _files(root) -> dict[str, int]:
-  return {os.path.relpath(os.path.join(folder, name), root): os.path.getsize(
-      os.path.join(folder, name)) for folder, _, names in os.walk(root) for name in names}
+  return {
+    os.path.relpath(os.path.join(folder, name), root): os.path.getsize(os.path.join(folder, name))
+    for folder, _, names in os.walk(root)
+    for name in names
+  }
 
 
 class _Server:
   """The CLI in a subprocess; `url` once it printed it."""
 
   def __init__(self, tmp_path_factory):
-    self.workdir = str(trained_run.copy_of_trained_workdir(
-        tmp_path_factory.mktemp("serve") / "run"))
+    self.workdir = str(
+      trained_run.copy_of_trained_workdir(tmp_path_factory.mktemp("serve") / "run")
+    )
     self.cwd = str(tmp_path_factory.mktemp("serve_cwd"))
     self.temp = str(tmp_path_factory.mktemp("serve_tmp"))
     self.workdir_files = _files(self.workdir)
     env = dict(os.environ, TMPDIR=self.temp)
     env.pop("XLA_FLAGS", None)  # One CPU device, as people run it.
     self.process = subprocess.Popen(
-        [sys.executable, "-m", "animesion_jax.serve",
-         f"--workdir={os.path.relpath(self.workdir, self.cwd)}", "--port=0", "--max_batch=16",
-         f"--cascade={_cascade()}"],
-        cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      [
+        sys.executable,
+        "-m",
+        "animesion_jax.serve",
+        f"--workdir={os.path.relpath(self.workdir, self.cwd)}",
+        "--port=0",
+        "--max_batch=16",
+        f"--cascade={_cascade()}",
+      ],
+      cwd=self.cwd,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     self.output: list[str] = []
     found = threading.Event()
     self.url = None
@@ -83,8 +99,9 @@ class _Server:
     assert self.url, "The server did not start:\n" + "".join(self.output)
 
   def post(self, data: bytes, name: str = "picture.png", query: str = "") -> requests.Response:
-    return requests.post(f"{self.url}/api/predict{query}", files={"image": (name, data)},
-                         timeout=60)
+    return requests.post(
+      f"{self.url}/api/predict{query}", files={"image": (name, data)}, timeout=60
+    )
 
   def stop(self) -> None:
     """Ctrl+C."""
@@ -121,27 +138,38 @@ def _illustration() -> Image.Image:
   """Two characters side by side on a wide canvas (OpenCV's cascade finds both faces)."""
   canvas = Image.new("RGB", (560, 300), (235, 240, 250))
   for i, left in enumerate((20, 290)):
-    canvas.paste(Image.fromarray(drawing.draw_character(
-        drawing.CHARACTERS[i], np.random.default_rng(i), size=256)), (left, 20))
+    canvas.paste(
+      Image.fromarray(
+        drawing.draw_character(drawing.CHARACTERS[i], np.random.default_rng(i), size=256)
+      ),
+      (left, 20),
+    )
   return canvas
 
 
 def _png_bomb(width: int, height: int) -> bytes:
   """A real grayscale PNG of width x height black pixels: small file, huge when decoded."""
+
   def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
   compressor = zlib.compressobj(1)
   rows = bytes((width + 1) * 1000)  # 1000 rows: filter byte 0 and zeros.
   body = b"".join(compressor.compress(rows) for _ in range(height // 1000)) + compressor.flush()
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0,
-                                                              0))
-          + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    + chunk(b"IDAT", body)
+    + chunk(b"IEND", b"")
+  )
 
 
 def _top5(response: requests.Response) -> list[list[tuple[str, float]]]:
   assert response.status_code == 200, response.text
-  return [[(guess["name"], guess["probability"]) for guess in face["top5"]]
-          for face in response.json()["faces"]]
+  return [
+    [(guess["name"], guess["probability"]) for guess in face["top5"]]
+    for face in response.json()["faces"]
+  ]
 
 
 def test_answers_match_the_predict_command(server, tmp_path):
@@ -150,9 +178,12 @@ def test_answers_match_the_predict_command(server, tmp_path):
   (tmp_path / "group.png").write_bytes(_png(_illustration()))
   run = inference.load_run(server.workdir, "best")
   results, errors = predict.predict_files(
-      run, [image_files.ImageFile(str(tmp_path / name), name)
-            for name in ("example.png", "group.png")],
-      top_k=5, batch_size=8, detector=faces.FaceDetector(_cascade()))
+    run,
+    [image_files.ImageFile(str(tmp_path / name), name) for name in ("example.png", "group.png")],
+    top_k=5,
+    batch_size=8,
+    detector=faces.FaceDetector(_cascade()),
+  )
   assert errors == []
   for name, width, height in (("example.png", 64, 64), ("group.png", 560, 300)):
     answer = server.post((tmp_path / name).read_bytes(), name)
@@ -170,11 +201,15 @@ def test_answers_match_the_predict_command(server, tmp_path):
         left, top, right, bottom = result["box"]
         assert not face["whole_image"] and face["box"] == [left, top, right - left, bottom - top]
       assert [g["name"] for g in face["top5"]] == [p["name"] for p in result["predictions"]]
-      np.testing.assert_allclose([g["probability"] for g in face["top5"]],
-                                 [p["probability"] for p in result["predictions"]], atol=1e-5)
+      np.testing.assert_allclose(
+        [g["probability"] for g in face["top5"]],
+        [p["probability"] for p in result["predictions"]],
+        atol=1e-5,
+      )
   assert len(_top5(server.post((tmp_path / "group.png").read_bytes()))) == 2  # Both faces.
   assert server.post((tmp_path / "example.png").read_bytes()).json()["notes"] == [
-      "no face found: the whole picture was classified"]
+    "no face found: the whole picture was classified"
+  ]
 
 
 @functools.cache
@@ -189,21 +224,30 @@ def _awkward_cases() -> dict[str, tuple[bytes, int, str | bytes]]:
   composited[:, :20] = 255
   palette = group.quantize(64)
   return {
-      "text file": (b"name,character\n1,miku\n", 415, "not a picture that can be read"),
-      "empty file": (b"", 400, "The file is empty"),
-      "truncated png": (_png(group)[:300], 400, "damaged or cut short"),
-      "truncated jpeg": (_encoded(group, "JPEG")[:400], 400, "damaged or cut short"),
-      "20000x20000 bomb": (_png_bomb(20000, 20000), 413, "far too many pixels"),
-      "8000x8000 bomb": (_png_bomb(8000, 8000), 413,
-                         "8000x8000 (64 megapixels); the limit is 40 megapixels"),
-      "17 MB upload": (b"\x89PNG" + bytes(17 * 2**20), 413, "larger than the limit of 16 MB"),
-      "animated gif": (_encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]), 200,
-                       _encoded(frames[0], "GIF")),
-      "cmyk jpeg": (_encoded(group.convert("CMYK"), "JPEG", quality=95), 200, ""),
-      "16-bit png": (_png(Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)), 200,
-                     _png(gray)),
-      "palette png": (_png(palette), 200, _png(palette.convert("RGB"))),
-      "alpha png": (_png(Image.fromarray(alpha, "RGBA")), 200, _png(Image.fromarray(composited))),
+    "text file": (b"name,character\n1,miku\n", 415, "not a picture that can be read"),
+    "empty file": (b"", 400, "The file is empty"),
+    "truncated png": (_png(group)[:300], 400, "damaged or cut short"),
+    "truncated jpeg": (_encoded(group, "JPEG")[:400], 400, "damaged or cut short"),
+    "20000x20000 bomb": (_png_bomb(20000, 20000), 413, "far too many pixels"),
+    "8000x8000 bomb": (
+      _png_bomb(8000, 8000),
+      413,
+      "8000x8000 (64 megapixels); the limit is 40 megapixels",
+    ),
+    "17 MB upload": (b"\x89PNG" + bytes(17 * 2**20), 413, "larger than the limit of 16 MB"),
+    "animated gif": (
+      _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+      200,
+      _encoded(frames[0], "GIF"),
+    ),
+    "cmyk jpeg": (_encoded(group.convert("CMYK"), "JPEG", quality=95), 200, ""),
+    "16-bit png": (
+      _png(Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)),
+      200,
+      _png(gray),
+    ),
+    "palette png": (_png(palette), 200, _png(palette.convert("RGB"))),
+    "alpha png": (_png(Image.fromarray(alpha, "RGBA")), 200, _png(Image.fromarray(composited))),
   }
 
 
@@ -229,26 +273,41 @@ def test_every_awkward_file_gets_its_answer(server):
 def test_requests_that_are_not_a_picture_upload(server):
   url = server.url
   cases = [
-      requests.post(f"{url}/api/predict", data={"image": "not a file"}, timeout=10),
-      requests.post(f"{url}/api/predict", files={"picture": b"x"}, timeout=10),
-      requests.post(f"{url}/api/predict", data=b"\x89PNG raw body", timeout=10,
-                    headers={"Content-Type": "image/png"}),
-      requests.post(f"{url}/api/predict", data=b"--broken", timeout=10,
-                    headers={"Content-Type": "multipart/form-data; boundary=zz"}),
+    requests.post(f"{url}/api/predict", data={"image": "not a file"}, timeout=10),
+    requests.post(f"{url}/api/predict", files={"picture": b"x"}, timeout=10),
+    requests.post(
+      f"{url}/api/predict",
+      data=b"\x89PNG raw body",
+      timeout=10,
+      headers={"Content-Type": "image/png"},
+    ),
+    requests.post(
+      f"{url}/api/predict",
+      data=b"--broken",
+      timeout=10,
+      headers={"Content-Type": "multipart/form-data; boundary=zz"},
+    ),
   ]
   assert [c.status_code for c in cases] == [400, 400, 400, 400]
   assert "field 'image'" in cases[0].json()["error"] and "field 'image'" in cases[2].json()["error"]
   assert requests.get(f"{url}/api/predict", timeout=10).status_code == 405
-  for path in ("/../../etc/passwd", "/static/app.js", "/api/examples/99", "/api/examples/-1",
-               "/api/examples/..%2F..%2Fconfig.json", "/app.js/../../config.json"):
+  for path in (
+    "/../../etc/passwd",
+    "/static/app.js",
+    "/api/examples/99",
+    "/api/examples/-1",
+    "/api/examples/..%2F..%2Fconfig.json",
+    "/app.js/../../config.json",
+  ):
     answer = requests.get(url + path, timeout=10)
     assert answer.status_code == 404 and b"workdir" not in answer.content, path
 
 
 def test_load_bounded_clients(server):
   """8 clients post synthetic test pictures for 20 s: all answered, latency printed."""
-  uploads = [_png(Image.open(io.BytesIO(png))) for _, png in pictures.examples(
-      drawing.class_names())]
+  uploads = [
+    _png(Image.open(io.BytesIO(png))) for _, png in pictures.examples(drawing.class_names())
+  ]
   before = requests.get(f"{server.url}/healthz", timeout=10).json()
   deadline = time.monotonic() + _LOAD_SECONDS
 
@@ -257,8 +316,11 @@ def test_load_bounded_clients(server):
     with requests.Session() as session:
       while time.monotonic() < deadline:
         started = time.perf_counter()
-        answer = session.post(f"{server.url}/api/predict", timeout=60,
-                              files={"image": uploads[(index + len(answers)) % len(uploads)]})
+        answer = session.post(
+          f"{server.url}/api/predict",
+          timeout=60,
+          files={"image": uploads[(index + len(answers)) % len(uploads)]},
+        )
         answers.append((answer.status_code, time.perf_counter() - started))
     return answers
 
@@ -270,10 +332,12 @@ def test_load_bounded_clients(server):
   statuses = {status: sum(s == status for s, _ in answers) for status, _ in answers}
   latencies = np.array([seconds for _, seconds in answers]) * 1000
   batches, crops = after["batches"] - before["batches"], after["crops"] - before["crops"]
-  print(f"\nload: {_LOAD_CLIENTS} clients, {elapsed:.1f} s, {len(answers)} requests, "
-        f"{len(answers) / elapsed:.1f} images/s, p50 {np.percentile(latencies, 50):.0f} ms, "
-        f"p99 {np.percentile(latencies, 99):.0f} ms, {crops / max(batches, 1):.2f} crops per "
-        f"device call, statuses {statuses}")
+  print(
+    f"\nload: {_LOAD_CLIENTS} clients, {elapsed:.1f} s, {len(answers)} requests, "
+    f"{len(answers) / elapsed:.1f} images/s, p50 {np.percentile(latencies, 50):.0f} ms, "
+    f"p99 {np.percentile(latencies, 99):.0f} ms, {crops / max(batches, 1):.2f} crops per "
+    f"device call, statuses {statuses}"
+  )
   assert statuses == {200: len(answers)}  # Never a 5xx (the queue of 64 is never full here).
   assert len(answers) >= _LOAD_CLIENTS and crops == len(answers)
   assert batches < crops  # Concurrent requests shared device calls.
@@ -281,15 +345,24 @@ def test_load_bounded_clients(server):
 
 def _browser(tmp_path):
   if not (os.path.exists(_CHROMIUM) and os.path.exists(_CHROMEDRIVER)):
-    pytest.skip("Debian's chromium and chromium-driver are not installed "
-                "(apt-get install chromium chromium-driver; .ci/run installs them).")
+    pytest.skip(
+      "Debian's chromium and chromium-driver are not installed "
+      "(apt-get install chromium chromium-driver; .ci/run installs them)."
+    )
   from selenium import webdriver  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.chrome.service import Service  # pylint: disable=g-import-not-at-top
+
   os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything.
   options = webdriver.ChromeOptions()
   options.binary_location = _CHROMIUM
-  for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                   "--window-size=1100,1250", f"--user-data-dir={tmp_path / 'profile'}"):
+  for argument in (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--window-size=1100,1250",
+    f"--user-data-dir={tmp_path / 'profile'}",
+  ):
     options.add_argument(argument)
   return webdriver.Chrome(service=Service(executable_path=_CHROMEDRIVER), options=options)
 
@@ -297,6 +370,7 @@ def _browser(tmp_path):
 def test_browser_names_the_characters(server, tmp_path):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
+
   (tmp_path / "example.png").write_bytes(_png(_example()))
   (tmp_path / "two characters.png").write_bytes(_png(_illustration()))
   driver = _browser(tmp_path)
@@ -307,8 +381,9 @@ def test_browser_names_the_characters(server, tmp_path):
     assert "Faces are found first" in driver.find_element(By.ID, "face-note").text
     examples = driver.find_elements(By.CSS_SELECTOR, "#examples button")
     assert len(examples) == 6
-    done = lambda count: lambda d: len(d.find_elements(
-        By.CSS_SELECTOR, "article.card[data-state=done]")) == count
+    done = lambda count: (
+      lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.card[data-state=done]")) == count
+    )
     examples[0].click()
     wait.until(done(1))
     driver.find_element(By.ID, "attention").click()  # A ViT: the toggle is shown.
@@ -318,20 +393,26 @@ def test_browser_names_the_characters(server, tmp_path):
     assert overlay.get_attribute("src").startswith("data:image/png;base64,")
     driver.find_element(By.ID, "attention").click()
     driver.find_element(By.ID, "picker").send_keys(
-        f"{tmp_path / 'example.png'}\n{tmp_path / 'two characters.png'}")
+      f"{tmp_path / 'example.png'}\n{tmp_path / 'two characters.png'}"
+    )
     wait.until(done(4))
     assert driver.find_elements(By.CSS_SELECTOR, "article.card[data-state=error]") == []
-    cards = {card.find_element(By.CSS_SELECTOR, "h2").text: card
-             for card in driver.find_elements(By.CSS_SELECTOR, "article.card")[:2]}
+    cards = {
+      card.find_element(By.CSS_SELECTOR, "h2").text: card
+      for card in driver.find_elements(By.CSS_SELECTOR, "article.card")[:2]
+    }
     for name, card in cards.items():
       expected = _top5(server.post((tmp_path / name).read_bytes(), name))
-      shown = [[cell.text for cell in face.find_elements(By.CSS_SELECTOR, "td.name")]
-               for face in card.find_elements(By.CSS_SELECTOR, "li.face")]
+      shown = [
+        [cell.text for cell in face.find_elements(By.CSS_SELECTOR, "td.name")]
+        for face in card.find_elements(By.CSS_SELECTOR, "li.face")
+      ]
       assert shown == [[guess for guess, _ in face] for face in expected], name
       percents = card.find_elements(By.CSS_SELECTOR, "td.probability")
       assert percents[0].text == f"{100 * expected[0][0][1]:.1f}%"
       assert len(card.find_elements(By.CSS_SELECTOR, ".box")) == (
-          2 if name == "two characters.png" else 0)
+        2 if name == "two characters.png" else 0
+      )
     screenshot = tmp_path / "serve.png"
     assert driver.save_screenshot(str(screenshot))
     with Image.open(screenshot) as image:
@@ -345,18 +426,30 @@ def test_browser_names_the_characters(server, tmp_path):
 def test_command_line_mistakes_are_explained(server, tmp_path):
   port = server.url.rsplit(":", 1)[1]
   cases = {  # flags -> what the message must say.
-      ("--port=0",): "Give --workdir=RUN (a training run directory), or --checkpoint=PATH "
-                     "--source=SOURCE",
-      ("--port=0", "--workdir=no_such_run"): "no_such_run is not a training run directory",
-      ("--port=0", "--checkpoint=b16.pth", "--source=pytorch_vit", "--class_names=names.csv"):
-          "b16.pth does not exist",
-      (f"--workdir={server.workdir}", f"--port={port}"): f"Cannot listen on 127.0.0.1:{port}",
+    ("--port=0",): "Give --workdir=RUN (a training run directory), or --checkpoint=PATH "
+    "--source=SOURCE",
+    ("--port=0", "--workdir=no_such_run"): "no_such_run is not a training run directory",
+    (
+      "--port=0",
+      "--checkpoint=b16.pth",
+      "--source=pytorch_vit",
+      "--class_names=names.csv",
+    ): "b16.pth does not exist",
+    (f"--workdir={server.workdir}", f"--port={port}"): f"Cannot listen on 127.0.0.1:{port}",
   }
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
-  processes = {flags: subprocess.Popen(
-      [sys.executable, "-m", "animesion_jax.serve", *flags], cwd=tmp_path, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for flags in cases}
+  processes = {
+    flags: subprocess.Popen(
+      [sys.executable, "-m", "animesion_jax.serve", *flags],
+      cwd=tmp_path,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for flags in cases
+  }
   for flags, process in processes.items():
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 1 and cases[flags] in output, (flags, output)

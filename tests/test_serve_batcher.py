@@ -7,10 +7,10 @@ import threading
 import time
 
 import numpy as np
+from PIL import Image
 import pytest
 import requests
 import uvicorn
-from PIL import Image
 
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
@@ -63,13 +63,13 @@ def test_batch_sizes():
 
 def test_requests_that_wait_share_one_device_call():
   predict = _GatedPredict()
-  batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=8, max_wait_s=0.05,
-                                     queue_size=10)
+  batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=8, max_wait_s=0.05, queue_size=10)
   try:
     first = batcher.submit(_crops(1))
     assert predict.entered.wait(10)  # The worker holds the first request at the gate.
     later = [batcher.submit(_crops(10 + i, count=2)) for i in range(3)] + [
-        batcher.submit(_crops(20, count=3))]  # 2+2+2 fit in 8; the 3 waits for the next call.
+      batcher.submit(_crops(20, count=3))
+    ]  # 2+2+2 fit in 8; the 3 waits for the next call.
     assert batcher.waiting == 4
     predict.gate.set()
     results = [f.result(timeout=10) for f in [first] + later]
@@ -84,8 +84,7 @@ def test_requests_that_wait_share_one_device_call():
 
 def test_full_queue_refuses_at_once():
   predict = _GatedPredict()
-  batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=4, max_wait_s=0,
-                                     queue_size=2)
+  batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=4, max_wait_s=0, queue_size=2)
   try:
     held = batcher.submit(_crops(1))
     assert predict.entered.wait(10)
@@ -160,11 +159,18 @@ def _png(value: int) -> bytes:
 def test_full_queue_answers_503_with_retry_after():
   predict = _GatedPredict()
   batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=4, max_wait_s=0, queue_size=2)
-  service = app.Service(batcher=batcher, class_names=_NAMES, model="gated", image_size=4,
-                        detector=None, face_note="Face detection is off.")
+  service = app.Service(
+    batcher=batcher,
+    class_names=_NAMES,
+    model="gated",
+    image_size=4,
+    detector=None,
+    face_note="Face detection is off.",
+  )
   with _serving(service) as url, concurrent.futures.ThreadPoolExecutor(8) as pool:
-    post = lambda value: requests.post(f"{url}/api/predict", files={"image": _png(value)},
-                                       timeout=30)
+    post = lambda value: requests.post(
+      f"{url}/api/predict", files={"image": _png(value)}, timeout=30
+    )
     first = pool.submit(post, 7)
     assert predict.entered.wait(10)
     queued = [pool.submit(post, 8), pool.submit(post, 9)]
@@ -178,10 +184,12 @@ def test_full_queue_answers_503_with_retry_after():
     answers = [f.result(timeout=30) for f in [first] + queued]
     assert [a.status_code for a in answers] == [200] * 3
     for value, answer in zip([7, 8, 9], answers):
-      face, = answer.json()["faces"]
+      (face,) = answer.json()["faces"]
       assert face["box"] == [0, 0, 40, 30] and face["whole_image"]
-      assert face["top5"][0] == {"name": f"character_{value % 10}",
-                                 "probability": pytest.approx(value / 255, rel=1e-6)}
+      assert face["top5"][0] == {
+        "name": f"character_{value % 10}",
+        "probability": pytest.approx(value / 255, rel=1e-6),
+      }
     assert post(3).status_code == 200
     info = requests.get(f"{url}/api/info", timeout=10).json()
     assert not info["face_detection"] and info["face_note"] == "Face detection is off."
@@ -191,11 +199,18 @@ def test_full_queue_answers_503_with_retry_after():
 
 
 def test_face_detection_off_says_why(monkeypatch):
-  monkeypatch.setattr(model.faces, "find_cascade", lambda path: (_ for _ in ()).throw(
-      model.faces.CascadeNotFound("lbpcascade_animeface.xml was not found.")))
+  monkeypatch.setattr(
+    model.faces,
+    "find_cascade",
+    lambda path: (_ for _ in ()).throw(
+      model.faces.CascadeNotFound("lbpcascade_animeface.xml was not found.")
+    ),
+  )
   detector, note = model.face_detector(None)
   assert detector is None
-  assert note == ("Face detection is off, so each whole picture is classified. "
-                  "lbpcascade_animeface.xml was not found.")
+  assert note == (
+    "Face detection is off, so each whole picture is classified. "
+    "lbpcascade_animeface.xml was not found."
+  )
   with pytest.raises(model.faces.CascadeNotFound):
     model.face_detector("/nowhere.xml")  # Asked for by name: an error, not a fallback.

@@ -16,6 +16,7 @@ def tiny_trained_workdir() -> str:
   session.
   """
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
+
   workdir = helpers.session_dir("trained_run")
   config = helpers.tiny_config(num_train_steps=TRAIN_STEPS)
   config.model.num_layers = 1  # Compiles faster; depth does not matter to these tests.

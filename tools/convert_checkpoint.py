@@ -32,54 +32,64 @@ from animesion_jax import inference
 from animesion_jax import run_dir
 from animesion_jax.convert import exported
 
-RUN = 'run'  # --source of a training run.
-_SOURCE = flags.DEFINE_enum('source', None, sorted([*convert.SOURCES, RUN]),
-                            'Format of --input.')
-_INPUT = flags.DEFINE_string('input', None, 'Checkpoint file (a directory for '
-                             'the animesion source; a run directory or '
-                             'checkpoint step directory for run).')
+RUN = "run"  # --source of a training run.
+_SOURCE = flags.DEFINE_enum("source", None, sorted([*convert.SOURCES, RUN]), "Format of --input.")
+_INPUT = flags.DEFINE_string(
+  "input",
+  None,
+  "Checkpoint file (a directory for "
+  "the animesion source; a run directory or "
+  "checkpoint step directory for run).",
+)
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'best', "With --source=run and a run directory: 'best' or "
-    "'latest'.")
-_OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.')
+  "checkpoint", "best", "With --source=run and a run directory: 'best' or 'latest'."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write.")
 _NUM_CLASSES = flags.DEFINE_integer(
-    'num_classes', None, 'New class count (zero head); unset keeps the head.')
+  "num_classes", None, "New class count (zero head); unset keeps the head."
+)
 _IMAGE_SIZE = flags.DEFINE_integer(
-    'image_size', None, 'New image size (resizes a ViT position embedding); '
-    'unset keeps the checkpoint size.')
+  "image_size",
+  None,
+  "New image size (resizes a ViT position embedding); unset keeps the checkpoint size.",
+)
 _NUM_HEADS = flags.DEFINE_integer(
-    'num_heads', None, 'ViT attention heads for pytorch_vit files, which do '
-    'not store them (default hidden / 64).')
-flags.mark_flags_as_required(['source', 'input', 'output'])
+  "num_heads",
+  None,
+  "ViT attention heads for pytorch_vit files, which do not store them (default hidden / 64).",
+)
+flags.mark_flags_as_required(["source", "input", "output"])
 
 
 def format_summary(summary: dict[str, Any]) -> str:
   """Human-readable report of a conversion summary."""
-  model = summary['model']
-  fields = ', '.join(f'{k}={v}' for k, v in model['fields'].items())
+  model = summary["model"]
+  fields = ", ".join(f"{k}={v}" for k, v in model["fields"].items())
   lines = [
-      f"source:         {summary['source']} {summary['input']}",
-      f"architecture:   {model['class']}({fields})",
-      f"image size:     {summary['image_size']}",
-      f"parameters:     {summary['num_params']:,}",
+    f"source:         {summary['source']} {summary['input']}",
+    f"architecture:   {model['class']}({fields})",
+    f"image size:     {summary['image_size']}",
+    f"parameters:     {summary['num_params']:,}",
   ]
-  for item in summary['dropped']:
-    lines.append(f"dropped:        {item['key']} {tuple(item['shape'])}: "
-                 f"{item['reason']}")
-  for item in summary['resized']:
-    lines.append(f"resized:        {item['key']} {tuple(item['from'])} -> "
-                 f"{tuple(item['to'])} ({item['how']})")
-  for item in summary['reinitialised']:
-    lines.append(f"re-initialised: {item['key']} {tuple(item['from'])} -> "
-                 f"{tuple(item['to'])} ({item['init']})")
-  if not (summary['dropped'] or summary['resized'] or summary['reinitialised']):
-    lines.append('unchanged:      every tensor carried over as is')
-  lines.extend(f'note:           {note}' for note in summary['notes'])
-  return '\n'.join(lines)
+  for item in summary["dropped"]:
+    lines.append(f"dropped:        {item['key']} {tuple(item['shape'])}: {item['reason']}")
+  for item in summary["resized"]:
+    lines.append(
+      f"resized:        {item['key']} {tuple(item['from'])} -> {tuple(item['to'])} ({item['how']})"
+    )
+  for item in summary["reinitialised"]:
+    lines.append(
+      f"re-initialised: {item['key']} {tuple(item['from'])} -> {tuple(item['to'])} ({item['init']})"
+    )
+  if not (summary["dropped"] or summary["resized"] or summary["reinitialised"]):
+    lines.append("unchanged:      every tensor carried over as is")
+  lines.extend(f"note:           {note}" for note in summary["notes"])
+  return "\n".join(lines)
 
 
-def load_run(path: str, checkpoint: str, *, num_classes: int | None,
-             image_size: int | None) -> tuple[convert.Conversion, list[str]]:
+def load_run(
+  path: str, checkpoint: str, *, num_classes: int | None, image_size: int | None
+) -> tuple[convert.Conversion, list[str]]:
   """A training run's model as a conversion (with the run's class names)."""
   resolved = run_dir.resolve(path)
   run = run_dir.RunDir(resolved)
@@ -88,47 +98,57 @@ def load_run(path: str, checkpoint: str, *, num_classes: int | None,
   else:  # A checkpoint step directory of a run.
     loaded = inference.load_checkpoint(resolved, RUN, None)
   summary = exported.new_summary(RUN, loaded.checkpoint)
-  summary['notes'].append(f'step {loaded.step} of the training run '
-                          f'{loaded.description}')
-  summary['normalization'] = loaded.config.normalization
+  summary["notes"].append(f"step {loaded.step} of the training run {loaded.description}")
+  summary["normalization"] = loaded.config.normalization
   variables = jax.device_get(loaded.variables)
   conversion = exported.from_module(
-      summary, loaded.model, variables, loaded.config.image_size,
-      num_classes=num_classes, new_image_size=image_size)
+    summary,
+    loaded.model,
+    variables,
+    loaded.config.image_size,
+    num_classes=num_classes,
+    new_image_size=image_size,
+  )
   names = loaded.class_names if num_classes in (None, loaded.num_classes) else []
   return conversion, names
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
     # The printed summary says what matters; Orbax logs every write step.
     logging.set_verbosity(logging.WARNING)
   names = []
   try:
     if _SOURCE.value == RUN:
       if _NUM_HEADS.value is not None:
-        raise convert.ConversionError('--num_heads does not apply to a run.')
-      conversion, names = load_run(_INPUT.value, _CHECKPOINT.value,
-                                   num_classes=_NUM_CLASSES.value,
-                                   image_size=_IMAGE_SIZE.value)
+        raise convert.ConversionError("--num_heads does not apply to a run.")
+      conversion, names = load_run(
+        _INPUT.value,
+        _CHECKPOINT.value,
+        num_classes=_NUM_CLASSES.value,
+        image_size=_IMAGE_SIZE.value,
+      )
     else:
       conversion = convert.load_with_summary(
-          _SOURCE.value, run_dir.resolve(_INPUT.value),
-          num_classes=_NUM_CLASSES.value, image_size=_IMAGE_SIZE.value,
-          num_heads=_NUM_HEADS.value)
+        _SOURCE.value,
+        run_dir.resolve(_INPUT.value),
+        num_classes=_NUM_CLASSES.value,
+        image_size=_IMAGE_SIZE.value,
+        num_heads=_NUM_HEADS.value,
+      )
   except inference.USER_ERRORS as e:
-    sys.exit(f'convert_checkpoint: {e}')
+    sys.exit(f"convert_checkpoint: {e}")
   output = run_dir.resolve(_OUTPUT.value)
-  convert.save(output, conversion.model, conversion.variables,
-               conversion.summary)
+  convert.save(output, conversion.model, conversion.variables, conversion.summary)
   if names:
-    (output / 'class_names.json').write_text(
-        json.dumps(names, indent=0, ensure_ascii=False), encoding='utf-8')
+    (output / "class_names.json").write_text(
+      json.dumps(names, indent=0, ensure_ascii=False), encoding="utf-8"
+    )
   print(format_summary(conversion.summary))
-  print(f'written:        {output}')
+  print(f"written:        {output}")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

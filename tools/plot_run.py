@@ -29,8 +29,9 @@ def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, list[float]]]:
   """
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: is this a training run directory, and has it "
-                            "logged anything yet?")
+    raise FileNotFoundError(
+      f"{path} not found: is this a training run directory, and has it logged anything yet?"
+    )
   latest: dict[tuple[str, int], dict[str, Any]] = {}
   for number, line in enumerate(path.read_text().splitlines(), 1):
     if not line.strip():
@@ -43,7 +44,8 @@ def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, list[float]]]:
       continue
     latest[(record["split"], int(record["step"]))] = record
   curves: dict[str, dict[str, list[float]]] = collections.defaultdict(
-      lambda: collections.defaultdict(list))
+    lambda: collections.defaultdict(list)
+  )
   for (split, step), record in sorted(latest.items(), key=lambda item: item[0][1]):
     curve = curves[split]
     curve["step"].append(step)

@@ -42,13 +42,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # Run as `python tools/reproduce_paper.py` from a source checkout.
   sys.path.insert(0, ROOT)
 
-from configs import paper  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import paper  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny stand-ins of each family for --smoke: same module, block type and classifier name.
 _SMOKE_MODEL = {
-    "shallow": {"channels": (4, 8), "hidden": 16},
-    "resnet": {"base_width": 4, "stage_sizes": (1,)},  # One stage: compiles in a fraction.
-    "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_heads": 2, "num_layers": 1},
+  "shallow": {"channels": (4, 8), "hidden": 16},
+  "resnet": {"base_width": 4, "stage_sizes": (1,)},  # One stage: compiles in a fraction.
+  "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_heads": 2, "num_layers": 1},
 }
 SMOKE_STEPS = 2
 # Default persistent compilation cache of --smoke: reruns (and rows sharing programs) skip XLA.
@@ -68,6 +68,7 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   from animesion_jax import config_validation
   from animesion_jax import model_setup
   from animesion_jax import sharding
+
   # pylint: enable=g-import-not-at-top
   config = paper.row_config(row)
   config.init_from.source = config.init_from.path = ""  # The files are not needed to check.
@@ -81,8 +82,9 @@ def _round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
 
-def smoke_config(config: ml_collections.ConfigDict, data_dir: str,
-                 num_devices: int = 8) -> ml_collections.ConfigDict:
+def smoke_config(
+  config: ml_collections.ConfigDict, data_dir: str, num_devices: int = 8
+) -> ml_collections.ConfigDict:
   """`config` shrunk to a seconds-long run on the small synthetic dataset.
 
   Everything the tiny run cannot exercise meaningfully (dataset, sizes, schedule length) is set
@@ -107,6 +109,9 @@ def smoke_config(config: ml_collections.ConfigDict, data_dir: str,
   config.num_epochs = 1
   config.decay_every_epochs = 1
   config.eval_splits = ("test",)
+  # Evaluate after every step (the small train split has 560 examples), so the recipe's
+  # switch to eval mode after the first evaluation (original_eval_mode_after_first_epoch) runs too.
+  config.eval_every_epochs = config.batch_size / 560
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 1
@@ -122,9 +127,13 @@ def compilation_cache(directory: str | None) -> Iterator[None]:
   # pylint: disable=g-import-not-at-top
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cache
+
   # pylint: enable=g-import-not-at-top
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   previous = {name: getattr(jax.config, name) for name in names}
   for name, value in zip(names, (directory, 0.0, 0)):
     jax.config.update(name, value)
@@ -140,19 +149,29 @@ def compilation_cache(directory: str | None) -> Iterator[None]:
 def read_result(workdir: str) -> dict[str, Any] | None:
   """The completed run's test metrics (%), or None if it has not completed."""
   from animesion_jax import run_dir  # pylint: disable=g-import-not-at-top
+
   try:
     results = run_dir.RunDir(workdir).load_results()
   except FileNotFoundError:
     return None
   if not results.get("completed") or "test" not in results:
     return None
-  return {"top1": 100 * results["test"]["top1"], "top5": 100 * results["test"]["top5"],
-          "steps": results.get("steps")}
+  return {
+    "top1": 100 * results["test"]["top1"],
+    "top5": 100 * results["test"]["top5"],
+    "steps": results.get("steps"),
+  }
 
 
-def run_rows(rows: Sequence[paper.Row], runs_dir: str, *, smoke: bool = False,
-             pretrained_dir: str = "", data_dir: str = "",
-             overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+def run_rows(
+  rows: Sequence[paper.Row],
+  runs_dir: str,
+  *,
+  smoke: bool = False,
+  pretrained_dir: str = "",
+  data_dir: str = "",
+  overrides: Sequence[str] = (),
+) -> list[dict[str, Any]]:
   """Runs (or resumes, or reuses) each row; returns one record per row with paper and measured.
 
   With `smoke`, each row's real config is also checked at full size (`check_full_size`), and
@@ -162,18 +181,29 @@ def run_rows(rows: Sequence[paper.Row], runs_dir: str, *, smoke: bool = False,
   import jax  # pylint: disable=g-import-not-at-top
 
   from animesion_jax import train  # pylint: disable=g-import-not-at-top  # After torch, see main.
+
   records, runs_by_config, checked = [], {}, set()
   for row in rows:
     if records:
       write_tables(records, runs_dir, smoke)
     workdir = os.path.join(runs_dir, f"table{row.table}", row.name)
     config = paper.row_config(row, pretrained_dir, data_dir)
-    record = {"table": row.table, "model": row.model, "pretrained": row.pretrained,
-              "dataset": row.dataset, "image_size": row.image_size,
-              "batch_size": row.batch_size, "epochs": row.epochs,
-              "init_from": config.init_from.path, "paper_top1": row.paper_top1,
-              "paper_top5": row.paper_top5, "top1": None, "top5": None, "status": "",
-              "workdir": workdir}
+    record = {
+      "table": row.table,
+      "model": row.model,
+      "pretrained": row.pretrained,
+      "dataset": row.dataset,
+      "image_size": row.image_size,
+      "batch_size": row.batch_size,
+      "epochs": row.epochs,
+      "init_from": config.init_from.path,
+      "paper_top1": row.paper_top1,
+      "paper_top5": row.paper_top5,
+      "top1": None,
+      "top5": None,
+      "status": "",
+      "workdir": workdir,
+    }
     try:
       if smoke:
         # Only the classifier's width differs between datasets: check each model shape once.
@@ -206,8 +236,14 @@ def run_rows(rows: Sequence[paper.Row], runs_dir: str, *, smoke: bool = False,
   return records
 
 
-def _run_once(train: Any, config: ml_collections.ConfigDict, workdir: str,
-              records: list[dict[str, Any]], runs_dir: str, smoke: bool) -> str:
+def _run_once(
+  train: Any,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  records: list[dict[str, Any]],
+  runs_dir: str,
+  smoke: bool,
+) -> str:
   """Trains (or resumes) the run in `workdir` unless it completed earlier; returns a status."""
   if read_result(workdir) is not None:
     return "done earlier"
@@ -248,28 +284,34 @@ def markdown_table(table: int, records: Sequence[dict[str, Any]], smoke: bool = 
   """The table in the paper's layout; each cell is 'paper / measured'."""
   by_cell = {(r["model"], r["pretrained"]): r for r in records if r["table"] == table}
   note = " SMOKE RUN: measured numbers are meaningless." if smoke else ""
-  lines = [paper.caption(table) + note,
-           "Cells: paper / measured (test split).", "",
-           "| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | Pretrained=True Top-1 | "
-           "Pretrained=True Top-5 |", "|---|---|---|---|---|"]
+  lines = [
+    paper.caption(table) + note,
+    "Cells: paper / measured (test split).",
+    "",
+    "| Model | Pretrained=False Top-1 | Pretrained=False Top-5 | Pretrained=True Top-1 | "
+    "Pretrained=True Top-5 |",
+    "|---|---|---|---|---|",
+  ]
   for model in paper.TABLES[table][1]:
     cells = []
     for pretrained in (False, True):
       record = by_cell.get((model, pretrained))
-      published = paper.TABLES[table][1][model][2 * pretrained: 2 * pretrained + 2]
+      published = paper.TABLES[table][1][model][2 * pretrained : 2 * pretrained + 2]
       for i, key in enumerate(("top1", "top5")):
         cells.append(_cell(published[i], record[key] if record else None))
     lines.append(f"| {model} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
-def write_tables(records: Sequence[dict[str, Any]], runs_dir: str,
-                 smoke: bool = False) -> list[str]:
+def write_tables(
+  records: Sequence[dict[str, Any]], runs_dir: str, smoke: bool = False
+) -> list[str]:
   """RUNS_DIR/table<N>.md and .csv for every table with a record; returns the paths.
 
   Only process 0 writes (every process of a multi-host run has the same records).
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() != 0:
     return []
   paths = []
@@ -292,14 +334,29 @@ def define_flags() -> None:
   flags.DEFINE_enum("pretrained", "both", ["both", "yes", "no"], "Which columns to run.")
   flags.DEFINE_string("runs_dir", "runs/paper", "Parent directory of the runs and tables.")
   flags.DEFINE_string("pretrained_dir", "", "Directory with the pretrained files listed above.")
-  flags.DEFINE_string("data_dir", "", "TFDS data directory of the built datasets (default "
-                      "~/tensorflow_datasets; with --smoke, where the synthetic set is built).")
-  flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE for every row, e.g. "
-                            "--set=dtype=bfloat16 --set=grad_accumulation_steps=4.")
-  flags.DEFINE_bool("smoke", False, "Run every selected row's plumbing for a few steps on the "
-                    "synthetic dataset with tiny models.")
-  flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache (default "
-                      "with --smoke: a folder in the system temp directory; otherwise none).")
+  flags.DEFINE_string(
+    "data_dir",
+    "",
+    "TFDS data directory of the built datasets (default "
+    "~/tensorflow_datasets; with --smoke, where the synthetic set is built).",
+  )
+  flags.DEFINE_multi_string(
+    "set",
+    [],
+    "Config override FIELD=VALUE for every row, e.g. "
+    "--set=dtype=bfloat16 --set=grad_accumulation_steps=4.",
+  )
+  flags.DEFINE_bool(
+    "smoke",
+    False,
+    "Run every selected row's plumbing for a few steps on the synthetic dataset with tiny models.",
+  )
+  flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "Persistent XLA compilation cache (default "
+    "with --smoke: a folder in the system temp directory; otherwise none).",
+  )
 
 
 def main(argv):
@@ -311,32 +368,49 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   from animesion_jax import run_dir  # pylint: disable=g-import-not-at-top
+
   # Absolute from here on: relative paths mean the directory the command was typed in.
   runs_dir = os.fspath(run_dir.resolve(flag.runs_dir))
   runs_dir = os.path.join(runs_dir, "smoke") if flag.smoke else runs_dir
-  data_dir = (os.fspath(run_dir.resolve(flag.data_dir)) if flag.data_dir
-              else os.path.join(runs_dir, "data") if flag.smoke else "")
+  data_dir = (
+    os.fspath(run_dir.resolve(flag.data_dir))
+    if flag.data_dir
+    else os.path.join(runs_dir, "data")
+    if flag.smoke
+    else ""
+  )
   pretrained_dir = os.fspath(run_dir.resolve(flag.pretrained_dir)) if flag.pretrained_dir else ""
   if not flag.smoke:
-    missing = sorted({paper.row_config(r, pretrained_dir).init_from.path for r in rows
-                      if r.pretrained} - {""})
+    missing = sorted(
+      {paper.row_config(r, pretrained_dir).init_from.path for r in rows if r.pretrained} - {""}
+    )
     missing = [path for path in missing if not os.path.isfile(path)]
     if missing:
-      raise app.UsageError("Pretrained rows need these files (see --help):\n  "
-                           + "\n  ".join(missing))
+      raise app.UsageError(
+        "Pretrained rows need these files (see --help):\n  " + "\n  ".join(missing)
+      )
     if any(r.pretrained and paper.MODELS[r.model][1] == "torchvision_resnet" for r in rows):
       import torch  # pylint: disable=g-import-not-at-top,unused-import  # Before TensorFlow, or
+
       del torch  # loading the .pth files later segfaults.
   cache_dir = flag.compilation_cache_dir or (SMOKE_CACHE_DIR if flag.smoke else None)
   with compilation_cache(cache_dir):
-    records = run_rows(rows, runs_dir, smoke=flag.smoke, pretrained_dir=pretrained_dir,
-                       data_dir=data_dir, overrides=flag.set)
+    records = run_rows(
+      rows,
+      runs_dir,
+      smoke=flag.smoke,
+      pretrained_dir=pretrained_dir,
+      data_dir=data_dir,
+      overrides=flag.set,
+    )
   for table in sorted({r["table"] for r in records}):
     print(markdown_table(table, records, flag.smoke))
   failed = [r for r in records if r["top1"] is None]
   for record in failed:
-    print(f"Table {record['table']} {record['model']} pretrained={record['pretrained']}: "
-          f"{record['status']}")
+    print(
+      f"Table {record['table']} {record['model']} pretrained={record['pretrained']}: "
+      f"{record['status']}"
+    )
   print(f"Wrote the tables to {runs_dir}/table<N>.md and .csv.")
   if failed:
     sys.exit(1)

@@ -21,7 +21,8 @@ with zeros (and drops a ViT's `pre_logits`, the original fine-tuning recipe).
 the torch sources.
 """
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
@@ -36,23 +37,35 @@ from animesion_jax.convert.exported import model_from_spec
 from animesion_jax.convert.exported import model_spec
 from animesion_jax.convert.exported import save
 
-__all__ = ['SOURCES', 'Conversion', 'ConversionError', 'load',
-           'load_with_summary', 'model_from_spec', 'model_spec', 'save']
+__all__ = [
+  "SOURCES",
+  "Conversion",
+  "ConversionError",
+  "load",
+  "load_with_summary",
+  "model_from_spec",
+  "model_spec",
+  "save",
+]
 
 # Source name -> loader(path, *, num_classes, image_size, num_heads).
 SOURCES: dict[str, Callable[..., Conversion]] = {
-    'vit_npz': vit_npz.load,
-    'pytorch_vit': torch_vit.load,
-    'torchvision_resnet': torch_resnet.load,
-    'pytorch_shallownet': torch_shallow.load,
-    'animesion': exported.load,
+  "vit_npz": vit_npz.load,
+  "pytorch_vit": torch_vit.load,
+  "torchvision_resnet": torch_resnet.load,
+  "pytorch_shallownet": torch_shallow.load,
+  "animesion": exported.load,
 }
 
 
-def load_with_summary(source: str, path: Any, *,
-                      num_classes: Optional[int] = None,
-                      image_size: Optional[int] = None,
-                      num_heads: Optional[int] = None) -> Conversion:
+def load_with_summary(
+  source: str,
+  path: Any,
+  *,
+  num_classes: int | None = None,
+  image_size: int | None = None,
+  num_heads: int | None = None,
+) -> Conversion:
   """Like `load`, also returning the summary: what was found and changed.
 
   The summary (JSON-safe) has: source, input, model ({'class', 'fields'}),
@@ -60,15 +73,18 @@ def load_with_summary(source: str, path: Any, *,
   {'key', shapes, reason}), notes.
   """
   if source not in SOURCES:
-    raise ValueError(
-        f'Unknown checkpoint source {source!r}; valid: {sorted(SOURCES)}.')
-  return SOURCES[source](path, num_classes=num_classes, image_size=image_size,
-                         num_heads=num_heads)
+    raise ValueError(f"Unknown checkpoint source {source!r}; valid: {sorted(SOURCES)}.")
+  return SOURCES[source](path, num_classes=num_classes, image_size=image_size, num_heads=num_heads)
 
 
-def load(source: str, path: Any, *, num_classes: Optional[int] = None,
-         image_size: Optional[int] = None,
-         num_heads: Optional[int] = None) -> tuple[nn.Module, dict[str, Any]]:
+def load(
+  source: str,
+  path: Any,
+  *,
+  num_classes: int | None = None,
+  image_size: int | None = None,
+  num_heads: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
   """Loads a checkpoint into the project's model.
 
   Args:
@@ -88,6 +104,7 @@ def load(source: str, path: Any, *, num_classes: Optional[int] = None,
     ConversionError: the file is not a checkpoint of that source, or its
       tensors do not fit (the message lists the keys and shapes).
   """
-  conversion = load_with_summary(source, path, num_classes=num_classes,
-                                 image_size=image_size, num_heads=num_heads)
+  conversion = load_with_summary(
+    source, path, num_classes=num_classes, image_size=image_size, num_heads=num_heads
+  )
   return conversion.model, conversion.variables

@@ -11,7 +11,7 @@ shapes.
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,46 +23,49 @@ from animesion_jax.convert import torch_vit
 _DEFAULT_IMAGE_SIZE = 224
 _NUM_STAGES = 4
 
-_BLOCK = re.compile(r'^layer(\d+)\.(\d+)\.(.+)$')
-_MODULE = re.compile(r'^(conv\d|bn\d|downsample\.0|downsample\.1)\.(.+)$')
+_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
+_MODULE = re.compile(r"^(conv\d|bn\d|downsample\.0|downsample\.1)\.(.+)$")
 _BN_LEAVES = {
-    'weight': ('params', 'scale'),
-    'bias': ('params', 'bias'),
-    'running_mean': ('batch_stats', 'mean'),
-    'running_var': ('batch_stats', 'var'),
+  "weight": ("params", "scale"),
+  "bias": ("params", "bias"),
+  "running_mean": ("batch_stats", "mean"),
+  "running_var": ("batch_stats", "var"),
 }
-_FLAX_MODULE = {'downsample.0': 'downsample_conv',
-                'downsample.1': 'downsample_bn'}
+_FLAX_MODULE = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}
 
 
-def _place(flat: exported.Flat, summary: dict[str, Any], key: str,
-           module: str, leaf: str, value: np.ndarray,
-           unknown: dict[str, np.ndarray]) -> None:
+def _place(
+  flat: exported.Flat,
+  summary: dict[str, Any],
+  key: str,
+  module: str,
+  leaf: str,
+  value: np.ndarray,
+  unknown: dict[str, np.ndarray],
+) -> None:
   """Puts one torch tensor of `module` (a Flax path) into `flat`."""
-  is_conv = re.search(r'conv\d?$', module) is not None
-  if is_conv and leaf == 'weight':
+  is_conv = re.search(r"conv\d?$", module) is not None
+  if is_conv and leaf == "weight":
     if value.ndim != 4:
-      raise exported.ConversionError(
-          f'{key} {value.shape} is not an OIHW conv.')
-    flat['params'][f'{module}/kernel'] = value.transpose(2, 3, 1, 0)
+      raise exported.ConversionError(f"{key} {value.shape} is not an OIHW conv.")
+    flat["params"][f"{module}/kernel"] = value.transpose(2, 3, 1, 0)
   elif not is_conv and leaf in _BN_LEAVES:
     collection, name = _BN_LEAVES[leaf]
-    flat[collection][f'{module}/{name}'] = value
-  elif not is_conv and leaf == 'num_batches_tracked':
-    exported.drop(summary, key, value,
-                  'Flax BatchNorm keeps no batch counter (momentum is fixed)')
+    flat[collection][f"{module}/{name}"] = value
+  elif not is_conv and leaf == "num_batches_tracked":
+    exported.drop(summary, key, value, "Flax BatchNorm keeps no batch counter (momentum is fixed)")
   else:
     unknown[key] = value
 
 
 def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
   """Block type, stage depths, base width and class count from the keys."""
-  missing = [k for k in ('conv1.weight', 'fc.weight', 'layer1.0.conv1.weight')
-             if k not in arrays]
+  missing = [k for k in ("conv1.weight", "fc.weight", "layer1.0.conv1.weight") if k not in arrays]
   if missing:
     raise exported.ConversionError(
-        f'{what} is not a torchvision ResNet state dict: missing {missing}; '
-        f'it has keys like {sorted(arrays)[:8]}.')
+      f"{what} is not a torchvision ResNet state dict: missing {missing}; "
+      f"it has keys like {sorted(arrays)[:8]}."
+    )
   depths: dict[int, set[int]] = {}
   for key in arrays:
     m = _BLOCK.match(key)
@@ -70,27 +73,32 @@ def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
       depths.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
   if sorted(depths) != list(range(1, _NUM_STAGES + 1)):
     raise exported.ConversionError(
-        f'{what}: expected stages layer1..layer{_NUM_STAGES}, found '
-        f'{["layer%d" % s for s in sorted(depths)]}.')
+      f"{what}: expected stages layer1..layer{_NUM_STAGES}, found "
+      f"{[f'layer{s}' for s in sorted(depths)]}."
+    )
   for stage, blocks in depths.items():
     if sorted(blocks) != list(range(len(blocks))):
       raise exported.ConversionError(
-          f'{what}: blocks of layer{stage} are not numbered 0..n-1: '
-          f'{sorted(blocks)}')
-  fc = arrays['fc.weight']
+        f"{what}: blocks of layer{stage} are not numbered 0..n-1: {sorted(blocks)}"
+      )
+  fc = arrays["fc.weight"]
   if fc.ndim != 2:
-    raise exported.ConversionError(f'{what}: fc.weight {fc.shape} is not 2-D.')
+    raise exported.ConversionError(f"{what}: fc.weight {fc.shape} is not 2-D.")
   return {
-      'num_classes': int(fc.shape[0]),
-      'stage_sizes': tuple(len(depths[s]) for s in range(1, _NUM_STAGES + 1)),
-      'block': 'bottleneck' if 'layer1.0.conv3.weight' in arrays else 'basic',
-      'base_width': int(arrays['conv1.weight'].shape[0]),
+    "num_classes": int(fc.shape[0]),
+    "stage_sizes": tuple(len(depths[s]) for s in range(1, _NUM_STAGES + 1)),
+    "block": "bottleneck" if "layer1.0.conv3.weight" in arrays else "basic",
+    "base_width": int(arrays["conv1.weight"].shape[0]),
   }
 
 
-def load(path: Any, *, num_classes: Optional[int] = None,
-         image_size: Optional[int] = None,
-         num_heads: Optional[int] = None) -> exported.Conversion:
+def load(
+  path: Any,
+  *,
+  num_classes: int | None = None,
+  image_size: int | None = None,
+  num_heads: int | None = None,
+) -> exported.Conversion:
   """Loads a torchvision ResNet state dict into the project's `ResNet`.
 
   Args:
@@ -105,33 +113,40 @@ def load(path: Any, *, num_classes: Optional[int] = None,
     (model, variables, summary).
   """
   if num_heads is not None:
-    raise exported.ConversionError('num_heads does not apply to a ResNet.')
-  summary = exported.new_summary('torchvision_resnet', path)
+    raise exported.ConversionError("num_heads does not apply to a ResNet.")
+  summary = exported.new_summary("torchvision_resnet", path)
   arrays = torch_vit.read_state_dict(path, summary)
   what = os.fspath(path)
   fields = _infer_fields(arrays, what)
 
-  flat: exported.Flat = {'params': {}, 'batch_stats': {}}
+  flat: exported.Flat = {"params": {}, "batch_stats": {}}
   unknown: dict[str, np.ndarray] = {}
   for key, value in arrays.items():
-    if key == 'fc.weight':
-      flat['params']['fc/kernel'] = value.T
+    if key == "fc.weight":
+      flat["params"]["fc/kernel"] = value.T
       continue
-    if key == 'fc.bias':
-      flat['params']['fc/bias'] = value
+    if key == "fc.bias":
+      flat["params"]["fc/bias"] = value
       continue
-    prefix, rest = '', key
+    prefix, rest = "", key
     block = _BLOCK.match(key)
     if block:
-      prefix = f'layer{block.group(1)}_{block.group(2)}/'
+      prefix = f"layer{block.group(1)}_{block.group(2)}/"
       rest = block.group(3)
     module = _MODULE.match(rest)
-    if not module or (not block and module.group(1).startswith('downsample')):
+    if not module or (not block and module.group(1).startswith("downsample")):
       unknown[key] = value
       continue
     name = _FLAX_MODULE.get(module.group(1), module.group(1))
     _place(flat, summary, key, prefix + name, module.group(2), value, unknown)
   exported.unknown_keys_error(what, unknown)
 
-  return exported.finish(summary, 'ResNet', fields, flat, _DEFAULT_IMAGE_SIZE,
-                         num_classes=num_classes, new_image_size=image_size)
+  return exported.finish(
+    summary,
+    "ResNet",
+    fields,
+    flat,
+    _DEFAULT_IMAGE_SIZE,
+    num_classes=num_classes,
+    new_image_size=image_size,
+  )

@@ -12,7 +12,7 @@ for the original's 53), come from the weight's shape.
 import math
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +22,12 @@ from animesion_jax.models import shallow
 
 _CONV = re.compile(r"^layer(\d+)\.0\.(weight|bias)$")
 _BN = re.compile(r"^layer(\d+)\.1\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
-_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_LEAVES = {
+  "weight": ("params", "scale"),
+  "bias": ("params", "bias"),
+  "running_mean": ("batch_stats", "mean"),
+  "running_var": ("batch_stats", "var"),
+}
 _FIRST_FC, _LAST_FC = "fc.1", "fc.4"
 
 
@@ -33,15 +37,20 @@ def _first_fc_kernel(weight: np.ndarray, channels: int, what: str) -> tuple[np.n
   side = math.isqrt(features // channels) if features % channels == 0 else 0
   if side * side * channels != features:
     raise exported.ConversionError(
-        f"{what}: {_FIRST_FC}.weight {weight.shape} does not read a square {channels}-channel "
-        "feature map.")
+      f"{what}: {_FIRST_FC}.weight {weight.shape} does not read a square {channels}-channel "
+      "feature map."
+    )
   kernel = weight.reshape(hidden, channels, side, side).transpose(2, 3, 1, 0)
   return kernel.reshape(side * side * channels, hidden), side
 
 
-def load(path: Any, *, num_classes: Optional[int] = None,
-         image_size: Optional[int] = None,
-         num_heads: Optional[int] = None) -> exported.Conversion:
+def load(
+  path: Any,
+  *,
+  num_classes: int | None = None,
+  image_size: int | None = None,
+  num_heads: int | None = None,
+) -> exported.Conversion:
   """Loads an Animesion ShallowNet state dict.
 
   Args:
@@ -63,8 +72,9 @@ def load(path: Any, *, num_classes: Optional[int] = None,
   missing = [k for k in required if k not in arrays]
   if missing:
     raise exported.ConversionError(
-        f"{what} is not an Animesion ShallowNet state dict: missing {missing}; it has keys like "
-        f"{sorted(arrays)[:8]}.")
+      f"{what} is not an Animesion ShallowNet state dict: missing {missing}; it has keys like "
+      f"{sorted(arrays)[:8]}."
+    )
 
   flat: exported.Flat = {"params": {}, "batch_stats": {}}
   unknown: dict[str, np.ndarray] = {}
@@ -84,8 +94,12 @@ def load(path: Any, *, num_classes: Optional[int] = None,
     elif bn:
       collection, leaf = _BN_LEAVES[bn.group(2)]
       flat[collection][f"bn{bn.group(1)}/{leaf}"] = value
-    elif key not in (f"{_FIRST_FC}.weight", f"{_FIRST_FC}.bias", f"{_LAST_FC}.weight",
-                     f"{_LAST_FC}.bias"):
+    elif key not in (
+      f"{_FIRST_FC}.weight",
+      f"{_FIRST_FC}.bias",
+      f"{_LAST_FC}.weight",
+      f"{_LAST_FC}.bias",
+    ):
       unknown[key] = value
   exported.unknown_keys_error(what, unknown)
 
@@ -101,12 +115,16 @@ def load(path: Any, *, num_classes: Optional[int] = None,
   if image_size is not None and image_size != size:
     if shallow.feature_side(image_size, len(channels)) != side:
       raise exported.ConversionError(
-          f"image_size {image_size} gives a {shallow.feature_side(image_size, len(channels))}-"
-          f"pixel feature map, but the checkpoint's first linear layer reads {side}x{side} "
-          f"(image size {size}, e.g.); ShallowNet parameters are tied to the image size.")
+        f"image_size {image_size} gives a {shallow.feature_side(image_size, len(channels))}-"
+        f"pixel feature map, but the checkpoint's first linear layer reads {side}x{side} "
+        f"(image size {size}, e.g.); ShallowNet parameters are tied to the image size."
+      )
     size = image_size
-  fields = {"num_classes": int(arrays[f"{_LAST_FC}.weight"].shape[0]),
-            "channels": tuple(channels),
-            "hidden": int(arrays[f"{_FIRST_FC}.weight"].shape[0])}
-  return exported.finish(summary, "ShallowNet", fields, flat, size, num_classes=num_classes,
-                         new_image_size=None)
+  fields = {
+    "num_classes": int(arrays[f"{_LAST_FC}.weight"].shape[0]),
+    "channels": tuple(channels),
+    "hidden": int(arrays[f"{_FIRST_FC}.weight"].shape[0]),
+  }
+  return exported.finish(
+    summary, "ShallowNet", fields, flat, size, num_classes=num_classes, new_image_size=None
+  )

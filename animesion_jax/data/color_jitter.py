@@ -20,8 +20,9 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2).
 
 
-def draw_parameters(rng: np.random.Generator, count: int,
-                    strength: float) -> tuple[np.ndarray, np.ndarray]:
+def draw_parameters(
+  rng: np.random.Generator, count: int, strength: float
+) -> tuple[np.ndarray, np.ndarray]:
   """(count, 4) float32 factors (brightness, contrast, saturation, hue) and (count, 4) orders."""
   check_strength(strength, allow_zero=False)
   factors = rng.uniform(-strength, strength, (count, 4)).astype(np.float32)
@@ -66,8 +67,11 @@ def jitter_uint8(pixels: np.ndarray, factors: np.ndarray, order: np.ndarray) -> 
 
 
 def _gray(images: jax.Array) -> jax.Array:
-  return (_GRAY_WEIGHTS[0] * images[..., 0] + _GRAY_WEIGHTS[1] * images[..., 1]
-          + _GRAY_WEIGHTS[2] * images[..., 2])[..., None]
+  return (
+    _GRAY_WEIGHTS[0] * images[..., 0]
+    + _GRAY_WEIGHTS[1] * images[..., 1]
+    + _GRAY_WEIGHTS[2] * images[..., 2]
+  )[..., None]
 
 
 def _blend(images: jax.Array, factors: jax.Array, ops: jax.Array) -> jax.Array:
@@ -75,8 +79,9 @@ def _blend(images: jax.Array, factors: jax.Array, ops: jax.Array) -> jax.Array:
   f = jnp.where(ops == HUE, 1.0, jnp.take_along_axis(factors, ops[:, None], axis=1)[:, 0])
   f = f[:, None, None, None]
   gray = _gray(images)
-  target = jnp.where((ops == SATURATION)[:, None, None, None], gray,
-                     jnp.mean(gray, axis=(1, 2, 3), keepdims=True))
+  target = jnp.where(
+    (ops == SATURATION)[:, None, None, None], gray, jnp.mean(gray, axis=(1, 2, 3), keepdims=True)
+  )
   target = jnp.where((ops == BRIGHTNESS)[:, None, None, None], 0.0, target)
   return jnp.clip(f * images + (1.0 - f) * target, 0.0, 1.0)
 
@@ -99,8 +104,10 @@ def _shift_hue(images: jax.Array, shift: jax.Array) -> jax.Array:
   p = jnp.clip(v * (1.0 - saturation), 0.0, 1.0)
   q = jnp.clip(v * (1.0 - saturation * frac), 0.0, 1.0)
   t = jnp.clip(v * (1.0 - saturation * (1.0 - frac)), 0.0, 1.0)
-  table = jnp.stack([jnp.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v),
-                                                (t, p, v), (v, p, q))], axis=-2)
+  table = jnp.stack(
+    [jnp.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))],
+    axis=-2,
+  )
   return jnp.take_along_axis(table, sector[..., None, None], axis=-2)[..., 0, :]
 
 

@@ -21,6 +21,7 @@ from animesion_jax import run_dir
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """How to find one dataset's builder and which splits it has."""
+
   builder_module: str  # Importing it defines (and registers with TFDS) the builder class `Builder`.
   train_split: str
   eval_splits: tuple[str, ...]  # Splits that exist for evaluation, in report order.
@@ -29,38 +30,41 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic_characters": DatasetSpec(
-        builder_module="tfds_builders.synthetic_characters",
-        train_split="train",
-        eval_splits=("validation", "test"),
-        needs_download=False,
-        build_command="tfds build tfds_builders/synthetic_characters",
-    ),
-    "moeimouto": DatasetSpec(
-        builder_module="tfds_builders.moeimouto",
-        train_split="train",
-        eval_splits=("test",),  # The paper's moeImouto split has no validation part.
-        needs_download=True,
-        build_command="tfds build tfds_builders/moeimouto --manual_dir=DIR",
-    ),
-    "dafre": DatasetSpec(
-        builder_module="tfds_builders.dafre",
-        train_split="train",
-        eval_splits=("validation", "test"),
-        needs_download=True,
-        build_command="tfds build tfds_builders/dafre --manual_dir=DIR",
-    ),
+  "synthetic_characters": DatasetSpec(
+    builder_module="tfds_builders.synthetic_characters",
+    train_split="train",
+    eval_splits=("validation", "test"),
+    needs_download=False,
+    build_command="tfds build tfds_builders/synthetic_characters",
+  ),
+  "moeimouto": DatasetSpec(
+    builder_module="tfds_builders.moeimouto",
+    train_split="train",
+    eval_splits=("test",),  # The paper's moeImouto split has no validation part.
+    needs_download=True,
+    build_command="tfds build tfds_builders/moeimouto --manual_dir=DIR",
+  ),
+  "dafre": DatasetSpec(
+    builder_module="tfds_builders.dafre",
+    train_split="train",
+    eval_splits=("validation", "test"),
+    needs_download=True,
+    build_command="tfds build tfds_builders/dafre --manual_dir=DIR",
+  ),
 }
 
 
 def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ValueError(
-        f"config.dataset={name!r} is not a known dataset; choose one of {sorted(DATASETS)}.")
+      f"config.dataset={name!r} is not a known dataset; choose one of {sorted(DATASETS)}."
+    )
   return DATASETS[name]
 
 
-def get_builder(name: str, data_dir: str = "", builder_config: str = "") -> tfds.core.DatasetBuilder:
+def get_builder(
+  name: str, data_dir: str = "", builder_config: str = ""
+) -> tfds.core.DatasetBuilder:
   """The TFDS builder of a dataset in `DATASETS` (nothing is built or read yet)."""
   spec = get_spec(name)
   builder_cls = importlib.import_module(spec.builder_module).Builder
@@ -75,8 +79,9 @@ def is_built(builder: tfds.core.DatasetBuilder) -> bool:
   return (epath.Path(builder.data_dir) / "dataset_info.json").exists()
 
 
-def open_dataset(name: str, data_dir: str = "", builder_config: str = "",
-                 build_if_missing: bool = False) -> tfds.core.DatasetBuilder:
+def open_dataset(
+  name: str, data_dir: str = "", builder_config: str = "", build_if_missing: bool = False
+) -> tfds.core.DatasetBuilder:
   """Returns the builder of a prepared dataset, building it first if allowed.
 
   Raises:
@@ -93,11 +98,14 @@ def open_dataset(name: str, data_dir: str = "", builder_config: str = "",
     return builder
   data_dir_flag = f" --data_dir={data_dir}" if data_dir else ""
   raise FileNotFoundError(
-      f"Dataset {name!r} is not built in {builder.data_dir}. Build it first with:\n"
-      f"  {spec.build_command}{data_dir_flag}\n"
-      + ("(see README.md, section 'Datasets', for where to download the files)"
-         if spec.needs_download else
-         "(or set --config.build_dataset_if_missing=True)"))
+    f"Dataset {name!r} is not built in {builder.data_dir}. Build it first with:\n"
+    f"  {spec.build_command}{data_dir_flag}\n"
+    + (
+      "(see README.md, section 'Datasets', for where to download the files)"
+      if spec.needs_download
+      else "(or set --config.build_dataset_if_missing=True)"
+    )
+  )
 
 
 def available_eval_splits(builder: tfds.core.DatasetBuilder, wanted: tuple[str, ...]) -> list[str]:
@@ -108,7 +116,8 @@ def available_eval_splits(builder: tfds.core.DatasetBuilder, wanted: tuple[str, 
 def data_source(builder: tfds.core.DatasetBuilder, split: str):
   """Random-access records with the image left encoded (decoded by the input pipeline)."""
   return builder.as_data_source(
-      split, decoders={"image": tfds.decode.SkipDecoding()}, file_format="array_record")
+    split, decoders={"image": tfds.decode.SkipDecoding()}, file_format="array_record"
+  )
 
 
 _CARVE_SEED = 0  # Fixed, so runs with different seeds share one carved validation split.
@@ -133,13 +142,16 @@ def carves_validation(builder: tfds.core.DatasetBuilder, validation_fraction: fl
   return validation_fraction > 0 and "validation" not in builder.info.splits
 
 
-def split_source(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
-                 validation_fraction: float = 0.0):
+def split_source(
+  builder: tfds.core.DatasetBuilder, split: str, dataset: str, validation_fraction: float = 0.0
+):
   """The records of `split`; with config.validation_fraction > 0 on a dataset without a
   validation split, 'validation' is a seeded fraction of train and train is the rest."""
   train_split = get_spec(dataset).train_split
-  if not carves_validation(builder, validation_fraction) or split not in ("validation",
-                                                                          train_split):
+  if not carves_validation(builder, validation_fraction) or split not in (
+    "validation",
+    train_split,
+  ):
     return data_source(builder, split)
   source = data_source(builder, train_split)
   order = np.random.default_rng(_CARVE_SEED).permutation(len(source))

@@ -12,13 +12,15 @@ as evenly as possible (counts differ by at most one), so every step but an epoch
 the last one's missing rows repeat real examples and get mask 0.
 """
 
+from collections.abc import Sequence
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import grain.python as grain
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from animesion_jax import sharding
@@ -27,8 +29,9 @@ from animesion_jax.data import pipeline
 from animesion_jax.data import preprocess
 
 
-def _decode_resized(source: Sequence[Any], start: int, stop: int, size: int,
-                    workers: int) -> tuple[np.ndarray, np.ndarray]:
+def _decode_resized(
+  source: Sequence[Any], start: int, stop: int, size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Examples [start, stop) of `source` as uint8 (n, size, size, 3) images and int32 labels."""
   resize = preprocess.EvalPreprocess(size)
   examples = grain.MapDataset.source(source)[start:stop].map(resize).batch(256).to_iter_dataset()
@@ -39,8 +42,8 @@ def _decode_resized(source: Sequence[Any], start: int, stop: int, size: int,
   offset = 0
   for batch in examples:
     count = len(batch["label"])
-    images[offset:offset + count] = batch["image"]
-    labels[offset:offset + count] = batch["label"]
+    images[offset : offset + count] = batch["image"]
+    labels[offset : offset + count] = batch["label"]
     offset += count
   return images, labels
 
@@ -48,9 +51,19 @@ def _decode_resized(source: Sequence[Any], start: int, stop: int, size: int,
 class DeviceCache:
   """A training split held on the devices, with on-device augmentation."""
 
-  def __init__(self, source: Sequence[Any], *, mesh: Mesh, global_batch_size: int,
-               image_size: int, resize_margin: int, horizontal_flip: bool, seed: int,
-               workers: int = 0, color_jitter: float = 0.0):
+  def __init__(
+    self,
+    source: Sequence[Any],
+    *,
+    mesh: Mesh,
+    global_batch_size: int,
+    image_size: int,
+    resize_margin: int,
+    horizontal_flip: bool,
+    seed: int,
+    workers: int = 0,
+    color_jitter: float = 0.0,
+  ):
     self.mesh = mesh
     self.image_size = image_size
     self.resize_margin = resize_margin
@@ -71,15 +84,16 @@ class DeviceCache:
     local_devices = len(mesh.local_devices)
     first = local_devices * jax.process_index()
     size = image_size + resize_margin
-    decoded, labels = _decode_resized(source, int(starts[first]),
-                                      int(starts[first + local_devices]), size, workers)
+    decoded, labels = _decode_resized(
+      source, int(starts[first]), int(starts[first + local_devices]), size, workers
+    )
     images = np.zeros((local_devices * self.per_device, size, size, 3), np.uint8)
     local_labels = np.zeros((local_devices * self.per_device,), np.int32)
     for j in range(local_devices):
       rows = slice(starts[first + j] - starts[first], starts[first + j + 1] - starts[first])
       count = rows.stop - rows.start
-      images[j * self.per_device:j * self.per_device + count] = decoded[rows]
-      local_labels[j * self.per_device:j * self.per_device + count] = labels[rows]
+      images[j * self.per_device : j * self.per_device + count] = decoded[rows]
+      local_labels[j * self.per_device : j * self.per_device + count] = labels[rows]
     data_sharding = sharding.batch_sharding(mesh)
     self.images = jax.make_array_from_process_local_data(data_sharding, images)
     self.labels = jax.make_array_from_process_local_data(data_sharding, local_labels)
@@ -96,7 +110,11 @@ class DeviceCache:
 
   def _build_sampler(self):
     size, margin, flip = self.image_size, self.resize_margin, self.horizontal_flip
-    local_batch, per_device, steps_per_epoch = self.local_batch, self.per_device, self.steps_per_epoch
+    local_batch, per_device, steps_per_epoch = (
+      self.local_batch,
+      self.per_device,
+      self.steps_per_epoch,
+    )
     jitter, num_examples, num_shards = self.color_jitter, self._num_examples, self.mesh.size
     base_key = jax.random.PRNGKey(self.seed)
 
@@ -114,8 +132,11 @@ class DeviceCache:
       step_key = jax.random.fold_in(jax.random.fold_in(epoch_key, position), 1)
       crop_key, flip_key, jitter_key = jax.random.split(step_key, 3)
       corners = jax.random.randint(crop_key, (local_batch, 2), 0, margin + 1)
-      flips = (jax.random.bernoulli(flip_key, 0.5, (local_batch,)) if flip
-               else jnp.zeros((local_batch,), bool))
+      flips = (
+        jax.random.bernoulli(flip_key, 0.5, (local_batch,))
+        if flip
+        else jnp.zeros((local_batch,), bool)
+      )
 
       def crop_one(index, corner, flipped):
         crop = jax.lax.dynamic_slice(images[index], (corner[0], corner[1], 0), (size, size, 3))
@@ -123,15 +144,19 @@ class DeviceCache:
 
       crops = jax.vmap(crop_one)(chosen, corners, flips)
       if jitter:
-        factors, jitter_order = color_jitter_lib.draw_parameters_jax(jitter_key, local_batch, jitter)
+        factors, jitter_order = color_jitter_lib.draw_parameters_jax(
+          jitter_key, local_batch, jitter
+        )
         crops = color_jitter_lib.jitter_uint8_batch_jax(crops, factors, jitter_order)
       return crops, labels[chosen], mask.astype(jnp.float32)
 
     spec = P(sharding.DATA_AXES)
-    mapped = jax.shard_map(per_device_batch, mesh=self.mesh, in_specs=(spec, spec, P()),
-                           out_specs=(spec, spec, spec))
-    return lambda images, labels, step: dict(zip(("image", "label", "mask"),
-                                                 mapped(images, labels, step)))
+    mapped = jax.shard_map(
+      per_device_batch, mesh=self.mesh, in_specs=(spec, spec, P()), out_specs=(spec, spec, spec)
+    )
+    return lambda images, labels, step: dict(
+      zip(("image", "label", "mask"), mapped(images, labels, step))
+    )
 
   def batch(self, step: int) -> dict[str, jax.Array]:
     """The global batch of training step `step` (uint8 images, int32 labels, float32 mask)."""

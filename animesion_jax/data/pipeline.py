@@ -14,10 +14,11 @@ whole global batch, of which each process keeps its rows, so P processes togethe
 the batches that one process would see alone.
 """
 
+from collections.abc import Iterator, Sequence
 import dataclasses
 import functools
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import grain.python as grain
 import jax
@@ -32,8 +33,9 @@ _MAX_STEPS = 2**40
 
 def per_process_batch_size(global_batch_size: int) -> int:
   if global_batch_size % jax.process_count():
-    raise ValueError(f"Batch size {global_batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes.")
+    raise ValueError(
+      f"Batch size {global_batch_size} is not divisible by the {jax.process_count()} processes."
+    )
   return global_batch_size // jax.process_count()
 
 
@@ -56,6 +58,7 @@ class TrainBatch(grain.MapTransform):
   The paper's augmentation (resize to S+margin, random SxS crop, random horizontal flip), then
   torchvision-style colour jitter when `color_jitter` > 0.
   """
+
   source: Sequence[Any]
   global_batch_size: int
   image_size: int
@@ -71,7 +74,7 @@ class TrainBatch(grain.MapTransform):
     num_records, batch = len(self.source), self.global_batch_size
     epoch, position = divmod(int(step), steps_per_epoch(num_records, batch))
     order = _epoch_order(num_records, self.seed, epoch)
-    real = order[position * batch:(position + 1) * batch]
+    real = order[position * batch : (position + 1) * batch]
     # Global rows: real examples, then repeats of them (padding; masked out of the loss).
     rows = np.arange(batch)
     indices = real[rows % len(real)]
@@ -87,14 +90,17 @@ class TrainBatch(grain.MapTransform):
     size, big = self.image_size, self.image_size + self.resize_margin
     images = np.empty((local, size, size, 3), np.uint8)
     for row, (record, (top, left), flip) in enumerate(zip(records, corners[mine], flips[mine])):
-      preprocess.crop_into(preprocess.decode_resized(record["image"], big), top, left, flip,
-                           images[row])
+      preprocess.crop_into(
+        preprocess.decode_resized(record["image"], big), top, left, flip, images[row]
+      )
     if self.color_jitter > 0:
       for row, (f, o) in enumerate(zip(factors[mine], jitter_order[mine])):
         images[row] = color_jitter_lib.jitter_uint8(images[row], f, o)
-    return {"image": images,
-            "label": np.asarray([r["label"] for r in records], np.int32),
-            "mask": (rows[mine] < len(real)).astype(np.float32)}
+    return {
+      "image": images,
+      "label": np.asarray([r["label"] for r in records], np.int32),
+      "mask": (rows[mine] < len(real)).astype(np.float32),
+    }
 
 
 def _read(source: Sequence[Any], indices: list[int]) -> list[Any]:
@@ -104,9 +110,17 @@ def _read(source: Sequence[Any], indices: list[int]) -> list[Any]:
   return [source[i] for i in indices]
 
 
-def train_loader(source: Sequence[Any], *, global_batch_size: int, image_size: int,
-                 resize_margin: int, horizontal_flip: bool, seed: int, workers: int = 0,
-                 color_jitter: float = 0.0) -> grain.IterDataset:
+def train_loader(
+  source: Sequence[Any],
+  *,
+  global_batch_size: int,
+  image_size: int,
+  resize_margin: int,
+  horizontal_flip: bool,
+  seed: int,
+  workers: int = 0,
+  color_jitter: float = 0.0,
+) -> grain.IterDataset:
   """Endless, per-epoch-shuffled, augmented uint8 batches: this process's part of each step.
 
   Batches hold 'image' (uint8), 'label' (int32) and 'mask' (float32, 0 on the padding rows of
@@ -116,12 +130,24 @@ def train_loader(source: Sequence[Any], *, global_batch_size: int, image_size: i
   per_process_batch_size(global_batch_size)  # Checks divisibility up front.
   color_jitter_lib.check_strength(color_jitter)
   steps_per_epoch(len(source), global_batch_size)
-  transform = TrainBatch(source, global_batch_size, image_size, resize_margin, horizontal_flip,
-                         seed, color_jitter, jax.process_index(), jax.process_count())
+  transform = TrainBatch(
+    source,
+    global_batch_size,
+    image_size,
+    resize_margin,
+    horizontal_flip,
+    seed,
+    color_jitter,
+    jax.process_index(),
+    jax.process_count(),
+  )
   # One background thread decodes the next batch while the caller uses this one (decoding
   # releases the GIL); more parallelism comes from worker processes.
-  batches = grain.MapDataset.range(_MAX_STEPS).map(transform).to_iter_dataset(
-      grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  batches = (
+    grain.MapDataset.range(_MAX_STEPS)
+    .map(transform)
+    .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  )
   if workers > 0:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return batches
@@ -133,15 +159,20 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   return max(1, math.ceil(per_process_examples / per_process_batch_size(global_batch_size)))
 
 
-def eval_batches(source: Sequence[Any], *, global_batch_size: int, image_size: int,
-                 workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  source: Sequence[Any], *, global_batch_size: int, image_size: int, workers: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields per-process batches with 'image', 'label', 'index' and 'mask' (1 real, 0 padding)."""
   batch_size = per_process_batch_size(global_batch_size)
   # A contiguous slice per process, read in order.
   start = len(source) * jax.process_index() // jax.process_count()
   stop = len(source) * (jax.process_index() + 1) // jax.process_count()
-  batches = grain.MapDataset.source(source)[start:stop].map(
-      preprocess.EvalPreprocess(image_size)).batch(batch_size).to_iter_dataset()
+  batches = (
+    grain.MapDataset.source(source)[start:stop]
+    .map(preprocess.EvalPreprocess(image_size))
+    .batch(batch_size)
+    .to_iter_dataset()
+  )
   if workers > 0:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   emitted = 0
@@ -153,15 +184,16 @@ def eval_batches(source: Sequence[Any], *, global_batch_size: int, image_size: i
     yield _pad(None, batch_size, image_size, first_index=-1)
 
 
-def _pad(batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int,
-         first_index: int) -> dict[str, np.ndarray]:
+def _pad(
+  batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int, first_index: int
+) -> dict[str, np.ndarray]:
   """Pads a (possibly short or absent) batch to batch_size, adding 'index' and 'mask'."""
   count = 0 if batch is None else len(batch["label"])
   padded = {
-      "image": np.zeros((batch_size, image_size, image_size, 3), np.uint8),
-      "label": np.zeros((batch_size,), np.int32),
-      "index": np.full((batch_size,), -1, np.int64),
-      "mask": np.zeros((batch_size,), np.float32),
+    "image": np.zeros((batch_size, image_size, image_size, 3), np.uint8),
+    "label": np.zeros((batch_size,), np.int32),
+    "index": np.full((batch_size,), -1, np.int64),
+    "mask": np.zeros((batch_size,), np.float32),
   }
   if count:
     padded["image"][:count] = batch["image"]

@@ -22,14 +22,16 @@ from PIL import Image
 
 # (mean, std) per channel, for images scaled to [0, 1].
 NORMALIZATIONS = {
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The stored pixel order (Pillow does not apply EXIF orientation either); RGB where OpenCV can.
 _CV2_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")  # OpenCV >= 4.10.
-_CV2_FLAGS = (cv2.IMREAD_COLOR_RGB if _CV2_RGB else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+_CV2_FLAGS = (
+  cv2.IMREAD_COLOR_RGB if _CV2_RGB else cv2.IMREAD_COLOR
+) | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def decode_rgb(encoded: bytes) -> Image.Image:
@@ -59,7 +61,9 @@ def decode_resized(encoded: bytes, size: int) -> np.ndarray:
   height, width = pixels.shape[:2]
   if (height, width) == (size, size):
     return pixels
-  if height <= size and width <= size:  # Upscaling: no antialiasing involved; OpenCV matches Pillow.
+  if (
+    height <= size and width <= size
+  ):  # Upscaling: no antialiasing involved; OpenCV matches Pillow.
     return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_LINEAR)
   # Shrinking along some side: Pillow's antialiased filter, as torchvision on PIL images.
   return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
@@ -70,7 +74,7 @@ def crop_into(pixels: np.ndarray, top: int, left: int, flip: bool, out: np.ndarr
 
   (OpenCV's flip: numpy's copy of a negatively strided uint8 view is ~20x slower.)
   """
-  crop = pixels[top:top + out.shape[0], left:left + out.shape[1]]
+  crop = pixels[top : top + out.shape[0], left : left + out.shape[1]]
   if flip:
     cv2.flip(crop, 1, dst=out)
   else:
@@ -80,11 +84,14 @@ def crop_into(pixels: np.ndarray, top: int, left: int, flip: bool, out: np.ndarr
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess(grain.MapTransform):
   """Eval preprocessing: resize to SxS."""
+
   image_size: int
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {"image": decode_resized(element["image"], self.image_size),
-            "label": np.int32(element["label"])}
+    return {
+      "image": decode_resized(element["image"], self.image_size),
+      "label": np.int32(element["label"]),
+    }
 
 
 def normalize(images: jnp.ndarray, normalization: str, dtype=jnp.float32) -> jnp.ndarray:

@@ -10,13 +10,13 @@ the original code used for it, the checkpoint sources (`animesion_jax.convert`)
 that load into it, and the options only that family has.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
-import math
-from typing import Any, Callable
+from typing import Any
 
+from clu import parameter_overview
 import flax.linen as nn
-import jax
 
 from animesion_jax.models.resnet import ResNet
 from animesion_jax.models.shallow import ShallowNet
@@ -26,6 +26,7 @@ from animesion_jax.models.vit import VisionTransformer
 @dataclasses.dataclass(frozen=True)
 class Family:
   """Facts shared by every model of one module class."""
+
   module: type[nn.Module]
   # Top-level parameter names of the classifier (all that trains with freeze_backbone).
   classifier_params: tuple[str, ...]
@@ -40,8 +41,12 @@ class Family:
     return frozenset(f.name for f in dataclasses.fields(self.module)) - {"parent", "name"}
 
 
-VIT = Family(VisionTransformer, ("head", "interm_aggregate", "interm_norm"), "half",
-             ("vit_npz", "pytorch_vit", "animesion"))
+VIT = Family(
+  VisionTransformer,
+  ("head", "interm_aggregate", "interm_norm"),
+  "half",
+  ("vit_npz", "pytorch_vit", "animesion"),
+)
 RESNET = Family(ResNet, ("fc",), "imagenet", ("torchvision_resnet", "animesion"))
 SHALLOW = Family(ShallowNet, ("fc2",), "half", ("pytorch_shallownet", "animesion"))
 FAMILIES = (VIT, RESNET, SHALLOW)
@@ -50,6 +55,7 @@ FAMILIES = (VIT, RESNET, SHALLOW)
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """One entry of the table: a family with fixed architecture fields."""
+
   family: Family
   fields: tuple[tuple[str, Any], ...] = ()
 
@@ -59,8 +65,16 @@ class ModelSpec:
 
 
 def _vit(patch: int, hidden: int, mlp: int, heads: int, layers: int) -> ModelSpec:
-  return ModelSpec(VIT, (("patch_size", patch), ("hidden_size", hidden), ("mlp_dim", mlp),
-                         ("num_heads", heads), ("num_layers", layers)))
+  return ModelSpec(
+    VIT,
+    (
+      ("patch_size", patch),
+      ("hidden_size", hidden),
+      ("mlp_dim", mlp),
+      ("num_heads", heads),
+      ("num_layers", layers),
+    ),
+  )
 
 
 def _resnet(block: str, stage_sizes: tuple[int, ...]) -> ModelSpec:
@@ -68,22 +82,22 @@ def _resnet(block: str, stage_sizes: tuple[int, ...]) -> ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    # ViT variants of the original paper (patch, hidden, mlp, heads, layers).
-    "vit_ti16": _vit(16, 192, 768, 3, 12),
-    "vit_s16": _vit(16, 384, 1536, 6, 12),
-    "vit_b16": _vit(16, 768, 3072, 12, 12),
-    "vit_b32": _vit(32, 768, 3072, 12, 12),
-    "vit_l16": _vit(16, 1024, 4096, 16, 24),
-    "vit_l32": _vit(32, 1024, 4096, 16, 24),
-    "vit_h14": _vit(14, 1280, 5120, 16, 32),
-    # A few-thousand-parameter ViT for tests and smoke runs.
-    "vit_tiny": _vit(4, 32, 64, 2, 2),
-    "resnet18": _resnet("basic", (2, 2, 2, 2)),
-    "resnet34": _resnet("basic", (3, 4, 6, 3)),
-    "resnet50": _resnet("bottleneck", (3, 4, 6, 3)),
-    "resnet101": _resnet("bottleneck", (3, 4, 23, 3)),
-    "resnet152": _resnet("bottleneck", (3, 8, 36, 3)),
-    "shallow": ModelSpec(SHALLOW),
+  # ViT variants of the original paper (patch, hidden, mlp, heads, layers).
+  "vit_ti16": _vit(16, 192, 768, 3, 12),
+  "vit_s16": _vit(16, 384, 1536, 6, 12),
+  "vit_b16": _vit(16, 768, 3072, 12, 12),
+  "vit_b32": _vit(32, 768, 3072, 12, 12),
+  "vit_l16": _vit(16, 1024, 4096, 16, 24),
+  "vit_l32": _vit(32, 1024, 4096, 16, 24),
+  "vit_h14": _vit(14, 1280, 5120, 16, 32),
+  # A few-thousand-parameter ViT for tests and smoke runs.
+  "vit_tiny": _vit(4, 32, 64, 2, 2),
+  "resnet18": _resnet("basic", (2, 2, 2, 2)),
+  "resnet34": _resnet("basic", (3, 4, 6, 3)),
+  "resnet50": _resnet("bottleneck", (3, 4, 6, 3)),
+  "resnet101": _resnet("bottleneck", (3, 4, 23, 3)),
+  "resnet152": _resnet("bottleneck", (3, 8, 36, 3)),
+  "shallow": ModelSpec(SHALLOW),
 }
 
 
@@ -136,10 +150,9 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
   try:
     return constructor(num_classes=num_classes, **overrides)
   except TypeError as e:
-    raise ValueError(
-        f"Cannot build model {name!r} with overrides {sorted(overrides)}: {e}") from e
+    raise ValueError(f"Cannot build model {name!r} with overrides {sorted(overrides)}: {e}") from e
 
 
 def count_params(params: Any) -> int:
-  """Number of scalars in a parameter tree (arrays or jax.ShapeDtypeStruct)."""
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+  """Number of scalars in a parameter tree (arrays or jax.ShapeDtypeStruct); the one count."""
+  return int(parameter_overview.count_parameters(params))

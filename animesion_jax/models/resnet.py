@@ -7,7 +7,8 @@ right for stride 2, which torch never does and which changes the logits of a
 converted model.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,42 +24,56 @@ Dtype = Any
 #  'animesion': the original Animesion code (ResNet.init_weights): xavier_uniform_ on every
 #    convolution; its zero init then hit torchvision's 1000-way fc, which it replaced by a fresh
 #    nn.Linear, so the classifier has torch's Linear default (weight and bias).
-INIT_SCHEMES = ('torchvision', 'animesion')
+INIT_SCHEMES = ("torchvision", "animesion")
 _CONV_INITS = {
-    'torchvision': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-    'animesion': nn.initializers.xavier_uniform(),
+  "torchvision": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+  "animesion": nn.initializers.xavier_uniform(),
 }
 
-_BLOCK_KINDS = ('basic', 'bottleneck')
+_BLOCK_KINDS = ("basic", "bottleneck")
 
 
 def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((size, size), (size, size))
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str,
-          init_scheme: str = 'torchvision') -> nn.Conv:
+def _conv(
+  features: int, kernel: int, stride: int, dtype: Dtype, name: str, init_scheme: str = "torchvision"
+) -> nn.Conv:
   """Bias-free square conv with torch's symmetric padding of kernel // 2."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=_pad(kernel // 2), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=_CONV_INITS[init_scheme],
-                 name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=_pad(kernel // 2),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_CONV_INITS[init_scheme],
+    name=name,
+  )
 
 
 def _norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
   # torch's momentum 0.1 weights the new batch; Flax's momentum the old stats.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                      name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+  )
 
 
-def _shortcut(x: jax.Array, out_channels: int, stride: int, train: bool,
-              dtype: Dtype, init_scheme: str) -> jax.Array:
+def _shortcut(
+  x: jax.Array, out_channels: int, stride: int, train: bool, dtype: Dtype, init_scheme: str
+) -> jax.Array:
   """Identity, or 1x1 conv + BN when the stride or channel count changes."""
   if stride == 1 and x.shape[-1] == out_channels:
     return x
-  x = _conv(out_channels, 1, stride, dtype, 'downsample_conv', init_scheme)(x)
-  return _norm(train, dtype, 'downsample_bn')(x)
+  x = _conv(out_channels, 1, stride, dtype, "downsample_conv", init_scheme)(x)
+  return _norm(train, dtype, "downsample_bn")(x)
 
 
 class BasicBlock(nn.Module):
@@ -66,17 +81,16 @@ class BasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
-  init_scheme: str = 'torchvision'
+  init_scheme: str = "torchvision"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv(self.planes, 3, self.stride, self.dtype, 'conv1', self.init_scheme)(x)
-    y = nn.relu(_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.planes, 3, 1, self.dtype, 'conv2', self.init_scheme)(y)
-    y = _norm(train, self.dtype, 'bn2')(y)
-    shortcut = _shortcut(x, self.planes, self.stride, train, self.dtype,
-                         self.init_scheme)
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1", self.init_scheme)(x)
+    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = _conv(self.planes, 3, 1, self.dtype, "conv2", self.init_scheme)(y)
+    y = _norm(train, self.dtype, "bn2")(y)
+    shortcut = _shortcut(x, self.planes, self.stride, train, self.dtype, self.init_scheme)
     return nn.relu(y + shortcut)
 
 
@@ -85,19 +99,18 @@ class Bottleneck(nn.Module):
 
   planes: int
   stride: int = 1
-  init_scheme: str = 'torchvision'
+  init_scheme: str = "torchvision"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv(self.planes, 1, 1, self.dtype, 'conv1', self.init_scheme)(x)
-    y = nn.relu(_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.planes, 3, self.stride, self.dtype, 'conv2', self.init_scheme)(y)
-    y = nn.relu(_norm(train, self.dtype, 'bn2')(y))
-    y = _conv(self.planes * 4, 1, 1, self.dtype, 'conv3', self.init_scheme)(y)
-    y = _norm(train, self.dtype, 'bn3')(y)
-    shortcut = _shortcut(x, self.planes * 4, self.stride, train, self.dtype,
-                         self.init_scheme)
+    y = _conv(self.planes, 1, 1, self.dtype, "conv1", self.init_scheme)(x)
+    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv2", self.init_scheme)(y)
+    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
+    y = _conv(self.planes * 4, 1, 1, self.dtype, "conv3", self.init_scheme)(y)
+    y = _norm(train, self.dtype, "bn3")(y)
+    shortcut = _shortcut(x, self.planes * 4, self.stride, train, self.dtype, self.init_scheme)
     return nn.relu(y + shortcut)
 
 
@@ -117,34 +130,31 @@ class ResNet(nn.Module):
 
   num_classes: int
   stage_sizes: Sequence[int]
-  block: str = 'basic'
+  block: str = "basic"
   base_width: int = 64
-  init_scheme: str = 'torchvision'
+  init_scheme: str = "torchvision"
   dtype: Dtype = jnp.float32
 
   def check_fields(self) -> None:
     """Raises ValueError for field values the model cannot be built with."""
     if self.block not in _BLOCK_KINDS:
-      raise ValueError(
-          f'Unknown ResNet block {self.block!r}; expected one of '
-          f'{_BLOCK_KINDS}.')
+      raise ValueError(f"Unknown ResNet block {self.block!r}; expected one of {_BLOCK_KINDS}.")
     if self.init_scheme not in INIT_SCHEMES:
       raise ValueError(
-          f'Unknown ResNet init_scheme {self.init_scheme!r}; expected one of '
-          f'{INIT_SCHEMES}.')
+        f"Unknown ResNet init_scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}."
+      )
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Returns float32 logits [N, num_classes] for NHWC `images`."""
     self.check_fields()
     if images.ndim != 4:
-      raise ValueError(
-          f'Expected NHWC images of rank 4, got shape {images.shape}.')
-    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+      raise ValueError(f"Expected NHWC images of rank 4, got shape {images.shape}.")
+    block_cls = BasicBlock if self.block == "basic" else Bottleneck
 
     x = images.astype(self.dtype)
-    x = _conv(self.base_width, 7, 2, self.dtype, 'conv1', self.init_scheme)(x)
-    x = nn.relu(_norm(train, self.dtype, 'bn1')(x))
+    x = _conv(self.base_width, 7, 2, self.dtype, "conv1", self.init_scheme)(x)
+    x = nn.relu(_norm(train, self.dtype, "bn1")(x))
     # Flax pads max-pooling windows with -inf, as torch does.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
 
@@ -152,13 +162,26 @@ class ResNet(nn.Module):
       planes = self.base_width * 2**s
       for j in range(num_blocks):
         stride = 2 if s > 0 and j == 0 else 1
-        x = block_cls(planes=planes, stride=stride, init_scheme=self.init_scheme,
-                      dtype=self.dtype, name=f'layer{s + 1}_{j}')(x, train=train)
+        x = block_cls(
+          planes=planes,
+          stride=stride,
+          init_scheme=self.init_scheme,
+          dtype=self.dtype,
+          name=f"layer{s + 1}_{j}",
+        )(x, train=train)
 
     x = jnp.mean(x, axis=(1, 2))
-    bias_init = (initializers.torch_default_bias(x.shape[-1])
-                 if self.init_scheme == 'animesion' else nn.initializers.zeros)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=initializers.TORCH_DEFAULT_KERNEL, bias_init=bias_init,
-                 name='fc')(x)
+    bias_init = (
+      initializers.torch_default_bias(x.shape[-1])
+      if self.init_scheme == "animesion"
+      else nn.initializers.zeros
+    )
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+      bias_init=bias_init,
+      name="fc",
+    )(x)
     return x.astype(jnp.float32)

@@ -7,7 +7,8 @@ PyTorch's default initialisation. Flax flattens NHWC (torch: NCHW); the converte
 first linear's weight accordingly.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -57,23 +58,45 @@ class ShallowNet(nn.Module):
     x = images.astype(self.dtype)
     for i, features in enumerate(self.channels):
       fan_in = x.shape[-1] * KERNEL * KERNEL
-      x = nn.Conv(features, (KERNEL, KERNEL), padding="VALID", dtype=self.dtype,
-                  param_dtype=jnp.float32, kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-                  bias_init=initializers.torch_default_bias(fan_in), name=f"conv{i + 1}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
-                       name=f"bn{i + 1}")(x)
+      x = nn.Conv(
+        features,
+        (KERNEL, KERNEL),
+        padding="VALID",
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+        bias_init=initializers.torch_default_bias(fan_in),
+        name=f"conv{i + 1}",
+      )(x)
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name=f"bn{i + 1}",
+      )(x)
       x = nn.relu(x)
       x = nn.max_pool(x, (POOL, POOL), strides=(POOL, POOL))
     x = x.reshape(x.shape[0], -1)
-    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-                 bias_init=initializers.torch_default_bias(x.shape[-1]), name="fc1")(x)
+    x = nn.Dense(
+      self.hidden,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+      bias_init=initializers.torch_default_bias(x.shape[-1]),
+      name="fc1",
+    )(x)
     x = nn.relu(x)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-                 bias_init=initializers.torch_default_bias(self.hidden), name="fc2")(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+      bias_init=initializers.torch_default_bias(self.hidden),
+      name="fc2",
+    )(x)
     return x.astype(jnp.float32)
 
 
@@ -83,7 +106,8 @@ def _check_image_size(height: int, width: int, num_stages: int) -> None:
   for _ in range(num_stages):
     if min(h, w) < KERNEL + POOL - 1:
       raise ValueError(
-          f"Image size {height}x{width} is too small for ShallowNet with "
-          f"{num_stages} stages of unpadded {KERNEL}x{KERNEL} conv and "
-          f"{POOL}x{POOL} max-pool; use a larger image.")
+        f"Image size {height}x{width} is too small for ShallowNet with "
+        f"{num_stages} stages of unpadded {KERNEL}x{KERNEL} conv and "
+        f"{POOL}x{POOL} max-pool; use a larger image."
+      )
     h, w = (h - KERNEL + 1) // POOL, (w - KERNEL + 1) // POOL

@@ -48,15 +48,25 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     out_dim = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=_DENSE_KERNEL_INIT, bias_init=_DENSE_BIAS_INIT,
-                 name="Dense_0")(x)
+    x = nn.Dense(
+      self.mlp_dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_DENSE_KERNEL_INIT,
+      bias_init=_DENSE_BIAS_INIT,
+      name="Dense_0",
+    )(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
     if self.inner_dropout:
       x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    x = nn.Dense(out_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=_DENSE_KERNEL_INIT, bias_init=_DENSE_BIAS_INIT,
-                 name="Dense_1")(x)
+    x = nn.Dense(
+      out_dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_DENSE_KERNEL_INIT,
+      bias_init=_DENSE_BIAS_INIT,
+      name="Dense_1",
+    )(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
 
 
@@ -79,26 +89,32 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="LayerNorm_0")(x)
+    y = nn.LayerNorm(
+      epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name="LayerNorm_0"
+    )(x)
     # Flax's attention scales the logits by 1/sqrt(head_dim), as the original.
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=_DENSE_KERNEL_INIT,
-        broadcast_dropout=False,
-        dropout_rate=self.attention_dropout_rate,
-        name="MultiHeadDotProductAttention_1",
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_DENSE_KERNEL_INIT,
+      broadcast_dropout=False,
+      dropout_rate=self.attention_dropout_rate,
+      name="MultiHeadDotProductAttention_1",
     )(y, y, deterministic=not train, sow_weights=True)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=not train)
     x = x + y
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="LayerNorm_2")(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                 inner_dropout=self.mlp_inner_dropout,
-                 gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-                 name="MlpBlock_3")(y, train=train)
+    y = nn.LayerNorm(
+      epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name="LayerNorm_2"
+    )(x)
+    y = MlpBlock(
+      mlp_dim=self.mlp_dim,
+      dropout_rate=self.dropout_rate,
+      inner_dropout=self.mlp_inner_dropout,
+      gelu_approximate=self.gelu_approximate,
+      dtype=self.dtype,
+      name="MlpBlock_3",
+    )(y, train=train)
     return x + y
 
 
@@ -112,13 +128,13 @@ class AddPositionEmbedding(nn.Module):
       stored = self.get_variable("params", "pos_embedding").shape
       if tuple(stored) != shape:
         raise ValueError(
-            f"Position embedding has shape {tuple(stored)} but the input has "
-            f"{x.shape[1]} tokens (expected shape {shape}); the image size "
-            "differs from the one the parameters were created for. Resize the "
-            "position embedding (see animesion_jax.convert) or use the "
-            "original image size.")
-    pos_embedding = self.param("pos_embedding", _POS_EMBEDDING_INIT, shape,
-                               jnp.float32)
+          f"Position embedding has shape {tuple(stored)} but the input has "
+          f"{x.shape[1]} tokens (expected shape {shape}); the image size "
+          "differs from the one the parameters were created for. Resize the "
+          "position embedding (see animesion_jax.convert) or use the "
+          "original image size."
+        )
+    pos_embedding = self.param("pos_embedding", _POS_EMBEDDING_INIT, shape, jnp.float32)
     return x + pos_embedding.astype(x.dtype)
 
 
@@ -148,20 +164,24 @@ class Encoder(nn.Module):
     class_tokens = []
     for i in range(self.num_layers):
       x = EncoderBlock(
-          mlp_dim=self.mlp_dim,
-          num_heads=self.num_heads,
-          dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate,
-          mlp_inner_dropout=vit_jax,
-          gelu_approximate=self.gelu_approximate,
-          layer_norm_epsilon=self.layer_norm_epsilon,
-          dtype=self.dtype,
-          name=f"encoderblock_{i}",
+        mlp_dim=self.mlp_dim,
+        num_heads=self.num_heads,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        mlp_inner_dropout=vit_jax,
+        gelu_approximate=self.gelu_approximate,
+        layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        name=f"encoderblock_{i}",
       )(x, train=train)
       class_tokens.append(x[:, 0])
     if self.final_norm:
-      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="encoder_norm")(x)
+      x = nn.LayerNorm(
+        epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name="encoder_norm",
+      )(x)
     return x, jnp.stack(class_tokens, axis=1)
 
 
@@ -174,7 +194,7 @@ def exclusion_loss(class_tokens: jax.Array, distance: int, temperature: float) -
   t = class_tokens.astype(jnp.float32) / temperature
   log_p = jax.nn.log_softmax(t, axis=-1)
   layers = t.shape[1]
-  log_input, log_target = log_p[:, :layers - distance], log_p[:, distance:]
+  log_input, log_target = log_p[:, : layers - distance], log_p[:, distance:]
   kl = jnp.sum(jnp.exp(log_target) * (log_target - log_input), axis=(1, 2))
   return jnp.mean(kl)
 
@@ -227,25 +247,33 @@ class VisionTransformer(nn.Module):
     """Raises ValueError for field values the model cannot be built with."""
     if self.hidden_size % self.num_heads:
       raise ValueError(
-          f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.")
+        f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}."
+      )
     if self.dropout_placement not in DROPOUT_PLACEMENTS:
-      raise ValueError(f"dropout_placement={self.dropout_placement!r}: choose one of "
-                       f"{list(DROPOUT_PLACEMENTS)}.")
+      raise ValueError(
+        f"dropout_placement={self.dropout_placement!r}: choose one of {list(DROPOUT_PLACEMENTS)}."
+      )
     if self.head_type not in HEAD_TYPES:
       raise ValueError(f"head_type={self.head_type!r}: choose one of {list(HEAD_TYPES)}.")
     intermediate = self.head_type == "intermediate_features"
     if intermediate and self.representation_size:
-      raise ValueError("head_type='intermediate_features' has no pre-logits layer; set "
-                       "representation_size to None (0 in configs).")
+      raise ValueError(
+        "head_type='intermediate_features' has no pre-logits layer; set "
+        "representation_size to None (0 in configs)."
+      )
     if self.exclusion_loss_weight < 0:
       raise ValueError(f"exclusion_loss_weight={self.exclusion_loss_weight} must be >= 0.")
     if self.exclusion_loss_weight > 0:
       if not intermediate:
-        raise ValueError("exclusion_loss_weight > 0 needs head_type='intermediate_features' (the "
-                         "loss compares the class tokens of different layers).")
+        raise ValueError(
+          "exclusion_loss_weight > 0 needs head_type='intermediate_features' (the "
+          "loss compares the class tokens of different layers)."
+        )
       if not 0 < self.exclusion_layer_distance < self.num_layers:
-        raise ValueError(f"exclusion_layer_distance={self.exclusion_layer_distance} must be "
-                         f"between 1 and num_layers - 1 = {self.num_layers - 1}.")
+        raise ValueError(
+          f"exclusion_layer_distance={self.exclusion_layer_distance} must be "
+          f"between 1 and num_layers - 1 = {self.num_layers - 1}."
+        )
       if self.exclusion_temperature <= 0:
         raise ValueError(f"exclusion_temperature={self.exclusion_temperature} must be > 0.")
 
@@ -258,14 +286,22 @@ class VisionTransformer(nn.Module):
     p = self.patch_size
     if height % p or width % p:
       raise ValueError(
-          f"Image size {height}x{width} is not divisible by the patch size "
-          f"{p}; use an image size that is a multiple of {p}.")
+        f"Image size {height}x{width} is not divisible by the patch size "
+        f"{p}; use an image size that is a multiple of {p}."
+      )
     self.check_fields()
     intermediate = self.head_type == "intermediate_features"
 
     x = images.astype(self.dtype)
-    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, param_dtype=jnp.float32, name="embedding")(x)
+    x = nn.Conv(
+      self.hidden_size,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="embedding",
+    )(x)
     n, gh, gw, d = x.shape
     x = x.reshape(n, gh * gw, d)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
@@ -273,49 +309,65 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([cls, x], axis=1)
 
     x, class_tokens = Encoder(
-        mlp_dim=self.mlp_dim,
-        num_heads=self.num_heads,
-        num_layers=self.num_layers,
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        dropout_placement=self.dropout_placement,
-        final_norm=not intermediate,
-        gelu_approximate=self.gelu_approximate,
-        layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype,
-        name="Transformer",
+      mlp_dim=self.mlp_dim,
+      num_heads=self.num_heads,
+      num_layers=self.num_layers,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      dropout_placement=self.dropout_placement,
+      final_norm=not intermediate,
+      gelu_approximate=self.gelu_approximate,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      name="Transformer",
     )(x, train=train)
 
     if intermediate:
       return self._intermediate_head(class_tokens)
     x = x[:, 0]
     if self.representation_size is not None:
-      x = nn.Dense(self.representation_size, dtype=self.dtype,
-                   param_dtype=jnp.float32, name="pre_logits")(x)
+      x = nn.Dense(
+        self.representation_size, dtype=self.dtype, param_dtype=jnp.float32, name="pre_logits"
+      )(x)
       x = jnp.tanh(x)
     # A zero head makes fine-tuning start from uniform predictions.
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=nn.initializers.zeros,
-                 bias_init=nn.initializers.zeros, name="head")(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.zeros,
+      name="head",
+    )(x)
     return x.astype(jnp.float32)
 
   def _intermediate_head(self, class_tokens: jax.Array) -> jax.Array:
     """Dense(layers -> 1) across layers -> ReLU -> LayerNorm -> Dense; torch-default inits."""
     if self.exclusion_loss_weight > 0:
-      term = exclusion_loss(class_tokens, self.exclusion_layer_distance,
-                            self.exclusion_temperature)
+      term = exclusion_loss(class_tokens, self.exclusion_layer_distance, self.exclusion_temperature)
       # The original subtracts it: the class tokens of distant layers are pushed apart.
-      self.sow("losses", "exclusion",
-               -self.exclusion_loss_weight * self.exclusion_temperature**2 * term)
+      self.sow(
+        "losses", "exclusion", -self.exclusion_loss_weight * self.exclusion_temperature**2 * term
+      )
     x = jnp.swapaxes(class_tokens, 1, 2)  # [N, D, layers]
-    x = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-                 bias_init=initializers.torch_default_bias(self.num_layers),
-                 name="interm_aggregate")(x)[..., 0]
+    x = nn.Dense(
+      1,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+      bias_init=initializers.torch_default_bias(self.num_layers),
+      name="interm_aggregate",
+    )(x)[..., 0]
     x = nn.relu(x)
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="interm_norm")(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-                 bias_init=initializers.torch_default_bias(self.hidden_size), name="head")(x)
+    x = nn.LayerNorm(
+      epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name="interm_norm"
+    )(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
+      bias_init=initializers.torch_default_bias(self.hidden_size),
+      name="head",
+    )(x)
     return x.astype(jnp.float32)

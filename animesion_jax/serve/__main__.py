@@ -27,23 +27,37 @@ from animesion_jax.serve import pictures
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  flags.DEFINE_string("workdir", None, "Training run directory (or give --checkpoint and "
-                      "--source).")
-  flags.DEFINE_string("checkpoint", "best", "With --workdir: 'best', 'latest' or a checkpoint "
-                      "step directory. With --source: the checkpoint file or directory.")
-  flags.DEFINE_string("source", None, "Kind of --checkpoint without a workdir: run, "
-                      "pytorch_vit, torchvision_resnet, animesion or vit_npz.")
-  flags.DEFINE_string("class_names", None, "With --source: classid_classname.csv or a JSON "
-                      "list of names.")
-  flags.DEFINE_integer("num_heads", None, "With --source=pytorch_vit: ViT attention heads, if "
-                       "not hidden size / 64.")
-  flags.DEFINE_integer("image_size", None, "With --source: input size (default: the "
-                       "checkpoint's).")
+  flags.DEFINE_string(
+    "workdir", None, "Training run directory (or give --checkpoint and --source)."
+  )
+  flags.DEFINE_string(
+    "checkpoint",
+    "best",
+    "With --workdir: 'best', 'latest' or a checkpoint "
+    "step directory. With --source: the checkpoint file or directory.",
+  )
+  flags.DEFINE_string(
+    "source",
+    None,
+    "Kind of --checkpoint without a workdir: run, "
+    "pytorch_vit, torchvision_resnet, animesion or vit_npz.",
+  )
+  flags.DEFINE_string(
+    "class_names", None, "With --source: classid_classname.csv or a JSON list of names."
+  )
+  flags.DEFINE_integer(
+    "num_heads", None, "With --source=pytorch_vit: ViT attention heads, if not hidden size / 64."
+  )
+  flags.DEFINE_integer("image_size", None, "With --source: input size (default: the checkpoint's).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
-  flags.DEFINE_string("cascade", None, f"Face detector cascade file (default: the "
-                      f"{faces.CASCADE_FILE} of an installed package; none found: whole "
-                      "pictures are classified).")
+  flags.DEFINE_string(
+    "cascade",
+    None,
+    f"Face detector cascade file (default: the "
+    f"{faces.CASCADE_FILE} of an installed package; none found: whole "
+    "pictures are classified).",
+  )
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
   flags.DEFINE_integer("max_batch", 32, "Most crops per device call.")
@@ -63,27 +77,37 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
   except OSError as error:
     sock.close()
-    raise absl_app.UsageError(f"Cannot listen on {host}:{port} ({error.strerror}): pick "
-                              "another --port (0 picks a free one) or --host.") from None
+    raise absl_app.UsageError(
+      f"Cannot listen on {host}:{port} ({error.strerror}): pick "
+      "another --port (0 picks a free one) or --host."
+    ) from None
   sock.listen(128)
   return sock
 
 
 def _check_model_flags(flag) -> None:
   if flag.source and flag.workdir:
-    raise absl_app.UsageError("Give either --workdir (a training run) or --checkpoint with "
-                              "--source, not both.")
+    raise absl_app.UsageError(
+      "Give either --workdir (a training run) or --checkpoint with --source, not both."
+    )
   if not (flag.source or flag.workdir):
-    raise absl_app.UsageError("Give --workdir=RUN (a training run directory), or "
-                              "--checkpoint=PATH --source=SOURCE --class_names=FILE.")
+    raise absl_app.UsageError(
+      "Give --workdir=RUN (a training run directory), or "
+      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
+    )
 
 
 def _load(flag) -> inference.LoadedRun:
   devices = jax.local_devices()
   if flag.source:
-    return inference.load_checkpoint(flag.checkpoint, flag.source, flag.class_names,
-                                     num_heads=flag.num_heads, image_size=flag.image_size,
-                                     devices=devices)
+    return inference.load_checkpoint(
+      flag.checkpoint,
+      flag.source,
+      flag.class_names,
+      num_heads=flag.num_heads,
+      image_size=flag.image_size,
+      devices=devices,
+    )
   return inference.load_run(flag.workdir, flag.checkpoint, devices=devices)
 
 
@@ -94,8 +118,9 @@ def main(argv):
   if not 0 <= flag.port <= 65535:
     raise absl_app.UsageError(f"--port={flag.port} must be between 0 and 65535.")
   if flag.max_batch < flag.max_faces:
-    raise absl_app.UsageError(f"--max_batch={flag.max_batch} must be at least "
-                              f"--max_faces={flag.max_faces}.")
+    raise absl_app.UsageError(
+      f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
+    )
   _check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -105,18 +130,28 @@ def main(argv):
     run = _load(flag)
   except (FileNotFoundError, ValueError) as error:  # CheckpointMismatch is a ValueError.
     raise absl_app.UsageError(str(error)) from None
-  limits = pictures.Limits(max_upload_bytes=int(flag.max_upload_mb * 2**20),
-                           max_pixels=int(flag.max_megapixels * 1e6), max_faces=flag.max_faces)
-  service = model.build_service(run, detector=detector, face_note=face_note, limits=limits,
-                                max_batch=flag.max_batch, max_wait_s=flag.max_wait_ms / 1000,
-                                queue_size=flag.queue_size)
+  limits = pictures.Limits(
+    max_upload_bytes=int(flag.max_upload_mb * 2**20),
+    max_pixels=int(flag.max_megapixels * 1e6),
+    max_faces=flag.max_faces,
+  )
+  service = model.build_service(
+    run,
+    detector=detector,
+    face_note=face_note,
+    limits=limits,
+    max_batch=flag.max_batch,
+    max_wait_s=flag.max_wait_ms / 1000,
+    queue_size=flag.queue_size,
+  )
   if face_note:
     print(face_note)
   host, port = sock.getsockname()[:2]
   shown = f"[{host}]" if ":" in host else host
   print(f"Serving {service.model} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
-  server = uvicorn.Server(uvicorn.Config(app.create_app(service), log_level="warning",
-                                         timeout_graceful_shutdown=5))
+  server = uvicorn.Server(
+    uvicorn.Config(app.create_app(service), log_level="warning", timeout_graceful_shutdown=5)
+  )
   try:
     server.run(sockets=[sock])  # Returns after Ctrl+C or SIGTERM, then re-raises the signal.
   except KeyboardInterrupt:

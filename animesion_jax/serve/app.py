@@ -15,11 +15,12 @@ full). No part of a request names a file: the page's three files are a fixed tab
 
 import asyncio
 import base64
+from collections.abc import Callable
 import dataclasses
 import importlib.resources
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import anyio
@@ -38,9 +39,9 @@ from animesion_jax.serve import pictures
 
 RETRY_AFTER_S = 1  # What a 503 asks clients to wait.
 _PAGE_FILES = {  # URL -> (file in static/, media type).
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/style.css": ("style.css", "text/css; charset=utf-8"),
+  "/": ("index.html", "text/html; charset=utf-8"),
+  "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+  "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # crops uint8 [n, S, S, 3] -> attention heatmaps [n, g, g].
 AttentionFn = Callable[[np.ndarray], np.ndarray]
@@ -49,6 +50,7 @@ AttentionFn = Callable[[np.ndarray], np.ndarray]
 @dataclasses.dataclass
 class Service:
   """What the app serves with."""
+
   batcher: batcher_lib.MicroBatcher
   class_names: list[str]
   model: str  # Shown to people: model name, step, where it came from.
@@ -68,15 +70,17 @@ class _Refusal(Exception):
 
 
 def _busy() -> _Refusal:
-  return _Refusal(503, f"The server is busy; try again in {RETRY_AFTER_S} s.",
-                  {"Retry-After": str(RETRY_AFTER_S)})
+  return _Refusal(
+    503, f"The server is busy; try again in {RETRY_AFTER_S} s.", {"Retry-After": str(RETRY_AFTER_S)}
+  )
 
 
 async def _body(request: Request, limit: int) -> bytes:
   """The request body, refused (413) past `limit` bytes; reads a bounded excess first, so that
   clients still sending see the answer rather than a reset connection."""
-  too_big = _Refusal(413, f"The upload is larger than the limit of {limit / 2**20:.0f} MB. "
-                     "Send a smaller picture.")
+  too_big = _Refusal(
+    413, f"The upload is larger than the limit of {limit / 2**20:.0f} MB. Send a smaller picture."
+  )
   declared = request.headers.get("content-length", "")
   if declared.isdigit() and int(declared) > 4 * limit:
     raise too_big
@@ -95,8 +99,11 @@ async def _body(request: Request, limit: int) -> bytes:
 async def _upload(request: Request, limits: pictures.Limits) -> bytes:
   """The bytes of the multipart field `image` (parsed from memory)."""
   if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-    raise _Refusal(400, "Send the picture as multipart/form-data with the field 'image' "
-                   "(curl -F image=@picture.png URL/api/predict).")
+    raise _Refusal(
+      400,
+      "Send the picture as multipart/form-data with the field 'image' "
+      "(curl -F image=@picture.png URL/api/predict).",
+    )
   body = await _body(request, limits.max_upload_bytes)
 
   async def replay():
@@ -106,12 +113,17 @@ async def _upload(request: Request, limits: pictures.Limits) -> bytes:
     form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
   except Exception as error:  # pylint: disable=broad-exception-caught
     detail = getattr(error, "detail", None) or error
-    raise _Refusal(400, f"The upload could not be read as multipart/form-data ({detail}).")
+    raise _Refusal(
+      400, f"The upload could not be read as multipart/form-data ({detail})."
+    ) from None
   try:
     field = form.get("image")
     if not isinstance(field, UploadFile):
-      raise _Refusal(400, "No file in the field 'image': send the picture as "
-                     "multipart/form-data with a file in the field 'image'.")
+      raise _Refusal(
+        400,
+        "No file in the field 'image': send the picture as "
+        "multipart/form-data with a file in the field 'image'.",
+      )
     return await field.read()
   finally:
     await form.close()
@@ -123,17 +135,25 @@ def _data_url(image: Image.Image) -> str:
 
 def create_app(service: Service) -> Starlette:
   """The web app around a ready Service (the caller owns the batcher's lifetime)."""
-  page = {url: (importlib.resources.files("animesion_jax.serve").joinpath("static", name)
-                .read_bytes(), media) for url, (name, media) in _PAGE_FILES.items()}
+  page = {
+    url: (
+      importlib.resources.files("animesion_jax.serve").joinpath("static", name).read_bytes(),
+      media,
+    )
+    for url, (name, media) in _PAGE_FILES.items()
+  }
   limiter = anyio.CapacityLimiter(service.decode_threads)
   attention_lock = threading.Lock()  # One attention computation at a time.
 
   def attention_overlays(picture: pictures.Picture) -> list[str]:
     from animesion_jax import attention  # pylint: disable=g-import-not-at-top
+
     with attention_lock:
       heatmaps = service.attention(picture.crops)
-    return [_data_url(attention.overlay(Image.fromarray(crop), heatmap))
-            for crop, heatmap in zip(picture.crops, heatmaps)]
+    return [
+      _data_url(attention.overlay(Image.fromarray(crop), heatmap))
+      for crop, heatmap in zip(picture.crops, heatmaps)
+    ]
 
   def page_file(request: Request) -> Response:
     content, media = page[request.url.path]
@@ -142,27 +162,43 @@ def create_app(service: Service) -> Starlette:
   def healthz(request: Request) -> JSONResponse:
     del request
     batcher = service.batcher
-    return JSONResponse({"status": "ok", "model": service.model, "waiting": batcher.waiting,
-                         "batches": batcher.batches, "crops": batcher.crops})
+    return JSONResponse(
+      {
+        "status": "ok",
+        "model": service.model,
+        "waiting": batcher.waiting,
+        "batches": batcher.batches,
+        "crops": batcher.crops,
+      }
+    )
 
   def info(request: Request) -> JSONResponse:
     del request
     limits = service.limits
-    return JSONResponse({
-        "model": service.model, "num_classes": len(service.class_names),
-        "face_detection": service.detector is not None, "face_note": service.face_note,
+    return JSONResponse(
+      {
+        "model": service.model,
+        "num_classes": len(service.class_names),
+        "face_detection": service.detector is not None,
+        "face_note": service.face_note,
         "attention": service.attention is not None,
         "max_upload_mb": limits.max_upload_bytes / 2**20,
-        "max_megapixels": limits.max_pixels / 1e6, "max_faces": limits.max_faces,
-        "examples": [{"name": name, "url": f"/api/examples/{i}"}
-                     for i, (name, _) in enumerate(service.examples)]})
+        "max_megapixels": limits.max_pixels / 1e6,
+        "max_faces": limits.max_faces,
+        "examples": [
+          {"name": name, "url": f"/api/examples/{i}"}
+          for i, (name, _) in enumerate(service.examples)
+        ],
+      }
+    )
 
   def example(request: Request) -> Response:
     index = request.path_params["index"]
     if not 0 <= index < len(service.examples):
       return JSONResponse({"error": f"No example {index}."}, 404)
-    return Response(service.examples[index][1], media_type="image/png",
-                    headers={"Cache-Control": "max-age=3600"})
+    return Response(
+      service.examples[index][1], media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+    )
 
   async def predict(request: Request) -> Response:
     started = time.perf_counter()
@@ -174,8 +210,13 @@ def create_app(service: Service) -> Starlette:
         raise _busy()  # Refused before the upload is read or decoded.
       data = await _upload(request, service.limits)
       picture = await anyio.to_thread.run_sync(
-          pictures.read_picture, data, service.image_size, service.detector, service.limits,
-          limiter=limiter)
+        pictures.read_picture,
+        data,
+        service.image_size,
+        service.detector,
+        service.limits,
+        limiter=limiter,
+      )
       try:
         future = service.batcher.submit(picture.crops)
       except batcher_lib.QueueFull:
@@ -190,23 +231,40 @@ def create_app(service: Service) -> Starlette:
       return JSONResponse({"error": bad.message}, bad.status)
     found = []
     for i, box in enumerate(picture.boxes):
-      face: dict[str, Any] = {"box": box, "whole_image": picture.whole, "top5": [
+      face: dict[str, Any] = {
+        "box": box,
+        "whole_image": picture.whole,
+        "top5": [
           {"name": service.class_names[int(c)], "probability": float(p)}
-          for p, c in zip(probabilities[i], class_ids[i])]}
+          for p, c in zip(probabilities[i], class_ids[i])
+        ],
+      }
       if overlays is not None:
         face["attention"] = overlays[i]
       found.append(face)
     elapsed_ms = 1000 * (time.perf_counter() - started)
-    logging.info("Classified %d crop(s) of a %dx%d picture in %.1f ms.", len(found),
-                 picture.image.width, picture.image.height, elapsed_ms)
-    return JSONResponse({"faces": found, "model": service.model, "elapsed_ms": elapsed_ms,
-                         "width": picture.image.width, "height": picture.image.height,
-                         "notes": picture.notes})
+    logging.info(
+      "Classified %d crop(s) of a %dx%d picture in %.1f ms.",
+      len(found),
+      picture.image.width,
+      picture.image.height,
+      elapsed_ms,
+    )
+    return JSONResponse(
+      {
+        "faces": found,
+        "model": service.model,
+        "elapsed_ms": elapsed_ms,
+        "width": picture.image.width,
+        "height": picture.image.height,
+        "notes": picture.notes,
+      }
+    )
 
   routes = [Route(url, page_file) for url in _PAGE_FILES] + [
-      Route("/healthz", healthz),
-      Route("/api/info", info),
-      Route("/api/examples/{index:int}", example),
-      Route("/api/predict", predict, methods=["POST"]),
+    Route("/healthz", healthz),
+    Route("/api/info", info),
+    Route("/api/examples/{index:int}", example),
+    Route("/api/predict", predict, methods=["POST"]),
   ]
   return Starlette(routes=routes)

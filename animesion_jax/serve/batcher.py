@@ -8,11 +8,11 @@ the jitted function compiles once per size, at start-up) and resolves every futu
 503 with Retry-After) rather than letting waits grow without bound.
 """
 
+from collections.abc import Callable
 import concurrent.futures
 import queue
 import threading
 import time
-from typing import Callable
 
 from absl import logging
 import numpy as np
@@ -41,9 +41,16 @@ def batch_sizes(max_batch: int, multiple: int) -> list[int]:
 class MicroBatcher:
   """Batches crops from concurrent requests onto one predict function."""
 
-  def __init__(self, predict: PredictFn, image_shape: tuple[int, int, int], *,
-               max_batch: int = 32, max_wait_s: float = 0.01, queue_size: int = 64,
-               multiple: int = 1):
+  def __init__(
+    self,
+    predict: PredictFn,
+    image_shape: tuple[int, int, int],
+    *,
+    max_batch: int = 32,
+    max_wait_s: float = 0.01,
+    queue_size: int = 64,
+    multiple: int = 1,
+  ):
     """Starts the worker thread.
 
     Args:
@@ -55,8 +62,10 @@ class MicroBatcher:
       multiple: batches are padded to multiples of this (the device count).
     """
     if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
-      raise ValueError(f"max_batch={max_batch} and queue_size={queue_size} must be >= 1 and "
-                       f"max_wait_s={max_wait_s} >= 0.")
+      raise ValueError(
+        f"max_batch={max_batch} and queue_size={queue_size} must be >= 1 and "
+        f"max_wait_s={max_wait_s} >= 0."
+      )
     self._predict = predict
     self.image_shape = tuple(image_shape)
     self.max_batch = max_batch
@@ -87,10 +96,14 @@ class MicroBatcher:
       QueueFull: the queue is full (nothing was queued).
       ValueError: wrong crop shape or more than max_batch crops.
     """
-    if crops.ndim != 4 or tuple(crops.shape[1:]) != self.image_shape or not (
-        1 <= len(crops) <= self.max_batch):
-      raise ValueError(f"Expected 1 to {self.max_batch} crops of shape {self.image_shape}, "
-                       f"got {crops.shape}.")
+    if (
+      crops.ndim != 4
+      or tuple(crops.shape[1:]) != self.image_shape
+      or not (1 <= len(crops) <= self.max_batch)
+    ):
+      raise ValueError(
+        f"Expected 1 to {self.max_batch} crops of shape {self.image_shape}, got {crops.shape}."
+      )
     future = concurrent.futures.Future()
     try:
       self._queue.put_nowait((crops, future))
@@ -145,7 +158,7 @@ class MicroBatcher:
       images = np.concatenate([crops for crops, _ in items])
       size = next(s for s in self.sizes if s >= len(images))
       padded = np.zeros((size, *self.image_shape), np.uint8)
-      padded[:len(images)] = images
+      padded[: len(images)] = images
       try:
         probabilities, class_ids = self._predict(padded)
       except Exception as error:  # pylint: disable=broad-exception-caught
@@ -158,6 +171,7 @@ class MicroBatcher:
       self.crops += len(images)
       start = 0
       for crops, future in items:
-        future.set_result((probabilities[start:start + len(crops)],
-                           class_ids[start:start + len(crops)]))
+        future.set_result(
+          (probabilities[start : start + len(crops)], class_ids[start : start + len(crops)])
+        )
         start += len(crops)

@@ -16,8 +16,9 @@ from animesion_jax.serve import pictures
 TOP_K = 5  # Names answered per face.
 
 
-def face_detector(cascade: str | None, margin: float = 0.25,
-                  min_size: int = 24) -> tuple[faces.FaceDetector | None, str]:
+def face_detector(
+  cascade: str | None, margin: float = 0.25, min_size: int = 24
+) -> tuple[faces.FaceDetector | None, str]:
   """(detector, "") when a cascade is found, else (None, why face detection is off)."""
   try:
     return faces.FaceDetector(faces.find_cascade(cascade), margin=margin, min_size=min_size), ""
@@ -39,9 +40,9 @@ def _attention_fn(run: inference.LoadedRun, sizes: list[int]) -> app.AttentionFn
     # Padded to the batcher's sizes: attention.maps compiles once per batch size.
     size = next((s for s in sizes if s >= len(crops)), len(crops))
     padded = np.zeros((size, *crops.shape[1:]), np.uint8)
-    padded[:len(crops)] = crops
+    padded[: len(crops)] = crops
     images = preprocess.normalize(padded, normalization, model.dtype)
-    return attention.maps(model, run.variables, images)["rollout"][:len(crops)]
+    return attention.maps(model, run.variables, images)["rollout"][: len(crops)]
 
   try:
     heatmaps(np.zeros((1, run.config.image_size, run.config.image_size, 3), np.uint8))
@@ -51,10 +52,18 @@ def _attention_fn(run: inference.LoadedRun, sizes: list[int]) -> app.AttentionFn
   return heatmaps
 
 
-def build_service(run: inference.LoadedRun, *, detector: faces.FaceDetector | None = None,
-                  face_note: str = "", limits: pictures.Limits = pictures.Limits(),
-                  max_batch: int = 32, max_wait_s: float = 0.005, queue_size: int = 64,
-                  warm_up: bool = True, attention: bool = True) -> app.Service:
+def build_service(
+  run: inference.LoadedRun,
+  *,
+  detector: faces.FaceDetector | None = None,
+  face_note: str = "",
+  limits: pictures.Limits = pictures.Limits(),
+  max_batch: int = 32,
+  max_wait_s: float = 0.005,
+  queue_size: int = 64,
+  warm_up: bool = True,
+  attention: bool = True,
+) -> app.Service:
   """Starts the micro-batcher on the run's devices and gathers what the page shows.
 
   Args:
@@ -69,8 +78,10 @@ def build_service(run: inference.LoadedRun, *, detector: faces.FaceDetector | No
     attention: offer attention maps (ViTs only).
   """
   if max_batch < limits.max_faces:
-    raise ValueError(f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
-                     "one picture's faces go in one device call.")
+    raise ValueError(
+      f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
+      "one picture's faces go in one device call."
+    )
   predict_fn = inference.make_predict_fn(run, TOP_K)
 
   def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,16 +90,26 @@ def build_service(run: inference.LoadedRun, *, detector: faces.FaceDetector | No
     return np.asarray(probabilities), np.asarray(class_ids)
 
   size = run.config.image_size
-  batcher = batcher_lib.MicroBatcher(predict, (size, size, 3), max_batch=max_batch,
-                                     max_wait_s=max_wait_s, queue_size=queue_size,
-                                     multiple=run.mesh.size)
+  batcher = batcher_lib.MicroBatcher(
+    predict,
+    (size, size, 3),
+    max_batch=max_batch,
+    max_wait_s=max_wait_s,
+    queue_size=queue_size,
+    multiple=run.mesh.size,
+  )
   if warm_up:
     batcher.warm_up()
   step = f", step {run.step}" if run.step is not None else ""
   source = os.path.basename(run.description.rstrip("/")) or run.description  # No server paths.
   return app.Service(
-      batcher=batcher, class_names=list(run.class_names),
-      model=f"{run.config.model.name}{step} ({source})", image_size=size,
-      detector=detector, face_note=face_note, limits=limits,
-      examples=pictures.examples(run.class_names),
-      attention=_attention_fn(run, batcher.sizes) if attention else None)
+    batcher=batcher,
+    class_names=list(run.class_names),
+    model=f"{run.config.model.name}{step} ({source})",
+    image_size=size,
+    detector=detector,
+    face_note=face_note,
+    limits=limits,
+    examples=pictures.examples(run.class_names),
+    attention=_attention_fn(run, batcher.sizes) if attention else None,
+  )

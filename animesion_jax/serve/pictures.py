@@ -25,6 +25,7 @@ _TEST_STREAM = 3  # The synthetic builder's random stream of its test split.
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one upload may be."""
+
   max_upload_bytes: int = 16 * 2**20  # Largest request body.
   max_pixels: int = 40_000_000  # Largest picture (width x height) decoded.
   max_faces: int = 16  # Most faces classified per picture (the largest ones).
@@ -42,6 +43,7 @@ class BadPicture(ValueError):
 @dataclasses.dataclass
 class Picture:
   """A decoded upload and the crops to classify."""
+
   image: Image.Image  # RGB.
   boxes: list[list[int]]  # [x, y, w, h] per crop (the whole picture when `whole`).
   crops: np.ndarray  # uint8 [n, S, S, 3].
@@ -53,8 +55,9 @@ def _megapixels(pixels: int) -> str:
   return f"{pixels / 1e6:.0f} megapixels" if pixels >= 1e6 else f"{pixels} pixels"
 
 
-def read_picture(data: bytes, image_size: int, detector: faces.FaceDetector | None,
-                 limits: Limits) -> Picture:
+def read_picture(
+  data: bytes, image_size: int, detector: faces.FaceDetector | None, limits: Limits
+) -> Picture:
   """Decodes an upload and cuts out its faces (or takes the whole picture).
 
   Raises:
@@ -67,39 +70,54 @@ def read_picture(data: bytes, image_size: int, detector: faces.FaceDetector | No
       width, height = probe.size
       frames = getattr(probe, "n_frames", 1)
   except UnidentifiedImageError:
-    raise BadPicture(415, f"This file is not a picture that can be read: send a {_FORMATS} "
-                     "file.") from None
+    raise BadPicture(
+      415, f"This file is not a picture that can be read: send a {_FORMATS} file."
+    ) from None
   except Image.DecompressionBombError as error:  # Over twice Pillow's own limit.
-    raise BadPicture(413, f"This picture has far too many pixels to decode ({error}); the limit "
-                     f"is {_megapixels(limits.max_pixels)}.") from None
+    raise BadPicture(
+      413,
+      f"This picture has far too many pixels to decode ({error}); the limit "
+      f"is {_megapixels(limits.max_pixels)}.",
+    ) from None
   except image_files.DECODE_ERRORS as error:  # A damaged header.
-    raise BadPicture(400, "The picture could not be read: the file is damaged or cut short "
-                     f"({error}).") from None
+    raise BadPicture(
+      400, f"The picture could not be read: the file is damaged or cut short ({error})."
+    ) from None
   if width * height > limits.max_pixels:
-    raise BadPicture(413, f"The picture is {width}x{height} ({_megapixels(width * height)}); "
-                     f"the limit is {_megapixels(limits.max_pixels)}. Scale it down and try "
-                     "again.")
+    raise BadPicture(
+      413,
+      f"The picture is {width}x{height} ({_megapixels(width * height)}); "
+      f"the limit is {_megapixels(limits.max_pixels)}. Scale it down and try "
+      "again.",
+    )
   try:
-    image = image_files.load_image(io.BytesIO(data),
-                                   min_size=None if detector else image_size)
+    image = image_files.load_image(io.BytesIO(data), min_size=None if detector else image_size)
   except image_files.UnreadableImage as error:
-    raise BadPicture(400, "The picture could not be decoded: the file is damaged or cut short "
-                     f"({error}).") from None
+    raise BadPicture(
+      400, f"The picture could not be decoded: the file is damaged or cut short ({error})."
+    ) from None
   notes = ["animated picture: its first frame was classified"] if frames > 1 else []
   boxes = detector.detect(image) if detector else []
   if len(boxes) > limits.max_faces:
     notes.append(f"{len(boxes)} faces found; the {limits.max_faces} largest were classified")
     largest = sorted(boxes, key=lambda b: (b.right - b.left) * (b.bottom - b.top), reverse=True)
-    boxes = sorted(largest[:limits.max_faces], key=lambda box: (box.top, box.left))
+    boxes = sorted(largest[: limits.max_faces], key=lambda box: (box.top, box.left))
   if not boxes:
     if detector:
       notes.append("no face found: the whole picture was classified")
     crops = np.asarray(preprocess.resize_square(image, image_size))[None]
     return Picture(image, [[0, 0, image.width, image.height]], crops, True, notes)
-  crops = np.stack([np.asarray(preprocess.resize_square(
-      image.crop((box.left, box.top, box.right, box.bottom)), image_size)) for box in boxes])
-  return Picture(image, [[b.left, b.top, b.right - b.left, b.bottom - b.top] for b in boxes],
-                 crops, False, notes)
+  crops = np.stack(
+    [
+      np.asarray(
+        preprocess.resize_square(image.crop((box.left, box.top, box.right, box.bottom)), image_size)
+      )
+      for box in boxes
+    ]
+  )
+  return Picture(
+    image, [[b.left, b.top, b.right - b.left, b.bottom - b.top] for b in boxes], crops, False, notes
+  )
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -115,11 +133,22 @@ def examples(class_names: list[str], count: int = 6) -> list[tuple[str, bytes]]:
   are ones the model never trained on. Empty for models trained on other data.
   """
   known = set(class_names)
-  labels = [label for label, character in enumerate(drawing.CHARACTERS)
-            if character.name in known]
+  labels = [label for label, character in enumerate(drawing.CHARACTERS) if character.name in known]
   if len(labels) < count:
     return []
   chosen = [labels[i * len(labels) // count] for i in range(count)]
-  return [(drawing.CHARACTERS[label].name, png_bytes(Image.fromarray(drawing.draw_character(
-      drawing.CHARACTERS[label], drawing.image_rng(0, _TEST_STREAM, label, 0),
-      synthetic.IMAGE_SIZE)))) for label in chosen]
+  return [
+    (
+      drawing.CHARACTERS[label].name,
+      png_bytes(
+        Image.fromarray(
+          drawing.draw_character(
+            drawing.CHARACTERS[label],
+            drawing.image_rng(0, _TEST_STREAM, label, 0),
+            synthetic.IMAGE_SIZE,
+          )
+        )
+      ),
+    )
+    for label in chosen
+  ]

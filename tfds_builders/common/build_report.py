@@ -63,31 +63,31 @@ class BuildReport:
   def as_dict(self) -> dict[str, Any]:
     """A JSON-serialisable form, stored in the dataset's metadata.json."""
     return {
-        'kept': self.kept,
-        'skipped': {
-            reason: {'count': count, 'first': self._listed[reason]}
-            for reason, count in sorted(self._skipped.items())
-        },
-        'ignored': dict(sorted(self._ignored.items())),
-        'notes': dict(self._notes),
+      "kept": self.kept,
+      "skipped": {
+        reason: {"count": count, "first": self._listed[reason]}
+        for reason, count in sorted(self._skipped.items())
+      },
+      "ignored": dict(sorted(self._ignored.items())),
+      "notes": dict(self._notes),
     }
 
   def summary(self) -> str:
     """A few human-readable lines for the build log."""
-    lines = [f'{self.title}: kept {self.kept}, skipped {self.num_skipped}']
+    lines = [f"{self.title}: kept {self.kept}, skipped {self.num_skipped}"]
     for reason, count in sorted(self._skipped.items()):
       names = self._listed[reason]
-      more = f', ... ({count - len(names)} more)' if count > len(names) else ''
-      lines.append(f'  skipped {count} ({reason}): {", ".join(names)}{more}')
+      more = f", ... ({count - len(names)} more)" if count > len(names) else ""
+      lines.append(f"  skipped {count} ({reason}): {', '.join(names)}{more}")
     for what, count in sorted(self._ignored.items()):
-      lines.append(f'  ignored {count} ({what})')
+      lines.append(f"  ignored {count} ({what})")
     for key, value in self._notes.items():
-      lines.append(f'  {key}: {value}')
-    return '\n'.join(lines)
+      lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
 
   def log(self) -> None:
     """Logs the summary; as a warning when anything was skipped."""
     if self.num_skipped:
-      logging.warning('%s', self.summary())
+      logging.warning("%s", self.summary())
     else:
-      logging.info('%s', self.summary())
+      logging.info("%s", self.summary())

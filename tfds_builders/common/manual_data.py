@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 import urllib.parse
 
-import tensorflow_datasets as tfds
 from etils import epath
+import tensorflow_datasets as tfds
 
 
 class MissingDataError(FileNotFoundError):
@@ -20,12 +20,12 @@ class MissingDataError(FileNotFoundError):
 
 
 def missing_data_error(
-    dataset: str,
-    looked_in: str,
-    where_to_get: str,
-    expected_layout: str,
-    detail: str = '',
-    config: str = '',
+  dataset: str,
+  looked_in: str,
+  where_to_get: str,
+  expected_layout: str,
+  detail: str = "",
+  config: str = "",
 ) -> MissingDataError:
   """Builds the error raised when a dataset's files cannot be found.
 
@@ -37,29 +37,29 @@ def missing_data_error(
     detail: what exactly was missing or wrong, if known.
     config: the builder config to name in the suggested command, if any.
   """
-  lines = [f'{dataset}: the dataset files were not found.']
+  lines = [f"{dataset}: the dataset files were not found."]
   if detail:
     lines.append(detail)
   lines += [
-      f'Looked in: {looked_in} (and its immediate subdirectories).',
-      f'Download: {where_to_get}',
-      'Expected layout:',
-      expected_layout.rstrip('\n'),
-      f'Then run: tfds build tfds_builders/{dataset}'
-      + (f' --config={config}' if config else '') + ' --manual_dir=DIR',
+    f"Looked in: {looked_in} (and its immediate subdirectories).",
+    f"Download: {where_to_get}",
+    "Expected layout:",
+    expected_layout.rstrip("\n"),
+    f"Then run: tfds build tfds_builders/{dataset}"
+    + (f" --config={config}" if config else "")
+    + " --manual_dir=DIR",
   ]
-  return MissingDataError('\n'.join(lines))
+  return MissingDataError("\n".join(lines))
 
 
-def manual_dir(
-    dl_manager: tfds.download.DownloadManager) -> tuple[epath.Path | None, str]:
+def manual_dir(dl_manager: tfds.download.DownloadManager) -> tuple[epath.Path | None, str]:
   """Returns (the manual dir if it exists and is not empty, its path).
 
   `dl_manager.manual_dir` raises when the directory is missing or empty; its
   path is still needed to tell the user where the builder looked.
   """
   # pylint: disable-next=protected-access
-  configured = str(getattr(dl_manager, '_manual_dir', None) or '(not set)')
+  configured = str(getattr(dl_manager, "_manual_dir", None) or "(not set)")
   try:
     path = dl_manager.manual_dir
   except AssertionError:
@@ -69,8 +69,7 @@ def manual_dir(
 
 def candidate_roots(root: epath.Path) -> list[epath.Path]:
   """`root` and its immediate subdirectories, in name order."""
-  children = sorted((p for p in root.iterdir() if p.is_dir()),
-                    key=lambda p: p.name)
+  children = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
   return [root, *children]
 
 
@@ -83,9 +82,9 @@ def unreachable_reason(url: str, timeout_s: float = 10.0) -> str | None:
   the files instead.
   """
   parts = urllib.parse.urlsplit(url)
-  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  port = parts.port or (443 if parts.scheme == "https" else 80)
   try:
     with socket.create_connection((parts.hostname, port), timeout=timeout_s):
       return None
   except OSError as e:
-    return f'cannot connect to {parts.hostname}:{port} ({e})'
+    return f"cannot connect to {parts.hostname}:{port} ({e})"

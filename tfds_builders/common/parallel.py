@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Iterable, Iterator
 import concurrent.futures
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
-_In = TypeVar('_In')
-_Out = TypeVar('_Out')
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 def ordered_map(
-    fn: Callable[[_In], _Out],
-    items: Iterable[_In],
-    num_threads: int,
-    max_in_flight: int | None = None,
+  fn: Callable[[_In], _Out],
+  items: Iterable[_In],
+  num_threads: int,
+  max_in_flight: int | None = None,
 ) -> Iterator[_Out]:
   """Yields `fn(item)` for each item, in input order, computed on threads.
 

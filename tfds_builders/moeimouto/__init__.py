@@ -2,4 +2,4 @@
 
 from .moeimouto_dataset_builder import Builder
 
-__all__ = ['Builder']
+__all__ = ["Builder"]

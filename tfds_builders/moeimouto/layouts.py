@@ -28,30 +28,30 @@ from etils import epath
 from tfds_builders.common import build_report
 from tfds_builders.common import manual_data
 
-NAGADOMI_URL = ('http://www.nurs.or.jp/~nagadomi/animeface-character-dataset/'
-                'data/animeface-character-dataset.zip')
-NAGADOMI_ZIP = 'animeface-character-dataset.zip'
-NAGADOMI_DIR = 'animeface-character-dataset'
-KAGGLE_ZIP = 'moeimouto-faces.zip'
-KAGGLE_DIR = 'moeimouto-faces'
-ANIMESION_IMAGE_DIR = 'data'
-CLASS_FILE = 'classid_classname.csv'
-SPLIT_FILES = {'train': 'train.csv', 'test': 'test.csv'}
+NAGADOMI_URL = (
+  "http://www.nurs.or.jp/~nagadomi/animeface-character-dataset/data/animeface-character-dataset.zip"
+)
+NAGADOMI_ZIP = "animeface-character-dataset.zip"
+NAGADOMI_DIR = "animeface-character-dataset"
+KAGGLE_ZIP = "moeimouto-faces.zip"
+KAGGLE_DIR = "moeimouto-faces"
+ANIMESION_IMAGE_DIR = "data"
+CLASS_FILE = "classid_classname.csv"
+SPLIT_FILES = {"train": "train.csv", "test": "test.csv"}
 # The paper's split files as published, shipped with the builder (the split
 # files gzipped; `gunzip -c` gives the published bytes).
-PAPER_SPLIT_DIR = epath.Path(__file__).parent / 'paper_split'
-PAPER_SPLIT_FILES = {split: f'{name}.gz' for split, name in SPLIT_FILES.items()}
+PAPER_SPLIT_DIR = epath.Path(__file__).parent / "paper_split"
+PAPER_SPLIT_FILES = {split: f"{name}.gz" for split, name in SPLIT_FILES.items()}
 # Images in the paper's split files, and the 2 non-RGB images the paper
 # dropped before splitting (not listed in its split files).
 PAPER_NUM_IMAGES = 14_395
-PAPER_DROPPED = ('144_kotegawa_yui/face_272_204_0.png',
-                 '144_kotegawa_yui/face_284_227_1.png')
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+PAPER_DROPPED = ("144_kotegawa_yui/face_272_204_0.png", "144_kotegawa_yui/face_284_227_1.png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # Layout names, as recorded in the build report.
-ANIMESION = 'animesion'
-NAGADOMI = 'nagadomi'
-KAGGLE = 'kaggle'
+ANIMESION = "animesion"
+NAGADOMI = "nagadomi"
+KAGGLE = "kaggle"
 
 # Share of each class's images that goes to train (the paper's 80/20 cut).
 TRAIN_FRACTION = 0.8
@@ -76,16 +76,15 @@ class Found:
 
 
 def has_split_files(folder: epath.Path) -> bool:
-  return all((folder / name).is_file()
-             for name in (CLASS_FILE, *SPLIT_FILES.values()))
+  return all((folder / name).is_file() for name in (CLASS_FILE, *SPLIT_FILES.values()))
 
 
 def image_root_in(folder: epath.Path) -> tuple[epath.Path, str] | None:
   """The folder of class folders in an extracted copy at `folder`, if any."""
   candidates = (
-      (folder / NAGADOMI_DIR / 'thumb', NAGADOMI),
-      (folder / 'thumb', NAGADOMI),
-      (folder / KAGGLE_DIR, KAGGLE),
+    (folder / NAGADOMI_DIR / "thumb", NAGADOMI),
+    (folder / "thumb", NAGADOMI),
+    (folder / KAGGLE_DIR, KAGGLE),
   )
   for path, layout in candidates:
     if path.is_dir():
@@ -119,8 +118,8 @@ def find(manual_dir: epath.Path) -> Found:
 
 
 def list_class_folders(
-    image_root: epath.Path,
-    report: build_report.BuildReport) -> dict[str, list[str]]:
+  image_root: epath.Path, report: build_report.BuildReport
+) -> dict[str, list[str]]:
   """Maps each class folder holding images to its image names, all sorted.
 
   Files that are not images (by extension), files directly in `image_root`,
@@ -130,20 +129,20 @@ def list_class_folders(
   classes = {}
   for folder in sorted(image_root.iterdir(), key=lambda p: p.name):
     if not folder.is_dir():
-      report.ignore('file outside class folders')
+      report.ignore("file outside class folders")
       continue
     images = []
     for entry in folder.iterdir():
       if entry.is_dir():
-        report.ignore('folder inside a class folder')
+        report.ignore("folder inside a class folder")
       elif entry.suffix.lower() in IMAGE_SUFFIXES:
         images.append(entry.name)
       else:
-        report.ignore('non-image file')
+        report.ignore("non-image file")
     if images:
       classes[folder.name] = sorted(images)
     else:
-      report.ignore('class folder without images')
+      report.ignore("class folder without images")
   return classes
 
 
@@ -160,10 +159,10 @@ def split_by_rule(files_by_class: dict[str, list[str]]) -> dict[str, list]:
   Returns:
     {'train': [(class_id, 'class/file'), ...], 'test': [...]}
   """
-  splits = {'train': [], 'test': []}
+  splits = {"train": [], "test": []}
   for class_id, name in enumerate(sorted(files_by_class)):
     files = sorted(files_by_class[name])
     cut = int(len(files) * TRAIN_FRACTION)
-    splits['train'] += [(class_id, f'{name}/{f}') for f in files[:cut]]
-    splits['test'] += [(class_id, f'{name}/{f}') for f in files[cut:]]
+    splits["train"] += [(class_id, f"{name}/{f}") for f in files[:cut]]
+    splits["test"] += [(class_id, f"{name}/{f}") for f in files[cut:]]
   return splits

@@ -5,4 +5,4 @@ from .synthetic_characters_dataset_builder import Builder
 # Descriptive alias for code that prefers not to import a class named Builder.
 SyntheticCharacters = Builder
 
-__all__ = ['Builder', 'SyntheticCharacters']
+__all__ = ["Builder", "SyntheticCharacters"]

@@ -13,9 +13,9 @@ output is bit-identical, which is what makes dataset builds reproducible.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,24 +28,24 @@ _OUTLINE = (50, 35, 40)
 # Normalised (y, x) pixel coordinates in [0, 1], shared by all backgrounds.
 _GRID = np.mgrid[0:_CANVAS, 0:_CANVAS].astype(np.float32) / (_CANVAS - 1)
 
-FACE_SHAPES = ('round', 'oval', 'sharp')
-HAIR_STYLES = ('short', 'long', 'bob', 'twintails', 'ponytail', 'spiky')
-ACCESSORIES = ('none', 'ribbon', 'glasses', 'hat', 'cat_ears', 'hairclip')
+FACE_SHAPES = ("round", "oval", "sharp")
+HAIR_STYLES = ("short", "long", "bob", "twintails", "ponytail", "spiky")
+ACCESSORIES = ("none", "ribbon", "glasses", "hat", "cat_ears", "hairclip")
 HAIR_COLORS = {
-    'black': (40, 40, 55),
-    'brown': (125, 75, 40),
-    'blonde': (240, 210, 110),
-    'pink': (245, 150, 190),
-    'blue': (70, 120, 220),
-    'silver': (200, 205, 215),
-    'red': (200, 50, 50),
+  "black": (40, 40, 55),
+  "brown": (125, 75, 40),
+  "blonde": (240, 210, 110),
+  "pink": (245, 150, 190),
+  "blue": (70, 120, 220),
+  "silver": (200, 205, 215),
+  "red": (200, 50, 50),
 }
 EYE_COLORS = {
-    'blue': (40, 90, 220),
-    'green': (40, 170, 80),
-    'red': (200, 30, 40),
-    'purple': (140, 60, 200),
-    'amber': (220, 150, 30),
+  "blue": (40, 90, 220),
+  "green": (40, 170, 80),
+  "red": (200, 30, 40),
+  "purple": (140, 60, 200),
+  "amber": (220, 150, 30),
 }
 
 
@@ -61,19 +61,21 @@ class Character:
   accessory: str
 
   def __post_init__(self):
-    for field, allowed in (('face', FACE_SHAPES),
-                           ('hair_color', HAIR_COLORS),
-                           ('hair_style', HAIR_STYLES),
-                           ('eye_color', EYE_COLORS),
-                           ('accessory', ACCESSORIES)):
+    for field, allowed in (
+      ("face", FACE_SHAPES),
+      ("hair_color", HAIR_COLORS),
+      ("hair_style", HAIR_STYLES),
+      ("eye_color", EYE_COLORS),
+      ("accessory", ACCESSORIES),
+    ):
       if getattr(self, field) not in allowed:
         raise ValueError(
-            f'Character {self.name!r}: {field}={getattr(self, field)!r} is not '
-            f'one of {sorted(allowed)}.')
+          f"Character {self.name!r}: {field}={getattr(self, field)!r} is not "
+          f"one of {sorted(allowed)}."
+        )
 
   def attributes(self) -> tuple[str, str, str, str, str]:
-    return (self.face, self.hair_color, self.hair_style, self.eye_color,
-            self.accessory)
+    return (self.face, self.hair_color, self.hair_style, self.eye_color, self.accessory)
 
 
 def _c(spec: str) -> Character:
@@ -86,36 +88,39 @@ def _c(spec: str) -> Character:
 # several classes, yet any two classes differ in at least two attributes, at
 # least one of them a large one (hair colour, hair style or accessory), so a
 # small model can tell them apart from a 32 px image.
-CHARACTERS: tuple[Character, ...] = tuple(_c(s) for s in (
-    'kuro_long round black long blue none',
-    'kaede_long oval brown long purple ribbon',
-    'kin_long sharp blonde long green glasses',
-    'momo_long round pink long amber hat',
-    'aoi_long oval blue long red cat_ears',
-    'yuki_long sharp silver long blue hairclip',
-    'akane_long round red long purple none',
-    'yoru_twintails sharp black twintails green ribbon',
-    'chika_twintails round brown twintails amber glasses',
-    'hikari_twintails oval blonde twintails red hat',
-    'sakura_twintails sharp pink twintails blue cat_ears',
-    'ruri_twintails round blue twintails purple hairclip',
-    'shiro_twintails oval silver twintails green none',
-    'tsubaki_twintails sharp red twintails amber ribbon',
-    'ren_spiky oval black spiky red glasses',
-    'haru_spiky sharp brown spiky blue hat',
-    'kai_spiky round blonde spiky purple cat_ears',
-    'mai_spiky oval pink spiky green hairclip',
-    'sora_spiky sharp blue spiky amber none',
-    'jin_spiky round silver spiky red ribbon',
-    'natsu_spiky oval red spiky blue glasses',
-    'midori_bob round black bob purple hat',
-    'tomo_bob oval brown bob green cat_ears',
-    'hina_bob sharp blonde bob amber hairclip',
-    'shion_bob round pink bob red none',
-    'nagi_bob oval blue bob blue ribbon',
-    'rin_bob sharp silver bob purple glasses',
-    'akari_bob round red bob green hat',
-))
+CHARACTERS: tuple[Character, ...] = tuple(
+  _c(s)
+  for s in (
+    "kuro_long round black long blue none",
+    "kaede_long oval brown long purple ribbon",
+    "kin_long sharp blonde long green glasses",
+    "momo_long round pink long amber hat",
+    "aoi_long oval blue long red cat_ears",
+    "yuki_long sharp silver long blue hairclip",
+    "akane_long round red long purple none",
+    "yoru_twintails sharp black twintails green ribbon",
+    "chika_twintails round brown twintails amber glasses",
+    "hikari_twintails oval blonde twintails red hat",
+    "sakura_twintails sharp pink twintails blue cat_ears",
+    "ruri_twintails round blue twintails purple hairclip",
+    "shiro_twintails oval silver twintails green none",
+    "tsubaki_twintails sharp red twintails amber ribbon",
+    "ren_spiky oval black spiky red glasses",
+    "haru_spiky sharp brown spiky blue hat",
+    "kai_spiky round blonde spiky purple cat_ears",
+    "mai_spiky oval pink spiky green hairclip",
+    "sora_spiky sharp blue spiky amber none",
+    "jin_spiky round silver spiky red ribbon",
+    "natsu_spiky oval red spiky blue glasses",
+    "midori_bob round black bob purple hat",
+    "tomo_bob oval brown bob green cat_ears",
+    "hina_bob sharp blonde bob amber hairclip",
+    "shion_bob round pink bob red none",
+    "nagi_bob oval blue bob blue ribbon",
+    "rin_bob sharp silver bob purple glasses",
+    "akari_bob round red bob green hat",
+  )
+)
 
 
 def class_names() -> list[str]:
@@ -123,8 +128,7 @@ def class_names() -> list[str]:
   return [c.name for c in CHARACTERS]
 
 
-def image_rng(seed: int, stream: int, label: int,
-              index: int) -> np.random.Generator:
+def image_rng(seed: int, stream: int, label: int, index: int) -> np.random.Generator:
   """Independent generator for one image, so any image can be drawn alone.
 
   Args:
@@ -136,12 +140,10 @@ def image_rng(seed: int, stream: int, label: int,
   Returns:
     A generator whose draws depend only on the four arguments.
   """
-  return np.random.default_rng(
-      np.random.SeedSequence([seed, stream, label, index]))
+  return np.random.default_rng(np.random.SeedSequence([seed, stream, label, index]))
 
 
-def _jitter(rgb: Sequence[int], rng: np.random.Generator,
-            amount: float) -> tuple[int, int, int]:
+def _jitter(rgb: Sequence[int], rng: np.random.Generator, amount: float) -> tuple[int, int, int]:
   values = np.asarray(rgb, np.float64) + rng.normal(0.0, amount, 3)
   return tuple(int(v) for v in np.clip(values, 0, 255))
 
@@ -177,59 +179,87 @@ def _background(rng: np.random.Generator) -> Image.Image:
     cx, cy = rng.uniform(0.2, 0.8, 2)
     t = np.clip(np.hypot(xx - cx, yy - cy) * 1.5, 0, 1)
   pixels = c0 + t[..., None] * (c1 - c0)
-  return Image.fromarray(pixels.astype(np.uint8), 'RGB')
+  return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
 def _face_polygon(shape: str) -> list[tuple[float, float]]:
   cx, cy = 64.0, 68.0
-  rx, ry = {'round': (28, 28), 'oval': (25, 33), 'sharp': (27, 28)}[shape]
-  if shape != 'sharp':
-    return [(cx + rx * math.cos(a), cy + ry * math.sin(a))
-            for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
-  top = [(cx + rx * math.cos(a), cy + ry * math.sin(a))
-         for a in np.linspace(math.pi, 2 * math.pi, 24)]
+  rx, ry = {"round": (28, 28), "oval": (25, 33), "sharp": (27, 28)}[shape]
+  if shape != "sharp":
+    return [
+      (cx + rx * math.cos(a), cy + ry * math.sin(a))
+      for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    ]
+  top = [
+    (cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in np.linspace(math.pi, 2 * math.pi, 24)
+  ]
   return top + [(cx + 17, cy + 24), (cx, cy + 37), (cx - 17, cy + 24)]
 
 
 def _draw_back_hair(d: ImageDraw.ImageDraw, style: str, hair, line) -> None:
   kw = dict(fill=hair, outline=line, width=2)
-  if style == 'long':
+  if style == "long":
     d.rounded_rectangle((30, 32, 98, 126), radius=22, **kw)
-  elif style == 'bob':
+  elif style == "bob":
     d.rounded_rectangle((30, 32, 98, 100), radius=26, **kw)
-  elif style == 'twintails':
+  elif style == "twintails":
     d.ellipse((8, 48, 38, 120), **kw)
     d.ellipse((90, 48, 120, 120), **kw)
-  elif style == 'ponytail':
+  elif style == "ponytail":
     d.polygon([(84, 40), (112, 54), (114, 110), (96, 100)], **kw)
   d.ellipse((34, 30, 94, 86), **kw)  # Back of the skull, all styles.
 
 
 def _draw_bangs(d: ImageDraw.ImageDraw, style: str, hair, line) -> None:
   """Fringe over the forehead; its silhouette differs per style."""
-  if style == 'bob':  # Straight-cut fringe.
-    pts = [(34, 60), (36, 36), (64, 28), (92, 36), (94, 60), (90, 54),
-           (38, 54)]
-  elif style == 'long':  # Side-swept fringe.
-    pts = [(34, 66), (36, 38), (64, 28), (92, 38), (94, 66), (88, 50),
-           (70, 56), (50, 44), (40, 52)]
-  elif style == 'spiky':
-    pts = [(32, 64), (24, 40), (38, 36), (34, 14), (52, 28), (64, 6),
-           (76, 28), (94, 14), (90, 36), (104, 40), (96, 64), (86, 50),
-           (76, 58), (64, 48), (52, 58), (42, 50)]
+  if style == "bob":  # Straight-cut fringe.
+    pts = [(34, 60), (36, 36), (64, 28), (92, 36), (94, 60), (90, 54), (38, 54)]
+  elif style == "long":  # Side-swept fringe.
+    pts = [(34, 66), (36, 38), (64, 28), (92, 38), (94, 66), (88, 50), (70, 56), (50, 44), (40, 52)]
+  elif style == "spiky":
+    pts = [
+      (32, 64),
+      (24, 40),
+      (38, 36),
+      (34, 14),
+      (52, 28),
+      (64, 6),
+      (76, 28),
+      (94, 14),
+      (90, 36),
+      (104, 40),
+      (96, 64),
+      (86, 50),
+      (76, 58),
+      (64, 48),
+      (52, 58),
+      (42, 50),
+    ]
   else:  # Jagged fringe for short, twintails and ponytail.
-    pts = [(34, 62), (36, 38), (64, 28), (92, 38), (94, 62), (86, 48),
-           (78, 56), (70, 46), (62, 56), (54, 46), (46, 56), (40, 48)]
+    pts = [
+      (34, 62),
+      (36, 38),
+      (64, 28),
+      (92, 38),
+      (94, 62),
+      (86, 48),
+      (78, 56),
+      (70, 46),
+      (62, 56),
+      (54, 46),
+      (46, 56),
+      (40, 48),
+    ]
   d.polygon(pts, fill=hair, outline=line, width=2)
-  if style == 'twintails':  # Hair ties where the tails start.
+  if style == "twintails":  # Hair ties where the tails start.
     d.ellipse((28, 44, 40, 56), fill=_darker(hair, 0.5))
     d.ellipse((88, 44, 100, 56), fill=_darker(hair, 0.5))
-  elif style == 'ponytail':
+  elif style == "ponytail":
     d.ellipse((84, 38, 96, 50), fill=_darker(hair, 0.5))
 
 
 def _draw_eyes(d: ImageDraw.ImageDraw, iris, face: str) -> None:
-  y = 72 if face == 'oval' else 70
+  y = 72 if face == "oval" else 70
   for x in (52, 76):
     d.ellipse((x - 7, y - 8, x + 7, y + 8), fill=(255, 255, 255))
     d.ellipse((x - 5, y - 7, x + 5, y + 7), fill=iris)
@@ -238,9 +268,8 @@ def _draw_eyes(d: ImageDraw.ImageDraw, iris, face: str) -> None:
     d.line((x - 8, y - 9, x + 8, y - 9), fill=_OUTLINE, width=3)
 
 
-def _draw_face_details(d: ImageDraw.ImageDraw, rng: np.random.Generator,
-                       face: str) -> None:
-  mouth_y = 92 if face != 'round' else 88
+def _draw_face_details(d: ImageDraw.ImageDraw, rng: np.random.Generator, face: str) -> None:
+  mouth_y = 92 if face != "round" else 88
   if rng.random() < 0.5:  # Smile versus a flat mouth.
     d.arc((58, mouth_y - 5, 70, mouth_y + 3), 20, 160, fill=_OUTLINE, width=2)
   else:
@@ -258,34 +287,32 @@ def _draw_cat_ears(d: ImageDraw.ImageDraw, hair, line) -> None:
     d.polygon(inner, fill=(250, 170, 180))
 
 
-def _draw_accessory(d: ImageDraw.ImageDraw, rng: np.random.Generator,
-                    accessory: str, face: str) -> None:
+def _draw_accessory(
+  d: ImageDraw.ImageDraw, rng: np.random.Generator, accessory: str, face: str
+) -> None:
   color = _random_color(rng)
   line = _darker(color, 0.5)
-  if accessory == 'ribbon':
+  if accessory == "ribbon":
     d.polygon([(80, 26), (100, 14), (98, 40)], fill=color, outline=line)
     d.polygon([(80, 26), (64, 10), (66, 36)], fill=color, outline=line)
     d.ellipse((75, 21, 85, 31), fill=line)
-  elif accessory == 'glasses':
-    y = 72 if face == 'oval' else 70
+  elif accessory == "glasses":
+    y = 72 if face == "oval" else 70
     frame = _darker(color, 0.4)
     for x in (52, 76):
       d.ellipse((x - 10, y - 10, x + 10, y + 10), outline=frame, width=2)
     d.line((62, y, 66, y), fill=frame, width=2)
-  elif accessory == 'hat':
-    d.rounded_rectangle((38, 6, 90, 40), radius=10, fill=color, outline=line,
-                        width=2)
+  elif accessory == "hat":
+    d.rounded_rectangle((38, 6, 90, 40), radius=10, fill=color, outline=line, width=2)
     d.rectangle((38, 30, 90, 36), fill=_random_color(rng))
     d.ellipse((20, 32, 108, 48), fill=color, outline=line, width=2)
-  elif accessory == 'hairclip':
-    d.polygon([(36, 48), (50, 40), (53, 45), (39, 53)], fill=color,
-              outline=line)
+  elif accessory == "hairclip":
+    d.polygon([(36, 48), (50, 40), (53, 45), (39, 53)], fill=color, outline=line)
 
 
-def _draw_character_layer(character: Character,
-                          rng: np.random.Generator) -> Image.Image:
+def _draw_character_layer(character: Character, rng: np.random.Generator) -> Image.Image:
   """The character centred on a transparent canvas."""
-  layer = Image.new('RGBA', (_CANVAS, _CANVAS), (0, 0, 0, 0))
+  layer = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
   d = ImageDraw.Draw(layer)
   hair = _jitter(HAIR_COLORS[character.hair_color], rng, 10)
   hair_line = _darker(hair, 0.55)
@@ -296,10 +323,9 @@ def _draw_character_layer(character: Character,
   d.ellipse((22, 104, 106, 170), fill=shirt, outline=_darker(shirt), width=2)
   _draw_back_hair(d, character.hair_style, hair, hair_line)
   d.rectangle((56, 88, 72, 110), fill=_darker(skin, 0.9))
-  if character.accessory == 'cat_ears':
+  if character.accessory == "cat_ears":
     _draw_cat_ears(d, hair, hair_line)
-  d.polygon(_face_polygon(character.face), fill=skin, outline=_OUTLINE,
-            width=2)
+  d.polygon(_face_polygon(character.face), fill=skin, outline=_OUTLINE, width=2)
   _draw_eyes(d, iris, character.face)
   _draw_face_details(d, rng, character.face)
   _draw_bangs(d, character.hair_style, hair, hair_line)
@@ -317,22 +343,20 @@ def _place(layer: Image.Image, rng: np.random.Generator) -> Image.Image:
   cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
   a, b, d, e = cos, sin, -sin, cos
   off_x, off_y = -c - tx, -c - ty
-  coeffs = (a, b, c + a * off_x + b * off_y,
-            d, e, c + d * off_x + e * off_y)
-  return layer.transform(layer.size, Image.Transform.AFFINE, coeffs,
-                         resample=Image.Resampling.BILINEAR)
+  coeffs = (a, b, c + a * off_x + b * off_y, d, e, c + d * off_x + e * off_y)
+  return layer.transform(
+    layer.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR
+  )
 
 
 def _line_noise(image: Image.Image, rng: np.random.Generator) -> None:
   d = ImageDraw.Draw(image)
   for _ in range(int(rng.integers(0, 5))):
     x0, y0, x1, y1 = (int(v) for v in rng.integers(0, _CANVAS, 4))
-    d.line((x0, y0, x1, y1), fill=_random_color(rng),
-           width=int(rng.integers(1, 3)))
+    d.line((x0, y0, x1, y1), fill=_random_color(rng), width=int(rng.integers(1, 3)))
 
 
-def draw_character(character: Character, rng: np.random.Generator,
-                   size: int = 64) -> np.ndarray:
+def draw_character(character: Character, rng: np.random.Generator, size: int = 64) -> np.ndarray:
   """Draws one randomised image of `character`.
 
   Args:
@@ -344,11 +368,11 @@ def draw_character(character: Character, rng: np.random.Generator,
     uint8 array of shape (size, size, 3).
   """
   if size < 16:
-    raise ValueError(f'size must be at least 16 pixels, got {size}.')
+    raise ValueError(f"size must be at least 16 pixels, got {size}.")
   layer = _place(_draw_character_layer(character, rng), rng)
-  image = _background(rng).convert('RGBA')
+  image = _background(rng).convert("RGBA")
   image.alpha_composite(layer)
-  image = image.convert('RGB')
+  image = image.convert("RGB")
   _line_noise(image, rng)
   image = image.resize((size, size), Image.Resampling.BOX)
   pixels = np.asarray(image, np.float64)

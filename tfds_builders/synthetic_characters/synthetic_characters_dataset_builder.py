@@ -18,12 +18,13 @@ size or seed can be built by passing a `SyntheticCharactersConfig` instance:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import concurrent.futures
 import dataclasses
 import io
 import multiprocessing
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -36,7 +37,7 @@ from . import drawing
 IMAGE_SIZE = 64
 # Each split draws from its own random stream, so no image is repeated across
 # splits and growing one split leaves the others unchanged.
-_SPLIT_STREAMS = {'train': 1, 'validation': 2, 'test': 3}
+_SPLIT_STREAMS = {"train": 1, "validation": 2, "test": 3}
 
 _DESCRIPTION = f"""\
 SYNTHETIC data: {len(drawing.CHARACTERS)} procedurally drawn anime-style
@@ -74,30 +75,34 @@ class SyntheticCharactersConfig(tfds.core.BuilderConfig):
       count = self.per_class(split)
       if not isinstance(count, int) or count < 1:
         raise ValueError(
-            f'{split}_per_class must be a positive int (every class must '
-            f'appear in every split), got {count!r}.')
+          f"{split}_per_class must be a positive int (every class must "
+          f"appear in every split), got {count!r}."
+        )
 
   def per_class(self, split: str) -> int:
     """Images per class in `split`."""
-    return getattr(self, f'{split}_per_class')
+    return getattr(self, f"{split}_per_class")
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for the synthetic characters dataset."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release: 28 characters.',
-      '2.0.0': 'Classes differ in at least two attributes; 360 train images per class.',
+    "1.0.0": "Initial release: 28 characters.",
+    "2.0.0": "Classes differ in at least two attributes; 360 train images per class.",
   }
   BUILDER_CONFIGS = [
-      SyntheticCharactersConfig(
-          name='default',
-          description='360/20/30 images per class (train/validation/test).'),
-      SyntheticCharactersConfig(
-          name='small', train_per_class=20, validation_per_class=4,
-          test_per_class=8,
-          description='20/4/8 images per class; for tests and smoke runs.'),
+    SyntheticCharactersConfig(
+      name="default", description="360/20/30 images per class (train/validation/test)."
+    ),
+    SyntheticCharactersConfig(
+      name="small",
+      train_per_class=20,
+      validation_per_class=4,
+      test_per_class=8,
+      description="20/4/8 images per class; for tests and smoke runs.",
+    ),
   ]
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
@@ -106,18 +111,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=drawing.class_names()),
-            'file_name': tfds.features.Text(
-                doc='Synthetic path, e.g. "train/aoi_twintails/00017.png".'),
-        }),
-        supervised_keys=('image', 'label'),
-        # 'class_counts': examples per class of each split.
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=_DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"),
+          "label": tfds.features.ClassLabel(names=drawing.class_names()),
+          "file_name": tfds.features.Text(
+            doc='Synthetic path, e.g. "train/aoi_twintails/00017.png".'
+          ),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      # 'class_counts': examples per class of each split.
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -126,14 +133,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
     config = self.builder_config
-    jobs = [(config.seed, _SPLIT_STREAMS[split], label, index)
-            for label in range(len(drawing.CHARACTERS))
-            for index in range(config.per_class(split))]
+    jobs = [
+      (config.seed, _SPLIT_STREAMS[split], label, index)
+      for label in range(len(drawing.CHARACTERS))
+      for index in range(config.per_class(split))
+    ]
     # Drawing dominates the build; each image depends only on its own job, so
     # worker processes draw in parallel and the order (and bytes) stay fixed.
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1:
-      context = multiprocessing.get_context('fork')
+      context = multiprocessing.get_context("fork")
       with concurrent.futures.ProcessPoolExecutor(workers, context) as pool:
         pngs = list(pool.map(_draw_png, jobs, chunksize=64))
     else:
@@ -141,9 +150,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     counter = class_counts.SplitCounter()
     for (_, _, label, index), png in zip(jobs, pngs):
       name = drawing.CHARACTERS[label].name
-      file_name = f'{split}/{name}/{index:05d}.png'
+      file_name = f"{split}/{name}/{index:05d}.png"
       counter.add(label)
-      yield file_name, {'image': png, 'label': label, 'file_name': file_name}
+      yield file_name, {"image": png, "label": label, "file_name": file_name}
     counter.store(self.info, split, len(drawing.CHARACTERS))
 
 
@@ -153,5 +162,5 @@ def _draw_png(job: tuple[int, int, int, int]) -> bytes:
   rng = drawing.image_rng(seed, stream, label, index)
   pixels = drawing.draw_character(drawing.CHARACTERS[label], rng, IMAGE_SIZE)
   buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format='PNG')
+  Image.fromarray(pixels).save(buffer, format="PNG")
   return buffer.getvalue()
