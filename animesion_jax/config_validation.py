@@ -1,16 +1,16 @@
 """Checks a config before anything is built or compiled; one clear message per problem."""
 
-import os
-
 import jax
 import ml_collections
 
 from animesion_jax import config_schema as base_config
 from animesion_jax import models
+from animesion_jax import run_dir
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
-_SOURCES = ("",) + models.checkpoint_sources()
+# 'run': another training run's checkpoint (a run directory or one of its step directories).
+_SOURCES = ("", "run") + models.checkpoint_sources()
 _CHOICES = {
   "optimizer": ("sgd", "adamw"),
   "schedule": ("step", "warmup_cosine", "constant"),
@@ -147,7 +147,9 @@ def validate(
     raise ConfigError(
       f"config.init_from.source={config.init_from.source!r}: choose one of {list(_SOURCES)}."
     )
-  if config.init_from.source and not os.path.exists(config.init_from.path):
+  if config.init_from.source and not (
+    config.init_from.path and run_dir.resolve(config.init_from.path).exists()
+  ):
     raise ConfigError(
       f"config.init_from.path={config.init_from.path!r} does not exist "
       f"(config.init_from.source={config.init_from.source!r})."

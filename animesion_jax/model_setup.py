@@ -53,6 +53,8 @@ def load_initial_variables(
   Returns the model (with the checkpoint's numerics), the variables, and the parameter paths
   ('fc/kernel', ...) that must take the model's own initialisation instead (`_fresh_keys`).
   """
+  if config.init_from.source == "run":
+    return _from_run(config, model, abstract_variables)
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
 
   conversion = convert.load_with_summary(
@@ -90,6 +92,52 @@ def load_initial_variables(
       f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems)
     )
   return model, variables, fresh_keys
+
+
+def _from_run(
+  config: ml_collections.ConfigDict, model: nn.Module, abstract_variables: Any
+) -> tuple[nn.Module, Any, list[str]]:
+  """Another run's trained variables (the original's DAF:re -> moeImouto transfer).
+
+  The classifier starts afresh (the model's own initialisation) when the class count differs;
+  every other parameter must fit the config's model.
+  """
+  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
+
+  source = inference.load_checkpoint(config.init_from.path, "run", None)
+  variables = jax.tree.map(np.asarray, source.variables)
+  wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
+  have = flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+  classifier = models.spec(config.model.name).family.classifier_params
+  fresh = [
+    key
+    for key, leaf in wanted.items()
+    if key.split("/")[0] in classifier and getattr(have.get(key), "shape", None) != leaf.shape
+  ]
+  have.update({key: np.zeros(wanted[key].shape, wanted[key].dtype) for key in fresh})
+  variables = {**variables, "params": flax.traverse_util.unflatten_dict(have, sep="/")}
+  if fresh:
+    logging.info(
+      "init_from run %s (%d classes): new classifier %s.",
+      source.description,
+      source.num_classes,
+      fresh,
+    )
+  numerics = {
+    name: getattr(source.model, name)
+    for name in _CHECKPOINT_NUMERICS
+    if hasattr(source.model, name) and hasattr(model, name)
+  }
+  model = model.clone(**numerics)
+  with config.unlocked():
+    config.model.update(numerics)
+  problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
+  if problems:
+    raise ValueError(
+      f"config.init_from.path={config.init_from.path!r} (a run) does not fit "
+      f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems)
+    )
+  return model, variables, fresh
 
 
 def _backbone_only(variables: Any, abstract_variables: Any) -> tuple[Any, list[str]]:

@@ -85,3 +85,31 @@ def test_missing_init_from_file_fails_before_compiling(tmp_path):
   config.init_from.path = str(tmp_path / "nope.pth")
   with pytest.raises(config_validation.ConfigError, match="does not exist"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("num_classes", [28, 10])
+def test_init_from_another_run(num_classes):
+  """The original's DAF:re -> moeImouto transfer: start from a run; a new class count gets a
+  new classifier, everything else is the run's."""
+  from tests import trained_run  # pylint: disable=g-import-not-at-top
+
+  workdir = trained_run.tiny_trained_workdir()
+  config = helpers.tiny_config(num_train_steps=trained_run.TRAIN_STEPS)
+  config.model.num_layers = 1
+  trained = checkpointing.restore(
+    run_dir.RunDir(workdir),
+    model_setup.create(config, 28, sharding.create_mesh(), 18, 4).abstract_state,
+    "latest",
+  )[0]
+  config.init_from.source = "run"
+  config.init_from.path = workdir
+  config_validation.validate(config)
+  setup = model_setup.create(config, num_classes, sharding.create_mesh(), 18, 4)
+  flat = flax.traverse_util.flatten_dict(jax.device_get(setup.state.params), sep="/")
+  want = flax.traverse_util.flatten_dict(jax.device_get(trained.params), sep="/")
+  assert set(flat) == set(want)
+  for key, value in flat.items():
+    if key.startswith("head/") and num_classes != 28:
+      assert value.shape[-1] == num_classes  # Fresh classifier for the new classes.
+    else:
+      np.testing.assert_array_equal(value, want[key], err_msg=key)
