@@ -31,6 +31,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+  "compilation_cache_dir",
+  "~/.cache/animesion_jax/xla",
+  "Persistent XLA compilation cache, so a resumed or repeated run does not compile again "
+  "('' = off; the JAX_COMPILATION_CACHE_DIR environment variable wins).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -60,6 +66,8 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
 
+  if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
   if _wants_distributed():
     # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

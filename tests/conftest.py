@@ -1,6 +1,7 @@
 """Test-session set-up that must happen before JAX or TensorFlow are imported."""
 
 import os
+import tempfile
 
 # Multi-device code is tested on 8 virtual CPU devices; must be set before jax starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -8,6 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep TensorFlow (used by tfds) off the few cores JAX needs.
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
+# Compiled programs persist between test runs (a cache: entries are keyed by the program).
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "animesion_jax_test_xla_cache")
+)
 # The suite tests the CPU paths (device counts included) even on a machine with an accelerator.
 os.environ["JAX_PLATFORMS"] = "cpu"
 # Importing torchvision or timm after tensorflow segfaults in one process; the other order works.
