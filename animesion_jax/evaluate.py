@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import os
-import sys
 from typing import Any
 
 from absl import app
@@ -366,7 +365,7 @@ def main(argv):
         confused_limit=flag.confused_pairs,
       )
   except (*inference.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
-    sys.exit(f"evaluate: {error}")
+    inference.exit_with_user_error("evaluate", error)
   if jax.process_index() == 0:
     print(format_summary(report))
     print(f"Wrote {report['output_dir']}")

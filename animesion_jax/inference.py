@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from absl import logging
 from etils import epath
@@ -54,7 +55,21 @@ USER_ERRORS = (
   LoadError,
   convert.ConversionError,
   checkpointing.DamagedCheckpoint,
+  checkpointing.IncompatibleCheckpoint,
 )
+
+
+def exit_with_user_error(program: str, error: BaseException) -> NoReturn:
+  """Prints '<program>: <message>' and exits 1 at once.
+
+  Immediately (os._exit): after a failed restore, Orbax's background reads of the other arrays
+  may still be scheduled, and an ordinary interpreter shutdown prints their 'Event loop is
+  closed' tracebacks under the message. Nothing is being written at this point.
+  """
+  sys.stderr.write(f"{program}: {error}\n")
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass

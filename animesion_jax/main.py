@@ -76,6 +76,12 @@ def main(argv):
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    # One collective while every process is at the same point: the CPU backend creates its gloo
+    # context here (it allows 30 s between processes) rather than at the first step, which a
+    # busy host may reach minutes after the others (compilation).
+    multihost_utils.sync_global_devices("animesion_jax: all processes started")
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
   from animesion_jax import train  # pylint: disable=g-import-not-at-top

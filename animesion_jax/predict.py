@@ -35,23 +35,16 @@ from absl import logging
 from etils import epath
 import jax
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
 import tqdm
 
-from animesion_jax import attention
+from animesion_jax import annotate
 from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
-from animesion_jax import plots
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
-from animesion_jax.models import vit
-
-ANNOTATE_MIN_SIDE = 384  # Annotated copies of small images are enlarged to this, for legible text.
-_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
 
 
 @dataclasses.dataclass
@@ -287,98 +280,6 @@ def write_outputs(
   (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
 
 
-def annotate(
-  path: str, crops: Sequence[dict[str, Any]], destination: epath.Path, label_ranks: int = 3
-) -> None:
-  """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
-  image = image_files.load_image(path)
-  scale = max(1.0, ANNOTATE_MIN_SIDE / min(image.size))
-  if scale > 1:
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-  canvas = Image.new("RGBA", image.size)
-  draw = ImageDraw.Draw(canvas)
-  font = plots.font(max(12, min(image.size) // 28))
-  line_width = max(2, min(image.size) // 150)
-  for i, crop in enumerate(crops):
-    colour = _COLOURS[i % len(_COLOURS)]
-    ranked = [
-      f"{p['rank']}. {p['name']} {100 * p['probability']:.1f}%"
-      for p in crop["predictions"][:label_ranks]
-    ]
-    if crop["box"] is None:  # The whole image: the label goes inside its top-left corner.
-      plots.draw_label(draw, (0, 0, image.width, 0), ranked, font, colour, image.size)
-      continue
-    box = tuple(round(v * scale) for v in crop["box"])
-    draw.rectangle(box, outline=colour, width=line_width)
-    plots.draw_label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
-  plots.save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
-
-
-def _unique(stem: str, taken: set[str]) -> str:
-  """`stem`, or `stem_1`, `stem_2`, ... if taken (a.jpg and a.png must not overwrite)."""
-  candidate, n = stem, 1
-  while candidate in taken:
-    candidate, n = f"{stem}_{n}", n + 1
-  taken.add(candidate)
-  return candidate
-
-
-def annotate_all(
-  results: Sequence[dict[str, Any]], output_dir: str | os.PathLike
-) -> dict[str, str]:
-  """Annotated copies of every classified file under output_dir/annotated; {file: copy}."""
-  output_dir = epath.Path(output_dir)
-  by_file: dict[str, list[dict[str, Any]]] = collections.OrderedDict()
-  for result in results:
-    by_file.setdefault(result["file"], []).append(result)
-  taken = set()
-  destinations = {
-    file: output_dir
-    / "annotated"
-    / (_unique(os.path.splitext(crops[0]["relative"])[0], taken) + ".png")
-    for file, crops in by_file.items()
-  }
-  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
-    list(pool.map(lambda f: annotate(f, by_file[f], destinations[f]), by_file))
-  return {file: os.fspath(path) for file, path in destinations.items()}
-
-
-class AttentionWriter:
-  """Writes, for each crop of a batch, the class token's attention per layer and its rollout.
-
-  Under output_dir/attention/<image name>[_face<i>]/: layer_01.png ... (one per encoder layer)
-  and rollout.png, each the model's input (enlarged to ANNOTATE_MIN_SIDE) scaled by the map.
-  """
-
-  def __init__(self, run: inference.LoadedRun, output_dir: epath.Path):
-    if not isinstance(run.model, vit.VisionTransformer):
-      raise inference.LoadError(
-        f"--attention_maps needs a ViT; {run.description} is a "
-        f"{type(run.model).__name__}, which has no attention."
-      )
-    self.run, self.root, self.taken = run, output_dir / "attention", set()
-    self.written: dict[tuple[str, int | None], str] = {}  # (file, face) -> folder.
-
-  def __call__(self, crops: list[Crop], images: np.ndarray) -> None:
-    run = self.run
-    normalized = preprocess.normalize(images, run.config.normalization, run.model.dtype)
-    result = attention.maps(run.model, run.variables, normalized)
-    for row, crop in enumerate(crops):
-      stem = os.path.splitext(crop.file.relative)[0]
-      folder = self.root / _unique(
-        stem if crop.face is None else f"{stem}_face{crop.face}", self.taken
-      )
-      picture = Image.fromarray(crop.pixels)
-      scale = max(1.0, ANNOTATE_MIN_SIDE / picture.width)
-      picture = picture.resize(
-        (round(picture.width * scale), round(picture.height * scale)), Image.BICUBIC
-      )
-      for layer, heat in enumerate(result["layers"][row]):
-        plots.save_png(attention.overlay(picture, heat), folder / f"layer_{layer + 1:02d}.png")
-      plots.save_png(attention.overlay(picture, result["rollout"][row]), folder / "rollout.png")
-      self.written[(crop.file.path, crop.face)] = os.fspath(folder)
-
-
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
   flags.DEFINE_string("workdir", None, "Training run directory.")
@@ -482,16 +383,16 @@ def main(argv):
       output_dir = run.workdir.predictions_dir()
     else:
       output_dir = run_dir.resolve("predictions")
-    writer = AttentionWriter(run, output_dir) if flag.attention_maps else None
+    writer = annotate.AttentionWriter(run, output_dir) if flag.attention_maps else None
   except inference.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
-    sys.exit(f"predict: {error}")
+    inference.exit_with_user_error("predict", error)
   results, errors = predict_files(
     run, files, top_k=flag.top_k, batch_size=flag.batch_size, detector=detector, each_batch=writer
   )
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors
   write_outputs(results, errors, run, output_dir)
   if flag.annotate:
-    annotate_all(results, output_dir)
+    annotate.annotate_all(results, output_dir)
   if results:
     print(format_table(results, flag.print_limit))
   for error in errors:

@@ -231,10 +231,7 @@ def test_pytorch_vit_unknown_and_missing_keys_are_listed(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
   "block, prefix, legacy",
-  [
-    (tv_resnet.BasicBlock, False, True),
-    (tv_resnet.Bottleneck, True, False),
-  ],
+  [(tv_resnet.BasicBlock, False, True), (tv_resnet.Bottleneck, True, False)],
 )
 def test_resnet_logits_match(tmp_path, block, prefix, legacy):
   torch_model = tiny_torch_resnet(block)

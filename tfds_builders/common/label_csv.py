@@ -135,9 +135,7 @@ def read_class_names(path: epath.Path) -> list[str]:
 
 
 def read_split(
-  path: epath.Path,
-  num_classes: int,
-  report: build_report.BuildReport,
+  path: epath.Path, num_classes: int, report: build_report.BuildReport
 ) -> list[LabeledPath]:
   """Reads a `class_id,relative_path` split file, skipping bad rows.
 

@@ -116,7 +116,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       name="faces",
       image_dir="faces",
       description="128x128 head crops (faces/), the paper's dataset.",
-    ),
+    )
   ]
   # `tfds build` without --config builds every config in BUILDER_CONFIGS, and
   # 'full' needs a download of its own (dafre_full.tar.gz), so it is kept out
@@ -126,7 +126,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       name="full",
       image_dir="fullMin256",
       description="Whole illustrations, short side 256 (fullMin256/).",
-    ),
+    )
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "faces"
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
@@ -263,14 +263,7 @@ Download {_WHERE_TO_GET}. Expected layout (DIR is --manual_dir):
         converted.append(f"{row.path} ({result.header.mode})")
       report.kept += 1
       counter.add(row.class_id)
-      yield (
-        row.path,
-        {
-          "image": data,
-          "label": row.class_id,
-          "file_name": row.path,
-        },
-      )
+      yield (row.path, {"image": data, "label": row.class_id, "file_name": row.path})
     if converted:
       report.note("re-encoded as RGB PNG", f"{len(converted)}: {', '.join(converted[:10])}")
     report.log()
