@@ -21,6 +21,9 @@ from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _RATIO_LINE = re.compile(r"^ratio jax/torch: (\d+\.\d\d)$")
+_EVAL_RATIO_LINE = re.compile(r"^ratio jax/torch eval step: (\d+\.\d\d)$")
+_PREDICT_RATIO_LINE = re.compile(r"^ratio jax/torch predict: (\d+\.\d\d)$")
+_MEMORY_RATIO_LINE = re.compile(r"^ratio jax/torch peak host memory: (\d+\.\d\d)$")
 
 
 def _load_tool():
@@ -100,9 +103,77 @@ def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
   assert "MFU n/a" in "\n".join(lines)
 
 
-def test_command_line_imports_torch_before_tensorflow():
+def test_eval_mode_with_torch_and_memory(tmp_path, capsys):
+  json_out = tmp_path / "eval.json"
+  flag_values = _parsed_flags(
+    *_TINY_VIT[:-2],
+    "--windows=2",
+    "--steps_per_window=1",
+    "--mode=eval",
+    "--compare=torch",
+    "--memory",
+    "--predict_images=12",
+    "--pipeline_jpeg_size=24",
+    f"--json_out={json_out}",
+  )
+  benchmark.main(["benchmark"], flag_values=flag_values)
+
+  lines = capsys.readouterr().out.strip().splitlines()
+  memory_line, eval_line, predict_line = (
+    pattern.match(line)
+    for pattern, line in zip(
+      (_MEMORY_RATIO_LINE, _EVAL_RATIO_LINE, _PREDICT_RATIO_LINE), lines[-3:]
+    )
+  )
+  assert memory_line and eval_line and predict_line, lines[-3:]
+  results = json.loads(json_out.read_text())
+  assert results["setup"]["mode"] == "eval"
+  jax_results, torch_results = results["jax"], results["torch"]
+  for numbers in (jax_results, torch_results):
+    assert len(numbers["window_seconds"]) == 2 and all(s > 0 for s in numbers["window_seconds"])
+    assert numbers["images_per_s"] == pytest.approx(8 * numbers["steps_per_s"])
+    assert numbers["images_per_s"] > 0
+  assert jax_results["params"] == torch_results["params"] > 10_000
+  # The evaluation step is one forward pass: XLA's count is near the analytic forward FLOPs.
+  assert 1.0 <= jax_results["flops_per_step_xla"] / jax_results["flops_per_step_analytic"] < 2.0
+  ratio = jax_results["images_per_s"] / torch_results["images_per_s"]
+  assert results["ratio_jax_over_torch"] == pytest.approx(ratio)
+  assert float(eval_line.group(1)) == pytest.approx(ratio, abs=0.006)
+
+  predict = results["predict"]
+  assert predict["images"] == 12
+  for name in ("jax", "torch"):
+    assert len(predict[name]["window_seconds"]) == 2
+    assert predict[name]["images_per_s"] > 0 and predict[name]["first_call_s"] > 0
+  assert predict["jax"]["predict_fn_compile_s"] > 0
+  ratio = predict["jax"]["images_per_s"] / predict["torch"]["images_per_s"]
+  assert predict["ratio_jax_over_torch"] == pytest.approx(ratio)
+  assert float(predict_line.group(1)) == pytest.approx(ratio, abs=0.006)
+
+  memory = results["memory"]
+  assert memory["mode"] == "eval"
+  for name in ("jax", "torch"):
+    numbers = memory[name]
+    assert numbers["peak_rss_bytes"] >= numbers["max_rss_after_setup_bytes"]
+    assert numbers["max_rss_after_setup_bytes"] >= numbers["rss_after_imports_bytes"] > 2**20
+    assert numbers["peak_over_imports_bytes"] > 0
+  # Fresh processes: the JAX one (no torch imported) peaks below this test process, which holds
+  # torch, timm and JAX; a high-water mark inherited from this process would not.
+  assert memory["jax"]["peak_rss_bytes"] < benchmark._max_rss_bytes()
+  ratio = memory["jax"]["peak_rss_bytes"] / memory["torch"]["peak_rss_bytes"]
+  assert memory["ratio_jax_over_torch"] == pytest.approx(ratio)
+  assert float(memory_line.group(1)) == pytest.approx(ratio, abs=0.006)
+
+
+def test_negative_predict_images_is_a_usage_error():
+  with pytest.raises(app.UsageError, match="--predict_images"):
+    benchmark.main(["benchmark"], flag_values=_parsed_flags("--mode=eval", "--predict_images=-1"))
+
+
+def test_command_line_imports_torch_before_tensorflow(tmp_path):
   # A fresh process: here conftest has imported torch first, which would hide a wrong order
-  # (torch imported after tensorflow segfaults).
+  # (torch imported after tensorflow segfaults). --memory: the train step's probes, which start
+  # this file again as a program, one process per framework.
   run = subprocess.run(
     [
       sys.executable,
@@ -112,14 +183,28 @@ def test_command_line_imports_torch_before_tensorflow():
       "--windows=1",
       "--steps_per_window=1",
       "--compare=torch",
+      "--memory",
+      "--json_out=train.json",
     ],
     capture_output=True,
     text=True,
-    timeout=180,
+    timeout=240,
     check=False,
+    cwd=tmp_path,
   )
   assert run.returncode == 0, run.stderr[-3000:]
-  assert _RATIO_LINE.match(run.stdout.strip().splitlines()[-1]), run.stdout
+  lines = run.stdout.strip().splitlines()
+  assert _RATIO_LINE.match(lines[-1]), run.stdout
+  memory_line = _MEMORY_RATIO_LINE.match(lines[-2])
+  assert memory_line, run.stdout
+  memory = json.loads((tmp_path / "train.json").read_text())["memory"]
+  assert memory["mode"] == "train"
+  # The train step holds gradients and optimizer state: it peaks above the imports.
+  assert (
+    memory["jax"]["peak_over_imports_bytes"] > 0 and memory["torch"]["peak_over_imports_bytes"] > 0
+  )
+  ratio = memory["jax"]["peak_rss_bytes"] / memory["torch"]["peak_rss_bytes"]
+  assert float(memory_line.group(1)) == pytest.approx(ratio, abs=0.006)
 
 
 def test_bad_window_count_is_a_usage_error():

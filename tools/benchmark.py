@@ -23,14 +23,18 @@ data_dir and builder config come from the config), for each --pipeline_workers c
 and reports images/s per worker core next to the same per-image work in a plain loop.
 """
 
+import collections
 from collections.abc import Callable
+import concurrent.futures
 import io
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -44,6 +48,9 @@ from PIL import Image
 import psutil
 
 from animesion_jax import config_validation
+from animesion_jax import evaluation
+from animesion_jax import image_files
+from animesion_jax import inference
 from animesion_jax import model_setup
 from animesion_jax import models
 from animesion_jax import sharding
@@ -64,7 +71,13 @@ PEAK_FLOPS = {
   "TPU v5p": (459e12, 459e12),
   "TPU v6 lite": (918e12, 918e12),
 }
-RATIO_PREFIX = "ratio jax/torch: "
+RATIO_PREFIX = "ratio jax/torch: "  # The train step's speed ratio: the last line in --mode=train.
+# --mode=eval's last lines: the evaluation step's and predict's speed ratios.
+EVAL_RATIO_PREFIX = "ratio jax/torch eval step: "
+PREDICT_RATIO_PREFIX = "ratio jax/torch predict: "
+MEMORY_RATIO_PREFIX = "ratio jax/torch peak host memory: "
+_PROBE_ARGUMENT = "--internal_memory_probe"  # measure_memory's child: this file REQUEST.json.
+_PROBE_PREFIX = "MEMORY "
 _RECORDED_ENVIRONMENT = ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
 _TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -84,6 +97,22 @@ def define_flags(
   flags.DEFINE_integer("steps_per_window", 3, "Train steps in each timed window.", **fv)
   flags.DEFINE_integer("num_classes", 173, "Classifier width (moeImouto 173, DAF:re 3263).", **fv)
   flags.DEFINE_enum("compare", "", ["", "torch"], "Also time the PyTorch reference model.", **fv)
+  flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval"],
+    "train: the train step. eval: the evaluation step and predict on a folder of JPEGs.",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    "predict_images", 0, "--mode=eval: JPEGs in the predict folder (0: 4 batches).", **fv
+  )
+  flags.DEFINE_bool(
+    "memory",
+    False,
+    "Also measure peak host memory (RSS) of the step, one fresh process per framework.",
+    **fv,
+  )
   flags.DEFINE_bool(
     "train_step",
     True,
@@ -116,6 +145,18 @@ def _cores() -> int:
 
 
 def _max_rss_bytes() -> int:
+  """This process's resident-memory high-water mark.
+
+  Linux: VmHWM, which starts afresh at exec (ru_maxrss would carry over the parent's peak into a
+  child process). Elsewhere ru_maxrss (bytes on macOS).
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux.
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -146,6 +187,48 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+def _jax_facts(
+  compiled: Any, mesh: Any, model: Any, params: Any, images: int, image_size: int, passes: int
+) -> dict[str, Any]:
+  """What a compiled step tells about itself and the devices (FLOPs, memory, parameters).
+
+  `passes`: forward-pass equivalents per image for the analytic ViT FLOPs (3 to train, 1 to eval).
+  """
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older jax: one per program.
+  device = mesh.devices.flat[0]
+  # cost_analysis describes one device's share of the SPMD program.
+  xla_flops = (cost or {}).get("flops")
+  peaks = [
+    stats.get("peak_bytes_in_use")
+    for stats in (d.memory_stats() for d in mesh.local_devices)
+    if stats
+  ]
+  return {
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "devices": mesh.size,
+    "flops_per_step_xla": xla_flops * mesh.size if xla_flops else None,
+    "flops_per_step_analytic": passes * vit_forward_flops(model, image_size) * images
+    if hasattr(model, "hidden_size")
+    else None,
+    "peak_device_bytes": max(peaks) if peaks and None not in peaks else None,
+    "host_max_rss_bytes_after_jax_setup": _max_rss_bytes(),
+    "params": models.count_params(params),
+    "model": model,
+  }
+
+
+def _global_batch(images: np.ndarray, labels: np.ndarray, mesh: Any) -> dict[str, jax.Array]:
+  """This process's share of the batch, placed with sharding.to_global_batch (mask all ones)."""
+  rows = slice(
+    jax.process_index() * len(labels) // jax.process_count(),
+    (jax.process_index() + 1) * len(labels) // jax.process_count(),
+  )
+  local = {"image": images[rows], "label": labels[rows], "mask": np.ones(len(labels), bool)[rows]}
+  return sharding.to_global_batch(local, mesh)
+
+
 def benchmark_jax(
   config: ml_collections.ConfigDict, num_classes: int, images: np.ndarray, labels: np.ndarray
 ) -> tuple[dict[str, Any], Callable]:
@@ -156,20 +239,15 @@ def benchmark_jax(
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000, total_steps=10**6)
-  per_process = slice(
-    jax.process_index() * len(labels) // jax.process_count(),
-    (jax.process_index() + 1) * len(labels) // jax.process_count(),
-  )
-  batch = sharding.to_global_batch(
-    {"image": images[per_process], "label": labels[per_process]}, mesh
-  )
+  batch = _global_batch(images, labels, mesh)
+  batch.pop("mask")
   train_fn = train.jit_train_step(setup, config, mesh)
   start = time.perf_counter()
   compiled = train_fn.lower(setup.state, batch).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older jax: one per program.
-  params = models.count_params(setup.state.params)
+  facts = _jax_facts(
+    compiled, mesh, setup.model, setup.state.params, len(labels), config.image_size, passes=3
+  )
   state = setup.state  # Donated by the first step.
   start = time.perf_counter()
   state, step_metrics = compiled(state, batch)
@@ -184,32 +262,47 @@ def benchmark_jax(
     jax.block_until_ready((state, step_metrics))
     return time.perf_counter() - start
 
-  device = mesh.devices.flat[0]
-  # cost_analysis describes one device's share of the SPMD program.
-  xla_flops = (cost or {}).get("flops")
-  analytic = (
-    3 * vit_forward_flops(setup.model, config.image_size) * len(labels)
-    if hasattr(setup.model, "hidden_size")
-    else None
+  facts.update(compile_s=compile_s, first_step_s=first_step_s)
+  return facts, window
+
+
+def jax_eval_setup(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, Any, Any]:
+  """(model, variables, mesh): freshly initialised variables placed as inference places them."""
+  config_validation.validate(config, num_devices=jax.device_count())
+  mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
+  model = model_setup.build_model(config, num_classes)
+  dummy = jax.numpy.zeros((1, config.image_size, config.image_size, 3), jax.numpy.float32)
+  init = lambda: model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
+  shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
+  return model, jax.jit(init, out_shardings=shardings)(), mesh
+
+
+def benchmark_jax_eval(
+  config: ml_collections.ConfigDict,
+  model: Any,
+  variables: Any,
+  mesh: Any,
+  images: np.ndarray,
+  labels: np.ndarray,
+) -> tuple[dict[str, Any], Callable]:
+  """The evaluation step (evaluation.make_eval_fn), compiled and warmed up, and a window timer."""
+  eval_fn = evaluation.make_eval_fn(model, config.normalization)
+  batch = _global_batch(images, labels, mesh)
+  start = time.perf_counter()
+  compiled = eval_fn.lower(variables, batch).compile()
+  compile_s = time.perf_counter() - start
+  facts = _jax_facts(
+    compiled, mesh, model, variables["params"], len(labels), config.image_size, passes=1
   )
-  peaks = [
-    stats.get("peak_bytes_in_use")
-    for stats in (d.memory_stats() for d in mesh.local_devices)
-    if stats
-  ]
-  facts = {
-    "platform": device.platform,
-    "device_kind": device.device_kind,
-    "devices": mesh.size,
-    "compile_s": compile_s,
-    "first_step_s": first_step_s,
-    "flops_per_step_xla": xla_flops * mesh.size if xla_flops else None,
-    "flops_per_step_analytic": analytic,
-    "peak_device_bytes": max(peaks) if peaks and None not in peaks else None,
-    "host_max_rss_bytes_after_jax_setup": _max_rss_bytes(),
-    "params": params,
-    "model": setup.model,
-  }
+
+  def window(num_steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      outputs = compiled(variables, batch)
+    jax.block_until_ready(outputs)
+    return time.perf_counter() - start
+
+  facts.update(compile_s=compile_s, first_step_s=window(1))
   return facts, window
 
 
@@ -273,8 +366,11 @@ def benchmark_torch(
   images: np.ndarray,
   labels: np.ndarray,
   on_gpu: bool,
+  train: bool = True,
 ) -> tuple[dict[str, Any], Callable]:
-  """The PyTorch reference's train step, warmed up; returns its facts and a window timer."""
+  """The PyTorch reference's train step (or, train=False, its evaluation step in inference mode:
+  model.eval() under torch.no_grad(), loss and top-5), warmed up; its facts and a window timer.
+  """
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(_cores())
@@ -282,8 +378,10 @@ def benchmark_torch(
   start = time.perf_counter()
   torch.manual_seed(config.seed)
   net, source = torch_reference(model, config)
-  net = net.to(device).train()
-  if config.optimizer == "sgd":
+  net = net.to(device).train(train)
+  if not train:
+    optimizer = None
+  elif config.optimizer == "sgd":
     optimizer = torch.optim.SGD(
       net.parameters(),
       lr=config.learning_rate,
@@ -294,21 +392,23 @@ def benchmark_torch(
     optimizer = torch.optim.AdamW(
       net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-  mean, std = (
-    torch.tensor(v, device=device).view(1, 3, 1, 1)
-    for v in preprocess.NORMALIZATIONS[config.normalization]
-  )
   x_uint8 = torch.from_numpy(images).to(device)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
   autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+  normalize = _torch_normalizer(config.normalization, device)
+
+  def forward():
+    # Normalised inside the step, as the JAX step does on the device.
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+      return net(normalize(x_uint8)).float()
 
   def step():
-    # Normalised inside the step, as the JAX step does on the device.
-    x = (x_uint8.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-      loss = torch.nn.functional.cross_entropy(
-        net(x).float(), y, label_smoothing=config.label_smoothing
-      )
+    if optimizer is None:
+      with torch.no_grad():
+        logits = forward()
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss + logits.topk(min(5, logits.shape[-1]))[1][:, 0].sum()
+    loss = torch.nn.functional.cross_entropy(forward(), y, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip_norm > 0:
@@ -333,8 +433,99 @@ def benchmark_torch(
     "first_step_s": first_step_s,
     "torch_version": torch.__version__,
     "params": sum(p.numel() for p in net.parameters()),
+    "net": net,
   }
   return facts, window
+
+
+def _torch_normalizer(normalization: str, device: Any) -> Callable:
+  """uint8 NHWC tensor -> normalised float NCHW tensor, as preprocess.normalize does."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  mean, std = (
+    torch.tensor(v, device=device).view(1, 3, 1, 1)
+    for v in preprocess.NORMALIZATIONS[normalization]
+  )
+  return lambda x: (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def jax_predict_timer(
+  config: ml_collections.ConfigDict, model: Any, variables: Any, mesh: Any, files: list[Any]
+) -> tuple[Callable[[], float], float]:
+  """A timer of predict.predict_files over `files` (a LoadedRun of the benchmarked model), and
+  the seconds its predict function takes to compile (predict_files compiles it on every call).
+  """
+  from animesion_jax import predict  # pylint: disable=g-import-not-at-top
+
+  run = inference.LoadedRun(
+    config=config,
+    model=model,
+    variables=variables,
+    class_names=[f"class {i}" for i in range(model.num_classes)],
+    mesh=mesh,
+    checkpoint="(random initialisation)",
+  )
+  # predict_files makes (and so compiles) its predict function on every call: timed here alone.
+  batch_size = inference.round_up_batch(config.batch_size, mesh.size)
+  size = config.image_size
+  images = np.zeros((batch_size, size, size, 3), np.uint8)
+  start = time.perf_counter()
+  inference.make_predict_fn(run, 5).lower(
+    variables, sharding.to_global_batch({"image": images}, mesh)["image"]
+  ).compile()
+  compile_s = time.perf_counter() - start
+
+  def window() -> float:
+    start = time.perf_counter()
+    results, errors = predict.predict_files(run, files, batch_size=batch_size)
+    if errors or len(results) != len(files):
+      raise RuntimeError(f"predict_files classified {len(results)} of {len(files)}: {errors}")
+    return time.perf_counter() - start
+
+  return window, compile_s
+
+
+def torch_predict_timer(
+  net: Any, config: ml_collections.ConfigDict, files: list[Any], workers: int
+) -> Callable[[], float]:
+  """Seconds to classify `files` with the PyTorch model as a PyTorch script would.
+
+  Pillow decode and torchvision's Resize (bilinear) in a thread pool of predict's size, the next
+  batch decoding while the model runs; model.eval() under torch.no_grad(), softmax, top-5.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.transforms import functional  # pylint: disable=g-import-not-at-top
+
+  size, batch_size = config.image_size, config.batch_size
+  device = next(net.parameters()).device
+  normalize = _torch_normalizer(config.normalization, device)
+
+  def load(file: Any) -> Any:
+    with Image.open(file.path) as image:
+      image = functional.resize(image.convert("RGB"), [size, size])
+    return functional.pil_to_tensor(image).permute(1, 2, 0)  # uint8 HWC.
+
+  def window() -> float:
+    start, classified = time.perf_counter(), 0
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      queue, pending = iter(files), collections.deque()
+      while True:
+        while len(pending) < 2 * batch_size and (file := next(queue, None)) is not None:
+          pending.append(pool.submit(load, file))
+        if not pending:
+          break
+        batch = torch.stack(
+          [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+        )
+        with torch.no_grad():
+          logits = net(normalize(batch.to(device))).float()
+          probabilities, _ = logits.softmax(-1).topk(min(5, logits.shape[-1]))
+        classified += len(probabilities.cpu())
+    if classified != len(files):
+      raise RuntimeError(f"Classified {classified} of {len(files)} images.")
+    return time.perf_counter() - start
+
+  return window
 
 
 def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -510,28 +701,19 @@ def benchmark_pipeline(
   }
 
 
-def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
-  """JAX (and, with --compare=torch, PyTorch) train-step speed, FLOPs and memory."""
+def _random_batch(config: ml_collections.ConfigDict, num_classes: int):
+  """One random uint8 image batch and its labels (the same in every process of a run)."""
   rng = np.random.default_rng(config.seed)
   size = config.image_size
   images = rng.integers(0, 256, (config.batch_size, size, size, 3), np.uint8)
-  labels = rng.integers(0, fv.num_classes, (config.batch_size,)).astype(np.int32)
-  jax_results, jax_window = benchmark_jax(config, fv.num_classes, images, labels)
-  model = jax_results.pop("model")
-  timers, results = {"jax": jax_window}, {"jax": jax_results}
-  if fv.compare == "torch":
-    results["torch"], timers["torch"] = benchmark_torch(
-      model, config, images, labels, on_gpu=jax_results["platform"] == "gpu"
-    )
-  seconds = {name: [] for name in timers}
-  for _ in range(fv.windows):  # Interleaved, so drifting machine load hits both alike.
-    for name, window in timers.items():
-      seconds[name].append(window(fv.steps_per_window))
-  for name in timers:
-    results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
+  return images, rng.integers(0, num_classes, (config.batch_size,)).astype(np.int32)
+
+
+def _add_flops(jax_results: dict[str, Any], dtype: str) -> None:
+  """Achieved FLOP/s and MFU from the measured speed."""
   jax_results["images_per_s_per_device"] = jax_results["images_per_s"] / jax_results["devices"]
   flops = jax_results["flops_per_step_xla"] or jax_results["flops_per_step_analytic"]
-  peak = peak_flops(jax_results["device_kind"], config.dtype)
+  peak = peak_flops(jax_results["device_kind"], dtype)
   jax_results["flops_source"] = (
     "xla cost_analysis"
     if jax_results["flops_per_step_xla"]
@@ -544,8 +726,168 @@ def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) ->
   jax_results["mfu"] = (
     flops * jax_results["steps_per_s"] / (peak * jax_results["devices"]) if flops and peak else None
   )
+
+
+def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
+  """JAX (and, with --compare=torch, PyTorch) train-step speed and FLOPs."""
+  images, labels = _random_batch(config, fv.num_classes)
+  jax_results, jax_window = benchmark_jax(config, fv.num_classes, images, labels)
+  model = jax_results.pop("model")
+  timers, results = {"jax": jax_window}, {"jax": jax_results}
+  if fv.compare == "torch":
+    results["torch"], timers["torch"] = benchmark_torch(
+      model, config, images, labels, on_gpu=jax_results["platform"] == "gpu"
+    )
+    results["torch"].pop("net")
+  seconds = {name: [] for name in timers}
+  for _ in range(fv.windows):  # Interleaved, so drifting machine load hits both alike.
+    for name, window in timers.items():
+      seconds[name].append(window(fv.steps_per_window))
+  for name in timers:
+    results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
+  _add_flops(jax_results, config.dtype)
   if "torch" in results:
     results["ratio_jax_over_torch"] = jax_results["images_per_s"] / results["torch"]["images_per_s"]
+  return results
+
+
+def measure_eval(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
+  """Evaluation-step and predict speeds of JAX (and, with --compare=torch, of PyTorch).
+
+  Rounds interleave every timer: each framework's --steps_per_window evaluation steps, then each
+  framework's pass over a temporary folder of --predict_images generated JPEGs.
+  """
+  images, labels = _random_batch(config, fv.num_classes)
+  model, variables, mesh = jax_eval_setup(config, fv.num_classes)
+  jax_results, jax_window = benchmark_jax_eval(config, model, variables, mesh, images, labels)
+  jax_results.pop("model")
+  timers, results = {"jax": jax_window}, {"jax": jax_results}
+  count = fv.predict_images or 4 * config.batch_size
+  with tempfile.TemporaryDirectory(prefix="benchmark_predict_") as folder:
+    for record in generated_jpegs(count, fv.pipeline_jpeg_size, fv.num_classes):
+      with open(os.path.join(folder, record["file_name"].decode()), "wb") as f:
+        f.write(record["image"])
+    files, _ = image_files.find_images([folder])
+    predictors, compile_s = {}, {}
+    predictors["jax"], compile_s["jax"] = jax_predict_timer(config, model, variables, mesh, files)
+    if fv.compare == "torch":
+      results["torch"], timers["torch"] = benchmark_torch(
+        model, config, images, labels, on_gpu=jax_results["platform"] == "gpu", train=False
+      )
+      net = results["torch"].pop("net")
+      predictors["torch"] = torch_predict_timer(net, config, files, _predict_workers())
+    first = {name: predictor() for name, predictor in predictors.items()}  # Warm-up.
+    seconds = {name: [] for name in timers}
+    predict_seconds = {name: [] for name in predictors}
+    for _ in range(fv.windows):
+      for name, window in timers.items():
+        seconds[name].append(window(fv.steps_per_window))
+      for name, predictor in predictors.items():
+        predict_seconds[name].append(predictor())
+  for name in timers:
+    results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
+  _add_flops(jax_results, config.dtype)
+  results["predict"] = {
+    "images": count,
+    "jpeg_size": fv.pipeline_jpeg_size,
+    **{
+      name: {
+        "first_call_s": first[name],
+        "predict_fn_compile_s": compile_s.get(name),
+        "window_seconds": predict_seconds[name],
+        "images_per_s": count / statistics.median(predict_seconds[name]),
+      }
+      for name in predictors
+    },
+  }
+  if "torch" in results:
+    results["ratio_jax_over_torch"] = jax_results["images_per_s"] / results["torch"]["images_per_s"]
+    predicted = results["predict"]
+    predicted["ratio_jax_over_torch"] = (
+      predicted["jax"]["images_per_s"] / predicted["torch"]["images_per_s"]
+    )
+  return results
+
+
+def _predict_workers() -> int:
+  """predict.predict_files' default decode threads."""
+  return min(16, (os.cpu_count() or 2) + 2)
+
+
+def memory_probe(request: dict[str, Any]) -> dict[str, Any]:
+  """Host memory of one framework's step, alone in this process (run by measure_memory).
+
+  Builds the model, compiles (JAX), warms up and runs --steps_per_window steps of the train or
+  eval step, and returns the RSS after imports and the RSS high-water marks.
+  """
+  framework, train = request["framework"], request["mode"] == "train"
+  if framework == "torch":
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  rss_after_imports = psutil.Process().memory_info().rss
+  config = ml_collections.ConfigDict(request["config"])
+  images, labels = _random_batch(config, request["num_classes"])
+  if framework == "torch":
+    model = model_setup.build_model(config, request["num_classes"])
+    _, window = benchmark_torch(
+      model, config, images, labels, on_gpu=request["platform"] == "gpu", train=train
+    )
+  elif train:
+    _, window = benchmark_jax(config, request["num_classes"], images, labels)
+  else:
+    model, variables, mesh = jax_eval_setup(config, request["num_classes"])
+    _, window = benchmark_jax_eval(config, model, variables, mesh, images, labels)
+  after_setup = _max_rss_bytes()
+  window(request["steps"])
+  return {
+    "rss_after_imports_bytes": rss_after_imports,
+    "max_rss_after_setup_bytes": after_setup,
+    "peak_rss_bytes": _max_rss_bytes(),
+    "peak_over_imports_bytes": _max_rss_bytes() - rss_after_imports,
+    "steps": request["steps"],
+  }
+
+
+def measure_memory(
+  config: ml_collections.ConfigDict, fv: flags.FlagValues, platform_name: str
+) -> dict[str, Any]:
+  """Peak host RSS of the JAX step and of the PyTorch step, each in a fresh process.
+
+  One process per framework, so one's high-water mark cannot hide the other's. Each process also
+  imports this tool (hence jax, but no JAX computation in the PyTorch process).
+  """
+  frameworks = ["jax", "torch"] if fv.compare == "torch" else ["jax"]
+  results = {"mode": fv.mode}
+  for framework in frameworks:
+    request = {
+      "framework": framework,
+      "mode": fv.mode,
+      "config": config.to_dict(),
+      "num_classes": fv.num_classes,
+      "steps": fv.steps_per_window,
+      "platform": platform_name,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+      json.dump(request, f)
+    try:
+      run = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), _PROBE_ARGUMENT, f.name],
+        capture_output=True,
+        text=True,
+        check=False,
+      )
+    finally:
+      os.unlink(f.name)
+    lines = [line for line in run.stdout.splitlines() if line.startswith(_PROBE_PREFIX)]
+    if run.returncode != 0 or not lines:
+      raise RuntimeError(
+        f"The {framework} memory probe failed (exit {run.returncode}):\n{run.stderr[-3000:]}"
+      )
+    results[framework] = json.loads(lines[-1][len(_PROBE_PREFIX) :])
+  if "torch" in results:
+    results["ratio_jax_over_torch"] = (
+      results["jax"]["peak_rss_bytes"] / results["torch"]["peak_rss_bytes"]
+    )
   return results
 
 
@@ -553,19 +895,27 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
   """Every measurement the flags ask for, as one JSON-ready dictionary."""
   if fv.windows < 1 or fv.steps_per_window < 1:
     raise app.UsageError("--windows and --steps_per_window must be at least 1.")
-  if not fv.train_step and (fv.compare or not fv.pipeline):
+  if not fv.train_step and (fv.compare or fv.memory or not fv.pipeline):
     raise app.UsageError(
-      "--notrain_step measures only the input pipeline: add --pipeline and drop --compare."
+      "--notrain_step measures only the input pipeline: add --pipeline and drop --compare "
+      "and --memory."
     )
+  if fv.predict_images < 0:
+    raise app.UsageError(f"--predict_images={fv.predict_images} must be at least 0.")
   if fv.compare == "torch":
     # Before anything imports tensorflow (tfds does, for --pipeline): the other order segfaults.
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   load_before = os.getloadavg()
-  results = measure_training(config, fv) if fv.train_step else {}
+  results = {}
+  if fv.train_step:
+    results = (measure_eval if fv.mode == "eval" else measure_training)(config, fv)
+  if fv.memory:
+    results["memory"] = measure_memory(config, fv, results["jax"]["platform"])
   if fv.pipeline:
     results["pipeline"] = benchmark_pipeline(config, fv, fv.num_classes)
   results["setup"] = {
+    "mode": fv.mode,
     "model": config.model.name,
     "image_size": config.image_size,
     "batch_size": config.batch_size,
@@ -592,11 +942,13 @@ def _fmt(value: float | None, scale: float = 1.0, spec: str = ".2f", unit: str =
 
 
 def format_report(results: dict[str, Any]) -> str:
-  """A compact human-readable report; ends with the ratio line when torch was compared."""
+  """A compact human-readable report; ends with the ratio lines when torch was compared."""
   setup = results["setup"]
+  evaluating = setup["mode"] == "eval"
+  step = "eval step" if evaluating else f"{setup['optimizer']} lr {setup['learning_rate']}"
   lines = [
     f"{setup['model']} {setup['image_size']}px batch {setup['batch_size']} "
-    f"{setup['dtype']} {setup['optimizer']} lr {setup['learning_rate']} | "
+    f"{setup['dtype']} {step} | "
     f"{setup['cores']} cores, load {setup['load_average_before'][0]:.2f} -> "
     f"{setup['load_average_after'][0]:.2f}"
   ]
@@ -641,7 +993,34 @@ def format_report(results: dict[str, Any]) -> str:
         f"{run['images_per_cpu_s']:.0f} per CPU-second "
         f"({100 * run['cpu_fraction_of_transform_loop']:.0f}%)"
       )
-  if "torch" in results:
+  if "predict" in results:
+    pr = results["predict"]
+    for name in ("jax", "torch"):
+      if name in pr:
+        compile_s = pr[name]["predict_fn_compile_s"]
+        lines.append(
+          f"{name:5} predict on {pr['images']} {pr['jpeg_size']}px JPEGs in a folder: "
+          f"{pr[name]['images_per_s']:.2f} img/s (median of {setup['windows']} passes; "
+          f"first pass {pr[name]['first_call_s']:.2f} s"
+          + (f"; each pass compiles the predict function, {compile_s:.2f} s)" if compile_s else ")")
+        )
+  if "memory" in results:
+    memory = results["memory"]
+    for name in ("jax", "torch"):
+      if name in memory:
+        mb = {key: value / 2**20 for key, value in memory[name].items() if key.endswith("bytes")}
+        lines.append(
+          f"{name:5} peak host RSS of the {memory['mode']} step, own process: "
+          f"{mb['peak_rss_bytes']:.0f} MiB ({mb['rss_after_imports_bytes']:.0f} after imports, "
+          f"{mb['max_rss_after_setup_bytes']:.0f} after set-up; "
+          f"{mb['peak_over_imports_bytes']:.0f} above imports)"
+        )
+    if "ratio_jax_over_torch" in memory:
+      lines.append(f"{MEMORY_RATIO_PREFIX}{memory['ratio_jax_over_torch']:.2f}")
+  if "torch" in results and evaluating:
+    lines.append(f"{EVAL_RATIO_PREFIX}{results['ratio_jax_over_torch']:.2f}")
+    lines.append(f"{PREDICT_RATIO_PREFIX}{results['predict']['ratio_jax_over_torch']:.2f}")
+  elif "torch" in results:
     lines.append(f"{RATIO_PREFIX}{results['ratio_jax_over_torch']:.2f}")
   return "\n".join(lines)
 
@@ -661,5 +1040,9 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  if sys.argv[1:2] == [_PROBE_ARGUMENT]:
+    with open(sys.argv[2], encoding="utf-8") as request_file:
+      print(_PROBE_PREFIX + json.dumps(memory_probe(json.load(request_file))), flush=True)
+  else:
+    define_flags()
+    app.run(main)
