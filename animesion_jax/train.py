@@ -249,10 +249,16 @@ def train_and_evaluate(
   train_fns = {
     mode: functools.partial(jit_train_step, setup, config, mesh, mode) for mode in (True, False)
   }  # Compiled on first use.
-  state, step, eval_results = run_steps(loop, state, train_fns, train_iter, fetch_batch, start_step)
-  checkpoints.wait()
-  checkpoints.close()
-  loop.summaries.close()
+  try:
+    state, step, eval_results = run_steps(
+      loop, state, train_fns, train_iter, fetch_batch, start_step
+    )
+  finally:  # Also after a stop signal or an error: nothing may keep the process from exiting.
+    checkpoints.wait()
+    checkpoints.close()
+    loop.summaries.close()
+    if train_iter is not None:
+      train_iter.close()  # Stops grain's prefetch threads (and workers).
   results = {
     **eval_results,
     "config": config.to_dict(),

@@ -64,8 +64,11 @@ def test_two_processes_match_one_process(tmp_path):
   workdir = tmp_path / "two"
   processes = _start_two(tmp_path, overrides, workdir)
   outputs = [p.communicate(timeout=400)[0] for p in processes]
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-3000:]
+  codes = [process.returncode for process in processes]
+  assert codes == [0, 0], "\n\n".join(
+    f"process {i} (exit {code}):\n{output[-3000:]}"
+    for i, (code, output) in enumerate(zip(codes, outputs))
+  )
 
   # One process with the same 8 devices in total.
   results = train.train_and_evaluate(helpers.tiny_config(**overrides), str(tmp_path / "one"))
