@@ -1,8 +1,10 @@
-r"""Training speed of a config: steps/s, images/s, compile time, memory, MFU, input pipeline.
+r"""Speed of a config: train or eval steps/s, images/s, compile time, memory, MFU, input pipeline.
 
   python tools/benchmark.py --config=configs/vit_b16.py --config.image_size=128 \
       --config.batch_size=8 --windows=5 --steps_per_window=3 --compare=torch \
       --pipeline --json_out=/tmp/b16.json
+  python tools/benchmark.py --config=configs/resnet18.py --config.image_size=128 \
+      --config.batch_size=32 --mode=eval --compare=torch --memory
 
 The model is built by model_setup.create on a mesh of every device and trained on one random
 uint8 batch placed with sharding.to_global_batch, so the model numbers exclude the input
@@ -21,6 +23,17 @@ environment avoids that (the JSON records it, with XLA_FLAGS).
 generated JPEGs (--pipeline_dataset=jpeg, no TFDS needed) or a built TFDS dataset (its name; the
 data_dir and builder config come from the config), for each --pipeline_workers count (e.g. 0,1,2),
 and reports images/s per worker core next to the same per-image work in a plain loop.
+
+--mode=eval times the evaluation step instead (evaluation.make_eval_fn on freshly initialised
+variables, no optimizer state) and predict.predict_files over a temporary folder of
+--predict_images generated JPEGs; --compare=torch runs the same PyTorch model in inference mode
+(model.eval(), torch.no_grad()) on the batch and on the folder (Pillow and torchvision decoding in
+a thread pool of predict's size). The last lines are `ratio jax/torch eval step: X.XX` and
+`ratio jax/torch predict: X.XX`.
+
+--memory measures the peak host memory (RSS high-water) of the step in the chosen mode, building
+and running it in a fresh process per framework so that one's peak cannot hide the other's; with
+--compare=torch, `ratio jax/torch peak host memory: X.XX` precedes the speed ratios.
 """
 
 import collections
@@ -225,7 +238,11 @@ def _global_batch(images: np.ndarray, labels: np.ndarray, mesh: Any) -> dict[str
     jax.process_index() * len(labels) // jax.process_count(),
     (jax.process_index() + 1) * len(labels) // jax.process_count(),
   )
-  local = {"image": images[rows], "label": labels[rows], "mask": np.ones(len(labels), bool)[rows]}
+  local = {
+    "image": images[rows],
+    "label": labels[rows],
+    "mask": np.ones(len(labels), np.float32)[rows],
+  }
   return sharding.to_global_batch(local, mesh)
 
 
