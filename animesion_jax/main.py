@@ -60,6 +60,30 @@ class _QuietLibraries(py_logging.Filter):
     )
 
 
+def _all_devices_reduce() -> None:
+  """One all-device reduction while every process is at the same point.
+
+  The CPU backend creates its gloo context for a device set at the first collective over it and
+  allows 30 s between processes; the first train step's reduction (over all devices) comes after
+  compilation, which a busy host may finish minutes after the others. Doing it here first means
+  the step finds the context made.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  sharding = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ("all",)), jax.sharding.PartitionSpec("all")
+  )
+  ones = jax.make_array_from_callback(
+    (jax.device_count(),), sharding, lambda index: np.ones((1,), np.float32)
+  )
+  total = jax.jit(
+    lambda x: x.sum(),
+    out_shardings=jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()),
+  )(ones)
+  assert int(total) == jax.device_count()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -76,12 +100,7 @@ def main(argv):
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    # One collective while every process is at the same point: the CPU backend creates its gloo
-    # context here (it allows 30 s between processes) rather than at the first step, which a
-    # busy host may reach minutes after the others (compilation).
-    multihost_utils.sync_global_devices("animesion_jax: all processes started")
+    _all_devices_reduce()
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
