@@ -79,19 +79,30 @@ def load_initial_variables(
     for name in _CHECKPOINT_NUMERICS
     if hasattr(loaded_model, name) and hasattr(model, name)
   }
-  model = model.clone(**numerics)
+  return _fitted(config, model, numerics, variables, abstract_variables), variables, fresh_keys
+
+
+def _fitted(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  numerics: dict[str, Any],
+  variables: Any,
+  abstract_variables: Any,
+) -> nn.Module:
+  """`model` with the checkpoint's numerics (recorded in `config`), once the arrays fit it."""
+  problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
+  if problems:
+    raise ValueError(
+      f"config.init_from.path={config.init_from.path!r} "
+      f"({config.init_from.source}) does not fit config.model.name={config.model.name!r}:\n  "
+      + "\n  ".join(problems)
+    )
   if numerics:
     logging.info("Using the checkpoint's numerics: %s", numerics)
     # Recorded in the run's config, so evaluate/predict rebuild the model the run trained.
     with config.unlocked():
       config.model.update(numerics)
-  problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
-  if problems:
-    raise ValueError(
-      f"config.init_from.path={config.init_from.path!r} does not fit "
-      f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems)
-    )
-  return model, variables, fresh_keys
+  return model.clone(**numerics)
 
 
 def _from_run(
@@ -128,16 +139,7 @@ def _from_run(
     for name in _CHECKPOINT_NUMERICS
     if hasattr(source.model, name) and hasattr(model, name)
   }
-  model = model.clone(**numerics)
-  with config.unlocked():
-    config.model.update(numerics)
-  problems = checkpointing.shape_mismatches(dict(abstract_variables), dict(variables))
-  if problems:
-    raise ValueError(
-      f"config.init_from.path={config.init_from.path!r} (a run) does not fit "
-      f"config.model.name={config.model.name!r}:\n  " + "\n  ".join(problems)
-    )
-  return model, variables, fresh
+  return _fitted(config, model, numerics, variables, abstract_variables), variables, fresh
 
 
 def _backbone_only(variables: Any, abstract_variables: Any) -> tuple[Any, list[str]]:

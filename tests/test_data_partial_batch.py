@@ -1,38 +1,19 @@
 """The short last batch of an epoch: padded and masked by the device cache, and averaged over
 its real rows only by the train step (with and without gradient accumulation)."""
 
-import io
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 import pytest
 
 from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import device_cache
+from tests import test_data_pipeline
 
-
-class _IndexSource:
-  """PNG records: channel 0 = row, channel 1 = column, channel 2 = record index = label."""
-
-  def __init__(self, count: int, size: int):
-    ys, xs = np.mgrid[0:size, 0:size]
-    self.records = []
-    for index in range(count):
-      pixels = np.stack([ys, xs, np.full_like(xs, index)], axis=-1).astype(np.uint8)
-      buffer = io.BytesIO()
-      Image.fromarray(pixels).save(buffer, format="PNG")
-      self.records.append({"image": buffer.getvalue(), "label": index})
-
-  def __len__(self):
-    return len(self.records)
-
-  def __getitem__(self, index):
-    return self.records[index]
+_IndexSource = test_data_pipeline._CoordinateSource  # pylint: disable=protected-access
 
 
 def _cache(source, **overrides):
