@@ -55,6 +55,8 @@ class _QuietLibraries(py_logging.Filter):
   _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/clu/")
 
   def filter(self, record):
+    if "did not provide metrics" in record.getMessage():
+      return False  # Orbax, at every periodic save: only evaluations carry the ranking metric.
     return record.levelno >= py_logging.WARNING or not any(
       part in record.pathname for part in self._NOISY
     )
