@@ -3,9 +3,9 @@
 Orbax policies make every decision:
   preservation  the latest `keep` checkpoints, plus the best by validation top-1 (only runs whose
                 dataset has a validation split carry that metric; no model is chosen on test)
-  save          every K steps, every M minutes (decided on process 0 and broadcast), and at JAX's
-                preemption sync point on multi-host runs; the loop also forces a save at each
-                evaluation (carrying its metrics), at a stop signal, a halt and the end.
+  save          every K steps and every M minutes (decided on process 0 and broadcast); the loop
+                forces a save at each evaluation (carrying its metrics), at a stop signal (on
+                multi-host runs: JAX's preemption sync point, see preemption.py), a halt and the end.
 Orbax writes each step to a temporary directory and renames it when complete, so a process killed
 mid-write leaves the previous checkpoints intact; a damaged complete checkpoint (a truncated or
 missing array file) is moved aside and the previous one is used.
@@ -103,7 +103,9 @@ class Checkpoints:
         "killed while saving); it is deleted.",
         path,
       )
-    save_policies = [checkpoint_managers.PreemptionCheckpointingPolicy()]
+    # Preemption is not a policy here: preemption.StopRequest asks JAX's sync point once per step
+    # and the loop then forces the save (asking twice per step would double that query).
+    save_policies = []
     if every_steps > 0:
       save_policies.append(checkpoint_managers.FixedIntervalPolicy(every_steps))
     if every_minutes > 0:
@@ -112,6 +114,7 @@ class Checkpoints:
           minimum_interval_secs=max(1, int(60 * every_minutes))
         )
       )
+    self.periodic = bool(save_policies)  # Any periodic save at all (else only forced ones).
     preservation = checkpoint_managers.AnyPreservationPolicy(
       [
         checkpoint_managers.LatestN(n=keep),
@@ -140,7 +143,7 @@ class Checkpoints:
   def should_save(self, step: int) -> bool:
     """Whether a save policy asks for `step` (a collective on multi-process runs: every process
     asks at every step; time-based answers come from process 0)."""
-    return self.manager.should_save(step)
+    return self.periodic and self.manager.should_save(step)
 
   def save(
     self,

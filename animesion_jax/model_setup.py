@@ -1,6 +1,5 @@
 """Builds the model, optimizer and (sharded) initial train state a config asks for."""
 
-from collections.abc import Callable
 import dataclasses
 from typing import Any
 
@@ -28,7 +27,6 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class Setup:
   model: nn.Module
   tx: optax.GradientTransformation
-  schedule: Callable[[Any], Any]
   state: steps.TrainState
   abstract_state: Any  # jax.ShapeDtypeStruct tree with shardings, for restoring checkpoints.
   state_sharding: Any
@@ -190,7 +188,6 @@ def create(
   tx = optim.create_optimizer(
     config, steps_per_epoch, total_steps, params=abstract_variables["params"]
   )
-  schedule = optim.create_schedule(config, steps_per_epoch, total_steps)
 
   make_state = lambda variables: steps.create_train_state(dict(variables), tx, train_rng)
   abstract_state = jax.eval_shape(make_state, abstract_variables)
@@ -216,7 +213,6 @@ def create(
   return Setup(
     model=model,
     tx=tx,
-    schedule=schedule,
     state=state,
     abstract_state=abstract_state,
     state_sharding=state_sharding,

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -106,6 +107,48 @@ def test_evaluate_predict_and_plots_with_relative_paths(quickstart_run):
 
   _run(plot, copy, env)
   assert list((copy / workdir / "plots").glob("*.png"))
+
+
+def test_web_page_command_serves_the_quickstart_run(quickstart_run):
+  """The README's serve line and its curl lines, verbatim, on the quick-start run."""
+  copy, env, workdir, _ = quickstart_run
+  (line,) = readme_commands("## Web page")
+  install, serve = [part.strip() for part in line.split("&&")]
+  assert install == "pip install -e '.[demo]'"  # The test extras include the demo ones.
+  assert f"--workdir={workdir}" in serve
+  argv = shlex.split(serve)
+  server = subprocess.Popen(
+    [sys.executable, *argv[1:]],
+    cwd=copy,
+    env=env,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
+  try:
+    ready = ""
+    while "Serving" not in ready:
+      ready = server.stdout.readline()
+      assert ready or server.poll() is None, "the server exited before serving"
+    assert "at http://127.0.0.1:8000/" in ready, ready
+    Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(copy / "art.png")
+    predict_line, health_line = readme_commands("The API, beside the page:")
+    answer = json.loads(
+      subprocess.run(
+        shlex.split(predict_line), cwd=copy, text=True, capture_output=True, timeout=120, check=True
+      ).stdout
+    )
+    assert len(answer["faces"]) == 1 and len(answer["faces"][0]["top5"]) == 5, answer
+    health = json.loads(
+      subprocess.run(
+        shlex.split(health_line), cwd=copy, text=True, capture_output=True, timeout=60, check=True
+      ).stdout
+    )
+    assert health["status"] == "ok", health
+  finally:
+    server.send_signal(signal.SIGINT)  # "Ctrl+C stops".
+    output = server.communicate(timeout=60)[0]
+  assert server.returncode == 0, output[-2000:]
 
 
 def test_reproduce_paper_smoke_default_output_folder(fresh_copy):

@@ -24,7 +24,6 @@ class DatasetSpec:
 
   builder_module: str  # Importing it defines (and registers with TFDS) the builder class `Builder`.
   train_split: str
-  eval_splits: tuple[str, ...]  # Splits that exist for evaluation, in report order.
   needs_download: bool  # False: it can be built here with no files from the user.
   build_command: str  # What the user runs to build it.
 
@@ -33,21 +32,18 @@ DATASETS: dict[str, DatasetSpec] = {
   "synthetic_characters": DatasetSpec(
     builder_module="tfds_builders.synthetic_characters",
     train_split="train",
-    eval_splits=("validation", "test"),
     needs_download=False,
     build_command="tfds build tfds_builders/synthetic_characters",
   ),
   "moeimouto": DatasetSpec(
     builder_module="tfds_builders.moeimouto",
     train_split="train",
-    eval_splits=("test",),  # The paper's moeImouto split has no validation part.
     needs_download=True,
     build_command="tfds build tfds_builders/moeimouto --manual_dir=DIR",
   ),
   "dafre": DatasetSpec(
     builder_module="tfds_builders.dafre",
     train_split="train",
-    eval_splits=("validation", "test"),
     needs_download=True,
     build_command="tfds build tfds_builders/dafre --manual_dir=DIR",
   ),
