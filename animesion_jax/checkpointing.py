@@ -11,6 +11,7 @@ mid-write leaves the previous checkpoints intact; a damaged complete checkpoint 
 missing array file) is moved aside and the previous one is used.
 """
 
+import sys
 import time
 from typing import Any
 
@@ -82,6 +83,36 @@ def _reader(directory: epath.Path) -> ocp.CheckpointManager:
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _is_late_read(unraisable: Any) -> bool:
+  # A failed restore leaves Orbax's asyncio loop closed while tensorstore still finishes the other
+  # arrays' reads; each finished read then reports to the closed loop ("Event loop is closed",
+  # raised in call_soon_threadsafe) through sys.unraisablehook: dozens of tracebacks, no harm.
+  if not isinstance(unraisable.exc_value, RuntimeError):
+    return False
+  if str(unraisable.exc_value) != "Event loop is closed":
+    return False
+  frame = unraisable.exc_traceback
+  while frame is not None:
+    if frame.tb_frame.f_code.co_name == "call_soon_threadsafe":
+      return True
+    frame = frame.tb_next
+  return False
+
+
+def _silence_late_reads() -> None:
+  """Keeps a failed restore's late-read tracebacks off stderr (see `_is_late_read`); idempotent."""
+  previous = sys.unraisablehook
+  if getattr(previous, "silences_late_reads", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if not _is_late_read(unraisable):
+      previous(unraisable)
+
+  hook.silences_late_reads = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -167,6 +198,7 @@ class Checkpoints:
     A damaged one is moved to `DAMAGED_DIR` with a warning and the previous one is tried.
     The data iterator is moved to the saved position in place.
     """
+    _silence_late_reads()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=_restore_args(abstract_state, data_iterator))
@@ -270,6 +302,7 @@ def restore(
   """
   path = resolve(run, which)
   manager = _reader(path.parent)
+  _silence_late_reads()
   try:
     restored = manager.restore(int(path.name), args=_restore_args(abstract_state))
   except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
@@ -326,6 +359,21 @@ def shape_mismatches(expected: Any, actual: Any) -> list[str]:
     if want != have:
       problems.append(f"{key}: model {want}, checkpoint {have}")
   return problems
+
+
+def saved_shape_mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
+  """`shape_mismatches` of a checkpoint step directory's saved variables against a train state.
+
+  Reads only the arrays' metadata; an unreadable checkpoint gives [] (its restore names the damage).
+  """
+  _silence_late_reads()
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
+  except Exception:  # pylint: disable=broad-except  # Unreadable: restore names the damage.
+    return []
+  expected = {c: getattr(abstract_state, c) or {} for c in ("params", "batch_stats")}
+  actual = {c: saved.get(c) or {} for c in ("params", "batch_stats")}
+  return shape_mismatches(expected, actual)
 
 
 # Fields that shape the parameters or their meaning; a resumed run must keep them.

@@ -158,19 +158,6 @@ def create_mesh(devices: Sequence[jax.Device] | None, fsdp_size: int = 1) -> jax
   return sharding.create_mesh(devices, fsdp_size=fsdp_size if len(devices) % fsdp_size == 0 else 1)
 
 
-def _mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[str]:
-  """The shape differences between a checkpoint's saved state and the model's."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  try:
-    saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
-  except Exception:  # pylint: disable=broad-except  # Unreadable: restore names the damage.
-    return []
-  expected = {c: getattr(abstract_state, c) or {} for c in ("params", "batch_stats")}
-  actual = {c: saved.get(c) or {} for c in ("params", "batch_stats")}
-  return checkpointing.shape_mismatches(expected, actual)
-
-
 def load_run(
   workdir: str | os.PathLike | run_dir.RunDir,
   checkpoint: str = "best",
@@ -197,7 +184,7 @@ def load_run(
   mesh = create_mesh(devices, config.fsdp_size)
   model = model_setup.build_model(config, len(names))
   abstract = checkpointing.abstract_train_state(config, model, mesh)
-  problems = _mismatches(path, abstract)
+  problems = checkpointing.saved_shape_mismatches(path, abstract)
   if problems:
     raise CheckpointMismatch(
       f"{path} does not fit the model of {run.config_file} ({config.model.name}, "
