@@ -50,9 +50,9 @@ def _wants_distributed() -> bool:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of orbax, grain and tfds so the progress lines stay readable."""
+  """Drops the INFO chatter of orbax, grain, tfds and gcsfs so the progress lines stay readable."""
 
-  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/clu/")
+  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/clu/", "/gcsfs/")
 
   def filter(self, record):
     if "did not provide metrics" in record.getMessage():

@@ -1,15 +1,19 @@
-"""gs:// run files against a local Cloud Storage emulator that the test starts itself.
+"""gs:// runs against a local Cloud Storage emulator that the test starts itself.
 
-Clients are pointed at it the documented way: etils.epath through fsspec/gcsfs
-(STORAGE_EMULATOR_HOST; EPATH_USE_TF=false, since TensorFlow's GCS client has no emulator setting)
-and TensorBoard's event writer (fsspec, the same variable). Not covered: Orbax checkpoints on
-gs://. tensorstore (TENSORSTORE_GCS_HTTP_URL) cannot write to gcp-storage-emulator: its conditional
-writes fail with "Malformed StorageGeneration" on the emulator's answers, so a whole training run
-in a gs:// workdir is not proven here.
+Every client is pointed at it the documented way: etils.epath through fsspec/gcsfs
+(STORAGE_EMULATOR_HOST; EPATH_USE_TF=false, since TensorFlow's GCS client has no emulator setting),
+TensorBoard's event writer (fsspec, the same variable) and tensorstore under Orbax
+(TENSORSTORE_GCS_HTTP_URL). The emulator is gcp-storage-emulator with Cloud Storage's generation
+preconditions added (tests/gcs_emulator.py), which tensorstore needs for its checkpoint writes.
+
+Not covered: a gs:// TFDS data_dir. ArrayRecord's reader has its own C++ Cloud Storage client with
+no emulator setting (it looks for metadata.google.internal credentials and never reaches the
+emulator), so the records themselves cannot be read from the emulator.
 """
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,18 +43,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def emulator_env():
   port = _free_port()
-  executable = shutil.which("gcp-storage-emulator") or os.path.join(
-    os.path.dirname(sys.executable), "gcp-storage-emulator"
-  )
   server = subprocess.Popen(
-    [
-      executable,
-      "start",
-      "--host=127.0.0.1",
-      f"--port={port}",
-      "--in-memory",
-      f"--default-bucket={BUCKET}",
-    ],
+    [sys.executable, "-m", "tests.gcs_emulator", str(port), BUCKET],
+    cwd=REPO,
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )
@@ -100,7 +95,7 @@ def _listing(env, prefix: str) -> list[str]:
     "      walk(c)\n"
     f"walk(epath.Path({prefix!r}))\n"
   )
-  return _run(["-c", script], env, REPO).split()
+  return [word for word in _run(["-c", script], env, REPO).split() if word.startswith("gs://")]
 
 
 def test_run_files_and_summaries_land_in_a_gs_run_directory(emulator_env, tmp_path):
@@ -150,3 +145,74 @@ def test_predict_writes_its_outputs_to_gs(emulator_env, tmp_path):
   assert "1 predictions for 1 of 1 images" in out, out
   files = _listing(emulator_env, output)
   assert any(f.endswith("predictions.json") for f in files), files
+
+
+def _train_argv(workdir: str, steps: int) -> list[str]:
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  tiny = {
+    "data_dir": helpers.synthetic_data_dir(),
+    "dataset_config": "small",
+    "image_size": 16,
+    "resize_margin": 4,
+    "model.patch_size": 4,
+    "model.hidden_size": 32,
+    "model.mlp_dim": 64,
+    "model.num_heads": 2,
+    "model.num_layers": 1,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "log_every_steps": 2,
+    "checkpoint_every_steps": 2,
+    "num_train_steps": steps,
+  }
+  return [
+    "-m",
+    "animesion_jax.main",
+    f"--config={REPO}/configs/quickstart.py",
+    *(f"--config.{key}={value}" for key, value in tiny.items()),
+    f"--workdir={workdir}",
+  ]
+
+
+def _results(env, path: str) -> dict:
+  script = (
+    f"import json\nfrom etils import epath\n"
+    f"print(json.dumps(json.loads(epath.Path({path!r}).read_text())))"
+  )
+  return json.loads(_run(["-c", script], env, REPO).strip().splitlines()[-1])
+
+
+def test_train_resume_evaluate_predict_in_a_gs_workdir(emulator_env, tmp_path):
+  """A run whose workdir is gs://: checkpoints through tensorstore, resumed, then read back."""
+  workdir = f"gs://{BUCKET}/runs/whole"
+  _run(_train_argv(workdir, 4), emulator_env, tmp_path)
+  out = _run(_train_argv(workdir, 8), emulator_env, tmp_path)
+  assert f"Resumed from {workdir}/checkpoints at step 4." in out, out
+  _run(_train_argv("runs/straight", 8), emulator_env, tmp_path)  # The same run, local, unbroken.
+  resumed = _results(emulator_env, f"{workdir}/results.json")
+  straight = json.loads((tmp_path / "runs/straight/results.json").read_text())
+  assert resumed["steps"] == straight["steps"] == 8 and resumed["completed"], resumed
+  for split in ("validation", "test"):
+    for metric, value in straight[split].items():
+      assert resumed[split][metric] == pytest.approx(value, abs=1e-6), (split, metric)
+  files = _listing(emulator_env, workdir)
+  steps = sorted(int(f.rsplit("/", 1)[1]) for f in files if re.fullmatch(r".*/checkpoints/\d+", f))
+  assert steps == [6, 8], files  # The latest two (keep=2): step 4's was deleted from the bucket.
+
+  out = _run(
+    ["-m", "animesion_jax.evaluate", f"--workdir={workdir}", "--checkpoint=latest"],
+    emulator_env,
+    tmp_path,
+  )
+  assert f"Wrote {workdir}/evaluation/test_step8" in out, out
+  evaluation = _results(emulator_env, f"{workdir}/evaluation/test_step8/evaluation.json")
+  assert evaluation["top1"] == pytest.approx(straight["test"]["top1"], abs=1e-6), evaluation
+
+  pictures = tmp_path / "pictures"
+  pictures.mkdir()
+  Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(pictures / "b.png")
+  out = _run(
+    ["-m", "animesion_jax.predict", f"--workdir={workdir}", "pictures/"], emulator_env, tmp_path
+  )
+  assert "1 predictions for 1 of 1 images" in out, out
