@@ -270,7 +270,9 @@ def load_checkpoint(
     raise LoadError(
       f"--source={source} needs --class_names (classid_classname.csv or a JSON list of names)."
     )
-  conversion = convert.load_with_summary(source, path, image_size=image_size, num_heads=num_heads)
+  conversion = convert.load_with_summary(
+    source, path, convert.Target(image_size=image_size, num_heads=num_heads)
+  )
   model = conversion.model
   _check_class_count(names, model.num_classes, class_names, path)
   model_class = type(model).__name__

@@ -58,8 +58,7 @@ def load_initial_variables(
   conversion = convert.load_with_summary(
     config.init_from.source,
     config.init_from.path,
-    num_classes=num_classes,
-    image_size=config.image_size,
+    convert.Target(num_classes=num_classes, image_size=config.image_size),
   )
   loaded_model, variables = conversion.model, conversion.variables
   fresh_keys = []

@@ -103,7 +103,7 @@ def test_reload_applies_the_same_fine_tuning_semantics(tmp_path):
   convert.save(tmp_path / "out", model, variables, _summary(32))
 
   conversion = convert.load_with_summary(
-    "animesion", tmp_path / "out", num_classes=3, image_size=48
+    "animesion", tmp_path / "out", convert.Target(num_classes=3, image_size=48)
   )
 
   new_model, new_variables, summary = conversion
@@ -126,7 +126,7 @@ def test_resnet_reload_with_new_classes_keeps_batch_stats(tmp_path):
   variables = _random_variables(model, 32)
   convert.save(tmp_path / "out", model, variables, _summary(32))
   conversion = convert.load_with_summary(
-    "animesion", tmp_path / "out", num_classes=2, image_size=64
+    "animesion", tmp_path / "out", convert.Target(num_classes=2, image_size=64)
   )
   assert conversion.model.num_classes == 2
   _assert_same_variables(

@@ -143,7 +143,7 @@ def test_shallownet_logits_match(tmp_path):
 def test_shallownet_new_class_count_and_foreign_files(tmp_path, monkeypatch):
   path = tmp_path / "shallow.pth"
   torch.save(_tiny_shallow().state_dict(), path)
-  conversion = convert.load_with_summary("pytorch_shallownet", path, num_classes=9)
+  conversion = convert.load_with_summary("pytorch_shallownet", path, convert.Target(num_classes=9))
   params = flax.traverse_util.flatten_dict(conversion.variables["params"], sep="/")
   assert params["fc2/kernel"].shape == (16, 9) and not np.any(params["fc2/kernel"])
   assert conversion.summary["reinitialised"][0]["key"] == "fc2/kernel"
@@ -171,7 +171,7 @@ def test_intermediate_features_vit_logits_and_exclusion_loss_match(
   path = tmp_path / "interm.pth"
   torch.save(state, path)
 
-  conversion = convert.load_with_summary("pytorch_vit", path, num_heads=2)
+  conversion = convert.load_with_summary("pytorch_vit", path, convert.Target(num_heads=2))
 
   model = conversion.model
   assert model.head_type == "intermediate_features" and model.layer_norm_epsilon == 1e-12

@@ -144,7 +144,7 @@ def test_pytorch_vit_logits_match(tmp_path, monkeypatch, prefix, legacy):
   torch_model = tiny_torch_vit(monkeypatch)
   path = save(torch_model, tmp_path / "vit.pth", prefix, legacy)
 
-  conversion = convert.load_with_summary("pytorch_vit", path, num_heads=2)
+  conversion = convert.load_with_summary("pytorch_vit", path, convert.Target(num_heads=2))
 
   model = conversion.model
   assert (
@@ -191,7 +191,9 @@ def test_pytorch_vit_resize_matches_pytorch_at_new_size(tmp_path, monkeypatch):
 
 def test_pytorch_vit_new_class_count_gets_zero_head(tmp_path, monkeypatch):
   path = save(tiny_torch_vit(monkeypatch), tmp_path / "vit.pth")
-  conversion = convert.load_with_summary("pytorch_vit", path, num_heads=2, num_classes=9)
+  conversion = convert.load_with_summary(
+    "pytorch_vit", path, convert.Target(num_heads=2, num_classes=9)
+  )
   params = _flat(conversion.variables)
   assert params["head/kernel"].shape == (32, 9)
   assert not np.any(params["head/kernel"]) and not np.any(params["head/bias"])

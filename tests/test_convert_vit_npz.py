@@ -164,7 +164,7 @@ def test_fine_tuning_recipe_resizes_and_reinitialises(tmp_path):
   np.savez(tmp_path / "vit.npz", **_to_linen_names(arrays))
 
   conversion = convert.load_with_summary(
-    "vit_npz", tmp_path / "vit.npz", num_classes=7, image_size=48
+    "vit_npz", tmp_path / "vit.npz", convert.Target(num_classes=7, image_size=48)
   )
 
   model, variables, summary = conversion

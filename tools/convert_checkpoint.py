@@ -134,9 +134,7 @@ def main(argv: Sequence[str]) -> None:
       conversion = convert.load_with_summary(
         _SOURCE.value,
         run_dir.resolve(_INPUT.value),
-        num_classes=_NUM_CLASSES.value,
-        image_size=_IMAGE_SIZE.value,
-        num_heads=_NUM_HEADS.value,
+        convert.Target(_NUM_CLASSES.value, _IMAGE_SIZE.value, _NUM_HEADS.value),
       )
   except inference.USER_ERRORS as e:
     sys.exit(f"convert_checkpoint: {e}")

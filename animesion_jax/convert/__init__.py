@@ -33,6 +33,7 @@ from animesion_jax.convert import torch_vit
 from animesion_jax.convert import vit_npz
 from animesion_jax.convert.exported import Conversion
 from animesion_jax.convert.exported import ConversionError
+from animesion_jax.convert.exported import Target
 from animesion_jax.convert.exported import model_from_spec
 from animesion_jax.convert.exported import model_spec
 from animesion_jax.convert.exported import save
@@ -46,10 +47,11 @@ __all__ = [
   "model_from_spec",
   "model_spec",
   "save",
+  "Target",
 ]
 
-# Source name -> loader(path, *, num_classes, image_size, num_heads).
-SOURCES: dict[str, Callable[..., Conversion]] = {
+# Source name -> loader(path, target).
+SOURCES: dict[str, Callable[[Any, Target], Conversion]] = {
   "vit_npz": vit_npz.load,
   "pytorch_vit": torch_vit.load,
   "torchvision_resnet": torch_resnet.load,
@@ -58,15 +60,8 @@ SOURCES: dict[str, Callable[..., Conversion]] = {
 }
 
 
-def load_with_summary(
-  source: str,
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> Conversion:
-  """Like `load`, also returning the summary: what was found and changed.
+def load_with_summary(source: str, path: Any, target: Target = Target()) -> Conversion:
+  """Like `load`, with the target as a `Target`, also returning the summary.
 
   The summary (JSON-safe) has: source, input, model ({'class', 'fields'}),
   image_size, num_params, dropped / resized / reinitialised (lists of
@@ -74,7 +69,7 @@ def load_with_summary(
   """
   if source not in SOURCES:
     raise ValueError(f"Unknown checkpoint source {source!r}; valid: {sorted(SOURCES)}.")
-  return SOURCES[source](path, num_classes=num_classes, image_size=image_size, num_heads=num_heads)
+  return SOURCES[source](path, target)
 
 
 def load(
@@ -104,7 +99,5 @@ def load(
     ConversionError: the file is not a checkpoint of that source, or its
       tensors do not fit (the message lists the keys and shapes).
   """
-  conversion = load_with_summary(
-    source, path, num_classes=num_classes, image_size=image_size, num_heads=num_heads
-  )
-  return conversion.model, conversion.variables
+  model, variables, _ = load_with_summary(source, path, Target(num_classes, image_size, num_heads))
+  return model, variables

@@ -56,6 +56,15 @@ class ConversionError(ValueError):
   """A checkpoint does not match the model it is being converted into."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What a conversion should produce; each None keeps what the checkpoint has."""
+
+  num_classes: int | None = None  # Another count replaces the classifier (zeros / fresh init).
+  image_size: int | None = None  # Another size resizes a ViT's position-embedding grid.
+  num_heads: int | None = None  # ViT attention heads where the file does not store them.
+
+
 class Conversion(NamedTuple):
   """A loaded checkpoint: `model.apply(variables, images, train=False)`."""
 
@@ -404,14 +413,9 @@ def save(
   (out / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def load(
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> Conversion:
+def load(path: Any, target: Target) -> Conversion:
   """Reads a checkpoint written by `save` (the `animesion` source)."""
+  num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   root = run_dir.resolve(path)
   spec_file = root / "model.json"
   if not spec_file.is_file() or not (root / "variables").is_dir():

@@ -92,26 +92,21 @@ def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
   }
 
 
-def load(
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> exported.Conversion:
+def load(path: Any, target: exported.Target) -> exported.Conversion:
   """Loads a torchvision ResNet state dict into the project's `ResNet`.
 
   Args:
     path: A file written by `torch.save(model.state_dict())`, with or without
       the `model.` key prefix, zip or legacy format.
-    num_classes: None keeps the checkpoint's fc layer; another count gets a
+    target.num_classes: None keeps the checkpoint's fc layer; another count gets a
       zero one.
-    image_size: Recorded only; ResNet parameters do not depend on it.
-    num_heads: Must be None (ResNets have no attention heads).
+    target.image_size: Recorded only; ResNet parameters do not depend on it.
+    target.num_heads: Must be None (ResNets have no attention heads).
 
   Returns:
     (model, variables, summary).
   """
+  num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   if num_heads is not None:
     raise exported.ConversionError("num_heads does not apply to a ResNet.")
   summary = exported.new_summary("torchvision_resnet", path)

@@ -44,25 +44,20 @@ def _first_fc_kernel(weight: np.ndarray, channels: int, what: str) -> tuple[np.n
   return kernel.reshape(side * side * channels, hidden), side
 
 
-def load(
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> exported.Conversion:
+def load(path: Any, target: exported.Target) -> exported.Conversion:
   """Loads an Animesion ShallowNet state dict.
 
   Args:
     path: A `.pth`/`.ckpt` file written by `torch.save(model.state_dict())`.
-    num_classes: None keeps the classifier; another count re-initialises it.
-    image_size: None for the checkpoint's size, or another size with the same
+    target.num_classes: None keeps the classifier; another count re-initialises it.
+    target.image_size: None for the checkpoint's size, or another size with the same
       feature-map side (the first linear layer is tied to it).
-    num_heads: Not used (ShallowNet has no attention); must be None.
+    target.num_heads: Not used (ShallowNet has no attention); must be None.
 
   Returns:
     (model, variables, summary).
   """
+  num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   summary = exported.new_summary("pytorch_shallownet", path)
   what = os.fspath(path)
   if num_heads is not None:

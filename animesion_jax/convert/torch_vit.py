@@ -166,26 +166,21 @@ def _interm_head(arrays: dict[str, np.ndarray], what: str) -> dict[str, tuple[st
   return {prefix + k: rule for k, rule in _INTERM_RULES.items()}
 
 
-def load(
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> exported.Conversion:
+def load(path: Any, target: exported.Target) -> exported.Conversion:
   """Loads a `pytorch_pretrained_vit.ViT` state dict into an exact-GELU ViT.
 
   Args:
     path: A `.pth`/`.ckpt` file written by `torch.save(model.state_dict())`.
-    num_classes: None keeps the checkpoint's head; another count gets a zero
+    target.num_classes: None keeps the checkpoint's head; another count gets a zero
       head.
-    image_size: None keeps the position-embedding grid; another size resizes
+    target.image_size: None keeps the position-embedding grid; another size resizes
       it.
-    num_heads: Attention heads (not stored in the file); default hidden / 64.
+    target.num_heads: Attention heads (not stored in the file); default hidden / 64.
 
   Returns:
     (model, variables, summary).
   """
+  num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   summary = exported.new_summary("pytorch_vit", path)
   arrays = read_state_dict(path, summary, beside_wrapper=INTERM_HEAD_PREFIXES)
   interm = _interm_head(arrays, os.fspath(path))

@@ -136,26 +136,21 @@ def infer_fields(params: dict[str, np.ndarray], what: str) -> tuple[dict[str, An
   return fields, grid * patch
 
 
-def load(
-  path: Any,
-  *,
-  num_classes: int | None = None,
-  image_size: int | None = None,
-  num_heads: int | None = None,
-) -> exported.Conversion:
+def load(path: Any, target: exported.Target) -> exported.Conversion:
   """Loads an original ViT `.npz` into a tanh-GELU `VisionTransformer`.
 
   Args:
     path: The `.npz` file.
-    num_classes: None keeps the checkpoint's head; another count gets a zero
+    target.num_classes: None keeps the checkpoint's head; another count gets a zero
       head and drops `pre_logits` (the original fine-tuning recipe).
-    image_size: None keeps the position-embedding grid; another size resizes
+    target.image_size: None keeps the position-embedding grid; another size resizes
       it.
-    num_heads: Optional check; the file itself stores the head count.
+    target.num_heads: Optional check; the file itself stores the head count.
 
   Returns:
     (model, variables, summary).
   """
+  num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   summary = exported.new_summary("vit_npz", path)
   arrays, generation = to_pre_linen_names(read_npz(path))
   summary["notes"].append(f"module names: {generation}")
