@@ -267,32 +267,14 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program: importing defines none)."""
-  flags.DEFINE_string("workdir", None, "Training run directory.")
   flags.DEFINE_string("split", "test", "Split to evaluate.")
-  flags.DEFINE_string(
-    "checkpoint",
-    "best",
-    "With --workdir: 'best', 'latest' or a checkpoint "
-    "step directory. With --source: the checkpoint file or directory.",
-  )
-  flags.DEFINE_string(
-    "source",
-    None,
-    "Evaluate a checkpoint without a training run: "
-    "pytorch_vit, torchvision_resnet, animesion, vit_npz or run.",
-  )
   flags.DEFINE_string("dataset", None, "With --source: the dataset (moeimouto, dafre, ...).")
   flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
   flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
-  flags.DEFINE_string(
-    "class_names",
-    None,
-    "With --source: classid_classname.csv or a JSON list (default: the dataset's names).",
+  inference.define_model_flags(
+    "With --source: classid_classname.csv or a JSON list (default: the dataset's names)."
   )
-  flags.DEFINE_integer(
-    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden / 64)."
-  )
-  flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
   flags.DEFINE_string(
     "output_dir",
     None,
@@ -325,8 +307,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
-  if (flag.workdir is None) == (flag.source is None):
-    raise app.UsageError("Give either --workdir (a training run) or --checkpoint with --source.")
+  inference.check_model_flags(flag)
   if flag.source is not None and not flag.dataset:
     raise app.UsageError("--source needs --dataset (and --data_dir where it is built).")
   if not flag["verbosity"].present:
@@ -344,7 +325,7 @@ def main(argv):
       report = evaluate(
         flag.workdir,
         flag.split,
-        flag.checkpoint,
+        flag.checkpoint or "best",
         flag.output_dir,
         flag.batch_size,
         flag.confused_pairs,

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from absl import app
+from absl import flags
 from absl import logging
 from etils import epath
 from flax import linen as nn
@@ -151,6 +153,61 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
       f"{path} should hold a JSON list of class-name strings (index = class id)."
     )
   return names
+
+
+def define_model_flags(class_names_help: str) -> None:
+  """The flags that name the model a command loads: a training run, or a checkpoint file."""
+  flags.DEFINE_string(
+    "workdir", None, "Training run directory (or give --checkpoint and --source)."
+  )
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "With --workdir: 'best' (default), 'latest' or a checkpoint step directory. "
+    "With --source: the checkpoint file or directory.",
+  )
+  flags.DEFINE_string(
+    "source",
+    None,
+    "Kind of --checkpoint without a training run: "
+    + ", ".join(sorted([*convert.SOURCES, RUN_SOURCE]))
+    + ".",
+  )
+  flags.DEFINE_string("class_names", None, class_names_help)
+  flags.DEFINE_integer(
+    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden size / 64)."
+  )
+  flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+
+
+def check_model_flags(flag: Any) -> None:
+  """app.UsageError unless the flags of `define_model_flags` name exactly one model."""
+  if flag.workdir is not None and flag.source is not None:
+    raise app.UsageError(
+      "Give either --workdir (a training run) or --checkpoint with --source, not both."
+    )
+  if flag.workdir is None and flag.source is None:
+    raise app.UsageError(
+      "Give --workdir=RUN (a training run directory), or "
+      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
+    )
+  if flag.source is not None and flag.checkpoint is None:
+    raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
+
+
+def load_from_flags(flag: Any) -> LoadedRun:
+  """The model the flags of `define_model_flags` name, on this process's devices."""
+  check_model_flags(flag)
+  if flag.workdir is not None:
+    return load_run(flag.workdir, flag.checkpoint or "best", devices=jax.local_devices())
+  return load_checkpoint(
+    flag.checkpoint,
+    flag.source,
+    flag.class_names,
+    num_heads=flag.num_heads,
+    image_size=flag.image_size,
+    devices=jax.local_devices(),
+  )
 
 
 def create_mesh(devices: Sequence[jax.Device] | None, fsdp_size: int = 1) -> jax.sharding.Mesh:

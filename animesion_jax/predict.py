@@ -33,7 +33,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import jax
 import numpy as np
 import tqdm
 
@@ -282,28 +281,10 @@ def write_outputs(
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  flags.DEFINE_string("workdir", None, "Training run directory.")
-  flags.DEFINE_string(
-    "checkpoint",
-    None,
-    "With --workdir: 'best' (default), 'latest' or a "
-    "checkpoint step directory. With --source: the checkpoint file or directory.",
+  inference.define_model_flags(
+    "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
-  flags.DEFINE_string(
-    "source",
-    None,
-    "Use a checkpoint without a training run: pytorch_vit, "
-    "torchvision_resnet, animesion, vit_npz or run.",
-  )
-  flags.DEFINE_string(
-    "class_names",
-    None,
-    "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names.",
-  )
-  flags.DEFINE_integer(
-    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden / 64)."
-  )
-  flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
   flags.DEFINE_integer("top_k", 5, "Characters listed per image or face.")
   flags.DEFINE_string(
     "output_dir",
@@ -337,27 +318,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("print_limit", 50, "Crops shown in the printed table (0 = all).")
 
 
-def load(flag: Any) -> inference.LoadedRun:
-  """The model the flags name: a training run (--workdir) or a checkpoint (--source)."""
-  if (flag.workdir is None) == (flag.source is None):
-    raise app.UsageError(
-      "Give either --workdir=RUN (a training run directory), or "
-      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
-    )
-  if flag.workdir is not None:
-    return inference.load_run(flag.workdir, flag.checkpoint or "best", devices=jax.local_devices())
-  if flag.checkpoint is None:
-    raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
-  return inference.load_checkpoint(
-    flag.checkpoint,
-    flag.source,
-    flag.class_names,
-    num_heads=flag.num_heads,
-    image_size=flag.image_size,
-    devices=jax.local_devices(),
-  )
-
-
 def main(argv):
   flag = flags.FLAGS
   inputs = argv[1:]
@@ -376,7 +336,7 @@ def main(argv):
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
-    run = load(flag)
+    run = inference.load_from_flags(flag)
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
     elif run.workdir is not None:

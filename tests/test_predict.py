@@ -552,3 +552,24 @@ def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
   assert message[1] == (
     f"Other checkpoints of this run: {workdir}/checkpoints/2 (pass one with --checkpoint)."
   )
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--source=pytorch_vit"], "--source needs --checkpoint=PATH"),
+    (["--workdir=run", "--source=run", "--checkpoint=run"], "not both"),
+    ([], "Give --workdir=RUN (a training run directory), or --checkpoint=PATH"),
+  ],
+)
+def test_model_flags_name_exactly_one_model(tmp_path, argv, message):
+  """The model flags shared by predict, evaluate and serve (inference.define_model_flags)."""
+  Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "fine.png")
+  done = subprocess.run(
+    [sys.executable, "-m", "animesion_jax.predict", *argv, "fine.png"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
+  assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]

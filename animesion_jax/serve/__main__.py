@@ -15,7 +15,6 @@ import socket
 from absl import app as absl_app
 from absl import flags
 from absl import logging
-import jax
 import uvicorn
 
 from animesion_jax import faces
@@ -27,28 +26,8 @@ from animesion_jax.serve import pictures
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  flags.DEFINE_string(
-    "workdir", None, "Training run directory (or give --checkpoint and --source)."
-  )
-  flags.DEFINE_string(
-    "checkpoint",
-    "best",
-    "With --workdir: 'best', 'latest' or a checkpoint "
-    "step directory. With --source: the checkpoint file or directory.",
-  )
-  flags.DEFINE_string(
-    "source",
-    None,
-    "Kind of --checkpoint without a workdir: run, "
-    "pytorch_vit, torchvision_resnet, animesion or vit_npz.",
-  )
-  flags.DEFINE_string(
-    "class_names", None, "With --source: classid_classname.csv or a JSON list of names."
-  )
-  flags.DEFINE_integer(
-    "num_heads", None, "With --source=pytorch_vit: ViT attention heads, if not hidden size / 64."
-  )
-  flags.DEFINE_integer("image_size", None, "With --source: input size (default: the checkpoint's).")
+  inference.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
+  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
   flags.DEFINE_string(
@@ -85,32 +64,6 @@ def _listen(host: str, port: int) -> socket.socket:
   return sock
 
 
-def _check_model_flags(flag) -> None:
-  if flag.source and flag.workdir:
-    raise absl_app.UsageError(
-      "Give either --workdir (a training run) or --checkpoint with --source, not both."
-    )
-  if not (flag.source or flag.workdir):
-    raise absl_app.UsageError(
-      "Give --workdir=RUN (a training run directory), or "
-      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
-    )
-
-
-def _load(flag) -> inference.LoadedRun:
-  devices = jax.local_devices()
-  if flag.source:
-    return inference.load_checkpoint(
-      flag.checkpoint,
-      flag.source,
-      flag.class_names,
-      num_heads=flag.num_heads,
-      image_size=flag.image_size,
-      devices=devices,
-    )
-  return inference.load_run(flag.workdir, flag.checkpoint, devices=devices)
-
-
 def main(argv):
   if len(argv) > 1:
     raise absl_app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -121,13 +74,13 @@ def main(argv):
     raise absl_app.UsageError(
       f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
     )
-  _check_model_flags(flag)
+  inference.check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
   try:
     detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
-    run = _load(flag)
+    run = inference.load_from_flags(flag)
   except (FileNotFoundError, ValueError) as error:  # CheckpointMismatch is a ValueError.
     raise absl_app.UsageError(str(error)) from None
   limits = pictures.Limits(
