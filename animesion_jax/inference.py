@@ -27,15 +27,13 @@ from animesion_jax import checkpointing
 from animesion_jax import config_schema as base_config
 from animesion_jax import convert
 from animesion_jax import model_setup
+from animesion_jax import models
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
-# Inputs a converted checkpoint's model expects, by model class (the ResNets were trained on
-# ImageNet statistics; the paper's ViTs and ShallowNet on mean 0.5, std 0.5).
-_NORMALIZATION = {"ResNet": "imagenet", "VisionTransformer": "half", "ShallowNet": "half"}
 RUN_SOURCE = "run"  # load_checkpoint's source for a training run (directory or step directory).
 
 
@@ -336,7 +334,8 @@ def load_checkpoint(
   config = ml_collections.ConfigDict(
     {
       "image_size": int(conversion.summary["image_size"]),
-      "normalization": conversion.summary.get("normalization") or _NORMALIZATION[model_class],
+      "normalization": conversion.summary.get("normalization")
+      or models.family_of(model).normalization,
       "model": {"name": f"{model_class} ({source})"},
     }
   )

@@ -113,7 +113,7 @@ def test_reload_applies_the_same_fine_tuning_semantics(tmp_path):
   posemb = "Transformer/posembed_input/pos_embedding"
   np.testing.assert_allclose(
     params[posemb],
-    convert.exported.resize_pos_embedding(np.asarray(_flat(variables["params"])[posemb]), 6),
+    convert.conversion.resize_pos_embedding(np.asarray(_flat(variables["params"])[posemb]), 6),
     atol=0,
   )
   assert [d["key"] for d in summary["dropped"]] == ["pre_logits/kernel", "pre_logits/bias"]

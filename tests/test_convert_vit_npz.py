@@ -210,7 +210,7 @@ def test_fine_tuning_recipe_resizes_and_reinitialises(tmp_path):
 @pytest.mark.parametrize("grid", [2, 3, 8])
 def test_position_embedding_resize_matches_scipy_zoom(grid):
   posemb = np.random.default_rng(grid).normal(size=(1, 26, 6)).astype(np.float32)  # A 5x5 grid.
-  resized = convert.exported.resize_pos_embedding(posemb, grid)
+  resized = convert.conversion.resize_pos_embedding(posemb, grid)
   np.testing.assert_allclose(resized, _zoomed(posemb, grid), atol=1e-6)
   np.testing.assert_array_equal(resized[:, 0], posemb[:, 0])
 

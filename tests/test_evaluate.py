@@ -284,13 +284,13 @@ def test_evaluate_straight_from_a_checkpoint(workdir, test_report, tmp_path, mon
   import jax  # pylint: disable=g-import-not-at-top
 
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
-  from animesion_jax.convert import exported  # pylint: disable=g-import-not-at-top
+  from animesion_jax.convert import conversion as conversion_lib  # pylint: disable=g-import-not-at-top
 
   run = inference.load_run(workdir, "latest")
   summary = dict(
-    exported.new_summary("run", run.checkpoint), normalization=run.config.normalization
+    conversion_lib.new_summary("run", run.checkpoint), normalization=run.config.normalization
   )
-  conversion = exported.from_module(
+  conversion = conversion_lib.from_module(
     summary, run.model, jax.device_get(run.variables), run.config.image_size
   )
   convert.save(tmp_path / "exported", conversion.model, conversion.variables, conversion.summary)

@@ -30,7 +30,7 @@ import jax
 from animesion_jax import convert
 from animesion_jax import inference
 from animesion_jax import run_dir
-from animesion_jax.convert import exported
+from animesion_jax.convert import conversion as conversion_lib
 
 RUN = "run"  # --source of a training run.
 _SOURCE = flags.DEFINE_enum("source", None, sorted([*convert.SOURCES, RUN]), "Format of --input.")
@@ -97,11 +97,11 @@ def load_run(
     loaded = inference.load_run(run, checkpoint)
   else:  # A checkpoint step directory of a run.
     loaded = inference.load_checkpoint(resolved, RUN, None)
-  summary = exported.new_summary(RUN, loaded.checkpoint)
+  summary = conversion_lib.new_summary(RUN, loaded.checkpoint)
   summary["notes"].append(f"step {loaded.step} of the training run {loaded.description}")
   summary["normalization"] = loaded.config.normalization
   variables = jax.device_get(loaded.variables)
-  conversion = exported.from_module(
+  conversion = conversion_lib.from_module(
     summary,
     loaded.model,
     variables,

@@ -31,11 +31,11 @@ from animesion_jax.convert import torch_resnet
 from animesion_jax.convert import torch_shallow
 from animesion_jax.convert import torch_vit
 from animesion_jax.convert import vit_npz
-from animesion_jax.convert.exported import Conversion
-from animesion_jax.convert.exported import ConversionError
-from animesion_jax.convert.exported import Target
-from animesion_jax.convert.exported import model_from_spec
-from animesion_jax.convert.exported import model_spec
+from animesion_jax.convert.conversion import Conversion
+from animesion_jax.convert.conversion import ConversionError
+from animesion_jax.convert.conversion import Target
+from animesion_jax.convert.conversion import model_from_spec
+from animesion_jax.convert.conversion import model_spec
 from animesion_jax.convert.exported import save
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The project's own checkpoint format, and the steps every converter shares.
+"""The project's own checkpoint format (the `animesion` source).
 
 An exported checkpoint is a directory:
 
@@ -8,377 +8,19 @@ An exported checkpoint is a directory:
                     ['batch_stats': ...]}.
   conversion.json   The summary of the conversion that produced it.
 
-Every source loader turns its file into a model description plus flat
-variables ({collection: {'a/b/c': array}}) named like the Flax modules, then
-calls `finish`, which applies the shared fine-tuning semantics (new class count,
-new image size), checks the variables against the shapes the module itself
-creates, and builds the summary. The `animesion` source (`load`) reads the
-format back through the same `finish`.
+`load` reads the format back through the same `conversion.finish` as every other source.
 """
 
-import dataclasses
 import json
-import os
-from typing import Any, NamedTuple
+from typing import Any
 
-from absl import logging
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from animesion_jax import models
 from animesion_jax import run_dir
-from animesion_jax.models import resnet
-from animesion_jax.models import shallow
-from animesion_jax.models import vit
-
-# Class name in model.json -> module class; the classes a checkpoint may hold.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-  "VisionTransformer": vit.VisionTransformer,
-  "ResNet": resnet.ResNet,
-  "ShallowNet": shallow.ShallowNet,
-}
-# Parameter path of each class's classifier layer (re-initialised for a new
-# class count).
-_HEADS = {"VisionTransformer": "head", "ResNet": "fc", "ShallowNet": "fc2"}
-POS_EMBEDDING = "Transformer/posembed_input/pos_embedding"
-_MAX_LISTED = 25
-
-# {collection: {'a/b/c': array}} and {collection: {'a/b/c': shape}}.
-Flat = dict[str, dict[str, np.ndarray]]
-Shapes = dict[str, dict[str, tuple[int, ...]]]
-
-
-class ConversionError(ValueError):
-  """A checkpoint does not match the model it is being converted into."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-  """What a conversion should produce; each None keeps what the checkpoint has."""
-
-  num_classes: int | None = None  # Another count replaces the classifier (zeros / fresh init).
-  image_size: int | None = None  # Another size resizes a ViT's position-embedding grid.
-  num_heads: int | None = None  # ViT attention heads where the file does not store them.
-
-
-class Conversion(NamedTuple):
-  """A loaded checkpoint: `model.apply(variables, images, train=False)`."""
-
-  model: nn.Module
-  variables: dict[str, Any]
-  summary: dict[str, Any]
-
-
-def model_spec(model: nn.Module) -> dict[str, Any]:
-  """Returns {'class': name, 'fields': {...}} (JSON-safe) describing `model`."""
-  name = type(model).__name__
-  if MODEL_CLASSES.get(name) is not type(model):
-    raise ConversionError(
-      f"Cannot describe a {type(model)!r}; exportable classes: {sorted(MODEL_CLASSES)}."
-    )
-  fields = {}
-  for field in dataclasses.fields(model):
-    if field.name in ("parent", "name"):
-      continue
-    fields[field.name] = _to_json(field.name, getattr(model, field.name))
-  return {"class": name, "fields": fields}
-
-
-def model_from_spec(spec: dict[str, Any]) -> nn.Module:
-  """Rebuilds the module described by `model_spec`."""
-  name = spec.get("class")
-  if name not in MODEL_CLASSES:
-    raise ConversionError(
-      f"Unknown model class {name!r} in model spec; known: {sorted(MODEL_CLASSES)}."
-    )
-  return _build(name, {k: _from_json(k, v) for k, v in spec.get("fields", {}).items()})
-
-
-def _build(name: str, fields: dict[str, Any]) -> nn.Module:
-  try:
-    return MODEL_CLASSES[name](**fields)
-  except TypeError as e:
-    raise ConversionError(f"Model fields do not fit {name}: {e}") from e
-
-
-def _to_json(name: str, value: Any) -> Any:
-  if name.endswith("dtype"):
-    return np.dtype(value).name
-  if isinstance(value, (tuple, list)):
-    return [_to_json("", v) for v in value]
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  raise ConversionError(f"Model field {name}={value!r} cannot be written to model.json.")
-
-
-def _from_json(name: str, value: Any) -> Any:
-  if name.endswith("dtype"):
-    if not isinstance(getattr(jnp, str(value), None), type):
-      raise ConversionError(f"Model field {name}={value!r} is not a dtype.")
-    return getattr(jnp, value)
-  if isinstance(value, list):
-    return tuple(_from_json("", v) for v in value)
-  return value
-
-
-def flatten(variables: dict[str, Any]) -> Flat:
-  """{collection: nested dict} -> {collection: {'a/b': numpy array}}."""
-  return {
-    col: {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
-    for col, tree in flax.core.unfreeze(variables).items()
-  }
-
-
-def expected_shapes(model: nn.Module, image_size: int) -> Shapes:
-  """Shapes of the variables `model.init` creates for square `image_size`."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  shapes = jax.eval_shape(lambda x: model.init(rngs, x, train=False), images)
-  return {
-    col: {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
-    for col, tree in shapes.items()
-  }
-
-
-def assemble(
-  model: nn.Module, flat: Flat, image_size: int, want: Shapes | None = None
-) -> dict[str, Any]:
-  """Checks `flat` against what `model` creates; returns nested jnp variables.
-
-  Args:
-    model: The module the variables are for.
-    flat: {collection: {'a/b': array}}.
-    image_size: Square input size the variables must fit.
-    want: `expected_shapes(model, image_size)` when already computed.
-
-  Raises:
-    ConversionError: listing every unexpected key, missing key and shape
-      mismatch (with shapes), so that no tensor is silently ignored.
-  """
-  if want is None:
-    want = expected_shapes(model, image_size)
-  unexpected, missing, wrong = [], [], []
-  for col in sorted(set(want) | set(flat)):
-    have_col, want_col = flat.get(col, {}), want.get(col, {})
-    for key in sorted(set(have_col) - set(want_col)):
-      unexpected.append(f"{col}/{key} {tuple(have_col[key].shape)}")
-    for key in sorted(set(want_col) - set(have_col)):
-      missing.append(f"{col}/{key} {want_col[key]}")
-    for key in sorted(set(want_col) & set(have_col)):
-      if tuple(have_col[key].shape) != want_col[key]:
-        wrong.append(f"{col}/{key}: checkpoint {tuple(have_col[key].shape)}, model {want_col[key]}")
-  if unexpected or missing or wrong:
-    raise ConversionError(
-      f"Checkpoint does not fit {type(model).__name__} at image size "
-      f"{image_size}:"
-      + _listing("unexpected (unused) keys", unexpected)
-      + _listing("missing keys", missing)
-      + _listing("wrong shapes", wrong)
-    )
-  return {
-    col: flax.traverse_util.unflatten_dict(
-      {k: jnp.asarray(v, jnp.float32) for k, v in tree.items()}, sep="/"
-    )
-    for col, tree in flat.items()
-  }
-
-
-def _listing(title: str, items: list[str]) -> str:
-  if not items:
-    return ""
-  shown = items[:_MAX_LISTED]
-  more = len(items) - len(shown)
-  return (
-    f"\n  {title} ({len(items)}):\n    "
-    + "\n    ".join(shown)
-    + (f"\n    ... and {more} more" if more else "")
-  )
-
-
-def unknown_keys_error(what: str, arrays: dict[str, np.ndarray]) -> None:
-  """Raises for source tensors that no rule maps (listing key and shape)."""
-  if arrays:
-    raise ConversionError(
-      f"{what} holds tensors this converter does not know:"
-      + _listing("unknown keys", [f"{k} {tuple(v.shape)}" for k, v in sorted(arrays.items())])
-    )
-
-
-def resize_pos_embedding(posemb: np.ndarray, grid: int) -> np.ndarray:
-  """Resizes a (1, 1+g*g, D) embedding to a (grid x grid) token grid.
-
-  The class-token row is kept; the grid is interpolated bilinearly with
-  align_corners=True (what the original code got from scipy.ndimage.zoom with
-  order=1).
-  """
-  cls_row, tokens = posemb[:, :1], posemb[0, 1:]
-  old = int(round(np.sqrt(tokens.shape[0])))
-  if old * old != tokens.shape[0]:
-    raise ConversionError(
-      f"Position embedding {posemb.shape} has {tokens.shape[0]} patch "
-      "tokens, not a square grid; cannot resize it."
-    )
-  tokens = tokens.reshape(old, old, -1).astype(np.float64)
-  tokens = _linear_axis(_linear_axis(tokens, grid, axis=0), grid, axis=1)
-  tokens = tokens.reshape(1, grid * grid, -1).astype(posemb.dtype)
-  return np.concatenate([cls_row, tokens], axis=1)
-
-
-def _linear_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
-  """Linear interpolation along `axis` whose end points map onto end points."""
-  old = x.shape[axis]
-  src = np.arange(size) * ((old - 1) / (size - 1)) if size > 1 else np.zeros(1)
-  lo = np.clip(np.floor(src).astype(int), 0, old - 1)
-  hi = np.minimum(lo + 1, old - 1)
-  shape = [1] * x.ndim
-  shape[axis] = size
-  w = (src - lo).reshape(shape)
-  return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
-
-
-def new_summary(source: str, path: Any) -> dict[str, Any]:
-  """Starts the summary every loader fills in."""
-  return {
-    "source": source,
-    "input": os.fspath(path),
-    "notes": [],
-    "dropped": [],
-    "resized": [],
-    "reinitialised": [],
-  }
-
-
-def drop(summary: dict[str, Any], key: str, array: np.ndarray, reason: str) -> None:
-  """Records a source tensor that is deliberately not carried over."""
-  summary["dropped"].append({"key": key, "shape": list(array.shape), "reason": reason})
-
-
-def finish(
-  summary: dict[str, Any],
-  model_class: str,
-  fields: dict[str, Any],
-  flat: Flat,
-  image_size: int,
-  *,
-  num_classes: int | None,
-  new_image_size: int | None,
-) -> Conversion:
-  """Applies the class-count / image-size changes, validates, summarises.
-
-  Args:
-    summary: From `new_summary`, with what the loader already recorded.
-    model_class: Key of MODEL_CLASSES.
-    fields: Constructor fields of that class, as found in the checkpoint.
-    flat: The checkpoint's variables, named like the module's.
-    image_size: The image size the checkpoint's variables are made for.
-    num_classes: None keeps the head; a different count re-initialises it to
-      zeros (and drops a ViT's `pre_logits`, the original fine-tuning recipe).
-    new_image_size: None keeps the size; another one resizes a ViT's position
-      embedding (ResNets are size-agnostic).
-
-  Returns:
-    The model, its nested variables and the completed summary.
-  """
-  if model_class not in MODEL_CLASSES:
-    raise ConversionError(f"Unknown model class {model_class!r}; known: {sorted(MODEL_CLASSES)}.")
-  fields = dict(fields)
-  params = flat.setdefault("params", {})
-  if num_classes is not None and num_classes != fields.get("num_classes"):
-    if num_classes < 1:
-      raise ConversionError(f"num_classes must be positive, got {num_classes}.")
-    head = _HEADS[model_class]
-    if model_class == "VisionTransformer" and "pre_logits/kernel" in params:
-      for key in ("pre_logits/kernel", "pre_logits/bias"):
-        drop(
-          summary,
-          key,
-          params.pop(key),
-          "fine-tuning for a new class count drops the representation layer",
-        )
-      fields["representation_size"] = None
-    # The new shapes come from the rebuilt model (below).
-    reinit = {key: params.pop(key) for key in (f"{head}/kernel", f"{head}/bias")}
-    fields["num_classes"] = num_classes
-  else:
-    reinit = {}
-
-  size = image_size
-  if new_image_size is not None and new_image_size != image_size:
-    size = _resize_for(summary, model_class, fields, params, image_size, new_image_size)
-
-  model = _build(model_class, fields)
-  want = expected_shapes(model, size)
-  for key, old in reinit.items():
-    params[key] = np.zeros(want["params"][key], np.float32)
-    summary["reinitialised"].append(
-      {"key": key, "from": list(old.shape), "to": list(params[key].shape), "init": "zeros"}
-    )
-  variables = assemble(model, flat, size, want)
-  summary["model"] = model_spec(model)
-  summary["image_size"] = size
-  summary["num_params"] = models.count_params(params)
-  for item in summary["dropped"]:
-    logging.info("convert: dropped %s %s (%s)", item["key"], item["shape"], item["reason"])
-  return Conversion(model, variables, summary)
-
-
-def _resize_for(summary, model_class, fields, params, image_size, new_image_size) -> int:
-  """Adapts `params` in place to `new_image_size`; returns the size used."""
-  if new_image_size < 1:
-    raise ConversionError(f"image_size must be positive, got {new_image_size}.")
-  if model_class == "ResNet":
-    summary["notes"].append(f"image_size {new_image_size}: ResNet parameters do not depend on it.")
-    return new_image_size
-  if model_class != "VisionTransformer":
-    raise ConversionError(
-      f"{model_class} parameters are tied to the image size {image_size}; "
-      f"cannot adapt them to {new_image_size}."
-    )
-  patch = fields["patch_size"]
-  if new_image_size % patch:
-    raise ConversionError(
-      f"image_size {new_image_size} is not a multiple of the patch size {patch}."
-    )
-  old = params[POS_EMBEDDING]
-  params[POS_EMBEDDING] = resize_pos_embedding(old, new_image_size // patch)
-  summary["resized"].append(
-    {
-      "key": POS_EMBEDDING,
-      "from": list(old.shape),
-      "to": list(params[POS_EMBEDDING].shape),
-      "how": "class token kept; grid bilinear, align_corners=True",
-    }
-  )
-  return new_image_size
-
-
-def from_module(
-  summary: dict[str, Any],
-  model: nn.Module,
-  variables: dict[str, Any],
-  image_size: int,
-  *,
-  num_classes: int | None = None,
-  new_image_size: int | None = None,
-) -> Conversion:
-  """A project model and its variables (e.g. a training run's) as a Conversion.
-
-  The same class-count and image-size changes as every other source apply.
-  """
-  spec = model_spec(model)
-  return finish(
-    summary,
-    spec["class"],
-    {k: _from_json(k, v) for k, v in spec["fields"].items()},
-    flatten(variables),
-    image_size,
-    num_classes=num_classes,
-    new_image_size=new_image_size,
-  )
+from animesion_jax.convert import conversion
 
 
 def save(
@@ -388,22 +30,22 @@ def save(
 
   Args:
     output_dir: Directory to create or overwrite.
-    model: One of MODEL_CLASSES.
+    model: A model of FAMILIES.
     variables: {'params': ..., ['batch_stats': ...]} for `model`.
     summary: JSON-safe; written as conversion.json. Its 'image_size' (every
       loader sets it) is required: the square input size the variables fit.
 
   Raises:
-    ConversionError: the variables do not fit the model (nothing is written).
+    conversion.ConversionError: the variables do not fit the model (nothing is written).
   """
   image_size = summary.get("image_size")
   if image_size is None:
-    raise ConversionError(
+    raise conversion.ConversionError(
       "summary['image_size'] is required: the image size the variables are made for."
     )
   # Refuse to write a checkpoint that would not load back.
-  assemble(model, flatten(variables), image_size)
-  spec = dict(model_spec(model), image_size=int(image_size))
+  conversion.assemble(model, conversion.flatten(variables), image_size)
+  spec = dict(conversion.model_spec(model), image_size=int(image_size))
   out = run_dir.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
@@ -413,13 +55,13 @@ def save(
   (out / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def load(path: Any, target: Target) -> Conversion:
+def load(path: Any, target: conversion.Target) -> conversion.Conversion:
   """Reads a checkpoint written by `save` (the `animesion` source)."""
   num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   root = run_dir.resolve(path)
   spec_file = root / "model.json"
   if not spec_file.is_file() or not (root / "variables").is_dir():
-    raise ConversionError(
+    raise conversion.ConversionError(
       f"{root} is not an exported animesion checkpoint (it needs model.json "
       "and variables/); create one with tools/convert_checkpoint.py."
     )
@@ -427,12 +69,12 @@ def load(path: Any, target: Target) -> Conversion:
     spec = json.loads(spec_file.read_text())
     model_class, fields, size = (spec["class"], spec["fields"], int(spec["image_size"]))
   except (ValueError, KeyError, TypeError) as e:
-    raise ConversionError(
+    raise conversion.ConversionError(
       f"{spec_file} is not a valid model description ({e!r}); it needs "
       '"class", "fields" and "image_size".'
     ) from e
   if num_heads is not None and num_heads != fields.get("num_heads"):
-    raise ConversionError(
+    raise conversion.ConversionError(
       f"num_heads={num_heads} contradicts the checkpoint "
       f"({fields.get('num_heads')}); leave it unset."
     )
@@ -442,18 +84,18 @@ def load(path: Any, target: Target) -> Conversion:
   metadata = checkpointer.metadata(root / "variables").item_metadata.tree
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
   variables = checkpointer.restore(root / "variables", target)
-  summary = new_summary("animesion", root)
+  summary = conversion.new_summary("animesion", root)
   previous = root / "conversion.json"
   if previous.is_file():
     earlier = json.loads(previous.read_text())
     summary["notes"].append(f"exported earlier from {earlier.get('source')} {earlier.get('input')}")
     if earlier.get("normalization"):  # The inputs a trained run's model expects.
       summary["normalization"] = earlier["normalization"]
-  return finish(
+  return conversion.finish(
     summary,
     model_class,
-    {k: _from_json(k, v) for k, v in fields.items()},
-    flatten(variables),
+    {k: conversion.field_from_json(k, v) for k, v in fields.items()},
+    conversion.flatten(variables),
     size,
     num_classes=num_classes,
     new_image_size=image_size,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from animesion_jax.convert import exported
+from animesion_jax.convert import conversion
 from animesion_jax.convert import torch_vit
 
 # ResNet parameters do not depend on the image size; this is only the size
@@ -35,7 +35,7 @@ _FLAX_MODULE = {"downsample.0": "downsample_conv", "downsample.1": "downsample_b
 
 
 def _place(
-  flat: exported.Flat,
+  flat: conversion.Flat,
   summary: dict[str, Any],
   key: str,
   module: str,
@@ -47,13 +47,15 @@ def _place(
   is_conv = re.search(r"conv\d?$", module) is not None
   if is_conv and leaf == "weight":
     if value.ndim != 4:
-      raise exported.ConversionError(f"{key} {value.shape} is not an OIHW conv.")
+      raise conversion.ConversionError(f"{key} {value.shape} is not an OIHW conv.")
     flat["params"][f"{module}/kernel"] = value.transpose(2, 3, 1, 0)
   elif not is_conv and leaf in _BN_LEAVES:
     collection, name = _BN_LEAVES[leaf]
     flat[collection][f"{module}/{name}"] = value
   elif not is_conv and leaf == "num_batches_tracked":
-    exported.drop(summary, key, value, "Flax BatchNorm keeps no batch counter (momentum is fixed)")
+    conversion.drop(
+      summary, key, value, "Flax BatchNorm keeps no batch counter (momentum is fixed)"
+    )
   else:
     unknown[key] = value
 
@@ -62,7 +64,7 @@ def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
   """Block type, stage depths, base width and class count from the keys."""
   missing = [k for k in ("conv1.weight", "fc.weight", "layer1.0.conv1.weight") if k not in arrays]
   if missing:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what} is not a torchvision ResNet state dict: missing {missing}; "
       f"it has keys like {sorted(arrays)[:8]}."
     )
@@ -72,18 +74,18 @@ def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
     if m:
       depths.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
   if sorted(depths) != list(range(1, _NUM_STAGES + 1)):
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: expected stages layer1..layer{_NUM_STAGES}, found "
       f"{[f'layer{s}' for s in sorted(depths)]}."
     )
   for stage, blocks in depths.items():
     if sorted(blocks) != list(range(len(blocks))):
-      raise exported.ConversionError(
+      raise conversion.ConversionError(
         f"{what}: blocks of layer{stage} are not numbered 0..n-1: {sorted(blocks)}"
       )
   fc = arrays["fc.weight"]
   if fc.ndim != 2:
-    raise exported.ConversionError(f"{what}: fc.weight {fc.shape} is not 2-D.")
+    raise conversion.ConversionError(f"{what}: fc.weight {fc.shape} is not 2-D.")
   return {
     "num_classes": int(fc.shape[0]),
     "stage_sizes": tuple(len(depths[s]) for s in range(1, _NUM_STAGES + 1)),
@@ -92,7 +94,7 @@ def _infer_fields(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
   }
 
 
-def load(path: Any, target: exported.Target) -> exported.Conversion:
+def load(path: Any, target: conversion.Target) -> conversion.Conversion:
   """Loads a torchvision ResNet state dict into the project's `ResNet`.
 
   Args:
@@ -108,13 +110,13 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
   """
   num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
   if num_heads is not None:
-    raise exported.ConversionError("num_heads does not apply to a ResNet.")
-  summary = exported.new_summary("torchvision_resnet", path)
+    raise conversion.ConversionError("num_heads does not apply to a ResNet.")
+  summary = conversion.new_summary("torchvision_resnet", path)
   arrays = torch_vit.read_state_dict(path, summary)
   what = os.fspath(path)
   fields = _infer_fields(arrays, what)
 
-  flat: exported.Flat = {"params": {}, "batch_stats": {}}
+  flat: conversion.Flat = {"params": {}, "batch_stats": {}}
   unknown: dict[str, np.ndarray] = {}
   for key, value in arrays.items():
     if key == "fc.weight":
@@ -134,9 +136,9 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
       continue
     name = _FLAX_MODULE.get(module.group(1), module.group(1))
     _place(flat, summary, key, prefix + name, module.group(2), value, unknown)
-  exported.unknown_keys_error(what, unknown)
+  conversion.unknown_keys_error(what, unknown)
 
-  return exported.finish(
+  return conversion.finish(
     summary,
     "ResNet",
     fields,

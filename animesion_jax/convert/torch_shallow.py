@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from animesion_jax.convert import exported
+from animesion_jax.convert import conversion
 from animesion_jax.convert import torch_vit
 from animesion_jax.models import shallow
 
@@ -36,7 +36,7 @@ def _first_fc_kernel(weight: np.ndarray, channels: int, what: str) -> tuple[np.n
   hidden, features = weight.shape
   side = math.isqrt(features // channels) if features % channels == 0 else 0
   if side * side * channels != features:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: {_FIRST_FC}.weight {weight.shape} does not read a square {channels}-channel "
       "feature map."
     )
@@ -44,7 +44,7 @@ def _first_fc_kernel(weight: np.ndarray, channels: int, what: str) -> tuple[np.n
   return kernel.reshape(side * side * channels, hidden), side
 
 
-def load(path: Any, target: exported.Target) -> exported.Conversion:
+def load(path: Any, target: conversion.Target) -> conversion.Conversion:
   """Loads an Animesion ShallowNet state dict.
 
   Args:
@@ -58,20 +58,20 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     (model, variables, summary).
   """
   num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
-  summary = exported.new_summary("pytorch_shallownet", path)
+  summary = conversion.new_summary("pytorch_shallownet", path)
   what = os.fspath(path)
   if num_heads is not None:
-    raise exported.ConversionError("num_heads does not apply to a ShallowNet checkpoint.")
+    raise conversion.ConversionError("num_heads does not apply to a ShallowNet checkpoint.")
   arrays = torch_vit.read_state_dict(path, summary)
   required = ["layer1.0.weight", f"{_FIRST_FC}.weight", f"{_LAST_FC}.weight"]
   missing = [k for k in required if k not in arrays]
   if missing:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what} is not an Animesion ShallowNet state dict: missing {missing}; it has keys like "
       f"{sorted(arrays)[:8]}."
     )
 
-  flat: exported.Flat = {"params": {}, "batch_stats": {}}
+  flat: conversion.Flat = {"params": {}, "batch_stats": {}}
   unknown: dict[str, np.ndarray] = {}
   channels = []
   for key, value in sorted(arrays.items()):
@@ -79,13 +79,13 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     if conv:
       if conv.group(2) == "weight":
         if value.ndim != 4:
-          raise exported.ConversionError(f"{key} {value.shape} is not an OIHW conv.")
+          raise conversion.ConversionError(f"{key} {value.shape} is not an OIHW conv.")
         channels.append(int(value.shape[0]))
         value = value.transpose(2, 3, 1, 0)
       leaf = "kernel" if conv.group(2) == "weight" else "bias"
       flat["params"][f"conv{conv.group(1)}/{leaf}"] = value
     elif bn and bn.group(2) == "num_batches_tracked":
-      exported.drop(summary, key, value, "Flax BatchNorm keeps no batch counter")
+      conversion.drop(summary, key, value, "Flax BatchNorm keeps no batch counter")
     elif bn:
       collection, leaf = _BN_LEAVES[bn.group(2)]
       flat[collection][f"bn{bn.group(1)}/{leaf}"] = value
@@ -96,7 +96,7 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
       f"{_LAST_FC}.bias",
     ):
       unknown[key] = value
-  exported.unknown_keys_error(what, unknown)
+  conversion.unknown_keys_error(what, unknown)
 
   kernel, side = _first_fc_kernel(arrays[f"{_FIRST_FC}.weight"], channels[-1], what)
   flat["params"]["fc1/kernel"] = kernel
@@ -109,7 +109,7 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     size = 2 * size + shallow.KERNEL - 1
   if image_size is not None and image_size != size:
     if shallow.feature_side(image_size, len(channels)) != side:
-      raise exported.ConversionError(
+      raise conversion.ConversionError(
         f"image_size {image_size} gives a {shallow.feature_side(image_size, len(channels))}-"
         f"pixel feature map, but the checkpoint's first linear layer reads {side}x{side} "
         f"(image size {size}, e.g.); ShallowNet parameters are tied to the image size."
@@ -120,6 +120,6 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     "channels": tuple(channels),
     "hidden": int(arrays[f"{_FIRST_FC}.weight"].shape[0]),
   }
-  return exported.finish(
+  return conversion.finish(
     summary, "ShallowNet", fields, flat, size, num_classes=num_classes, new_image_size=None
   )

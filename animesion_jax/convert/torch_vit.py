@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from animesion_jax.convert import exported
+from animesion_jax.convert import conversion
 from animesion_jax.convert import vit_npz
 
 # Prefixes that wrappers put in front of every key (Animesion's `self.model`,
@@ -48,7 +48,7 @@ _TOP_RULES = {
   "class_token": ("cls", None),
   "patch_embedding.weight": ("embedding/kernel", "conv"),
   "patch_embedding.bias": ("embedding/bias", None),
-  "positional_embedding.pos_embedding": (exported.POS_EMBEDDING, None),
+  "positional_embedding.pos_embedding": (conversion.POS_EMBEDDING, None),
   "norm.weight": ("Transformer/encoder_norm/scale", None),
   "norm.bias": ("Transformer/encoder_norm/bias", None),
   "fc.weight": ("head/kernel", "t"),
@@ -89,24 +89,24 @@ def read_state_dict(
   # torch's unpickler fails on foreign bytes with many exception types
   # (KeyError, EOFError, UnpicklingError, ...); all mean "not a checkpoint".
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{path} is not a torch checkpoint ({type(e).__name__}: {str(e)[:300]})."
     ) from e
   if not isinstance(state, dict):
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{path} holds a {type(state).__name__}, not a state dict (save model.state_dict())."
     )
   not_tensors = sorted(
     f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor)
   )
   if not_tensors:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{path} is not a plain state dict; non-tensor entries: "
       f"{not_tensors[:10]}. If it is a training checkpoint, save its "
       "model.state_dict() instead."
     )
   if not state:
-    raise exported.ConversionError(f"{path} is an empty state dict.")
+    raise conversion.ConversionError(f"{path} is an empty state dict.")
   beside = lambda key: key.startswith(beside_wrapper) if beside_wrapper else False
   for prefix in _WRAPPER_PREFIXES:
     wrapped = [k for k in state if not beside(k)]
@@ -127,18 +127,18 @@ def _rearrange(how: str | None, key: str, x: np.ndarray, hidden: int, heads: int
   head_dim = hidden // heads
   expect = {"qkv": (hidden, hidden), "out": (hidden, hidden), "qkv_b": (hidden,)}.get(how)
   if expect is not None and x.shape != expect:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{key} has shape {x.shape}; expected {expect} for hidden size {hidden}."
     )
   if how is None:
     return x
   if how == "t":
     if x.ndim != 2:
-      raise exported.ConversionError(f"{key} {x.shape} is not a linear weight.")
+      raise conversion.ConversionError(f"{key} {x.shape} is not a linear weight.")
     return x.T
   if how == "conv":
     if x.ndim != 4:
-      raise exported.ConversionError(f"{key} {x.shape} is not an OIHW conv.")
+      raise conversion.ConversionError(f"{key} {x.shape} is not an OIHW conv.")
     return x.transpose(2, 3, 1, 0)
   if how == "qkv":  # (out, in) -> (in, heads, head_dim); out is head-major.
     return x.T.reshape(hidden, heads, head_dim)
@@ -154,11 +154,11 @@ def _interm_head(arrays: dict[str, np.ndarray], what: str) -> dict[str, tuple[st
   if not prefixes:
     return {}
   if len(prefixes) > 1:
-    raise exported.ConversionError(f"{what} has two classifier heads ({prefixes}); expected one.")
+    raise conversion.ConversionError(f"{what} has two classifier heads ({prefixes}); expected one.")
   prefix = prefixes[0]
   keys = {k[len(prefix) :] for k in arrays if k.startswith(prefix)}
   if keys != set(_INTERM_RULES):
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: the head {prefix!r} has {sorted(keys)}; the intermediate-features head has "
       f"{sorted(_INTERM_RULES)} (Linear(layers, 1), LayerNorm, Linear). Other heads of the "
       "original's later code (e.g. the masked-language-model variant) are not supported."
@@ -166,7 +166,7 @@ def _interm_head(arrays: dict[str, np.ndarray], what: str) -> dict[str, tuple[st
   return {prefix + k: rule for k, rule in _INTERM_RULES.items()}
 
 
-def load(path: Any, target: exported.Target) -> exported.Conversion:
+def load(path: Any, target: conversion.Target) -> conversion.Conversion:
   """Loads a `pytorch_pretrained_vit.ViT` state dict into an exact-GELU ViT.
 
   Args:
@@ -181,31 +181,31 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     (model, variables, summary).
   """
   num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
-  summary = exported.new_summary("pytorch_vit", path)
+  summary = conversion.new_summary("pytorch_vit", path)
   arrays = read_state_dict(path, summary, beside_wrapper=INTERM_HEAD_PREFIXES)
   interm = _interm_head(arrays, os.fspath(path))
   if "class_token" not in arrays or "patch_embedding.weight" not in arrays:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{path} is not a pytorch_pretrained_vit state dict (no class_token / "
       f"patch_embedding.weight); it has keys like {sorted(arrays)[:8]}."
     )
   hidden = int(arrays["class_token"].shape[-1])
   if num_heads is None:
     if hidden % 64:
-      raise exported.ConversionError(
+      raise conversion.ConversionError(
         f"Hidden size {hidden} is not a multiple of 64, so the default head "
         "count (hidden / 64) does not apply; pass num_heads."
       )
     num_heads = hidden // 64
   if num_heads < 1 or hidden % num_heads:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"num_heads={num_heads} does not divide the hidden size {hidden}."
     )
 
   if any(k in arrays for k in _PRE_LOGITS):
     head = arrays.get("fc.weight")
     if num_classes is None or (head is not None and num_classes == head.shape[0]):
-      raise exported.ConversionError(
+      raise conversion.ConversionError(
         "The state dict has pre_logits (load_repr_layer=True), which "
         "pytorch_pretrained_vit applies to every token before the final "
         "LayerNorm; the Flax ViT applies it after, so the network cannot be "
@@ -213,7 +213,7 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
       )
     for key in _PRE_LOGITS:
       if key in arrays:
-        exported.drop(
+        conversion.drop(
           summary,
           key,
           arrays.pop(key),
@@ -234,7 +234,7 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
       unknown[key] = value
       continue
     params[target] = _rearrange(how, key, value, hidden, num_heads)
-  exported.unknown_keys_error(os.fspath(path), unknown)
+  conversion.unknown_keys_error(os.fspath(path), unknown)
 
   fields, size = vit_npz.infer_fields(params, os.fspath(path))
   fields["gelu_approximate"] = False
@@ -245,7 +245,7 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
       "intermediate-features head (the original's interm_features_fc); LayerNorm epsilon "
       f"{_INTERM_LAYER_NORM_EPSILON} as its ViT"
     )
-  return exported.finish(
+  return conversion.finish(
     summary,
     "VisionTransformer",
     fields,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from animesion_jax.convert import exported
+from animesion_jax.convert import conversion
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$")
 # Linen module name -> pre-Linen module name, inside an encoder block.
@@ -44,16 +44,20 @@ def read_npz(path: Any) -> dict[str, np.ndarray]:
       with data:
         arrays = {key: np.asarray(data[key]) for key in data.files}
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{path} is not an .npz ViT checkpoint ({type(e).__name__}: {e})."
     ) from e
   if not isinstance(data, np.lib.npyio.NpzFile):
-    raise exported.ConversionError(f"{path} holds a single .npy array, not an .npz ViT checkpoint.")
+    raise conversion.ConversionError(
+      f"{path} holds a single .npy array, not an .npz ViT checkpoint."
+    )
   if not arrays:
-    raise exported.ConversionError(f"{path} is an empty .npz file.")
+    raise conversion.ConversionError(f"{path} is an empty .npz file.")
   non_float = sorted(k for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating))
   if non_float:
-    raise exported.ConversionError(f"{path}: non-float arrays are not ViT parameters: {non_float}")
+    raise conversion.ConversionError(
+      f"{path}: non-float arrays are not ViT parameters: {non_float}"
+    )
   return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
@@ -62,7 +66,7 @@ def to_pre_linen_names(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndar
   modules = {m.group(2) for m in map(_BLOCK.match, arrays) if m}
   linen, pre_linen = modules & _LINEN_ONLY, modules & _PRE_LINEN_ONLY
   if linen and pre_linen:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       "Checkpoint mixes Linen module names "
       f"{sorted(linen)} with pre-Linen ones {sorted(pre_linen)}."
     )
@@ -87,39 +91,39 @@ def infer_fields(params: dict[str, np.ndarray], what: str) -> tuple[dict[str, An
   Returns:
     (VisionTransformer fields except the GELU flavour, image size).
   """
-  required = ["embedding/kernel", "cls", exported.POS_EMBEDDING, "head/kernel", _QUERY, _MLP_IN]
+  required = ["embedding/kernel", "cls", conversion.POS_EMBEDDING, "head/kernel", _QUERY, _MLP_IN]
   missing = [k for k in required if k not in params]
   if missing:
     sample = sorted(params)[:8]
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what} is not a ViT checkpoint: missing {missing}; "
       f"it has {len(params)} arrays, e.g. {sample}."
     )
   kernel = params["embedding/kernel"]
   if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: embedding/kernel {kernel.shape} is not a square HWIO patch convolution."
     )
   if kernel.shape[2] != 3:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: embedding/kernel {kernel.shape} expects {kernel.shape[2]} "
       "input channels; the models take RGB (3)."
     )
   patch, hidden = kernel.shape[0], kernel.shape[3]
   layers = sorted({int(m.group(1)) for m in map(_BLOCK.match, params) if m})
   if layers != list(range(len(layers))):
-    raise exported.ConversionError(f"{what}: encoder blocks are not numbered 0..n-1: {layers}")
-  posemb = params[exported.POS_EMBEDDING]
+    raise conversion.ConversionError(f"{what}: encoder blocks are not numbered 0..n-1: {layers}")
+  posemb = params[conversion.POS_EMBEDDING]
   tokens = posemb.shape[1] - 1 if posemb.ndim == 3 else -1
   grid = int(round(np.sqrt(max(tokens, 0))))
   if tokens < 1 or grid * grid != tokens:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: position embedding {posemb.shape} is not (1, 1 + g*g, D): "
       "a class token plus a square patch grid."
     )
   query = params[_QUERY]
   if query.ndim != 3:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"{what}: {_QUERY} {query.shape} is not (hidden, heads, head_dim)."
     )
   representation = params.get("pre_logits/kernel")
@@ -136,7 +140,7 @@ def infer_fields(params: dict[str, np.ndarray], what: str) -> tuple[dict[str, An
   return fields, grid * patch
 
 
-def load(path: Any, target: exported.Target) -> exported.Conversion:
+def load(path: Any, target: conversion.Target) -> conversion.Conversion:
   """Loads an original ViT `.npz` into a tanh-GELU `VisionTransformer`.
 
   Args:
@@ -151,17 +155,17 @@ def load(path: Any, target: exported.Target) -> exported.Conversion:
     (model, variables, summary).
   """
   num_classes, image_size, num_heads = target.num_classes, target.image_size, target.num_heads
-  summary = exported.new_summary("vit_npz", path)
+  summary = conversion.new_summary("vit_npz", path)
   arrays, generation = to_pre_linen_names(read_npz(path))
   summary["notes"].append(f"module names: {generation}")
   fields, size = infer_fields(arrays, os.fspath(path))
   if num_heads is not None and num_heads != fields["num_heads"]:
-    raise exported.ConversionError(
+    raise conversion.ConversionError(
       f"num_heads={num_heads} contradicts the checkpoint, whose attention "
       f"kernels have {fields['num_heads']} heads."
     )
   fields["gelu_approximate"] = True
-  return exported.finish(
+  return conversion.finish(
     summary,
     "VisionTransformer",
     fields,

@@ -28,12 +28,18 @@ class Family:
   """Facts shared by every model of one module class."""
 
   module: type[nn.Module]
-  # Top-level parameter names of the classifier (all that trains with freeze_backbone).
+  # Top-level parameter names of the classifier (all that trains with freeze_backbone), the output
+  # layer first (the converters give it a new class count).
   classifier_params: tuple[str, ...]
   # Key of animesion_jax.data.preprocess.NORMALIZATIONS the original code used.
   normalization: str
   # animesion_jax.convert sources whose checkpoints load into this family.
   checkpoint_sources: tuple[str, ...]
+
+  @property
+  def head(self) -> str:
+    """The output layer's parameter name."""
+    return self.classifier_params[0]
 
   @property
   def fields(self) -> frozenset[str]:
