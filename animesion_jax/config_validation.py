@@ -6,6 +6,7 @@ import ml_collections
 from animesion_jax import config_schema as base_config
 from animesion_jax import models
 from animesion_jax import run_dir
+from animesion_jax.data import color_jitter
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
 
@@ -139,6 +140,12 @@ def validate(
       f"config.grad_accumulation_steps={accumulation} times the {num_devices} "
       "devices (each microbatch is split over all devices)."
     )
+  try:  # Host jitter needs OpenCV; on the device it does not.
+    color_jitter.check_strength(config.color_jitter)
+    if not config.data_on_device:
+      color_jitter.check_host_path(config.color_jitter)
+  except (ValueError, ImportError) as error:
+    raise ConfigError(f"config.{error}") from None
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
   if config.learning_rate <= 0:

@@ -40,7 +40,8 @@ if [[ "${1:-}" == "--download" ]]; then
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$package"
     fi
   done
-  # OpenCV is 60 MB: fetched only when asked (EXTRA_PACKAGES="opencv-python-headless").
+  # OpenCV is 60 MB and optional (Pillow decodes without it; host colour jitter and face detection
+  # need it): fetched only when asked (EXTRA_PACKAGES="opencv-python-headless").
   for package in ${EXTRA_PACKAGES:-}; do
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$dest" \
       --python-version "$version" --platform manylinux_2_28_x86_64 "$package"

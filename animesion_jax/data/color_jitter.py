@@ -8,13 +8,18 @@ shift from [-s, s] (s = strength), and applies the four adjustments in its own r
   hue         H + h (mod 1) in HSV space
 each clipped to the valid range. The host path (`jitter_uint8`) works on uint8 pixels with
 rounding between steps, as PIL does; the device path (`jitter_float`, jnp) works in float as
-torchvision's tensor functions, and rounds once at the end.
+torchvision's tensor functions, and rounds once at the end. The host path needs OpenCV; without
+it (a bare accelerator box) jitter on the device (`data_on_device`).
 """
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+try:
+  import cv2
+except ImportError:  # Only the host path needs it (`check_host_path`).
+  cv2 = None
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2).
@@ -45,6 +50,16 @@ def check_strength(strength: float, allow_zero: bool = True) -> None:
   """Raises ValueError unless 0 < strength <= 0.5 (or strength == 0, off, if allowed)."""
   if not (0.0 < strength <= 0.5 or (allow_zero and strength == 0.0)):
     raise ValueError(f"color_jitter={strength}: use a value in (0, 0.5] (0 turns it off).")
+
+
+def check_host_path(strength: float) -> None:
+  """`check_strength`, and ImportError when host jitter is on without OpenCV installed."""
+  check_strength(strength)
+  if strength and cv2 is None:
+    raise ImportError(
+      f"color_jitter={strength} on the host needs OpenCV: pip install opencv-python-headless, "
+      "or set data_on_device=True to jitter on the accelerator."
+    )
 
 
 def jitter_uint8(pixels: np.ndarray, factors: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ def train_loader(
   `get_state()`/`set_state()` checkpoint its position (grain.PyGrainCheckpointSave).
   """
   per_process_batch_size(global_batch_size)  # Checks divisibility up front.
-  color_jitter_lib.check_strength(color_jitter)
+  color_jitter_lib.check_host_path(color_jitter)
   steps_per_epoch(len(source), global_batch_size)
   transform = TrainBatch(
     source,

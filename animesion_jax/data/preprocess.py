@@ -4,7 +4,9 @@ JPEGs and 8-bit PNGs are decoded with OpenCV (libjpeg-turbo and libpng/zlib: the
 Pillow, 1.3-1.5x faster). Upscaling and same-size go through OpenCV's bilinear resize, which differs
 from Pillow's BILINEAR by at most 1 grey level (rounding); downscaling uses Pillow's
 antialiased BILINEAR, as torchvision's Resize on the original's PIL images. Anything else
-(16-bit PNGs, GIF, BMP, WebP, ...) goes through Pillow.
+(16-bit PNGs, GIF, BMP, WebP, ...) goes through Pillow. Without OpenCV installed (a bare
+accelerator box: its wheel is 60 MB) Pillow and numpy do all of it, with the same pixels up to that
+1 grey level.
 
 Normalisation to float happens on the device (`normalize`), so a batch crosses to the
 accelerator at a quarter of the float32 size.
@@ -14,11 +16,15 @@ import dataclasses
 import io
 from typing import Any
 
-import cv2
 import grain.python as grain
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+try:
+  import cv2
+except ImportError:  # Optional speed-up (see the module docstring).
+  cv2 = None
 
 # (mean, std) per channel, for images scaled to [0, 1].
 NORMALIZATIONS = {
@@ -30,8 +36,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The stored pixel order (Pillow does not apply EXIF orientation either); RGB where OpenCV can.
 _CV2_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")  # OpenCV >= 4.10.
 _CV2_FLAGS = (
-  cv2.IMREAD_COLOR_RGB if _CV2_RGB else cv2.IMREAD_COLOR
-) | cv2.IMREAD_IGNORE_ORIENTATION
+  ((cv2.IMREAD_COLOR_RGB if _CV2_RGB else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
+  if cv2 is not None
+  else None
+)
 
 
 def decode_rgb(encoded: bytes) -> Image.Image:
@@ -52,7 +60,9 @@ def decode_resized(encoded: bytes, size: int) -> np.ndarray:
   """Image bytes -> uint8 (size, size, 3) RGB pixels, resized with bilinear interpolation."""
   pixels = None
   # JPEGs, and 8-bit PNGs (IHDR bit depth at byte 24), which OpenCV decodes as Pillow does.
-  if encoded[:2] == _JPEG_MAGIC or (encoded[:8] == _PNG_MAGIC and encoded[24:25] == b"\x08"):
+  if cv2 is not None and (
+    encoded[:2] == _JPEG_MAGIC or (encoded[:8] == _PNG_MAGIC and encoded[24:25] == b"\x08")
+  ):
     pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), _CV2_FLAGS)
     if pixels is not None and not _CV2_RGB:
       pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
@@ -75,8 +85,10 @@ def crop_into(pixels: np.ndarray, top: int, left: int, flip: bool, out: np.ndarr
   (OpenCV's flip: numpy's copy of a negatively strided uint8 view is ~20x slower.)
   """
   crop = pixels[top : top + out.shape[0], left : left + out.shape[1]]
-  if flip:
+  if flip and cv2 is not None:
     cv2.flip(crop, 1, dst=out)
+  elif flip:
+    out[...] = crop[:, ::-1]
   else:
     out[...] = crop
 
