@@ -14,6 +14,8 @@ import threading
 import numpy as np
 from PIL import Image
 
+from animesion_jax.data import preprocess
+
 CASCADE_FILE = "lbpcascade_animeface.xml"
 _PACKAGES_WITH_CASCADE = ("danbooru-utility",)  # Looked at first; then every installed package.
 
@@ -90,6 +92,12 @@ class Box:
 
   def as_list(self) -> list[int]:
     return [self.left, self.top, self.right, self.bottom]
+
+
+def square_crops(image: Image.Image, boxes: list[Box], image_size: int) -> np.ndarray:
+  """uint8 [n, S, S, 3]: each box of `image` resized to S x S; the whole image when no boxes."""
+  parts = [image.crop((b.left, b.top, b.right, b.bottom)) for b in boxes] or [image]
+  return np.stack([np.asarray(preprocess.resize_square(part, image_size)) for part in parts])
 
 
 class FaceDetector:

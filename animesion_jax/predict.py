@@ -43,7 +43,6 @@ from animesion_jax import image_files
 from animesion_jax import inference
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax.data import preprocess
 
 
 @dataclasses.dataclass
@@ -62,30 +61,12 @@ def _prepare(
 ) -> list[Crop]:
   """Decodes one file into the crops to classify (runs in a worker thread)."""
   image = image_files.load_image(file.path, min_size=None if detector else image_size)
-  if detector is None:
-    return [Crop(file, None, None, np.asarray(preprocess.resize_square(image, image_size)))]
-  boxes = detector.detect(image)
+  boxes = detector.detect(image) if detector else []
+  pixels = faces.square_crops(image, boxes, image_size)
   if not boxes:
-    return [
-      Crop(
-        file,
-        None,
-        None,
-        np.asarray(preprocess.resize_square(image, image_size)),
-        note="no face found; whole image classified",
-      )
-    ]
-  return [
-    Crop(
-      file,
-      i,
-      box,
-      np.asarray(
-        preprocess.resize_square(image.crop((box.left, box.top, box.right, box.bottom)), image_size)
-      ),
-    )
-    for i, box in enumerate(boxes)
-  ]
+    note = "no face found; whole image classified" if detector else ""
+    return [Crop(file, None, None, pixels[0], note=note)]
+  return [Crop(file, i, box, pixels[i]) for i, box in enumerate(boxes)]
 
 
 def _crops(

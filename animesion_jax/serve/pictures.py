@@ -14,7 +14,6 @@ from PIL import UnidentifiedImageError
 
 from animesion_jax import faces
 from animesion_jax import image_files
-from animesion_jax.data import preprocess
 from tfds_builders.synthetic_characters import drawing
 from tfds_builders.synthetic_characters import synthetic_characters_dataset_builder as synthetic
 
@@ -102,19 +101,11 @@ def read_picture(
     notes.append(f"{len(boxes)} faces found; the {limits.max_faces} largest were classified")
     largest = sorted(boxes, key=lambda b: (b.right - b.left) * (b.bottom - b.top), reverse=True)
     boxes = sorted(largest[: limits.max_faces], key=lambda box: (box.top, box.left))
+  crops = faces.square_crops(image, boxes, image_size)
   if not boxes:
     if detector:
       notes.append("no face found: the whole picture was classified")
-    crops = np.asarray(preprocess.resize_square(image, image_size))[None]
     return Picture(image, [[0, 0, image.width, image.height]], crops, True, notes)
-  crops = np.stack(
-    [
-      np.asarray(
-        preprocess.resize_square(image.crop((box.left, box.top, box.right, box.bottom)), image_size)
-      )
-      for box in boxes
-    ]
-  )
   return Picture(
     image, [[b.left, b.top, b.right - b.left, b.bottom - b.top] for b in boxes], crops, False, notes
   )
