@@ -27,6 +27,8 @@ _MEMORY_RATIO_LINE = re.compile(r"^ratio jax/torch peak host memory: (\d+\.\d\d)
 
 
 def _load_tool():
+  if str(ROOT / "tools") not in sys.path:  # Its sibling modules, as when run as a script.
+    sys.path.insert(0, str(ROOT / "tools"))
   spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -87,7 +89,7 @@ def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
   # Same model size on both sides: 2 blocks of width 32 on 16 patches of 4x4, 173 classes.
   assert jax_results["params"] == torch_results["params"] > 10_000
   assert torch_results["model"] == "timm VisionTransformer"
-  assert torch_results["threads"] == benchmark._cores()
+  assert torch_results["threads"] == benchmark.benchmark_input.cores()
   ratio = jax_results["images_per_s"] / torch_results["images_per_s"]
   assert float(ratio_line.group(1)) == pytest.approx(ratio, abs=0.006)
   assert results["ratio_jax_over_torch"] == pytest.approx(ratio)
@@ -159,7 +161,7 @@ def test_eval_mode_with_torch_and_memory(tmp_path, capsys):
     assert numbers["peak_over_imports_bytes"] > 0
   # Fresh processes: the JAX one (no torch imported) peaks below this test process, which holds
   # torch, timm and JAX; a high-water mark inherited from this process would not.
-  assert memory["jax"]["peak_rss_bytes"] < benchmark._max_rss_bytes()
+  assert memory["jax"]["peak_rss_bytes"] < benchmark.benchmark_flax.max_rss_bytes()
   ratio = memory["jax"]["peak_rss_bytes"] / memory["torch"]["peak_rss_bytes"]
   assert memory["ratio_jax_over_torch"] == pytest.approx(ratio)
   assert float(memory_line.group(1)) == pytest.approx(ratio, abs=0.006)
@@ -218,14 +220,16 @@ def test_bad_window_count_is_a_usage_error():
 )
 def test_vit_flops_match_performance_doc(name, image_size, gflops):
   model = models.create_model(name, num_classes=1)
-  assert benchmark.vit_forward_flops(model, image_size) / 1e9 == pytest.approx(gflops, rel=0.005)
+  assert benchmark.benchmark_flax.vit_forward_flops(model, image_size) / 1e9 == pytest.approx(
+    gflops, rel=0.005
+  )
 
 
 def test_peak_flops_by_device_kind():
-  assert benchmark.peak_flops("NVIDIA H200", "bfloat16") == 989e12
-  assert benchmark.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
-  assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == 197e12
-  assert benchmark.peak_flops("cpu", "float32") is None
+  assert benchmark.benchmark_flax.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+  assert benchmark.benchmark_flax.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
+  assert benchmark.benchmark_flax.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert benchmark.benchmark_flax.peak_flops("cpu", "float32") is None
 
 
 def _flax_params(config):
@@ -249,7 +253,7 @@ def _flax_params(config):
 def test_torch_reference_has_the_flax_model_size(config_file, expected_source):
   config = _parsed_flags("--config.image_size=32", config_file=config_file).config
   model, flax_params = _flax_params(config)
-  torch_model, source = benchmark.torch_reference(model, config)
+  torch_model, source = benchmark.benchmark_pytorch.torch_reference(model, config)
   assert source == expected_source
   assert sum(p.numel() for p in torch_model.parameters()) == flax_params
 
@@ -258,7 +262,7 @@ def test_torch_reference_refuses_models_without_one():
   config = _parsed_flags(config_file="shallow.py").config
   model, _ = _flax_params(config)
   with pytest.raises(ValueError, match="no PyTorch reference"):
-    benchmark.torch_reference(model, config)
+    benchmark.benchmark_pytorch.torch_reference(model, config)
 
 
 def test_pipeline_only_over_a_tfds_dataset(tmp_path, capsys):

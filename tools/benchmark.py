@@ -36,54 +36,28 @@ and running it in a fresh process per framework so that one's peak cannot hide t
 --compare=torch, `ratio jax/torch peak host memory: X.XX` precedes the speed ratios.
 """
 
-import collections
-from collections.abc import Callable
-import concurrent.futures
-import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 from absl import app
 from absl import flags
+import benchmark_flax  # tools/ siblings: this script's directory is on sys.path.
+import benchmark_input
+import benchmark_pytorch
 import jax
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
-from PIL import Image
 import psutil
 
-from animesion_jax import config_validation
-from animesion_jax import evaluation
 from animesion_jax import image_files
-from animesion_jax import inference
 from animesion_jax import model_setup
-from animesion_jax import models
-from animesion_jax import sharding
-from animesion_jax.data import datasets
-from animesion_jax.data import pipeline
-from animesion_jax.data import preprocess
 
-# Peak dense matmul FLOP/s per device by device_kind substring: (bfloat16, float32). float32 uses
-# the TF32 tensor-core rate on NVIDIA (XLA's default for f32 dots there) and the bf16 rate on TPU
-# (default precision). Datasheet numbers; performance.md's ~790e12 for the H200 is a sustained rate.
-PEAK_FLOPS = {
-  "H200": (989e12, 494e12),
-  "H100": (989e12, 494e12),
-  "A100": (312e12, 156e12),
-  "TPU v4": (275e12, 275e12),
-  "TPU v5 lite": (197e12, 197e12),
-  "TPU v5e": (197e12, 197e12),
-  "TPU v5p": (459e12, 459e12),
-  "TPU v6 lite": (918e12, 918e12),
-}
 RATIO_PREFIX = "ratio jax/torch: "  # The train step's speed ratio: the last line in --mode=train.
 # --mode=eval's last lines: the evaluation step's and predict's speed ratios.
 EVAL_RATIO_PREFIX = "ratio jax/torch eval step: "
@@ -92,7 +66,6 @@ MEMORY_RATIO_PREFIX = "ratio jax/torch peak host memory: "
 _PROBE_ARGUMENT = "--internal_memory_probe"  # measure_memory's child: this file REQUEST.json.
 _PROBE_PREFIX = "MEMORY "
 _RECORDED_ENVIRONMENT = ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
-_TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def define_flags(
@@ -153,27 +126,6 @@ def define_flags(
   flags.mark_flag_as_required("config", flag_values=flag_values)
 
 
-def _cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _max_rss_bytes() -> int:
-  """This process's resident-memory high-water mark.
-
-  Linux: VmHWM, which starts afresh at exec (ru_maxrss would carry over the parent's peak into a
-  child process). Elsewhere ru_maxrss (bytes on macOS).
-  """
-  try:
-    with open("/proc/self/status", encoding="ascii") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux.
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def _median_speed(seconds: list[float], steps: int, batch: int) -> dict[str, Any]:
   per_step = statistics.median(seconds) / steps
   return {
@@ -183,576 +135,14 @@ def _median_speed(seconds: list[float], steps: int, batch: int) -> dict[str, Any
   }
 
 
-def vit_forward_flops(model: Any, image_size: int) -> float:
-  """Forward matmul FLOPs of one image through a ViT (performance.md's formula, any MLP width)."""
-  patches = (image_size // model.patch_size) ** 2
-  tokens, width = patches + 1, model.hidden_size
-  layer = 8 * tokens * width**2 + 4 * tokens * width * model.mlp_dim + 4 * tokens**2 * width
-  embed = 2 * patches * model.patch_size**2 * 3 * width
-  return model.num_layers * layer + embed + 2 * width * model.num_classes
-
-
-def peak_flops(device_kind: str, dtype: str) -> float | None:
-  """Datasheet peak FLOP/s of one device, or None when unknown (CPUs)."""
-  for name, (bf16, fp32) in PEAK_FLOPS.items():
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype == "bfloat16" else fp32
-  return None
-
-
-def _jax_facts(
-  compiled: Any, mesh: Any, model: Any, params: Any, images: int, image_size: int, passes: int
-) -> dict[str, Any]:
-  """What a compiled step tells about itself and the devices (FLOPs, memory, parameters).
-
-  `passes`: forward-pass equivalents per image for the analytic ViT FLOPs (3 to train, 1 to eval).
-  """
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older jax: one per program.
-  device = mesh.devices.flat[0]
-  # cost_analysis describes one device's share of the SPMD program.
-  xla_flops = (cost or {}).get("flops")
-  peaks = [
-    stats.get("peak_bytes_in_use")
-    for stats in (d.memory_stats() for d in mesh.local_devices)
-    if stats
-  ]
-  return {
-    "platform": device.platform,
-    "device_kind": device.device_kind,
-    "devices": mesh.size,
-    "flops_per_step_xla": xla_flops * mesh.size if xla_flops else None,
-    "flops_per_step_analytic": passes * vit_forward_flops(model, image_size) * images
-    if hasattr(model, "hidden_size")
-    else None,
-    "peak_device_bytes": max(peaks) if peaks and None not in peaks else None,
-    "host_max_rss_bytes_after_jax_setup": _max_rss_bytes(),
-    "params": models.count_params(params),
-    "model": model,
-  }
-
-
-def _global_batch(images: np.ndarray, labels: np.ndarray, mesh: Any) -> dict[str, jax.Array]:
-  """This process's share of the batch, placed with sharding.to_global_batch (mask all ones)."""
-  rows = slice(
-    jax.process_index() * len(labels) // jax.process_count(),
-    (jax.process_index() + 1) * len(labels) // jax.process_count(),
-  )
-  local = {
-    "image": images[rows],
-    "label": labels[rows],
-    "mask": np.ones(len(labels), np.float32)[rows],
-  }
-  return sharding.to_global_batch(local, mesh)
-
-
-def benchmark_jax(
-  config: ml_collections.ConfigDict, num_classes: int, images: np.ndarray, labels: np.ndarray
-) -> tuple[dict[str, Any], Callable]:
-  """Builds, compiles and warms up the train step; returns its facts and a window timer."""
-  # Not at the top: train imports tensorflow (through clu), and torch must be imported first.
-  from animesion_jax import train  # pylint: disable=g-import-not-at-top
-
-  config_validation.validate(config, num_devices=jax.device_count())
-  mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
-  setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000, total_steps=10**6)
-  batch = _global_batch(images, labels, mesh)
-  batch.pop("mask")
-  train_fn = train.jit_train_step(setup, config, mesh)
-  start = time.perf_counter()
-  compiled = train_fn.lower(setup.state, batch).compile()
-  compile_s = time.perf_counter() - start
-  facts = _jax_facts(
-    compiled, mesh, setup.model, setup.state.params, len(labels), config.image_size, passes=3
-  )
-  state = setup.state  # Donated by the first step.
-  start = time.perf_counter()
-  state, step_metrics = compiled(state, batch)
-  jax.block_until_ready((state, step_metrics))
-  first_step_s = time.perf_counter() - start
-
-  def window(num_steps: int) -> float:
-    nonlocal state
-    start = time.perf_counter()
-    for _ in range(num_steps):
-      state, step_metrics = compiled(state, batch)
-    jax.block_until_ready((state, step_metrics))
-    return time.perf_counter() - start
-
-  facts.update(compile_s=compile_s, first_step_s=first_step_s)
-  return facts, window
-
-
-def jax_eval_setup(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, Any, Any]:
-  """(model, variables, mesh): freshly initialised variables placed as inference places them."""
-  config_validation.validate(config, num_devices=jax.device_count())
-  mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
-  model = model_setup.build_model(config, num_classes)
-  dummy = jax.numpy.zeros((1, config.image_size, config.image_size, 3), jax.numpy.float32)
-  init = lambda: model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
-  shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
-  return model, jax.jit(init, out_shardings=shardings)(), mesh
-
-
-def benchmark_jax_eval(
-  config: ml_collections.ConfigDict,
-  model: Any,
-  variables: Any,
-  mesh: Any,
-  images: np.ndarray,
-  labels: np.ndarray,
-) -> tuple[dict[str, Any], Callable]:
-  """The evaluation step (evaluation.make_eval_fn), compiled and warmed up, and a window timer."""
-  eval_fn = evaluation.make_eval_fn(model, config.normalization)
-  batch = _global_batch(images, labels, mesh)
-  start = time.perf_counter()
-  compiled = eval_fn.lower(variables, batch).compile()
-  compile_s = time.perf_counter() - start
-  facts = _jax_facts(
-    compiled, mesh, model, variables["params"], len(labels), config.image_size, passes=1
-  )
-
-  def window(num_steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(num_steps):
-      outputs = compiled(variables, batch)
-    jax.block_until_ready(outputs)
-    return time.perf_counter() - start
-
-  facts.update(compile_s=compile_s, first_step_s=window(1))
-  return facts, window
-
-
-def torch_reference(model: Any, config: ml_collections.ConfigDict) -> tuple[Any, str]:
-  """The PyTorch model the original code trained, the same size as the Flax `model`."""
-  name = config.model.name
-  if name in _TORCHVISION_RESNETS:
-    if model.base_width != 64:
-      raise ValueError(
-        f"--compare=torch needs config.model.base_width=64 (torchvision's); got {model.base_width}."
-      )
-    import torchvision  # pylint: disable=g-import-not-at-top
-
-    return getattr(torchvision.models, name)(num_classes=model.num_classes), f"torchvision {name}"
-  if not name.startswith("vit"):
-    raise ValueError(
-      f"--compare=torch supports ViTs and {_TORCHVISION_RESNETS}; "
-      f"config.model.name={name!r} has no PyTorch reference."
-    )
-  if model.representation_size:
-    raise ValueError(
-      "--compare=torch needs config.model.representation_size=0 (the original "
-      "fine-tuning models have no pre-logits layer)."
-    )
-  dims = {
-    "patches": (model.patch_size, model.patch_size),
-    "dim": model.hidden_size,
-    "ff_dim": model.mlp_dim,
-    "num_heads": model.num_heads,
-    "num_layers": model.num_layers,
-  }
-  import pytorch_pretrained_vit  # pylint: disable=g-import-not-at-top
-
-  for variant, spec in pytorch_pretrained_vit.configs.PRETRAINED_MODELS.items():
-    same = all(spec["config"][key] == value for key, value in dims.items())
-    if same and spec["config"]["dropout_rate"] == model.dropout_rate:
-      torch_model = pytorch_pretrained_vit.ViT(
-        variant, pretrained=False, image_size=config.image_size, num_classes=model.num_classes
-      )
-      return torch_model, f"pytorch_pretrained_vit.ViT('{variant}')"
-  import timm.models.vision_transformer as timm_vit  # pylint: disable=g-import-not-at-top
-
-  torch_model = timm_vit.VisionTransformer(
-    img_size=config.image_size,
-    patch_size=model.patch_size,
-    num_classes=model.num_classes,
-    embed_dim=model.hidden_size,
-    depth=model.num_layers,
-    num_heads=model.num_heads,
-    mlp_ratio=model.mlp_dim / model.hidden_size,
-    drop_rate=model.dropout_rate,
-    proj_drop_rate=model.dropout_rate,
-    attn_drop_rate=model.attention_dropout_rate,
-  )
-  return torch_model, "timm VisionTransformer"
-
-
-def benchmark_torch(
-  model: Any,
-  config: ml_collections.ConfigDict,
-  images: np.ndarray,
-  labels: np.ndarray,
-  on_gpu: bool,
-  train: bool = True,
-) -> tuple[dict[str, Any], Callable]:
-  """The PyTorch reference's train step (or, train=False, its evaluation step in inference mode:
-  model.eval() under torch.no_grad(), loss and top-5), warmed up; its facts and a window timer.
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-
-  torch.set_num_threads(_cores())
-  device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
-  start = time.perf_counter()
-  torch.manual_seed(config.seed)
-  net, source = torch_reference(model, config)
-  net = net.to(device).train(train)
-  if not train:
-    optimizer = None
-  elif config.optimizer == "sgd":
-    optimizer = torch.optim.SGD(
-      net.parameters(),
-      lr=config.learning_rate,
-      momentum=config.momentum,
-      weight_decay=config.weight_decay,
-    )
-  else:
-    optimizer = torch.optim.AdamW(
-      net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-  x_uint8 = torch.from_numpy(images).to(device)
-  y = torch.from_numpy(labels.astype(np.int64)).to(device)
-  autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
-  normalize = _torch_normalizer(config.normalization, device)
-
-  def forward():
-    # Normalised inside the step, as the JAX step does on the device.
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-      return net(normalize(x_uint8)).float()
-
-  def step():
-    if optimizer is None:
-      with torch.no_grad():
-        logits = forward()
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        return loss + logits.topk(min(5, logits.shape[-1]))[1][:, 0].sum()
-    loss = torch.nn.functional.cross_entropy(forward(), y, label_smoothing=config.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip_norm > 0:
-      torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip_norm)
-    optimizer.step()
-    return loss
-
-  def window(num_steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(num_steps):
-      loss = step()
-    loss.item()  # Waits for the device, like block_until_ready.
-    return time.perf_counter() - start
-
-  setup_s = time.perf_counter() - start
-  first_step_s = window(1)
-  facts = {
-    "model": source,
-    "device": str(device),
-    "threads": torch.get_num_threads(),
-    "setup_s": setup_s,
-    "first_step_s": first_step_s,
-    "torch_version": torch.__version__,
-    "params": sum(p.numel() for p in net.parameters()),
-    "net": net,
-  }
-  return facts, window
-
-
-def _torch_normalizer(normalization: str, device: Any) -> Callable:
-  """uint8 NHWC tensor -> normalised float NCHW tensor, as preprocess.normalize does."""
-  import torch  # pylint: disable=g-import-not-at-top
-
-  mean, std = (
-    torch.tensor(v, device=device).view(1, 3, 1, 1)
-    for v in preprocess.NORMALIZATIONS[normalization]
-  )
-  return lambda x: (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-
-
-def jax_predict_timer(
-  config: ml_collections.ConfigDict, model: Any, variables: Any, mesh: Any, files: list[Any]
-) -> tuple[Callable[[], float], float]:
-  """A timer of predict.predict_files over `files` (a LoadedRun of the benchmarked model), and
-  the seconds its predict function takes to compile (predict_files compiles it on every call).
-  """
-  from animesion_jax import predict  # pylint: disable=g-import-not-at-top
-
-  run = inference.LoadedRun(
-    config=config,
-    model=model,
-    variables=variables,
-    class_names=[f"class {i}" for i in range(model.num_classes)],
-    mesh=mesh,
-    checkpoint="(random initialisation)",
-  )
-  # predict_files makes (and so compiles) its predict function on every call: timed here alone.
-  batch_size = inference.round_up_batch(config.batch_size, mesh.size)
-  size = config.image_size
-  images = np.zeros((batch_size, size, size, 3), np.uint8)
-  start = time.perf_counter()
-  inference.make_predict_fn(run, 5).lower(
-    variables, sharding.to_global_batch({"image": images}, mesh)["image"]
-  ).compile()
-  compile_s = time.perf_counter() - start
-
-  def window() -> float:
-    start = time.perf_counter()
-    results, errors = predict.predict_files(run, files, batch_size=batch_size)
-    if errors or len(results) != len(files):
-      raise RuntimeError(f"predict_files classified {len(results)} of {len(files)}: {errors}")
-    return time.perf_counter() - start
-
-  return window, compile_s
-
-
-def torch_predict_timer(
-  net: Any, config: ml_collections.ConfigDict, files: list[Any], workers: int
-) -> Callable[[], float]:
-  """Seconds to classify `files` with the PyTorch model as a PyTorch script would.
-
-  Pillow decode and torchvision's Resize (bilinear) in a thread pool of predict's size, the next
-  batch decoding while the model runs; model.eval() under torch.no_grad(), softmax, top-5.
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-  from torchvision.transforms import functional  # pylint: disable=g-import-not-at-top
-
-  size, batch_size = config.image_size, config.batch_size
-  device = next(net.parameters()).device
-  normalize = _torch_normalizer(config.normalization, device)
-
-  def load(file: Any) -> Any:
-    with Image.open(file.path) as image:
-      image = functional.resize(image.convert("RGB"), [size, size])
-    return functional.pil_to_tensor(image).permute(1, 2, 0)  # uint8 HWC.
-
-  def window() -> float:
-    start, classified = time.perf_counter(), 0
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      queue, pending = iter(files), collections.deque()
-      while True:
-        while len(pending) < 2 * batch_size and (file := next(queue, None)) is not None:
-          pending.append(pool.submit(load, file))
-        if not pending:
-          break
-        batch = torch.stack(
-          [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-        )
-        with torch.no_grad():
-          logits = net(normalize(batch.to(device))).float()
-          probabilities, _ = logits.softmax(-1).topk(min(5, logits.shape[-1]))
-        classified += len(probabilities.cpu())
-    if classified != len(files):
-      raise RuntimeError(f"Classified {classified} of {len(files)} images.")
-    return time.perf_counter() - start
-
-  return window
-
-
-def generated_jpegs(count: int, size: int, num_classes: int, seed: int = 0) -> list[dict[str, Any]]:
-  """Records like the TFDS sources' ({'image': JPEG bytes, 'label', 'file_name'}), in memory.
-
-  Smooth colour fields with mild noise: a few KiB per 128-px JPEG, like small face crops.
-  """
-  rng = np.random.default_rng(seed)
-  records = []
-  for index in range(count):
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), np.uint8))
-    smooth = np.asarray(coarse.resize((size, size), Image.BICUBIC), np.float32)
-    pixels = np.clip(smooth + rng.normal(0.0, 4.0, smooth.shape), 0, 255).astype(np.uint8)
-    encoded = io.BytesIO()
-    Image.fromarray(pixels).save(encoded, format="JPEG", quality=90)
-    records.append(
-      {
-        "image": encoded.getvalue(),
-        "label": index % num_classes,
-        "file_name": f"{index:06d}.jpg".encode(),
-      }
-    )
-  return records
-
-
-def _pipeline_source(
-  config: ml_collections.ConfigDict, fv: flags.FlagValues, num_classes: int
-) -> tuple[Any, str, float | None]:
-  if fv.pipeline_dataset == "jpeg":
-    source = generated_jpegs(fv.pipeline_records, fv.pipeline_jpeg_size, num_classes)
-    return (
-      source,
-      f"{len(source)} generated {fv.pipeline_jpeg_size}px JPEGs in memory",
-      float(np.mean([len(r["image"]) for r in source])),
-    )
-  builder = datasets.open_dataset(
-    fv.pipeline_dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
-  )
-  source = datasets.data_source(builder, datasets.get_spec(fv.pipeline_dataset).train_split)
-  return source, f"TFDS {fv.pipeline_dataset} train ({len(source)} records)", None
-
-
-def _cpu_seconds() -> float:
-  """CPU time so far of this process and its live children (the grain workers)."""
-  me = psutil.Process()
-  processes = [me] + me.children(recursive=True)
-  total = 0.0
-  for process in processes:
-    try:
-      times = process.cpu_times()
-    except psutil.NoSuchProcess:
-      continue
-    total += times.user + times.system
-  return total
-
-
-def _transform_loop(source: Any, config: ml_collections.ConfigDict, count: int):
-  """A timer of the per-image work alone (decode, resize, crop, flip) in a plain loop."""
-  size, margin = config.image_size, config.resize_margin
-  rng = np.random.default_rng(config.seed)
-
-  def window() -> tuple[float, float]:
-    out = np.empty((size, size, 3), np.uint8)
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
-    for index in range(count):
-      pixels = preprocess.decode_resized(source[index % len(source)]["image"], size + margin)
-      top, left = rng.integers(0, margin + 1, size=2)
-      preprocess.crop_into(pixels, top, left, config.horizontal_flip and rng.random() < 0.5, out)
-    return time.perf_counter() - start, _cpu_seconds() - cpu_start
-
-  return window
-
-
-def _wait_until_idle(limit_s: float = 10.0) -> None:
-  """Waits until this process and its workers stop using CPU (the loaders' buffers are full)."""
-  deadline = time.perf_counter() + limit_s
-  before = _cpu_seconds()
-  while time.perf_counter() < deadline:
-    time.sleep(0.25)
-    now = _cpu_seconds()
-    if now - before < 0.01:
-      return
-    before = now
-
-
-def _loader_window(batches, count: int, drain: int) -> tuple[float, float]:
-  """Wall and CPU seconds of `count` batches, after taking the `drain` already buffered ones.
-
-  Starts once every loader has refilled its buffers, so no loader's refill is charged to
-  another's window (or to the plain loop's).
-  """
-  _wait_until_idle()
-  for _ in range(drain):
-    next(batches)
-  start, cpu_start = time.perf_counter(), _cpu_seconds()
-  for _ in range(count):
-    next(batches)
-  return time.perf_counter() - start, _cpu_seconds() - cpu_start
-
-
-def benchmark_pipeline(
-  config: ml_collections.ConfigDict, fv: flags.FlagValues, num_classes: int
-) -> dict[str, Any]:
-  """Images/s of pipeline.train_loader per worker count, and of the transform alone.
-
-  Every loader is started first; then --windows rounds each time --pipeline_batches batches of
-  every loader (after taking the batches its buffers filled while it waited) and the same
-  number of images through the plain transform loop, so that a shared machine's load hits all
-  alike. Speeds are medians over the rounds: wall-clock images/s, and images per CPU-second of
-  the process and its workers (what a dedicated core would do, less sensitive to other load).
-  """
-  source, described, mean_bytes = _pipeline_source(config, fv, num_classes)
-  counts = [config.data_workers if int(w) < 0 else int(w) for w in fv.pipeline_workers or ["-1"]]
-  jitter = config.get("color_jitter", 0.0)
-  iterators = {}
-  for workers in counts:
-    iterators[workers] = iter(
-      pipeline.train_loader(
-        source,
-        global_batch_size=config.batch_size,
-        image_size=config.image_size,
-        resize_margin=config.resize_margin,
-        horizontal_flip=config.horizontal_flip,
-        seed=config.seed,
-        workers=workers,
-        color_jitter=jitter,
-      )
-    )
-    next(iterators[workers])  # Starts the workers.
-  images = fv.pipeline_batches * pipeline.per_process_batch_size(config.batch_size)
-  plain = _transform_loop(source, config, images)
-  measured = {workers: [] for workers in counts}
-  plain_measured = []
-  for _ in range(max(1, fv.windows)):
-    for workers, batches in iterators.items():
-      # Buffers: 2 batches in the reading thread, and per worker its own 2 plus 1 in transit.
-      measured[workers].append(_loader_window(batches, fv.pipeline_batches, 3 + 4 * workers))
-    _wait_until_idle()
-    plain_measured.append(plain())
-  for batches in iterators.values():
-    batches.close()  # Stops the workers now rather than at interpreter exit.
-  plain_per_s = images / statistics.median(wall for wall, _ in plain_measured)
-  plain_per_cpu_s = images / statistics.median(cpu for _, cpu in plain_measured)
-  runs = []
-  for workers in counts:
-    per_s = images / statistics.median(wall for wall, _ in measured[workers])
-    per_cpu_s = images / statistics.median(cpu for _, cpu in measured[workers])
-    cores = min(max(workers, 1), _cores())
-    runs.append(
-      {
-        "workers": workers,
-        "cores": cores,
-        "images": images,
-        "windows": measured[workers],
-        "images_per_s": per_s,
-        "images_per_s_per_core": per_s / cores,
-        "images_per_cpu_s": per_cpu_s,
-        "fraction_of_transform_loop": per_s / cores / plain_per_s,
-        "cpu_fraction_of_transform_loop": per_cpu_s / plain_per_cpu_s,
-      }
-    )
-  return {
-    "source": described,
-    "mean_record_bytes": mean_bytes,
-    "color_jitter": jitter,
-    "transform_loop_images_per_s": plain_per_s,
-    "transform_loop_images_per_cpu_s": plain_per_cpu_s,
-    "transform_loop_windows": plain_measured,
-    "output": f"{config.image_size}px after resize to "
-    f"{config.image_size + config.resize_margin}px, crop, flip",
-    **runs[0],
-    "runs": runs,
-  }
-
-
-def _random_batch(config: ml_collections.ConfigDict, num_classes: int):
-  """One random uint8 image batch and its labels (the same in every process of a run)."""
-  rng = np.random.default_rng(config.seed)
-  size = config.image_size
-  images = rng.integers(0, 256, (config.batch_size, size, size, 3), np.uint8)
-  return images, rng.integers(0, num_classes, (config.batch_size,)).astype(np.int32)
-
-
-def _add_flops(jax_results: dict[str, Any], dtype: str) -> None:
-  """Achieved FLOP/s and MFU from the measured speed."""
-  jax_results["images_per_s_per_device"] = jax_results["images_per_s"] / jax_results["devices"]
-  flops = jax_results["flops_per_step_xla"] or jax_results["flops_per_step_analytic"]
-  peak = peak_flops(jax_results["device_kind"], dtype)
-  jax_results["flops_source"] = (
-    "xla cost_analysis"
-    if jax_results["flops_per_step_xla"]
-    else "analytic (performance.md)"
-    if flops
-    else None
-  )
-  jax_results["achieved_flops_per_s"] = flops * jax_results["steps_per_s"] if flops else None
-  jax_results["peak_flops_per_device"] = peak
-  jax_results["mfu"] = (
-    flops * jax_results["steps_per_s"] / (peak * jax_results["devices"]) if flops and peak else None
-  )
-
-
 def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dict[str, Any]:
   """JAX (and, with --compare=torch, PyTorch) train-step speed and FLOPs."""
-  images, labels = _random_batch(config, fv.num_classes)
-  jax_results, jax_window = benchmark_jax(config, fv.num_classes, images, labels)
+  images, labels = benchmark_flax.random_batch(config, fv.num_classes)
+  jax_results, jax_window = benchmark_flax.benchmark_jax(config, fv.num_classes, images, labels)
   model = jax_results.pop("model")
   timers, results = {"jax": jax_window}, {"jax": jax_results}
   if fv.compare == "torch":
-    results["torch"], timers["torch"] = benchmark_torch(
+    results["torch"], timers["torch"] = benchmark_pytorch.benchmark_torch(
       model, config, images, labels, on_gpu=jax_results["platform"] == "gpu"
     )
     results["torch"].pop("net")
@@ -762,7 +152,7 @@ def measure_training(config: ml_collections.ConfigDict, fv: flags.FlagValues) ->
       seconds[name].append(window(fv.steps_per_window))
   for name in timers:
     results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
-  _add_flops(jax_results, config.dtype)
+  benchmark_flax.add_flops(jax_results, config.dtype)
   if "torch" in results:
     results["ratio_jax_over_torch"] = jax_results["images_per_s"] / results["torch"]["images_per_s"]
   return results
@@ -774,25 +164,31 @@ def measure_eval(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dic
   Rounds interleave every timer: each framework's --steps_per_window evaluation steps, then each
   framework's pass over a temporary folder of --predict_images generated JPEGs.
   """
-  images, labels = _random_batch(config, fv.num_classes)
-  model, variables, mesh = jax_eval_setup(config, fv.num_classes)
-  jax_results, jax_window = benchmark_jax_eval(config, model, variables, mesh, images, labels)
+  images, labels = benchmark_flax.random_batch(config, fv.num_classes)
+  model, variables, mesh = benchmark_flax.jax_eval_setup(config, fv.num_classes)
+  jax_results, jax_window = benchmark_flax.benchmark_jax_eval(
+    config, model, variables, mesh, images, labels
+  )
   jax_results.pop("model")
   timers, results = {"jax": jax_window}, {"jax": jax_results}
   count = fv.predict_images or 4 * config.batch_size
   with tempfile.TemporaryDirectory(prefix="benchmark_predict_") as folder:
-    for record in generated_jpegs(count, fv.pipeline_jpeg_size, fv.num_classes):
+    for record in benchmark_input.generated_jpegs(count, fv.pipeline_jpeg_size, fv.num_classes):
       with open(os.path.join(folder, record["file_name"].decode()), "wb") as f:
         f.write(record["image"])
     files, _ = image_files.find_images([folder])
     predictors, compile_s = {}, {}
-    predictors["jax"], compile_s["jax"] = jax_predict_timer(config, model, variables, mesh, files)
+    predictors["jax"], compile_s["jax"] = benchmark_flax.jax_predict_timer(
+      config, model, variables, mesh, files
+    )
     if fv.compare == "torch":
-      results["torch"], timers["torch"] = benchmark_torch(
+      results["torch"], timers["torch"] = benchmark_pytorch.benchmark_torch(
         model, config, images, labels, on_gpu=jax_results["platform"] == "gpu", train=False
       )
       net = results["torch"].pop("net")
-      predictors["torch"] = torch_predict_timer(net, config, files, _predict_workers())
+      predictors["torch"] = benchmark_pytorch.torch_predict_timer(
+        net, config, files, _predict_workers()
+      )
     first = {name: predictor() for name, predictor in predictors.items()}  # Warm-up.
     seconds = {name: [] for name in timers}
     predict_seconds = {name: [] for name in predictors}
@@ -803,7 +199,7 @@ def measure_eval(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dic
         predict_seconds[name].append(predictor())
   for name in timers:
     results[name].update(_median_speed(seconds[name], fv.steps_per_window, config.batch_size))
-  _add_flops(jax_results, config.dtype)
+  benchmark_flax.add_flops(jax_results, config.dtype)
   results["predict"] = {
     "images": count,
     "jpeg_size": fv.pipeline_jpeg_size,
@@ -843,24 +239,24 @@ def memory_probe(request: dict[str, Any]) -> dict[str, Any]:
     import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   rss_after_imports = psutil.Process().memory_info().rss
   config = ml_collections.ConfigDict(request["config"])
-  images, labels = _random_batch(config, request["num_classes"])
+  images, labels = benchmark_flax.random_batch(config, request["num_classes"])
   if framework == "torch":
     model = model_setup.build_model(config, request["num_classes"])
-    _, window = benchmark_torch(
+    _, window = benchmark_pytorch.benchmark_torch(
       model, config, images, labels, on_gpu=request["platform"] == "gpu", train=train
     )
   elif train:
-    _, window = benchmark_jax(config, request["num_classes"], images, labels)
+    _, window = benchmark_flax.benchmark_jax(config, request["num_classes"], images, labels)
   else:
-    model, variables, mesh = jax_eval_setup(config, request["num_classes"])
-    _, window = benchmark_jax_eval(config, model, variables, mesh, images, labels)
-  after_setup = _max_rss_bytes()
+    model, variables, mesh = benchmark_flax.jax_eval_setup(config, request["num_classes"])
+    _, window = benchmark_flax.benchmark_jax_eval(config, model, variables, mesh, images, labels)
+  after_setup = benchmark_flax.max_rss_bytes()
   window(request["steps"])
   return {
     "rss_after_imports_bytes": rss_after_imports,
     "max_rss_after_setup_bytes": after_setup,
-    "peak_rss_bytes": _max_rss_bytes(),
-    "peak_over_imports_bytes": _max_rss_bytes() - rss_after_imports,
+    "peak_rss_bytes": benchmark_flax.max_rss_bytes(),
+    "peak_over_imports_bytes": benchmark_flax.max_rss_bytes() - rss_after_imports,
     "steps": request["steps"],
   }
 
@@ -930,7 +326,7 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
   if fv.memory:
     results["memory"] = measure_memory(config, fv, results["jax"]["platform"])
   if fv.pipeline:
-    results["pipeline"] = benchmark_pipeline(config, fv, fv.num_classes)
+    results["pipeline"] = benchmark_input.benchmark_pipeline(config, fv, fv.num_classes)
   results["setup"] = {
     "mode": fv.mode,
     "model": config.model.name,
@@ -942,12 +338,12 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
     "windows": fv.windows,
     "steps_per_window": fv.steps_per_window,
     "num_classes": fv.num_classes,
-    "cores": _cores(),
+    "cores": benchmark_input.cores(),
     "jax_version": jax.__version__,
     "python": platform.python_version(),
     "load_average_before": load_before,
     "load_average_after": os.getloadavg(),
-    "host_max_rss_bytes_end": _max_rss_bytes(),
+    "host_max_rss_bytes_end": benchmark_flax.max_rss_bytes(),
     "command": " ".join(sys.argv),
     "environment": {name: os.environ.get(name) for name in _RECORDED_ENVIRONMENT},
   }
