@@ -85,3 +85,31 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   for key, value in overrides.items():
     config[key] = value
   return config
+
+
+def hiding_sitecustomize(module: str, attempts_env: str = "") -> str:
+  """The text of a sitecustomize.py that makes `module` look not installed.
+
+  Its import finder answers None, as for a package that is not installed. With `attempts_env`, each
+  `import module` (not mere importlib.util.find_spec checks, as etils.epath makes to pick a backend
+  for gs:// paths; they import nothing) is appended to the file that environment variable names.
+  """
+  return f"""
+import importlib.machinery, os, sys
+
+class _Hidden(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, fullname, path=None, target=None):
+    if fullname == {module!r} or fullname.startswith({module + "."!r}):
+      frame, importing = sys._getframe(1), False
+      while frame is not None and not importing:
+        importing, frame = frame.f_code.co_name == "_find_and_load", frame.f_back
+      if importing and {attempts_env!r}:
+        with open(os.environ[{attempts_env!r}], "a") as log:
+          log.write(f"{{fullname}} {{' '.join(sys.argv)}}\\n")
+      return None
+    return super().find_spec(fullname, path, target)
+
+sys.meta_path[:] = [_Hidden if finder is importlib.machinery.PathFinder else finder
+                    for finder in sys.meta_path]
+"""

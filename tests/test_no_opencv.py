@@ -16,22 +16,9 @@ import numpy as np
 from PIL import Image
 
 from animesion_jax.data import preprocess
+from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-BLOCKER = """
-import importlib.machinery, sys
-
-class _NoOpenCV(importlib.machinery.PathFinder):
-  @classmethod
-  def find_spec(cls, fullname, path=None, target=None):
-    if fullname == "cv2" or fullname.startswith("cv2."):
-      return None
-    return super().find_spec(fullname, path, target)
-
-sys.meta_path[:] = [_NoOpenCV if finder is importlib.machinery.PathFinder else finder
-                    for finder in sys.meta_path]
-"""
 
 CONFIG = """
 from tests import helpers
@@ -60,7 +47,7 @@ print(json.dumps(out))
 
 def _env(root: pathlib.Path) -> dict[str, str]:
   (root / "site").mkdir(exist_ok=True)
-  (root / "site" / "sitecustomize.py").write_text(BLOCKER)
+  (root / "site" / "sitecustomize.py").write_text(helpers.hiding_sitecustomize("cv2"))
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(root / "site"), str(REPO)])
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"

@@ -18,30 +18,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import helpers
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-BLOCKER = '''
-import importlib.machinery, os, sys
-
-class _NoTensorFlow(importlib.machinery.PathFinder):
-  """`import tensorflow` fails as if TensorFlow were not installed; attempts are recorded."""
-
-  @classmethod
-  def find_spec(cls, fullname, path=None, target=None):
-    if fullname == "tensorflow" or fullname.startswith("tensorflow."):
-      # An import statement (not a mere importlib.util.find_spec check, as etils.epath makes).
-      frame, importing = sys._getframe(1), False
-      while frame is not None and not importing:
-        importing, frame = frame.f_code.co_name == "_find_and_load", frame.f_back
-      if importing:
-        with open(os.environ["NO_TF_ATTEMPTS"], "a") as log:
-          log.write(f"{fullname} {' '.join(sys.argv)}\\n")
-      return None
-    return super().find_spec(fullname, path, target)
-
-sys.meta_path[:] = [_NoTensorFlow if finder is importlib.machinery.PathFinder else finder
-                    for finder in sys.meta_path]
-'''
 
 CONFIG = """
 from tests import helpers
@@ -56,7 +35,9 @@ def no_tf(tmp_path_factory):
   """Runs a command with TensorFlow unimportable; returns (run, attempts file, scratch dir)."""
   root = tmp_path_factory.mktemp("no_tf")
   (root / "site").mkdir()
-  (root / "site" / "sitecustomize.py").write_text(BLOCKER)
+  (root / "site" / "sitecustomize.py").write_text(
+    helpers.hiding_sitecustomize("tensorflow", "NO_TF_ATTEMPTS")
+  )
   attempts = root / "attempts.txt"
   env = {
     **os.environ,
