@@ -296,3 +296,11 @@ def test_compare_needs_the_train_step():
     benchmark.main(
       ["benchmark"], flag_values=_parsed_flags("--notrain_step", "--pipeline", "--compare=torch")
     )
+
+
+def test_cpu_rate_of_windows_below_the_clock_tick_is_unknown():
+  """A loader whose batches were buffered can take 0 CPU-seconds in a short window (the CI saw
+  a ZeroDivisionError there): the rate is then unknown, not infinite."""
+  per_cpu_second = benchmark.benchmark_input._per_cpu_second  # pylint: disable=protected-access
+  assert per_cpu_second(10, [0.0, 0.0, 0.01]) is None
+  assert per_cpu_second(10, [0.5, 0.25, 1.0]) == 20.0

@@ -396,15 +396,15 @@ def format_report(results: dict[str, Any]) -> str:
       + (f", colour jitter {pl['color_jitter']}" if pl["color_jitter"] else "")
       + f"; the transform alone, in a loop: "
       f"{pl['transform_loop_images_per_s']:.0f} img/s, "
-      f"{pl['transform_loop_images_per_cpu_s']:.0f} per CPU-second"
+      f"{_fmt(pl['transform_loop_images_per_cpu_s'], spec='.0f')} per CPU-second"
     )
     for run in pl["runs"]:
       lines.append(
         f"      {run['workers']} workers: {run['images_per_s']:.0f} img/s = "
         f"{run['images_per_s_per_core']:.0f} img/s per core "
         f"({100 * run['fraction_of_transform_loop']:.0f}% of the transform alone); "
-        f"{run['images_per_cpu_s']:.0f} per CPU-second "
-        f"({100 * run['cpu_fraction_of_transform_loop']:.0f}%)"
+        f"{_fmt(run['images_per_cpu_s'], spec='.0f')} per CPU-second "
+        f"({_fmt(run['cpu_fraction_of_transform_loop'], 0.01, '.0f', '%')})"
       )
   if "predict" in results:
     pr = results["predict"]

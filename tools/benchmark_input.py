@@ -121,6 +121,15 @@ def _loader_window(batches, count: int, drain: int) -> tuple[float, float]:
   return time.perf_counter() - start, _cpu_seconds() - cpu_start
 
 
+def _per_cpu_second(images: int, cpu_seconds: list[float]) -> float | None:
+  """Images per CPU-second; None when the windows were shorter than the CPU clock's tick (10 ms).
+
+  (A loader whose batches were already buffered can take no CPU time in a short window.)
+  """
+  median = statistics.median(cpu_seconds)
+  return images / median if median > 0 else None
+
+
 def benchmark_pipeline(
   config: ml_collections.ConfigDict, fv: flags.FlagValues, num_classes: int
 ) -> dict[str, Any]:
@@ -163,11 +172,11 @@ def benchmark_pipeline(
   for batches in iterators.values():
     batches.close()  # Stops the workers now rather than at interpreter exit.
   plain_per_s = images / statistics.median(wall for wall, _ in plain_measured)
-  plain_per_cpu_s = images / statistics.median(cpu for _, cpu in plain_measured)
+  plain_per_cpu_s = _per_cpu_second(images, [cpu for _, cpu in plain_measured])
   runs = []
   for workers in counts:
     per_s = images / statistics.median(wall for wall, _ in measured[workers])
-    per_cpu_s = images / statistics.median(cpu for _, cpu in measured[workers])
+    per_cpu_s = _per_cpu_second(images, [cpu for _, cpu in measured[workers]])
     used = min(max(workers, 1), cores())
     runs.append(
       {
@@ -179,7 +188,9 @@ def benchmark_pipeline(
         "images_per_s_per_core": per_s / used,
         "images_per_cpu_s": per_cpu_s,
         "fraction_of_transform_loop": per_s / used / plain_per_s,
-        "cpu_fraction_of_transform_loop": per_cpu_s / plain_per_cpu_s,
+        "cpu_fraction_of_transform_loop": (
+          per_cpu_s / plain_per_cpu_s if per_cpu_s and plain_per_cpu_s else None
+        ),
       }
     )
   return {
