@@ -141,8 +141,9 @@ def validate(
       "devices (each microbatch is split over all devices)."
     )
   try:  # Host jitter needs OpenCV; on the device it does not.
-    color_jitter.check_strength(config.color_jitter)
-    if not config.data_on_device:
+    if config.data_on_device:
+      color_jitter.check_strength(config.color_jitter)
+    else:
       color_jitter.check_host_path(config.color_jitter)
   except (ValueError, ImportError) as error:
     raise ConfigError(f"config.{error}") from None

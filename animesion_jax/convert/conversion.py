@@ -20,7 +20,7 @@ import numpy as np
 from animesion_jax import models
 
 # Class name in model.json -> model family (of the one model table); the classes a checkpoint holds.
-FAMILIES: dict[str, models.Family] = {f.module.__name__: f for f in models.FAMILIES}
+FAMILY_BY_CLASS: dict[str, models.Family] = {f.module.__name__: f for f in models.FAMILIES}
 POS_EMBEDDING = "Transformer/posembed_input/pos_embedding"
 _MAX_LISTED = 25
 
@@ -53,9 +53,9 @@ class Conversion(NamedTuple):
 def model_spec(model: nn.Module) -> dict[str, Any]:
   """Returns {'class': name, 'fields': {...}} (JSON-safe) describing `model`."""
   name = type(model).__name__
-  if name not in FAMILIES or FAMILIES[name].module is not type(model):
+  if name not in FAMILY_BY_CLASS or FAMILY_BY_CLASS[name].module is not type(model):
     raise ConversionError(
-      f"Cannot describe a {type(model)!r}; exportable classes: {sorted(FAMILIES)}."
+      f"Cannot describe a {type(model)!r}; exportable classes: {sorted(FAMILY_BY_CLASS)}."
     )
   fields = {}
   for field in dataclasses.fields(model):
@@ -68,14 +68,16 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
   """Rebuilds the module described by `model_spec`."""
   name = spec.get("class")
-  if name not in FAMILIES:
-    raise ConversionError(f"Unknown model class {name!r} in model spec; known: {sorted(FAMILIES)}.")
+  if name not in FAMILY_BY_CLASS:
+    raise ConversionError(
+      f"Unknown model class {name!r} in model spec; known: {sorted(FAMILY_BY_CLASS)}."
+    )
   return _build(name, {k: field_from_json(k, v) for k, v in spec.get("fields", {}).items()})
 
 
 def _build(name: str, fields: dict[str, Any]) -> nn.Module:
   try:
-    return FAMILIES[name].module(**fields)
+    return FAMILY_BY_CLASS[name].module(**fields)
   except TypeError as e:
     raise ConversionError(f"Model fields do not fit {name}: {e}") from e
 
@@ -246,7 +248,7 @@ def finish(
 
   Args:
     summary: From `new_summary`, with what the loader already recorded.
-    model_class: Key of FAMILIES.
+    model_class: Key of FAMILY_BY_CLASS.
     fields: Constructor fields of that class, as found in the checkpoint.
     flat: The checkpoint's variables, named like the module's.
     image_size: The image size the checkpoint's variables are made for.
@@ -258,14 +260,14 @@ def finish(
   Returns:
     The model, its nested variables and the completed summary.
   """
-  if model_class not in FAMILIES:
-    raise ConversionError(f"Unknown model class {model_class!r}; known: {sorted(FAMILIES)}.")
+  if model_class not in FAMILY_BY_CLASS:
+    raise ConversionError(f"Unknown model class {model_class!r}; known: {sorted(FAMILY_BY_CLASS)}.")
   fields = dict(fields)
   params = flat.setdefault("params", {})
   if num_classes is not None and num_classes != fields.get("num_classes"):
     if num_classes < 1:
       raise ConversionError(f"num_classes must be positive, got {num_classes}.")
-    head = FAMILIES[model_class].head
+    head = FAMILY_BY_CLASS[model_class].head
     if model_class == "VisionTransformer" and "pre_logits/kernel" in params:
       for key in ("pre_logits/kernel", "pre_logits/bias"):
         drop(

@@ -30,7 +30,7 @@ def save(
 
   Args:
     output_dir: Directory to create or overwrite.
-    model: A model of FAMILIES.
+    model: A model of the model table (models.FAMILIES).
     variables: {'params': ..., ['batch_stats': ...]} for `model`.
     summary: JSON-safe; written as conversion.json. Its 'image_size' (every
       loader sets it) is required: the square input size the variables fit.
