@@ -64,6 +64,8 @@ TEST_REQUIRES = (
     "requests>=2.31",
     "selenium>=4.30,<5",
     "pytest>=8",
+    "pytest-timeout>=2.3",  # Every test has a time limit (pyproject.toml).
+    "pytest-cov>=5",  # The fast tier's line coverage of animesion_jax/ (docs/testing.md).
     "dill>=0.3",  # tfds.testing imports it.
     # PyTorch references for the parity tests and the benchmark's --compare=torch.
     "torch==2.14.1",

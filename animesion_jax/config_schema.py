@@ -13,132 +13,156 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data.
-  config.dataset = dataset  # TFDS name: 'synthetic_characters', 'moeimouto' or 'dafre'.
-  config.dataset_config = (
-    ""  # TFDS builder config ('' = the builder's default, e.g. dafre 'faces').
-  )
-  config.data_dir = ""  # TFDS data directory ('' = TFDS default, ~/tensorflow_datasets).
-  config.build_dataset_if_missing = (
-    False  # Build the dataset when absent (only download-free datasets).
-  )
-  config.image_size = 128  # Side of the square model input, in pixels.
-  config.resize_margin = 32  # Train: resize to image_size + margin, then random-crop image_size.
-  config.horizontal_flip = True  # Train: random horizontal flip.
-  config.color_jitter = (
-    0.0  # Train: torchvision ColorJitter(b, c, s, hue) strength (original: 0.1; 0 = off).
-  )
-  config.normalization = "half"  # 'half' (mean 0.5, std 0.5, as the paper's ViTs) or 'imagenet'.
-  config.data_on_device = (
-    False  # Decode the train split once into accelerator memory; augment there.
-  )
-  config.data_workers = 0  # grain worker processes for decoding (0 = in the main process).
+  # TFDS name: 'synthetic_characters', 'moeimouto' or 'dafre'.
+  config.dataset = dataset
+  # TFDS builder config ('' = the builder's default, e.g. dafre 'faces').
+  config.dataset_config = ""
+  # TFDS data directory ('' = TFDS default, ~/tensorflow_datasets).
+  config.data_dir = ""
+  # Build the dataset when absent (only download-free datasets).
+  config.build_dataset_if_missing = False
+  # Side of the square model input, in pixels.
+  config.image_size = 128
+  # Train: resize to image_size + margin, then random-crop image_size.
+  config.resize_margin = 32
+  # Train: random horizontal flip.
+  config.horizontal_flip = True
+  # Train: torchvision ColorJitter(b, c, s, hue) strength (original: 0.1; 0 = off).
+  config.color_jitter = 0.0
+  # 'half' (mean 0.5, std 0.5, as the paper's ViTs) or 'imagenet'.
+  config.normalization = "half"
+  # Decode the train split once into accelerator memory; augment there.
+  config.data_on_device = False
+  # grain worker processes for decoding (0 = in the main process).
+  config.data_workers = 0
+  # Splits evaluated; ones the dataset lacks are skipped.
   config.eval_splits = (
     "validation",
     "test",
-  )  # Splits evaluated; ones the dataset lacks are skipped.
-  config.validation_fraction = (
-    0.0  # Carve this fraction of train (seeded) into 'validation' when the dataset has none.
   )
+  # Carve this fraction of train (seeded) into 'validation' when the dataset has none.
+  config.validation_fraction = 0.0
 
   # Model.
   config.model = ml_collections.ConfigDict()
-  config.model.name = "vit_b16"  # Key of animesion_jax.models.MODELS.
-  config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+  # Key of animesion_jax.models.MODELS.
+  config.model.name = "vit_b16"
+  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+  config.dtype = "float32"
 
   # Initialisation from a checkpoint (the paper's "pretrained" rows).
   config.init_from = ml_collections.ConfigDict()
-  config.init_from.source = (
-    ""  # '' (random init), 'vit_npz', 'pytorch_vit', 'torchvision_resnet', 'animesion'.
-  )
-  config.init_from.path = ""  # File (or converted directory) to load.
-  config.freeze_backbone = (
-    False  # Train only the classifier head (the paper's pretrained-ResNet recipe).
-  )
+  # '' (random init), 'vit_npz', 'pytorch_vit', 'torchvision_resnet', 'animesion'.
+  config.init_from.source = ""
+  # File (or converted directory) to load.
+  config.init_from.path = ""
+  # Train only the classifier head (the paper's pretrained-ResNet recipe).
+  config.freeze_backbone = False
 
   # Optimisation.
-  config.batch_size = 64  # Global batch size (all devices and processes together).
-  config.fsdp_size = (
-    1  # Devices that split parameters and optimizer state (FSDP); 1 = pure data parallel.
-  )
-  config.grad_accumulation_steps = (
-    1  # Split each batch into this many microbatches (same update, less memory).
-  )
+  # Global batch size (all devices and processes together).
+  config.batch_size = 64
+  # Devices that split parameters and optimizer state (FSDP); 1 = pure data parallel.
+  config.fsdp_size = 1
+  # Split each batch into this many microbatches (same update, less memory).
+  config.grad_accumulation_steps = 1
   paper_epochs = 200 if dataset == "moeimouto" else 50  # Table 2 (moeImouto) / Table 1 (DAF:re).
-  config.num_epochs = paper_epochs  # Training length in epochs (ignored when num_train_steps > 0).
-  config.num_train_steps = -1  # Training length in steps; -1 derives it from num_epochs.
-  config.optimizer = "sgd"  # 'sgd' (with momentum) or 'adamw'.
-  config.learning_rate = 0.001  # Peak learning rate.
-  config.momentum = 0.9  # SGD momentum.
-  config.momentum_dtype = (
-    "float32"  # Dtype of the SGD momentum buffer: 'float32' or 'bfloat16' (saves memory).
-  )
-  config.weight_decay = 0.0  # Decoupled weight decay (adamw) or L2 added to gradients (sgd).
-  config.schedule = "step"  # 'step', 'warmup_cosine' or 'constant'.
+  # Training length in epochs (ignored when num_train_steps > 0).
+  config.num_epochs = paper_epochs
+  # Training length in steps; -1 derives it from num_epochs.
+  config.num_train_steps = -1
+  # 'sgd' (with momentum) or 'adamw'.
+  config.optimizer = "sgd"
+  # Peak learning rate.
+  config.learning_rate = 0.001
+  # SGD momentum.
+  config.momentum = 0.9
+  # Dtype of the SGD momentum buffer: 'float32' or 'bfloat16' (saves memory).
+  config.momentum_dtype = "float32"
+  # Decoupled weight decay (adamw) or L2 added to gradients (sgd).
+  config.weight_decay = 0.0
+  # 'step', 'warmup_cosine' or 'constant'.
+  config.schedule = "step"
+  # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
   config.decay_every_epochs = (
     20 if paper_epochs == 50 else 50
-  )  # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
+  )
+  # 'step' schedule: multiply the learning rate by this at each decay.
   config.decay_factor = (
     1.0 / 3.0
-  )  # 'step' schedule: multiply the learning rate by this at each decay.
-  config.warmup_epochs = 0.0  # 'warmup_cosine' (and 'step'): linear warm-up length in epochs.
-  config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0 = off).
-  config.label_smoothing = 0.0  # Label smoothing of the cross-entropy targets.
+  )
+  # 'warmup_cosine' (and 'step'): linear warm-up length in epochs.
+  config.warmup_epochs = 0.0
+  # Clip gradients to this global norm (0 = off).
+  config.grad_clip_norm = 0.0
+  # Label smoothing of the cross-entropy targets.
+  config.label_smoothing = 0.0
   # The original code's validate() switched the model to eval mode and nothing switched it back,
   # so from epoch 2 on it trained with dropout off and BatchNorm statistics frozen (as in the paper).
-  config.original_eval_mode_after_first_epoch = False  # Reproduce that (paper configs set True).
-  config.skip_nonfinite_steps = False  # True: skip NaN/Inf steps and go on; False: stop the run.
+  # Reproduce that (paper configs set True).
+  config.original_eval_mode_after_first_epoch = False
+  # True: skip NaN/Inf steps and go on; False: stop the run.
+  config.skip_nonfinite_steps = False
 
   # Loop, logging and checkpoints.
-  config.seed = 0  # Seed of initialisation, shuffling, augmentation and dropout.
-  config.log_every_steps = 50  # Console/TensorBoard train metrics every this many steps.
-  config.eval_every_epochs = 1.0  # Evaluate every this many epochs (and always at the end).
-  config.eval_batch_size = 256  # Global batch size for evaluation.
-  config.checkpoint_every_steps = 1000  # Save the latest checkpoint every this many steps.
-  config.checkpoint_every_minutes = (
-    0.0  # Also save when this many minutes passed since the last save (0 = off).
-  )
-  config.keep_checkpoints = 2  # How many latest checkpoints to keep (plus the best one).
-  config.transfer_guard = (
-    "allow"  # 'disallow': fail on implicit host<->device transfers in the step loop.
-  )
+  # Seed of initialisation, shuffling, augmentation and dropout.
+  config.seed = 0
+  # Console/TensorBoard train metrics every this many steps.
+  config.log_every_steps = 50
+  # Evaluate every this many epochs (and always at the end).
+  config.eval_every_epochs = 1.0
+  # Global batch size for evaluation.
+  config.eval_batch_size = 256
+  # Save the latest checkpoint every this many steps.
+  config.checkpoint_every_steps = 1000
+  # Also save when this many minutes passed since the last save (0 = off).
+  config.checkpoint_every_minutes = 0.0
+  # How many latest checkpoints to keep (plus the best one).
+  config.keep_checkpoints = 2
+  # 'disallow': fail on implicit host<->device transfers in the step loop.
+  config.transfer_guard = "allow"
+  # Stop this run (after saving) once it has done this many steps; -1 = never.
   config.halt_after_steps = (
     -1
-  )  # Stop this run (after saving) once it has done this many steps; -1 = never.
+  )
   return config
 
 
 def vit_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
   """Paper recipe for a ViT variant on `dataset`."""
   config = get_base_config(dataset)
-  config.model.name = model_name  # ViT variant (patch size and width come from the name).
-  config.model.dropout_rate = 0.1  # Hidden-activation dropout (the original: 0.1).
+  # ViT variant (patch size and width come from the name).
+  config.model.name = model_name
+  # Hidden-activation dropout (the original: 0.1).
+  config.model.dropout_rate = 0.1
   # The original's ViT (pytorch_pretrained_vit) put its one rate on the attention probabilities too.
-  config.model.attention_dropout_rate = 0.1  # Dropout on the attention probabilities.
+  # Dropout on the attention probabilities.
+  config.model.attention_dropout_rate = 0.1
   # Where dropout goes: 'pytorch_pretrained_vit' (the original: after the attention projection and
   # after the MLP) or 'vit_jax' (also after the position embedding and inside the MLP).
   config.model.dropout_placement = "pytorch_pretrained_vit"
   # 'class_token' (the paper's ViT) or 'intermediate_features' (the original's later head).
   config.model.head_type = "class_token"
-  config.model.representation_size = (
-    0  # Width of the tanh pre-logits layer (0 = none, the fine-tuning recipe).
-  )
-  config.model.gelu_approximate = (
-    True  # tanh GELU (original JAX ViT); False = exact GELU (pytorch_pretrained_vit).
-  )
-  config.model.layer_norm_epsilon = 1e-6  # LayerNorm epsilon of the original ViT.
-  config.normalization = "half"  # The original code normalised ViT inputs with mean 0.5 / std 0.5.
+  # Width of the tanh pre-logits layer (0 = none, the fine-tuning recipe).
+  config.model.representation_size = 0
+  # tanh GELU (original JAX ViT); False = exact GELU (pytorch_pretrained_vit).
+  config.model.gelu_approximate = True
+  # LayerNorm epsilon of the original ViT.
+  config.model.layer_norm_epsilon = 1e-6
+  # The original code normalised ViT inputs with mean 0.5 / std 0.5.
+  config.normalization = "half"
   return config
 
 
 def resnet_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
   """Paper recipe for a torchvision-layout ResNet on `dataset`."""
   config = get_base_config(dataset)
-  config.model.name = model_name  # ResNet depth (block type and stage sizes come from the name).
-  config.model.base_width = 64  # Channels of the stem and first stage (torchvision: 64).
-  config.model.init_scheme = (
-    "animesion"  # From scratch: xavier-uniform convs, as the original code.
-  )
-  config.normalization = (
-    "imagenet"  # The original code normalised ResNet inputs with ImageNet mean/std.
-  )
+  # ResNet depth (block type and stage sizes come from the name).
+  config.model.name = model_name
+  # Channels of the stem and first stage (torchvision: 64).
+  config.model.base_width = 64
+  # From scratch: xavier-uniform convs, as the original code.
+  config.model.init_scheme = "animesion"
+  # The original code normalised ResNet inputs with ImageNet mean/std.
+  config.normalization = "imagenet"
   return config

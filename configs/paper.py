@@ -148,20 +148,30 @@ def row_config(row: Row, pretrained_dir: str = "", data_dir: str = "") -> ml_col
   """The config that runs `row` with the paper's recipe (the family config, then these fields)."""
   module, source, file_name = MODELS[row.model]
   config = importlib.import_module(f"configs.{module}").get_config(row.dataset)
-  config.data_dir = data_dir  # Where the built dataset is ('' = ~/tensorflow_datasets).
-  config.image_size = row.image_size  # 128 or 224.
-  config.resize_margin = 32  # Train: resize to 160 (128 px) or 256 (224 px), random-crop.
-  config.batch_size = row.batch_size  # 64 or 1024.
-  config.num_epochs = row.epochs  # 50 or 200.
-  config.decay_every_epochs = 20 if row.epochs == 50 else 50  # Learning rate x1/3 this often.
+  # Where the built dataset is ('' = ~/tensorflow_datasets).
+  config.data_dir = data_dir
+  # 128 or 224.
+  config.image_size = row.image_size
+  # Train: resize to 160 (128 px) or 256 (224 px), random-crop.
+  config.resize_margin = 32
+  # 64 or 1024.
+  config.batch_size = row.batch_size
+  # 50 or 200.
+  config.num_epochs = row.epochs
+  # Learning rate x1/3 this often.
+  config.decay_every_epochs = 20 if row.epochs == 50 else 50
   # How the original code trained when it produced the published numbers:
-  config.color_jitter = 0.1  # ColorJitter(0.1, 0.1, 0.1, 0.1) in its train transform.
+  # ColorJitter(0.1, 0.1, 0.1, 0.1) in its train transform.
+  config.color_jitter = 0.1
   # Its validate() left the model in eval mode from epoch 2 on (dropout off, BatchNorm frozen).
   config.original_eval_mode_after_first_epoch = True
   if row.pretrained:
-    config.init_from.source = source  # 'vit_npz' or 'torchvision_resnet'.
-    config.init_from.path = os.path.join(pretrained_dir, file_name)  # The published file name.
-    config.freeze_backbone = source == "torchvision_resnet"  # Pretrained ResNets: head only.
+    # 'vit_npz' or 'torchvision_resnet'.
+    config.init_from.source = source
+    # The published file name.
+    config.init_from.path = os.path.join(pretrained_dir, file_name)
+    # Pretrained ResNets: head only.
+    config.freeze_backbone = source == "torchvision_resnet"
   return config
 
 

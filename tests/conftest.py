@@ -21,3 +21,15 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 # Every test session builds its data in its own temporary directory (autouse, session-scoped).
 from tests.helpers import session_tmp_dir  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
+
+import pytest  # noqa: E402
+
+# Kind marks that put a test in the slow tier (pyproject.toml's markers).
+_SLOW_KINDS = ("e2e", "multiprocess", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if any(item.get_closest_marker(kind) for kind in _SLOW_KINDS):
+      item.add_marker(pytest.mark.slow)
