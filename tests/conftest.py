@@ -20,16 +20,35 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 # runs code that may import tensorflow (only dataset builds do).
 
 # Every test session builds its data in its own temporary directory (autouse, session-scoped).
-from tests.helpers import session_tmp_dir  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
-
 import pytest  # noqa: E402
+
+from tests.helpers import session_tmp_dir  # noqa: E402,F401  pylint: disable=unused-import,g-import-not-at-top
 
 # Kind marks that put a test in the slow tier (pyproject.toml's markers).
 _SLOW_KINDS = ("e2e", "multiprocess", "browser")
 
 
+@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marks.
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     if any(item.get_closest_marker(kind) for kind in _SLOW_KINDS):
       item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def fresh_copy(tmp_path_factory):
+  """A fresh copy of the project and its environment, shared by the README-verbatim tests."""
+  from tests import readme_commands  # pylint: disable=g-import-not-at-top
+
+  return readme_commands.fresh_copy(tmp_path_factory.mktemp("clone"))
+
+
+@pytest.fixture(scope="session")
+def paper_smoke(fresh_copy):
+  """docs/reproduce_paper.md's `--smoke` line run once per session in the fresh copy; its folder."""
+  from tests import readme_commands  # pylint: disable=g-import-not-at-top
+
+  copy, env = fresh_copy
+  readme_commands.run(readme_commands.paper_smoke_command(), copy, env)
+  return copy / "runs" / "paper" / "smoke"

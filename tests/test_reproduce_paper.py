@@ -5,13 +5,14 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 
 from configs import paper
-from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -149,17 +150,24 @@ def test_markdown_layout():
   assert lines[7] == "| B-32 | 9.17 / — | 20.12 / — | 24.69 / — | 54.03 / — |"
 
 
-def test_smoke_runs_every_row_of_every_table(tmp_path):
-  """The whole matrix's plumbing: full-size config checks, tiny runs, tables written."""
-  rows = paper.paper_rows()
-  with reproduce_paper.compilation_cache(reproduce_paper.SMOKE_CACHE_DIR):
-    records = reproduce_paper.run_rows(
-      rows, str(tmp_path), smoke=True, data_dir=helpers.synthetic_data_dir()
-    )
-  assert len(records) == len(rows)
+@pytest.mark.e2e
+def test_smoke_runs_every_row_of_every_table(paper_smoke):
+  """The whole matrix's plumbing: full-size config checks, tiny runs, tables written.
+
+  `paper_smoke` is docs/reproduce_paper.md's `--smoke` line, run once per session (conftest).
+  """
+  records = []
+  for table in (1, 2, 3, 4):
+    text = (paper_smoke / f"table{table}.md").read_text()
+    assert "SMOKE RUN" in text and "—" not in text
+    with open(paper_smoke / f"table{table}.csv") as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) == {1: 12, 2: 12, 3: 5, 4: 5}[table]
+    records += rows
+  assert len(records) == len(paper.paper_rows())
   for record in records:
     assert record["status"].startswith(("ran in", "same run as")), record
-    assert 0.0 <= record["top1"] <= record["top5"] <= 100.0
+    assert 0.0 <= float(record["top1"]) <= float(record["top5"]) <= 100.0
     with open(os.path.join(record["workdir"], "results.json")) as f:
       results = json.load(f)
     assert results["steps"] == reproduce_paper.SMOKE_STEPS and results["completed"]
@@ -167,19 +175,57 @@ def test_smoke_runs_every_row_of_every_table(tmp_path):
   # Rows that differ only in what a smoke run does not exercise share one run.
   shared = {r["workdir"] for r in records}
   assert len(shared) == 9  # SN, R-18 x2, R-152 x2 (frozen or not), B-16, B-32, L-16, L-32.
-  with open(os.path.join(records[1]["workdir"], "config.json")) as f:
-    r18_pretrained = json.load(f)
-  assert (records[1]["model"], records[1]["pretrained"]) == ("R-18", True)
-  assert r18_pretrained["freeze_backbone"] and r18_pretrained["model"]["name"] == "resnet18"
-  assert records[1]["init_from"] == "resnet18-f37072fd.pth"
-  for table in (1, 2, 3, 4):
-    text = (tmp_path / f"table{table}.md").read_text()
-    assert "SMOKE RUN" in text and "—" not in text
-    with open(tmp_path / f"table{table}.csv") as f:
-      assert len(list(csv.DictReader(f))) == {1: 12, 2: 12, 3: 5, 4: 5}[table]
+  (r18_pretrained,) = [
+    r for r in records if (r["table"], r["model"], r["pretrained"]) == ("1", "R-18", "True")
+  ]
+  with open(os.path.join(r18_pretrained["workdir"], "config.json")) as f:
+    config = json.load(f)
+  assert config["freeze_backbone"] and config["model"]["name"] == "resnet18"
+  assert r18_pretrained["init_from"] == "resnet18-f37072fd.pth"
 
 
-def test_command_line_rejects_bad_selections(tmp_path):
+def _flags(**given):
+  values = dict(
+    table="all",
+    rows="",
+    pretrained="both",
+    runs_dir="runs/paper",
+    pretrained_dir="",
+    data_dir="",
+    smoke=False,
+  )
+  return types.SimpleNamespace(**{**values, **given})
+
+
+def test_command_line_rejects_bad_selections(tmp_path, monkeypatch):
+  """The checks behind the command line's usage errors (in-process: no JAX start per case)."""
+  with pytest.raises(ValueError, match=re.escape("--rows='SN': ['SN'] not in table(s) [2]")):
+    reproduce_paper.plan(_flags(table="2", rows="SN", runs_dir=str(tmp_path)))
+  with pytest.raises(ValueError) as missing:
+    reproduce_paper.plan(
+      _flags(table="4", rows="R-18", pretrained="yes", pretrained_dir=str(tmp_path))
+    )
+  assert f"Pretrained rows need these files (see --help):\n  {tmp_path}/resnet18-f37072fd.pth" in (
+    str(missing.value)
+  )
+  # Typed from another directory, relative paths (and the default --runs_dir) mean that one.
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError) as relative:
+    reproduce_paper.plan(_flags(table="4", rows="R-18", pretrained="yes", pretrained_dir="weights"))
+  assert f"need these files (see --help):\n  {tmp_path}/weights/resnet18-f37072fd.pth" in (
+    str(relative.value)
+  )
+  rows, runs_dir, data_dir, _ = reproduce_paper.plan(_flags(table="1", rows="B-16", smoke=True))
+  assert [(r.table, r.model) for r in rows] == [(1, "B-16"), (1, "B-16")]
+  assert (runs_dir, data_dir) == (
+    f"{tmp_path}/runs/paper/smoke",
+    f"{tmp_path}/runs/paper/smoke/data",
+  )
+
+
+@pytest.mark.slow
+def test_command_line_usage_error_exit(tmp_path):
+  """One real start of the command line: a usage error exits non-zero with the message."""
   done = subprocess.run(
     [
       sys.executable,
@@ -194,40 +240,3 @@ def test_command_line_rejects_bad_selections(tmp_path):
   )
   assert done.returncode != 0
   assert "--rows='SN': ['SN'] not in table(s) [2]" in done.stderr
-  missing = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "tools" / "reproduce_paper.py"),
-      "--table=4",
-      "--rows=R-18",
-      "--pretrained=yes",
-      f"--pretrained_dir={tmp_path}",
-      f"--runs_dir={tmp_path}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert missing.returncode != 0
-  assert f"Pretrained rows need these files (see --help):\n  {tmp_path}/resnet18-f37072fd.pth" in (
-    missing.stderr
-  )
-  # Typed from another directory, relative paths (and the default --runs_dir) mean that one.
-  relative = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "tools" / "reproduce_paper.py"),
-      "--table=4",
-      "--rows=R-18",
-      "--pretrained=yes",
-      "--pretrained_dir=weights",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=tmp_path,
-  )
-  assert relative.returncode != 0
-  assert f"need these files (see --help):\n  {tmp_path}/weights/resnet18-f37072fd.pth" in (
-    relative.stderr
-  )

@@ -359,17 +359,15 @@ def define_flags() -> None:
   )
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  flag = flags.FLAGS
-  try:
-    rows = paper.select_rows(flag.table, flag.rows, flag.pretrained)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
+def plan(flag: Any) -> tuple[list[paper.Row], str, str, str]:
+  """The rows, runs folder, data folder and pretrained folder the flags ask for.
+
+  Raises ValueError with the message for the user when the selection or the files do not work.
+  Relative paths mean the directory the command was typed in.
+  """
+  rows = paper.select_rows(flag.table, flag.rows, flag.pretrained)
   from animesion_jax import run_dir  # pylint: disable=g-import-not-at-top
 
-  # Absolute from here on: relative paths mean the directory the command was typed in.
   runs_dir = os.fspath(run_dir.resolve(flag.runs_dir))
   runs_dir = os.path.join(runs_dir, "smoke") if flag.smoke else runs_dir
   data_dir = (
@@ -386,9 +384,19 @@ def main(argv):
     )
     missing = [path for path in missing if not os.path.isfile(path)]
     if missing:
-      raise app.UsageError(
-        "Pretrained rows need these files (see --help):\n  " + "\n  ".join(missing)
-      )
+      raise ValueError("Pretrained rows need these files (see --help):\n  " + "\n  ".join(missing))
+  return rows, runs_dir, data_dir, pretrained_dir
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag = flags.FLAGS
+  try:
+    rows, runs_dir, data_dir, pretrained_dir = plan(flag)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  if not flag.smoke:
     if any(r.pretrained and paper.MODELS[r.model][1] == "torchvision_resnet" for r in rows):
       import torch  # pylint: disable=g-import-not-at-top,unused-import  # Before TensorFlow, or
 
