@@ -25,9 +25,13 @@ COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 
 
 def annotate(
-  path: str, crops: Sequence[dict[str, Any]], destination: epath.Path, label_ranks: int = 3
+  path: str, crops: Sequence[dict[str, Any]], destination: str | os.PathLike, label_ranks: int = 3
 ) -> None:
-  """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
+  """Writes a PNG copy of the image at `path` with the predictions of its crops drawn on it.
+
+  `crops`: {'box' ([left, top, right, bottom] or None for the whole image), 'face',
+  'predictions' (Prediction.ranked() rows)}, as predict's results hold them.
+  """
   image = image_files.load_image(path)
   scale = max(1.0, ANNOTATE_MIN_SIDE / min(image.size))
   if scale > 1:
@@ -48,7 +52,8 @@ def annotate(
     box = tuple(round(v * scale) for v in crop["box"])
     draw.rectangle(box, outline=colour, width=line_width)
     plots.draw_label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
-  plots.save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
+  drawn = Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB")
+  plots.save_png(drawn, epath.Path(destination))
 
 
 def unique_name(stem: str, taken: set[str]) -> str:
