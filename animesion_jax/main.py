@@ -17,6 +17,7 @@ from animesion_jax import cli_common
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
 cli_common.define_runtime_flags(distributed=True)
+flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
 flags.mark_flags_as_required(["config", "workdir"])
 
 
