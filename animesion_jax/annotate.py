@@ -17,19 +17,21 @@ from PIL import ImageDraw
 
 from animesion_jax import attention
 from animesion_jax import image_files
-from animesion_jax import inference
 from animesion_jax import plots
-from animesion_jax.data import preprocess
-from animesion_jax.models import vit
+from animesion_jax import recognizer
 
 ANNOTATE_MIN_SIDE = 384  # Annotated copies of small images are enlarged to this, for legible text.
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
 
 
 def annotate(
-  path: str, crops: Sequence[dict[str, Any]], destination: epath.Path, label_ranks: int = 3
+  path: str, crops: Sequence[dict[str, Any]], destination: str | os.PathLike, label_ranks: int = 3
 ) -> None:
-  """Writes a copy of the image at `path` with the predictions of its crops drawn on it."""
+  """Writes a PNG copy of the image at `path` with the predictions of its crops drawn on it.
+
+  `crops`: {'box' ([left, top, right, bottom] or None for the whole image), 'face',
+  'predictions' (Prediction.ranked() rows)}, as predict's results hold them.
+  """
   image = image_files.load_image(path)
   scale = max(1.0, ANNOTATE_MIN_SIDE / min(image.size))
   if scale > 1:
@@ -50,7 +52,8 @@ def annotate(
     box = tuple(round(v * scale) for v in crop["box"])
     draw.rectangle(box, outline=colour, width=line_width)
     plots.draw_label(draw, box, [f"face {crop['face']}"] + ranked, font, colour, image.size)
-  plots.save_png(Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB"), destination)
+  drawn = Image.alpha_composite(image.convert("RGBA"), canvas).convert("RGB")
+  plots.save_png(drawn, epath.Path(destination))
 
 
 def unique_name(stem: str, taken: set[str]) -> str:
@@ -89,9 +92,9 @@ class AttentionWriter:
   and rollout.png, each the model's input (enlarged to ANNOTATE_MIN_SIDE) scaled by the map.
   """
 
-  def __init__(self, run: inference.LoadedRun, output_dir: epath.Path):
-    if not isinstance(run.model, vit.VisionTransformer):
-      raise inference.LoadError(
+  def __init__(self, run: recognizer.Recognizer, output_dir: epath.Path):
+    if not run.has_attention:
+      raise recognizer.LoadError(
         f"--attention_maps needs a ViT; {run.description} is a "
         f"{type(run.model).__name__}, which has no attention."
       )
@@ -100,9 +103,7 @@ class AttentionWriter:
 
   def __call__(self, crops: Sequence[Any], images: np.ndarray) -> None:
     """`crops`: predict.Crop rows of one batch (file, face, pixels); `images` their inputs."""
-    run = self.run
-    normalized = preprocess.normalize(images, run.config.normalization, run.model.dtype)
-    result = attention.maps(run.model, run.variables, normalized)
+    result = self.run.attention_maps(images)
     for row, crop in enumerate(crops):
       stem = os.path.splitext(crop.file.relative)[0]
       folder = self.root / unique_name(

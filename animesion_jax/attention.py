@@ -68,18 +68,6 @@ def _grid(model: vit.VisionTransformer, images: Any) -> tuple[int, int]:
   return height // model.patch_size, width // model.patch_size
 
 
-def class_token_attention(model: nn.Module, variables: Any, images: Any) -> np.ndarray:
-  """Attention of the class token to each patch, per encoder block: [B, layers, gh, gw].
-
-  Raises:
-    ValueError: The model is not a ViT (ResNets and ShallowNet have no attention).
-  """
-  attention = full_attention(model, variables, images)
-  gh, gw = _grid(model, images)
-  batch, layers = attention.shape[:2]
-  return attention[:, :, 0, 1:].reshape(batch, layers, gh, gw)
-
-
 def rollout(attention: np.ndarray, grid: tuple[int, int] | None = None) -> np.ndarray:
   """Attention rollout of the class token over all layers: [B, gh, gw].
 

@@ -18,22 +18,16 @@ from typing import Any
 from absl import logging
 from etils import epath
 import flax
-from flax import linen as nn
 import grain.python as grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from animesion_jax import optim
 from animesion_jax import run_dir as run_dir_lib
-from animesion_jax import sharding
-from animesion_jax import steps
 
 BEST_METRIC = "validation_top1"  # The checkpoint metric that ranks checkpoints (higher is better).
 DAMAGED_DIR = "damaged_checkpoints"  # Where damaged checkpoints are moved, beside checkpoints/.
-_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 class DamagedCheckpoint(RuntimeError):
@@ -130,7 +124,13 @@ class Checkpoints:
     every_minutes: float = 0.0,
   ):
     self.run = run
-    self.incomplete = sorted(p for p in _children(run.checkpoints_dir) if _TMP_MARK in p.name)
+    directory = run.checkpoints_dir
+    # Orbax's own temporary step folders: writes that never finished (cleaned up below).
+    self.incomplete = (
+      sorted(directory / name for name in ocp.step.tmp_checkpoints(directory))
+      if directory.is_dir()
+      else []
+    )
     for path in self.incomplete:
       logging.warning(
         "Ignoring %s: a checkpoint write that never finished (the process was "
@@ -237,12 +237,11 @@ class Checkpoints:
 
   def best(self) -> dict[str, Any] | None:
     """{'metric', 'value', 'step'} of the best kept checkpoint, or None without metrics."""
-    scored = [(self.manager.metrics(step) or {}, step) for step in self.manager.all_steps()]
-    scored = [(metrics[BEST_METRIC], step) for metrics, step in scored if BEST_METRIC in metrics]
-    if not scored:
+    step = self.manager.best_step()
+    metrics = self.manager.metrics(step) if step is not None else None
+    if not metrics or BEST_METRIC not in metrics:
       return None
-    value, step = max(scored)
-    return {"metric": BEST_METRIC, "value": value, "step": step}
+    return {"metric": BEST_METRIC, "value": metrics[BEST_METRIC], "step": step}
 
   def wait(self) -> None:
     """Blocks until pending asynchronous writes are on disk."""
@@ -252,15 +251,9 @@ class Checkpoints:
     self.manager.close()
 
 
-def _children(directory: epath.Path) -> list[epath.Path]:
-  return list(directory.iterdir()) if directory.is_dir() else []
-
-
 def step_dirs(run: run_dir_lib.RunDir) -> list[int]:
   """Steps of the complete checkpoints of a run, oldest first."""
-  return sorted(
-    int(p.name) for p in _children(run.checkpoints_dir) if p.name.isdigit() and p.is_dir()
-  )
+  return sorted(ocp.step.checkpoint_steps(run.checkpoints_dir))
 
 
 def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
@@ -270,19 +263,17 @@ def resolve(run: run_dir_lib.RunDir, which: str = "best") -> epath.Path:
   dataset without a validation split keep none: then it is the latest, the final model).
   """
   if which in ("best", "latest"):
-    found = step_dirs(run)
-    if not found:
+    if not step_dirs(run):
       raise FileNotFoundError(
         f"No checkpoint under {run.checkpoints_dir}: has this run saved one yet?"
       )
-    step = found[-1]
-    if which == "best":
-      manager = _reader(run.checkpoints_dir)
-      scored = [((manager.metrics(s) or {}).get(BEST_METRIC), s) for s in found]
-      scored = [(value, s) for value, s in scored if value is not None]
+    manager = _reader(run.checkpoints_dir)
+    try:
+      step = manager.best_step() if which == "best" else None  # None: nothing ranked.
+      if step is None:
+        step = manager.latest_step()
+    finally:
       manager.close()
-      if scored:
-        step = max(scored)[1]
     return run.checkpoints_dir / str(step)
   path = run_dir_lib.resolve(which)
   if not path.is_dir() or not path.name.isdigit():
@@ -325,30 +316,6 @@ def restore(
   finally:
     manager.close()
   return restored["state"], dict(restored["meta"]), int(path.name)
-
-
-def abstract_train_state(
-  config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh
-) -> Any:
-  """Shapes, dtypes and shardings of a run's TrainState, without allocating it."""
-  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  rng = jax.random.PRNGKey(0)
-  abstract_variables = jax.eval_shape(
-    lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False)
-  )
-  # The optimizer state's structure does not depend on the schedule's length.
-  tx = optim.create_optimizer(
-    config, steps_per_epoch=1, total_steps=1, params=abstract_variables["params"]
-  )
-  abstract = jax.eval_shape(
-    lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables
-  )
-  shardings = sharding.state_shardings(abstract, mesh)
-  return jax.tree.map(
-    lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
-    abstract,
-    shardings,
-  )
 
 
 def shape_mismatches(expected: Any, actual: Any) -> list[str]:

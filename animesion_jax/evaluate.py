@@ -34,11 +34,13 @@ from etils import epath
 import jax
 import numpy as np
 
+from animesion_jax import cli_common
 from animesion_jax import evaluation
-from animesion_jax import inference
 from animesion_jax import longtail
 from animesion_jax import plots
+from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax import sharding
 from animesion_jax.data import datasets
 
 
@@ -54,7 +56,7 @@ def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.n
 
 
 def split_outputs(
-  run: inference.LoadedRun, builder: Any, split: str, batch_size: int
+  run: recognizer.Recognizer, builder: Any, split: str, batch_size: int
 ) -> dict[str, Any]:
   """{'index', 'label', 'top5'} of every example in record order, and exact 'metrics'."""
   return evaluation.predict_split(
@@ -70,7 +72,7 @@ def split_outputs(
 
 
 def evaluate_loaded(
-  run: inference.LoadedRun,
+  run: recognizer.Recognizer,
   builder: Any,
   dataset: str,
   split: str = "test",
@@ -88,7 +90,7 @@ def evaluate_loaded(
     raise EvaluationError(
       f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
     )
-  batch_size = inference.round_up_batch(batch_size, run.mesh.size)
+  batch_size = sharding.round_up_batch(batch_size, run.mesh.size)
   outputs = split_outputs(run, builder, split, batch_size)
   train_counts = train_class_counts(
     builder, datasets.get_spec(dataset).train_split, run.num_classes
@@ -127,7 +129,7 @@ def evaluate(
   confused_limit: int = 20,
 ) -> dict[str, Any]:
   """Evaluates a training run's checkpoint on `split` of the dataset it was trained on."""
-  run = inference.load_run(workdir, checkpoint)
+  run = recognizer.load_run(workdir, checkpoint)
   config = run.config
   builder = datasets.open_dataset(
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
@@ -155,7 +157,7 @@ def evaluate_checkpoint(
   image_size: int | None = None,
   **kwargs,
 ) -> dict[str, Any]:
-  """Evaluates a checkpoint with no training run (see inference.load_checkpoint).
+  """Evaluates a checkpoint with no training run (see recognizer.load_checkpoint).
 
   The class names default to the dataset's; given ones must be the dataset's, in its order.
   `kwargs` are those of `evaluate_loaded` (split, output_dir, batch_size, confused_limit).
@@ -165,7 +167,7 @@ def evaluate_checkpoint(
   )
   names = list(builder.info.features["label"].names)
   if class_names is not None:
-    given = inference.read_class_names(class_names)
+    given = recognizer.read_class_names(class_names)
     differ = [i for i, (a, b) in enumerate(zip(given, names)) if a != b]
     if len(given) != len(names) or differ:
       first = differ[0] if differ else min(len(given), len(names))
@@ -179,7 +181,7 @@ def evaluate_checkpoint(
         )
         + ". The checkpoint's class ids would not mean the dataset's."
       )
-  run = inference.load_checkpoint(
+  run = recognizer.load_checkpoint(
     checkpoint, source, names, num_heads=num_heads, image_size=image_size
   )
   if kwargs.get("output_dir") is not None:
@@ -271,10 +273,9 @@ def define_flags() -> None:
   flags.DEFINE_string("dataset", None, "With --source: the dataset (moeimouto, dafre, ...).")
   flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
   flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
-  inference.define_model_flags(
+  cli_common.define_model_flags(
     "With --source: classid_classname.csv or a JSON list (default: the dataset's names)."
   )
-  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
   flags.DEFINE_string(
     "output_dir",
     None,
@@ -287,39 +288,20 @@ def define_flags() -> None:
     "rounded up to a multiple of the device count).",
   )
   flags.DEFINE_integer("confused_pairs", 20, "How many most-confused pairs to report.")
-  flags.DEFINE_bool(
-    "distributed",
-    None,
-    "Call jax.distributed.initialize() (multi-host); default: "
-    "when the environment names a coordinator or --coordinator_address is set.",
-  )
-  flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "host:port of process 0, for multi-process "
-    "runs without a cluster environment (as for training).",
-  )
-  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-  flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
+  cli_common.define_runtime_flags(distributed=True)
+  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
-  inference.check_model_flags(flag)
+  cli_common.check_model_flags(flag)
   if flag.source is not None and not flag.dataset:
     raise app.UsageError("--source needs --dataset (and --data_dir where it is built).")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the summary.
-  if inference.wants_distributed(flag.distributed, flag.coordinator_address):
-    # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-      coordinator_address=flag.coordinator_address,
-      num_processes=flag.num_processes,
-      process_id=flag.process_id,
-    )
+  cli_common.start_jax(flag)
   try:
     if flag.workdir is not None:
       report = evaluate(
@@ -345,8 +327,8 @@ def main(argv):
         batch_size=flag.batch_size or 256,
         confused_limit=flag.confused_pairs,
       )
-  except (*inference.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
-    inference.exit_with_user_error("evaluate", error)
+  except (*cli_common.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
+    cli_common.exit_with_user_error("evaluate", error)
   if jax.process_index() == 0:
     print(format_summary(report))
     print(f"Wrote {report['output_dir']}")

@@ -1,8 +1,8 @@
 """The one evaluation core: batches in, exact masked metrics and per-example rows out.
 
-Used by the per-epoch evaluation of training (`evaluate_split`), by `evaluate` (`predict_split`:
-metrics plus every example's top-5) and by `predict` (`lagged`: device outputs read back one
-batch late). Every process feeds its own slice of a split; the metrics are summed on the devices
+Used by the per-epoch evaluation of training (`evaluate_batches`), by `evaluate`
+(`predict_split`: metrics plus every example's top-5) and by `predict` and the recognizer
+(`lagged` and `host_rows`: device outputs read back, one batch late). Every process feeds its own slice of a split; the metrics are summed on the devices
 over the global batch, and per-example rows are gathered from all processes with
 `multihost_utils.process_allgather`.
 """
@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import tqdm
 
@@ -105,25 +104,6 @@ def evaluate_batches(
   real = rows["index"] >= 0
   order = np.argsort(rows["index"][real], kind="stable")
   return metrics, {name: values[real][order] for name, values in rows.items()}
-
-
-def evaluate_split(
-  state: steps.TrainState,
-  eval_fn: EvalFn,
-  builder: Any,
-  split: str,
-  config: ml_collections.ConfigDict,
-  mesh: jax.sharding.Mesh,
-) -> dict[str, float]:
-  """Exact loss/top-1/top-5 over a whole split (the per-epoch evaluation of training)."""
-  source = datasets.data_source(builder, split)
-  batches = pipeline.eval_batches(
-    source,
-    global_batch_size=config.eval_batch_size,
-    image_size=config.image_size,
-    workers=config.data_workers,
-  )
-  return evaluate_batches(state, eval_fn, batches, mesh)[0]
 
 
 def predict_split(

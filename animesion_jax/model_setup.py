@@ -1,9 +1,16 @@
-"""Builds the model, optimizer and (sharded) initial train state a config asks for."""
+"""Builds the model, optimizer and (sharded) train state a config asks for: the one builder.
+
+Training starts from `create` (fresh, or from config.init_from); inference restores a run's model
+with `restore_run`; both shape the train state with `abstract_train_state`, which checkpointing
+receives to store and restore.
+"""
 
 import dataclasses
+import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax
 from flax import linen as nn
 import jax
@@ -13,10 +20,13 @@ import numpy as np
 import optax
 
 from animesion_jax import checkpointing
+from animesion_jax import config_schema
 from animesion_jax import models
 from animesion_jax import optim
+from animesion_jax import run_dir as run_dir_lib
 from animesion_jax import sharding
 from animesion_jax import steps
+from animesion_jax.data import datasets
 
 # Numeric settings a converted checkpoint dictates (they are how its weights were trained).
 _CHECKPOINT_NUMERICS = ("gelu_approximate", "layer_norm_epsilon")
@@ -41,6 +51,116 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return models.create_model(
     config.model.name, num_classes=num_classes, dtype=_DTYPES[config.dtype], **overrides
   )
+
+
+def abstract_train_state(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  mesh: jax.sharding.Mesh,
+  tx: optax.GradientTransformation | None = None,
+) -> Any:
+  """Shapes, dtypes and shardings of a run's TrainState, without allocating it.
+
+  `tx` is the run's optimizer; by default one is made from the config (the optimizer state's
+  structure does not depend on the schedule's length).
+  """
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  rng = jax.random.PRNGKey(0)
+  abstract_variables = jax.eval_shape(
+    lambda: model.init({"params": rng, "dropout": rng}, dummy, train=False)
+  )
+  if tx is None:
+    tx = optim.create_optimizer(
+      config, steps_per_epoch=1, total_steps=1, params=abstract_variables["params"]
+    )
+  abstract = jax.eval_shape(
+    lambda variables: steps.create_train_state(dict(variables), tx, rng), abstract_variables
+  )
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.tree.map(
+    lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
+    abstract,
+    shardings,
+  )
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  """A training run's model and variables, restored from one of its checkpoints."""
+
+  run: run_dir_lib.RunDir
+  config: ml_collections.ConfigDict  # The run's config, newer fields at their defaults.
+  model: nn.Module
+  variables: dict[str, Any]  # {'params': ..., ['batch_stats': ...]}, placed on the mesh.
+  class_names: list[str]
+  checkpoint: epath.Path  # The step directory restored.
+  step: int
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run's config with fields added since it was written filled with their defaults."""
+  merged = config_schema.get_base_config(config.get("dataset", "moeimouto")).to_dict()
+  merged.update(config.to_dict())  # The run's own `model` block replaces the default wholesale.
+  return ml_collections.ConfigDict(merged)
+
+
+def class_names_of(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) -> list[str]:
+  """Class names saved with the run, else read from the dataset it was trained on."""
+  names = run.load_class_names()
+  if names is not None:
+    return names
+  try:
+    builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
+  except FileNotFoundError as error:
+    raise FileNotFoundError(
+      f"The class names of {run} are unknown: it has no {run.class_names_file.name} and the "
+      f"dataset it was trained on is not available here.\n{error}\nEither build the dataset "
+      f"(same --data_dir as the run: config.data_dir={config.data_dir!r}) or copy "
+      f"{run.class_names_file.name} into the run directory."
+    ) from None
+  return list(builder.info.features["label"].names)
+
+
+def run_and_checkpoint(path: str | os.PathLike) -> tuple[run_dir_lib.RunDir, str]:
+  """(run, checkpoint) of a run directory (its best checkpoint) or one of its step directories."""
+  path = run_dir_lib.resolve(path)
+  if run_dir_lib.RunDir(path).exists():
+    return run_dir_lib.RunDir(path), "best"
+  if path.name.isdigit() and run_dir_lib.RunDir(path.parent.parent).exists():
+    return run_dir_lib.RunDir(path.parent.parent), os.fspath(path)
+  raise FileNotFoundError(
+    f"{path} is neither a training run directory (with config.json) nor "
+    "one of its checkpoint step directories."
+  )
+
+
+def restore_run(
+  run: run_dir_lib.RunDir, which: str = "best", mesh: jax.sharding.Mesh | None = None
+) -> RestoredRun:
+  """A run's model and variables from its checkpoint `which` ('best', 'latest' or a step dir).
+
+  Raises:
+    FileNotFoundError: no config, checkpoint or class names.
+    checkpointing.IncompatibleCheckpoint: the checkpoint's parameter shapes differ from the
+      config's model (the message lists each differing parameter).
+    checkpointing.DamagedCheckpoint: the checkpoint's files are incomplete.
+  """
+  config = with_defaults(run.load_config())
+  path = checkpointing.resolve(run, which)
+  names = class_names_of(run, config)
+  model = build_model(config, len(names))
+  abstract = abstract_train_state(config, model, mesh or sharding.create_mesh())
+  problems = checkpointing.saved_shape_mismatches(path, abstract)
+  if problems:
+    raise checkpointing.IncompatibleCheckpoint(
+      f"{path} does not fit the model of {run.config_file} ({config.model.name}, "
+      f"{len(names)} classes, image size {config.image_size}):\n  "
+      + "\n  ".join(problems[:20])
+      + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+    )
+  state, _, step = checkpointing.restore(run, abstract, which=os.fspath(path))
+  logging.info("Restored %s (step %d): %s, %d classes.", path, step, config.model.name, len(names))
+  return RestoredRun(run, config, model, steps.model_variables(state), names, path, step)
 
 
 def load_initial_variables(
@@ -110,9 +230,7 @@ def _from_run(
   The classifier starts afresh (the model's own initialisation) when the class count differs;
   every other parameter must fit the config's model.
   """
-  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
-
-  source = inference.load_checkpoint(config.init_from.path, "run", None)
+  source = restore_run(*run_and_checkpoint(config.init_from.path))
   variables = jax.tree.map(np.asarray, source.variables)
   wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
   have = flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/")
@@ -127,8 +245,8 @@ def _from_run(
   if fresh:
     logging.info(
       "init_from run %s (%d classes): new classifier %s.",
-      source.description,
-      source.num_classes,
+      source.run,
+      len(source.class_names),
       fresh,
     )
   numerics = {
@@ -187,10 +305,9 @@ def create(
   tx = optim.create_optimizer(
     config, steps_per_epoch, total_steps, params=abstract_variables["params"]
   )
-
+  abstract_state = abstract_train_state(config, model, mesh, tx)
+  state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
   make_state = lambda variables: steps.create_train_state(dict(variables), tx, train_rng)
-  abstract_state = jax.eval_shape(make_state, abstract_variables)
-  state_sharding = sharding.state_shardings(abstract_state, mesh)
   if config.init_from.source:
     model, loaded, fresh_keys = load_initial_variables(
       config, model, num_classes, abstract_variables
@@ -201,11 +318,6 @@ def create(
     state = jax.jit(make_state, out_shardings=state_sharding)(loaded)
   else:
     state = jax.jit(lambda: make_state(init_variables()), out_shardings=state_sharding)()
-  abstract_state = jax.tree.map(
-    lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
-    abstract_state,
-    state_sharding,
-  )
   logging.info(
     "Model %s: %s parameters.", config.model.name, f"{models.count_params(state.params):,}"
   )

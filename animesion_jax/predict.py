@@ -37,10 +37,11 @@ import numpy as np
 import tqdm
 
 from animesion_jax import annotate
+from animesion_jax import cli_common
 from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
-from animesion_jax import inference
+from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax import sharding
 
@@ -118,7 +119,7 @@ def _batches(crops: Iterator[Crop], batch_size: int) -> Iterator[tuple[list[Crop
 
 
 def predict_files(
-  run: inference.LoadedRun,
+  run: recognizer.Recognizer,
   files: Sequence[image_files.ImageFile],
   *,
   top_k: int = 5,
@@ -138,8 +139,7 @@ def predict_files(
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
     not be decoded.
   """
-  predict_fn = inference.make_predict_fn(run, top_k)
-  batch_size = inference.round_up_batch(batch_size, run.mesh.size)
+  batch_size = sharding.round_up_batch(batch_size, len(run.mesh.local_devices))
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -150,16 +150,13 @@ def predict_files(
 
     def dispatch():
       for crops, images in batches:
-        yield (
-          crops,
-          predict_fn(run.variables, sharding.to_global_batch({"image": images}, run.mesh)["image"]),
-        )
+        yield crops, run.device_predict(images, top_k)
         if each_batch is not None:
           each_batch(crops, images)
 
-    dispatched = dispatch()
-    for crops, (probabilities, class_ids) in evaluation.lagged(dispatched, run.mesh):
-      for row, crop in enumerate(crops):
+    for crops, (probabilities, class_ids) in evaluation.lagged(dispatch(), run.mesh):
+      answers = run.answers(probabilities, class_ids)
+      for crop, answer in zip(crops, answers):
         results.append(
           {
             "file": crop.file.path,
@@ -167,17 +164,7 @@ def predict_files(
             "face": crop.face,
             "box": crop.box.as_list() if crop.box else None,
             "note": crop.note,
-            "predictions": [
-              {
-                "rank": rank + 1,
-                "class_id": int(class_id),
-                "name": run.class_names[int(class_id)],
-                "probability": float(probability),
-              }
-              for rank, (class_id, probability) in enumerate(
-                zip(class_ids[row], probabilities[row])
-              )
-            ],
+            "predictions": answer.ranked(),
           }
         )
   return results, errors
@@ -207,7 +194,7 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
 def write_outputs(
   results: Sequence[dict[str, Any]],
   errors: Sequence[dict[str, str]],
-  run: inference.LoadedRun,
+  run: recognizer.Recognizer,
   output_dir: str | os.PathLike,
 ) -> None:
   """predictions.json (everything) and predictions.csv (one row per crop and rank)."""
@@ -262,10 +249,11 @@ def write_outputs(
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  inference.define_model_flags(
+  cli_common.define_model_flags(
     "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
-  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
+  cli_common.define_runtime_flags(distributed=False)
+  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
   flags.DEFINE_integer("top_k", 5, "Characters listed per image or face.")
   flags.DEFINE_string(
     "output_dir",
@@ -308,6 +296,7 @@ def main(argv):
     raise app.UsageError(f"--top_k={flag.top_k} must be at least 1.")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the table.
+  cli_common.start_jax(flag)
   files, problems = image_files.find_images(inputs)
   for given, problem in problems:
     print(f"Skipping {given}: {problem}")
@@ -317,7 +306,7 @@ def main(argv):
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
-    run = inference.load_from_flags(flag)
+    run = cli_common.load_from_flags(flag)
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
     elif run.workdir is not None:
@@ -325,8 +314,8 @@ def main(argv):
     else:
       output_dir = run_dir.resolve("predictions")
     writer = annotate.AttentionWriter(run, output_dir) if flag.attention_maps else None
-  except inference.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
-    inference.exit_with_user_error("predict", error)
+  except cli_common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
+    cli_common.exit_with_user_error("predict", error)
   results, errors = predict_files(
     run, files, top_k=flag.top_k, batch_size=flag.batch_size, detector=detector, each_batch=writer
   )

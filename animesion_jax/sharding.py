@@ -92,6 +92,11 @@ def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str,
   }
 
 
+def round_up_batch(batch_size: int, num_devices: int) -> int:
+  """The smallest multiple of the device count that is >= batch_size (at least one per device)."""
+  return max(num_devices, -(-batch_size // num_devices) * num_devices)
+
+
 def _leaf_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
   if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()

@@ -22,10 +22,6 @@ from animesion_jax.data import datasets
 from animesion_jax.data import device_cache
 from animesion_jax.data import pipeline
 
-# Kept importable from here (the CLI and tests know them as train.*).
-PREEMPTED_EXIT_CODE = preemption.PREEMPTED_EXIT_CODE
-Preempted = preemption.Preempted
-
 
 class NonFiniteLoss(RuntimeError):
   """The loss or gradients became NaN/Inf and the config says to stop."""
@@ -321,7 +317,7 @@ def run_steps(
       if stopping:
         loop.checkpoints.wait()
         logging.warning("Saved step %d after a stop signal; run the same command to resume.", step)
-        raise Preempted(step)
+        raise preemption.Preempted(step)
       if halting:
         logging.info("Halting after %d steps (config.halt_after_steps); rerun to resume.", step)
         break

@@ -77,7 +77,7 @@ def test_class_token_attention_matches_numpy_reference(height, width):
   variables = _variables(model, images)
   params = jax.tree.map(np.asarray, variables["params"])
   expected = _reference_attention(params, images.astype(np.float64), 4, 2)
-  layers = attention.class_token_attention(model, variables, images)
+  layers = attention.maps(model, variables, images)["layers"]
   gh, gw = height // 4, width // 4
   assert layers.shape == (2, 3, gh, gw)
   np.testing.assert_allclose(layers, expected[:, :, 0, 1:].reshape(2, 3, gh, gw), atol=2e-5)
@@ -112,9 +112,8 @@ def test_maps_combines_layers_and_rollout():
   images = _images()
   variables = _variables(model, images)
   result = attention.maps(model, variables, images)
-  np.testing.assert_allclose(
-    result["layers"], attention.class_token_attention(model, variables, images)
-  )
+  full = attention.full_attention(model, variables, images)
+  np.testing.assert_allclose(result["layers"], full[:, :, 0, 1:].reshape(2, 3, 4, 4))
   np.testing.assert_allclose(
     result["rollout"],
     attention.rollout(attention.full_attention(model, variables, images)),
@@ -127,15 +126,14 @@ def test_intermediate_head_vit_has_attention_maps_too():
   model = _tiny_vit(head_type="intermediate_features")
   images = _images()
   variables = _variables(model, images)
-  assert attention.class_token_attention(model, variables, images).shape == (2, 3, 4, 4)
+  assert attention.maps(model, variables, images)["layers"].shape == (2, 3, 4, 4)
 
 
 def test_non_vit_models_are_refused():
   model = models.create_model("resnet18", num_classes=3, base_width=8)
   images = _images(n=1, height=32, width=32)
-  variables = model.init({"params": jax.random.key(0)}, images, train=False)
   with pytest.raises(ValueError, match="ResNet.*no attention"):
-    attention.maps(model, variables, images)
+    attention.maps(model, {}, images)  # Refused by the model's kind, before any variable is read.
 
 
 def test_overlay_scales_the_image_by_the_normalised_map():

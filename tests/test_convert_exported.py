@@ -228,7 +228,7 @@ def test_cli_writes_a_checkpoint_that_loads_directly(tmp_path):
 
 def test_cli_exports_a_training_run(tmp_path):
   """--source=run: the trained model, its class names and normalisation, typed relative."""
-  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
+  from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
   from tests import trained_run  # pylint: disable=g-import-not-at-top
 
   trained_run.copy_of_trained_workdir(tmp_path / "runs" / "tiny")
@@ -252,8 +252,8 @@ def test_cli_exports_a_training_run(tmp_path):
   assert "unchanged:      every tensor carried over as is" in result.stdout
   assert f"step 4 of the training run {tmp_path / 'runs' / 'tiny'}" in result.stdout
 
-  run = inference.load_run(tmp_path / "runs" / "tiny", "latest")
-  exported = inference.load_checkpoint(
+  run = recognizer.load_run(tmp_path / "runs" / "tiny", "latest")
+  exported = recognizer.load_checkpoint(
     tmp_path / "exported", "animesion", tmp_path / "exported" / "class_names.json"
   )
   assert exported.class_names == run.class_names and len(run.class_names) == 28

@@ -14,9 +14,9 @@ import pytest
 
 from animesion_jax import checkpointing
 from animesion_jax import evaluate
-from animesion_jax import inference
 from animesion_jax import longtail
 from animesion_jax import plots
+from animesion_jax import recognizer
 from animesion_jax import run_dir
 from tests import trained_run
 
@@ -233,8 +233,8 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
   config["model"]["hidden_size"] = 48
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(inference.CheckpointMismatch) as error:
-    inference.load_run(workdir)
+  with pytest.raises(checkpointing.IncompatibleCheckpoint) as error:
+    recognizer.load_run(workdir)
   message = str(error.value)
   assert "params/Transformer/encoder_norm/scale: model (48,), checkpoint (32,)" in message
   assert message.endswith("... 2 more")  # 22 parameters differ; the first 20 are listed.
@@ -245,22 +245,22 @@ def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
     json.dump(config, f)
   run_dir.RunDir(workdir).save_class_names([f"c{i}" for i in range(10)])
   with pytest.raises(
-    inference.CheckpointMismatch,
+    checkpointing.IncompatibleCheckpoint,
     match=r"params/head/bias: model \(10,\), "
     r"checkpoint \(28,\)",
   ):
-    inference.load_run(workdir)
+    recognizer.load_run(workdir)
 
 
 def test_missing_checkpoints_are_clear_errors(workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a training run directory"):
-    inference.load_run(str(tmp_path))
+    recognizer.load_run(str(tmp_path))
   run = run_dir.RunDir(workdir)
   with pytest.raises(FileNotFoundError, match="expected 'best', 'latest' or a checkpoint step"):
     checkpointing.resolve(run, str(tmp_path))
   (tmp_path / "config.json").write_text(run.config_file.read_text())
   with pytest.raises(FileNotFoundError, match="No checkpoint under .*checkpoints"):
-    inference.load_run(str(tmp_path))
+    recognizer.load_run(str(tmp_path))
   step_dir = os.path.join(workdir, "checkpoints", str(trained_run.TRAIN_STEPS))
   assert checkpointing.resolve(run, step_dir) == checkpointing.resolve(run, "latest")
 
@@ -286,7 +286,7 @@ def test_evaluate_straight_from_a_checkpoint(workdir, test_report, tmp_path, mon
   from animesion_jax import convert  # pylint: disable=g-import-not-at-top
   from animesion_jax.convert import conversion as conversion_lib  # pylint: disable=g-import-not-at-top
 
-  run = inference.load_run(workdir, "latest")
+  run = recognizer.load_run(workdir, "latest")
   summary = dict(
     conversion_lib.new_summary("run", run.checkpoint), normalization=run.config.normalization
   )

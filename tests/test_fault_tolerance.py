@@ -17,6 +17,7 @@ import pytest
 from animesion_jax import checkpointing
 from animesion_jax import config_validation
 from animesion_jax import model_setup
+from animesion_jax import preemption
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax import train
@@ -71,9 +72,9 @@ def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, s
   straight_dir, config = straight_run
   stop_at = int(np.random.default_rng(int(signum)).integers(2, 7))  # A random step in 2..6.
   _signal_before_batch(monkeypatch, signum, stop_at)
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(preemption.Preempted) as stopped:
     train.train_and_evaluate(config, str(tmp_path))
-  assert stopped.value.code == train.PREEMPTED_EXIT_CODE
+  assert stopped.value.code == preemption.PREEMPTED_EXIT_CODE
   # The signal arrives while the batch of step `stop_at` is fetched: that step runs, then it saves.
   assert stopped.value.step == stop_at
   assert (tmp_path / "checkpoints" / str(stop_at)).is_dir()

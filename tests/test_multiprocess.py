@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from animesion_jax import preemption
 from animesion_jax import train
 from tests import helpers
 
@@ -101,7 +102,11 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   processes[1].send_signal(signal.SIGTERM)
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   codes = [p.returncode for p in processes]
-  assert codes == [train.PREEMPTED_EXIT_CODE] * 2, (codes, outputs[0][-2000:], outputs[1][-2000:])
+  assert codes == [preemption.PREEMPTED_EXIT_CODE] * 2, (
+    codes,
+    outputs[0][-2000:],
+    outputs[1][-2000:],
+  )
   saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
   assert len(saved) == 1 and 0 < saved[0] < 3000, saved
   data_files = os.listdir(workdir / "checkpoints" / str(saved[0]) / "data")

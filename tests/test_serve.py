@@ -25,8 +25,8 @@ import requests
 
 from animesion_jax import faces
 from animesion_jax import image_files
-from animesion_jax import inference
 from animesion_jax import predict
+from animesion_jax import recognizer
 from animesion_jax.serve import pictures
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
@@ -176,7 +176,7 @@ def test_answers_match_the_predict_command(server, tmp_path):
   """The API's boxes and top-5 are those of `predict` (same reader, crops and model)."""
   (tmp_path / "example.png").write_bytes(_png(_example()))
   (tmp_path / "group.png").write_bytes(_png(_illustration()))
-  run = inference.load_run(server.workdir, "best")
+  run = recognizer.load_run(server.workdir, "best")
   results, errors = predict.predict_files(
     run,
     [image_files.ImageFile(str(tmp_path / name), name) for name in ("example.png", "group.png")],

@@ -19,7 +19,6 @@ tensors were dropped, resized or re-initialised.
 
 from collections.abc import Sequence
 import json
-import sys
 from typing import Any
 
 from absl import app
@@ -27,12 +26,13 @@ from absl import flags
 from absl import logging
 import jax
 
+from animesion_jax import cli_common
 from animesion_jax import convert
-from animesion_jax import inference
+from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax.convert import conversion as conversion_lib
 
-RUN = "run"  # --source of a training run.
+RUN = recognizer.RUN_SOURCE  # --source of a training run.
 _SOURCE = flags.DEFINE_enum("source", None, sorted([*convert.SOURCES, RUN]), "Format of --input.")
 _INPUT = flags.DEFINE_string(
   "input",
@@ -94,9 +94,9 @@ def load_run(
   resolved = run_dir.resolve(path)
   run = run_dir.RunDir(resolved)
   if run.exists():
-    loaded = inference.load_run(run, checkpoint)
+    loaded = recognizer.load_run(run, checkpoint)
   else:  # A checkpoint step directory of a run.
-    loaded = inference.load_checkpoint(resolved, RUN, None)
+    loaded = recognizer.load_checkpoint(resolved, RUN, None)
   summary = conversion_lib.new_summary(RUN, loaded.checkpoint)
   summary["notes"].append(f"step {loaded.step} of the training run {loaded.description}")
   summary["normalization"] = loaded.config.normalization
@@ -136,8 +136,8 @@ def main(argv: Sequence[str]) -> None:
         run_dir.resolve(_INPUT.value),
         convert.Target(_NUM_CLASSES.value, _IMAGE_SIZE.value, _NUM_HEADS.value),
       )
-  except inference.USER_ERRORS as e:
-    sys.exit(f"convert_checkpoint: {e}")
+  except cli_common.USER_ERRORS as error:
+    cli_common.exit_with_user_error("convert_checkpoint", error)
   output = run_dir.resolve(_OUTPUT.value)
   convert.save(output, conversion.model, conversion.variables, conversion.summary)
   if names:

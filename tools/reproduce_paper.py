@@ -64,7 +64,6 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   # pylint: disable=g-import-not-at-top
   import jax
 
-  from animesion_jax import checkpointing
   from animesion_jax import config_validation
   from animesion_jax import model_setup
   from animesion_jax import sharding
@@ -75,7 +74,7 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   config_validation.validate(config, num_devices=num_devices)
   model = model_setup.build_model(config, paper.NUM_CLASSES[row.dataset])
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
-  checkpointing.abstract_train_state(config, model, mesh)
+  model_setup.abstract_train_state(config, model, mesh)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -2,13 +2,10 @@
 
 import os
 
-from absl import logging
 import numpy as np
 
 from animesion_jax import faces
-from animesion_jax import inference
-from animesion_jax import sharding
-from animesion_jax.data import preprocess
+from animesion_jax import recognizer
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
@@ -28,32 +25,23 @@ def face_detector(
     return None, f"Face detection is off, so each whole picture is classified. {error}"
 
 
-def _attention_fn(run: inference.LoadedRun, sizes: list[int]) -> app.AttentionFn | None:
+def _attention_fn(run: recognizer.Recognizer, sizes: list[int]) -> app.AttentionFn | None:
   """crops -> attention rollout heatmaps, for ViTs; None for other models."""
-  try:
-    from animesion_jax import attention  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  if not run.has_attention:
     return None
-  model, normalization = run.model, run.config.normalization
 
   def heatmaps(crops: np.ndarray) -> np.ndarray:
     # Padded to the batcher's sizes: attention.maps compiles once per batch size.
     size = next((s for s in sizes if s >= len(crops)), len(crops))
     padded = np.zeros((size, *crops.shape[1:]), np.uint8)
     padded[: len(crops)] = crops
-    images = preprocess.normalize(padded, normalization, model.dtype)
-    return attention.maps(model, run.variables, images)["rollout"][: len(crops)]
+    return run.attention_maps(padded)["rollout"][: len(crops)]
 
-  try:
-    heatmaps(np.zeros((1, run.config.image_size, run.config.image_size, 3), np.uint8))
-  except ValueError as error:  # Not a ViT.
-    logging.info("No attention maps: %s", error)
-    return None
   return heatmaps
 
 
 def build_service(
-  run: inference.LoadedRun,
+  run: recognizer.Recognizer,
   *,
   detector: faces.FaceDetector | None = None,
   face_note: str = "",
@@ -82,11 +70,9 @@ def build_service(
       f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
       "one picture's faces go in one device call."
     )
-  predict_fn = inference.make_predict_fn(run, TOP_K)
 
   def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    global_images = sharding.to_global_batch({"image": images}, run.mesh)["image"]
-    probabilities, class_ids = predict_fn(run.variables, global_images)
+    probabilities, class_ids = run.device_predict(images, TOP_K)  # The run's one jitted function.
     return np.asarray(probabilities), np.asarray(class_ids)
 
   size = run.config.image_size

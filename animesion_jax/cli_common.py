@@ -1,0 +1,190 @@
+"""What the command line programs share: model flags, user-error exits and JAX start-up.
+
+For CLIs only (main, evaluate, predict, serve, tools/*): it defines absl flags when asked to, so
+no library module imports it. A program that loads a model:
+
+  def define_flags():
+    cli_common.define_model_flags("With --source: classid_classname.csv ...")
+    cli_common.define_runtime_flags(distributed=False)
+
+  def main(argv):
+    cli_common.start_jax(flags.FLAGS)
+    try:
+      model = cli_common.load_from_flags(flags.FLAGS)
+    except cli_common.USER_ERRORS as error:
+      cli_common.exit_with_user_error("predict", error)
+
+Mistakes in the flags themselves raise app.UsageError (absl prints the usage); anything wrong
+with what the flags point at (files, checkpoints, configs) ends in `exit_with_user_error`.
+"""
+
+import os
+import sys
+from typing import Any, NoReturn
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from animesion_jax import checkpointing
+from animesion_jax import config_validation
+from animesion_jax import convert
+from animesion_jax import recognizer
+
+# Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
+USER_ERRORS = (
+  FileNotFoundError,
+  recognizer.LoadError,
+  convert.ConversionError,
+  checkpointing.DamagedCheckpoint,
+  checkpointing.IncompatibleCheckpoint,
+  config_validation.ConfigError,
+)
+
+
+def exit_with_user_error(program: str, error: BaseException) -> NoReturn:
+  """Prints '<program>: <message>' and exits 1 at once.
+
+  Immediately (os._exit): after a failed restore, Orbax's background reads of the other arrays
+  may still be scheduled, and an ordinary interpreter shutdown prints their 'Event loop is
+  closed' tracebacks under the message. Nothing is being written at this point.
+  """
+  sys.stderr.write(f"{program}: {error}\n")
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def define_model_flags(class_names_help: str) -> None:
+  """The flags that name the model a command loads: a training run, or a checkpoint file."""
+  flags.DEFINE_string(
+    "workdir", None, "Training run directory (or give --checkpoint and --source)."
+  )
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "With --workdir: 'best' (default), 'latest', a step number or a checkpoint step directory. "
+    "With --source: the checkpoint file or directory.",
+  )
+  flags.DEFINE_string(
+    "source",
+    None,
+    "Kind of --checkpoint without a training run: " + ", ".join(recognizer.SOURCES) + ".",
+  )
+  flags.DEFINE_string("class_names", None, class_names_help)
+  flags.DEFINE_integer(
+    "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden size / 64)."
+  )
+  flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+
+
+def check_model_flags(flag: Any) -> None:
+  """app.UsageError unless the flags of `define_model_flags` name exactly one model."""
+  if flag.workdir is not None and flag.source is not None:
+    raise app.UsageError(
+      "Give either --workdir (a training run) or --checkpoint with --source, not both."
+    )
+  if flag.workdir is None and flag.source is None:
+    raise app.UsageError(
+      "Give --workdir=RUN (a training run directory), or "
+      "--checkpoint=PATH --source=SOURCE --class_names=FILE."
+    )
+  if flag.source is not None and flag.checkpoint is None:
+    raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
+
+
+def load_from_flags(flag: Any) -> recognizer.Recognizer:
+  """The model the flags of `define_model_flags` name, on this process's devices."""
+  check_model_flags(flag)
+  if flag.workdir is not None:
+    return recognizer.load_run(flag.workdir, flag.checkpoint or "best", jax.local_devices())
+  return recognizer.load_checkpoint(
+    flag.checkpoint,
+    flag.source,
+    flag.class_names,
+    num_heads=flag.num_heads,
+    image_size=flag.image_size,
+    devices=jax.local_devices(),
+  )
+
+
+def define_runtime_flags(*, distributed: bool) -> None:
+  """--compilation_cache_dir and, for programs that run over several processes, the flags of
+  jax.distributed (see `start_jax`)."""
+  flags.DEFINE_string(
+    "compilation_cache_dir",
+    "~/.cache/animesion_jax/xla",
+    "Persistent XLA compilation cache, so a repeated command does not compile again "
+    "('' = off; the JAX_COMPILATION_CACHE_DIR environment variable wins).",
+  )
+  if not distributed:
+    return
+  flags.DEFINE_bool(
+    "distributed",
+    None,
+    "Call jax.distributed.initialize() (multi-host). Default: on when the "
+    "environment names a coordinator (TPU VM pods, SLURM, JAX_COORDINATOR_ADDRESS) or "
+    "--coordinator_address is given.",
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for multi-process runs without a cluster environment "
+    "(e.g. several GPU hosts, or several processes on one machine).",
+  )
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
+
+
+def wants_distributed(explicit: bool | None = None, coordinator: str | None = None) -> bool:
+  """Whether to call jax.distributed.initialize(): as asked (`explicit`), else when a
+  coordinator address is given or the environment names one (TPU VM pods, SLURM,
+  JAX_COORDINATOR_ADDRESS)."""
+  if explicit is not None:
+    return explicit
+  return coordinator is not None or any(
+    name in os.environ
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES")
+  )
+
+
+def start_jax(flag: Any) -> None:
+  """Before any computation: the compilation cache, then (when wanted) jax.distributed.
+
+  The flags are those of `define_runtime_flags`; without its distributed flags the program runs
+  on its own process's devices.
+  """
+  if flag.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(flag.compilation_cache_dir))
+  if "distributed" not in flag or not wants_distributed(flag.distributed, flag.coordinator_address):
+    return
+  # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+    coordinator_address=flag.coordinator_address,
+    num_processes=flag.num_processes,
+    process_id=flag.process_id,
+  )
+  _all_devices_reduce()
+
+
+def _all_devices_reduce() -> None:
+  """One all-device reduction while every process is at the same point.
+
+  The CPU backend creates its gloo context for a device set at the first collective over it and
+  allows 30 s between processes; the first real reduction over all devices comes after
+  compilation, which a busy host may finish minutes after the others. Doing it here first means
+  that step finds the context made.
+  """
+  sharding = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ("all",)), jax.sharding.PartitionSpec("all")
+  )
+  ones = jax.make_array_from_callback(
+    (jax.device_count(),), sharding, lambda index: np.ones((1,), np.float32)
+  )
+  total = jax.jit(
+    lambda x: x.sum(),
+    out_shardings=jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()),
+  )(ones)
+  assert int(total) == jax.device_count()

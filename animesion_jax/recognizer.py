@@ -1,0 +1,355 @@
+"""Name the characters in pictures from Python: a trained model, ready to predict.
+
+  from animesion_jax import recognizer
+  model = recognizer.load_run("runs/quickstart")            # its best checkpoint
+  for answer in model.predict(["art.png", pil_image, uint8_array], top_k=3):
+    print(answer.names, answer.probabilities)
+
+  model = recognizer.load_checkpoint("b16_dafre.pth", "pytorch_vit", "classid_classname.csv")
+
+A `Recognizer` holds the model, its variables (placed on a mesh of the devices), the class names,
+and one jitted forward function built when it is loaded: `predict`, the `predict` and `evaluate`
+commands and the web page all call that one function. No command-line flags are defined here.
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import json
+import os
+from typing import Any
+
+from absl import logging
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from animesion_jax import attention
+from animesion_jax import convert
+from animesion_jax import evaluation
+from animesion_jax import image_files
+from animesion_jax import model_setup
+from animesion_jax import models
+from animesion_jax import run_dir
+from animesion_jax import sharding
+from animesion_jax.data import preprocess
+from animesion_jax.models import vit
+
+RUN_SOURCE = "run"  # load_checkpoint's source for a training run (directory or step directory).
+SOURCES = tuple(sorted([*convert.SOURCES, RUN_SOURCE]))  # Every source load_checkpoint takes.
+
+# One image: a file path, a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+class LoadError(ValueError):
+  """What was given to load a model does not work (the message says why and what to do)."""
+
+
+class CheckpointMismatch(LoadError):
+  """The class names (or settings) given do not fit the checkpoint's model."""
+
+
+class ClassNamesError(LoadError):
+  """A class-names file that cannot be read as class names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """The top-k characters of one image, best first."""
+
+  names: list[str]
+  probabilities: list[float]
+  class_ids: list[int]
+
+  def ranked(self) -> list[dict[str, Any]]:
+    """[{'rank', 'class_id', 'name', 'probability'}], rank 1 first (predict's JSON rows)."""
+    return [
+      {"rank": rank + 1, "class_id": class_id, "name": name, "probability": probability}
+      for rank, (class_id, name, probability) in enumerate(
+        zip(self.class_ids, self.names, self.probabilities)
+      )
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recognizer:
+  """A model ready for inference (frozen: its forward function is built once, at creation)."""
+
+  config: ml_collections.ConfigDict  # At least image_size, normalization and model.name.
+  model: nn.Module
+  variables: dict[str, Any]  # {'params': ..., ['batch_stats': ...]}, placed on `mesh`.
+  class_names: list[str]
+  mesh: jax.sharding.Mesh
+  checkpoint: str  # The checkpoint restored: a run's step directory, a file or a directory.
+  step: int | None = None  # Training step of a run's checkpoint; None for converted ones.
+  workdir: run_dir.RunDir | None = None  # The training run; None for a checkpoint file.
+  _forward: Callable[..., tuple[jax.Array, jax.Array]] = dataclasses.field(
+    init=False, repr=False, compare=False
+  )
+
+  def __post_init__(self):
+    model, normalization = self.model, self.config.normalization
+
+    def forward(variables: Any, images: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+      logits = model.apply(
+        variables, preprocess.normalize(images, normalization, model.dtype), train=False
+      )
+      return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
+
+    # Compiled once per batch shape and k; the variables are an argument, never baked in.
+    jitted = jax.jit(forward, static_argnums=2, out_shardings=sharding.batch_sharding(self.mesh))
+    object.__setattr__(self, "_forward", jitted)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def description(self) -> str:
+    """The run directory, or the checkpoint, the model came from."""
+    return str(self.workdir) if self.workdir is not None else self.checkpoint
+
+  @property
+  def has_attention(self) -> bool:
+    """Whether `attention_maps` applies (ViTs; ResNets and ShallowNet have no attention)."""
+    return isinstance(self.model, vit.VisionTransformer)
+
+  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
+    """Top-k (probabilities, class ids), best first, of this process's uint8 NHWC batch.
+
+    The batch length must be a multiple of this process's devices in the mesh (see
+    `sharding.round_up_batch`). Returns global device arrays without waiting for them.
+    """
+    batch = sharding.to_global_batch({"image": images}, self.mesh)["image"]
+    return self._forward(self.variables, batch, min(top_k, self.num_classes))
+
+  def answers(self, probabilities: np.ndarray, class_ids: np.ndarray) -> list[Prediction]:
+    """One Prediction per row of `device_predict`'s outputs (read back to the host)."""
+    return [
+      Prediction(
+        names=[self.class_names[int(i)] for i in ids],
+        probabilities=[float(p) for p in row],
+        class_ids=[int(i) for i in ids],
+      )
+      for row, ids in zip(probabilities, class_ids)
+    ]
+
+  def pixels(self, image: ImageLike) -> np.ndarray:
+    """The uint8 [S, S, 3] model input of one image, resized as predict and the web page do."""
+    size = self.config.image_size
+    if isinstance(image, (str, os.PathLike)):
+      image = image_files.load_image(os.fspath(image), min_size=size)
+    elif isinstance(image, np.ndarray):
+      if image.dtype != np.uint8 or not (image.ndim == 2 or image.shape[2:] in ((3,), (4,))):
+        raise ValueError(
+          f"An image array must be uint8 pixels (0-255) of shape (H, W), (H, W, 3) or "
+          f"(H, W, 4); got {image.dtype} {image.shape}."
+        )
+      image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+      raise TypeError(f"Expected a file path, a PIL image or a uint8 array; got {type(image)}.")
+    return np.asarray(preprocess.resize_square(image_files.to_rgb(image), size))
+
+  def predict(
+    self, images: Sequence[ImageLike], top_k: int = 5, batch_size: int = 64
+  ) -> list[Prediction]:
+    """Names the characters in `images` (paths, PIL images or uint8 arrays): one per image.
+
+    Each whole image is resized to the model's input (to classify faces in illustrations, use
+    the predict command's --detect_faces). On several processes each process passes its own
+    images, all processes the same number.
+
+    Raises:
+      FileNotFoundError, image_files.UnreadableImage: a path that is not a readable image.
+      ValueError, TypeError: something that is not an image.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (
+      isinstance(images, np.ndarray) and images.ndim < 4
+    ):
+      raise TypeError("predict takes a sequence of images: pass [image] for one.")
+    pixels = [self.pixels(image) for image in images]
+    per_process = len(self.mesh.local_devices)
+    size = sharding.round_up_batch(min(batch_size, max(len(pixels), 1)), per_process)
+    found = []
+    for start in range(0, len(pixels), size):
+      chunk = np.stack(pixels[start : start + size])
+      padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
+      padded[: len(chunk)] = chunk
+      outputs = self.device_predict(padded, top_k)
+      probabilities, class_ids = (evaluation.host_rows(a, self.mesh) for a in outputs)
+      found += self.answers(probabilities[: len(chunk)], class_ids[: len(chunk)])
+    return found
+
+  def attention_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Class-token attention of a ViT over uint8 NHWC model inputs (see attention.maps).
+
+    Raises:
+      ValueError: the model is not a ViT.
+    """
+    normalized = preprocess.normalize(images, self.config.normalization, self.model.dtype)
+    return attention.maps(self.model, self.variables, normalized)
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+  """Class names (index = class id) from a JSON list or a `class_id,class_name` CSV file.
+
+  The CSV is the original Animesion `classid_classname.csv` (with or without a header row).
+  """
+  from tfds_builders.common import label_csv  # pylint: disable=g-import-not-at-top
+
+  path = run_dir.resolve(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"Class-names file {path} does not exist.")
+  if path.suffix.lower() != ".json":
+    try:
+      return label_csv.read_class_names(path)
+    except (ValueError, UnicodeDecodeError) as error:
+      raise ClassNamesError(
+        f"{error}\nExpected the dataset's classid_classname.csv "
+        "(class_id,class_name rows) or a JSON list of names."
+      ) from None
+  try:
+    names = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as error:
+    raise ClassNamesError(
+      f"{path} is not valid JSON ({error}); expected a list of class names."
+    ) from None
+  if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    raise ClassNamesError(
+      f"{path} should hold a JSON list of class-name strings (index = class id)."
+    )
+  return names
+
+
+def load_run(
+  workdir: str | os.PathLike | run_dir.RunDir,
+  checkpoint: str | int = "best",
+  devices: Sequence[jax.Device] | None = None,
+) -> Recognizer:
+  """A training run's model, restored for inference.
+
+  Args:
+    workdir: the training run's directory (it holds config.json and checkpoints).
+    checkpoint: 'best' (the best validation top-1, else the latest), 'latest', a step number or
+      the path of a checkpoint step directory.
+    devices: devices to place the variables on, replicated (default: all).
+
+  Raises:
+    FileNotFoundError: no config, checkpoint or class names.
+    checkpointing.IncompatibleCheckpoint: the checkpoint's parameter shapes differ from the
+      config's model (the message lists each differing parameter).
+    checkpointing.DamagedCheckpoint: the checkpoint's files are incomplete (the message names
+      it and the run's other checkpoints).
+  """
+  run = workdir if isinstance(workdir, run_dir.RunDir) else run_dir.RunDir(workdir)
+  if isinstance(checkpoint, int) or checkpoint.isdigit():
+    checkpoint = os.fspath(run.checkpoints_dir / str(int(checkpoint)))
+  mesh = sharding.create_mesh(devices)
+  restored = model_setup.restore_run(run, checkpoint, mesh)
+  return Recognizer(
+    config=restored.config,
+    model=restored.model,
+    variables=restored.variables,
+    class_names=restored.class_names,
+    mesh=mesh,
+    checkpoint=os.fspath(restored.checkpoint),
+    step=restored.step,
+    workdir=run,
+  )
+
+
+def load_checkpoint(
+  checkpoint: str | os.PathLike,
+  source: str,
+  class_names: str | os.PathLike | Sequence[str] | None,
+  *,
+  num_heads: int | None = None,
+  image_size: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> Recognizer:
+  """A model straight from a checkpoint and a class-names file, with no training run.
+
+  Args:
+    checkpoint: the checkpoint file (a directory for 'animesion'; a run directory or one of its
+      checkpoint step directories for 'run').
+    source: one of SOURCES: 'run' or a converter source (pytorch_vit, torchvision_resnet,
+      animesion, vit_npz); the architecture is read from the checkpoint as `convert.load` does.
+    class_names: the original `classid_classname.csv` (id,name rows, with or without a header)
+      or a JSON list (or the names themselves); as many as the checkpoint has classes.
+      Optional for 'run'.
+    num_heads: ViT attention heads where the file does not store them (pytorch_vit).
+    image_size: input size (default: the checkpoint's; a ViT's position embedding is resized).
+    devices: devices to place the variables on, replicated (default: all).
+
+  Raises:
+    FileNotFoundError: a missing checkpoint or class-names file.
+    LoadError: bad arguments, or class names that do not fit the checkpoint.
+    convert.ConversionError: the checkpoint is not of that source.
+  """
+  path = run_dir.resolve(checkpoint)
+  if not path.exists():
+    raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+  if class_names is None or isinstance(class_names, (list, tuple)):
+    names = None if class_names is None else list(class_names)
+  else:
+    names = read_class_names(class_names)
+  if source == RUN_SOURCE:
+    if num_heads is not None or image_size is not None:
+      raise LoadError(
+        "--num_heads and --image_size apply to converted checkpoints; a run uses its own settings."
+      )
+    loaded = load_run(*model_setup.run_and_checkpoint(path), devices)
+    if names is None:
+      return loaded
+    _check_class_count(names, loaded.num_classes, class_names, path)
+    return dataclasses.replace(loaded, class_names=names)
+  if source not in convert.SOURCES:
+    raise LoadError(f"--source={source!r}: choose one of {list(SOURCES)}.")
+  if names is None:
+    raise LoadError(
+      f"--source={source} needs --class_names (classid_classname.csv or a JSON list of names)."
+    )
+  conversion = convert.load_with_summary(
+    source, path, convert.Target(image_size=image_size, num_heads=num_heads)
+  )
+  model = conversion.model
+  _check_class_count(names, model.num_classes, class_names, path)
+  model_class = type(model).__name__
+  config = ml_collections.ConfigDict(
+    {
+      "image_size": int(conversion.summary["image_size"]),
+      "normalization": conversion.summary.get("normalization")
+      or models.family_of(model).normalization,
+      "model": {"name": f"{model_class} ({source})"},
+    }
+  )
+  mesh = sharding.create_mesh(devices)
+  variables = jax.device_put(conversion.variables, sharding.replicated(mesh))
+  logging.info(
+    "Loaded %s (%s): %s, %d classes, image size %d.",
+    path,
+    source,
+    model_class,
+    len(names),
+    config.image_size,
+  )
+  return Recognizer(
+    config=config,
+    model=model,
+    variables=variables,
+    class_names=names,
+    mesh=mesh,
+    checkpoint=os.fspath(path),
+  )
+
+
+def _check_class_count(names: list[str], outputs: int, given: Any, checkpoint: Any) -> None:
+  if len(names) != outputs:
+    given = "The class names" if isinstance(given, (list, tuple)) else os.fspath(given)
+    raise CheckpointMismatch(
+      f"{given} lists {len(names)} class names, but the classifier of {checkpoint} "
+      f"has {outputs} outputs: use the class-names file of the dataset it was trained on."
+    )
