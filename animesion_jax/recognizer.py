@@ -170,12 +170,12 @@ class Recognizer:
       isinstance(images, np.ndarray) and images.ndim < 4
     ):
       raise TypeError("predict takes a sequence of images: pass [image] for one.")
-    pixels = [self.pixels(image) for image in images]
+    images = list(images)
     per_process = len(self.mesh.local_devices)
-    size = sharding.round_up_batch(min(batch_size, max(len(pixels), 1)), per_process)
+    size = sharding.round_up_batch(min(batch_size, max(len(images), 1)), per_process)
     found = []
-    for start in range(0, len(pixels), size):
-      chunk = np.stack(pixels[start : start + size])
+    for start in range(0, len(images), size):  # Decoded batch by batch: any number of images.
+      chunk = np.stack([self.pixels(image) for image in images[start : start + size]])
       padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
       outputs = self.device_predict(padded, top_k)
@@ -226,7 +226,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
 
 def load_run(
   workdir: str | os.PathLike | run_dir.RunDir,
-  checkpoint: str | int = "best",
+  checkpoint: str | int | os.PathLike = "best",
   devices: Sequence[jax.Device] | None = None,
 ) -> Recognizer:
   """A training run's model, restored for inference.
@@ -245,8 +245,9 @@ def load_run(
       it and the run's other checkpoints).
   """
   run = workdir if isinstance(workdir, run_dir.RunDir) else run_dir.RunDir(workdir)
-  if isinstance(checkpoint, int) or checkpoint.isdigit():
-    checkpoint = os.fspath(run.checkpoints_dir / str(int(checkpoint)))
+  if str(checkpoint).isdigit():  # A step number.
+    checkpoint = run.checkpoints_dir / str(int(checkpoint))
+  checkpoint = os.fspath(checkpoint)
   mesh = sharding.create_mesh(devices)
   restored = model_setup.restore_run(run, checkpoint, mesh)
   return Recognizer(

@@ -120,11 +120,8 @@ def run():
 def user_files(run, tmp_path_factory):
   """The first test images as PNG, lossless WebP and opaque RGBA PNG, plus broken files."""
   folder = tmp_path_factory.mktemp("user_images")
-  builder = datasets.open_dataset("synthetic_characters", run.config.data_dir, "small")
-  source = datasets.data_source(builder, "test")
-  for i in range(_RECORDS):
-    (folder / f"{i:02d}.png").write_bytes(source[i]["image"])
-  first = Image.open(io.BytesIO(source[0]["image"])).convert("RGB")
+  trained_run.write_test_pictures(folder, _RECORDS)
+  first = Image.open(folder / "00.png").convert("RGB")
   first.save(folder / "variant_webp.webp", lossless=True)
   first.convert("RGBA").save(folder / "variant_rgba.png")
   first.convert("L").save(folder / "variant_gray.png")
@@ -132,6 +129,7 @@ def user_files(run, tmp_path_factory):
   (folder / "truncated.jpg").write_bytes(_jpeg_bytes(first)[:200])
   found, _ = image_files.find_images([str(folder)])
   results, errors = predict.predict_files(run, found, top_k=5, batch_size=8)
+  builder = datasets.open_dataset("synthetic_characters", run.config.data_dir, "small")
   expected = evaluate.split_outputs(run, builder, "test", batch_size=64)["top5"][:_RECORDS]
   return {"folder": folder, "results": results, "errors": errors, "expected": expected}
 

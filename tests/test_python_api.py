@@ -11,7 +11,6 @@ import pytest
 from animesion_jax import image_files
 from animesion_jax import predict
 from animesion_jax import recognizer
-from animesion_jax.data import datasets
 from tests import trained_run
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
@@ -23,16 +22,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def pictures(model, tmp_path_factory):
+def pictures(tmp_path_factory):
   """Four test-split images of the tiny run's dataset as PNG files."""
-  folder = tmp_path_factory.mktemp("pictures")
-  builder = datasets.open_dataset("synthetic_characters", model.config.data_dir, "small")
-  source = datasets.data_source(builder, "test")
-  paths = []
-  for i in range(4):
-    paths.append(str(folder / f"{i}.png"))
-    pathlib.Path(paths[-1]).write_bytes(source[i]["image"])
-  return paths
+  return trained_run.write_test_pictures(tmp_path_factory.mktemp("pictures"), 4)
 
 
 def test_the_documented_example_runs_as_written(pictures):
