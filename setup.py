@@ -62,11 +62,7 @@ DEMO_REQUIRES = [
 # because every jax2onnx release since 0.15 requires orbax-checkpoint<0.11.37, below this package's
 # floor, and Equinox, dm-pix, netron and orbax-export, which it does not import for these models.
 # Exporting StableHLO (jax.export) needs nothing more.
-EXPORT_REQUIRES = [
-  "onnx>=1.20.1",
-  "onnx-ir>=0.2.1",
-  "onnxruntime>=1.24.1",
-]
+EXPORT_REQUIRES = ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"]
 
 TEST_REQUIRES = (
   BUILD_REQUIRES

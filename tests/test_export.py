@@ -227,3 +227,15 @@ def test_command_line_needs_a_model_and_an_output_dir(tmp_path):
   assert result.returncode == 1
   assert "nowhere" in result.stderr and "not a training run directory" in result.stderr
   assert not (tmp_path / "out").exists()  # Nothing written for a bad run.
+
+
+def test_one_jax2onnx_pin_everywhere():
+  """CI, the docs and the exporter's message install the jax2onnx release the tests ran with."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+
+  line = f"pip install --no-deps jax2onnx=={importlib.metadata.version('jax2onnx')}"
+  assert line in (ROOT / ".ci" / "run").read_text()
+  assert line in (ROOT / "docs" / "export.md").read_text()
+  assert line in formats._INSTALL_HINT  # pylint: disable=protected-access
+  setup = (ROOT / "setup.py").read_text()
+  assert line in setup and '"export": EXPORT_REQUIRES' in setup
