@@ -56,9 +56,18 @@ DEMO_REQUIRES = [
   "python-multipart>=0.0.20",  # Starlette's parser of multipart uploads.
 ]
 
+# `python -m animesion_jax.export --format=onnx` (jax2onnx's runtime needs) and tools/onnx_predict.py.
+# jax2onnx itself is installed apart, without its declared dependencies (docs/export.md):
+#   pip install --no-deps jax2onnx==0.17.1
+# because every jax2onnx release since 0.15 requires orbax-checkpoint<0.11.37, below this package's
+# floor, and Equinox, dm-pix, netron and orbax-export, which it does not import for these models.
+# Exporting StableHLO (jax.export) needs nothing more.
+EXPORT_REQUIRES = ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"]
+
 TEST_REQUIRES = (
   BUILD_REQUIRES
   + DEMO_REQUIRES
+  + EXPORT_REQUIRES
   + [
     # tests/test_serve.py: HTTP clients and Debian's chromium driven by Selenium.
     "requests>=2.31",
@@ -109,6 +118,7 @@ setuptools.setup(
     "test": TEST_REQUIRES,
     "build": BUILD_REQUIRES,
     "demo": DEMO_REQUIRES,
+    "export": EXPORT_REQUIRES,
     **ACCELERATOR_EXTRAS,
   },
 )

@@ -23,6 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _RATIO_LINE = re.compile(r"^ratio jax/torch: (\d+\.\d\d)$")
 _EVAL_RATIO_LINE = re.compile(r"^ratio jax/torch eval step: (\d+\.\d\d)$")
 _PREDICT_RATIO_LINE = re.compile(r"^ratio jax/torch predict: (\d+\.\d\d)$")
+_ONNX_EVAL_RATIO_LINE = re.compile(r"^ratio jax/onnxruntime eval step: (\d+\.\d\d)$")
+_ONNX_PREDICT_RATIO_LINE = re.compile(r"^ratio jax/onnxruntime predict: (\d+\.\d\d)$")
 _MEMORY_RATIO_LINE = re.compile(r"^ratio jax/torch peak host memory: (\d+\.\d\d)$")
 
 
@@ -167,6 +169,44 @@ def test_eval_mode_with_torch_and_memory(tmp_path, capsys):
   ratio = memory["jax"]["peak_rss_bytes"] / memory["torch"]["peak_rss_bytes"]
   assert memory["ratio_jax_over_torch"] == pytest.approx(ratio)
   assert float(memory_line.group(1)) == pytest.approx(ratio, abs=0.006)
+
+
+def test_eval_mode_with_onnxruntime(tmp_path, capsys):
+  json_out = tmp_path / "onnx.json"
+  flag_values = _parsed_flags(
+    *_TINY_VIT[:-2],
+    "--windows=2",
+    "--steps_per_window=1",
+    "--mode=eval",
+    "--compare=onnxruntime",
+    "--predict_images=12",
+    "--pipeline_jpeg_size=24",
+    f"--json_out={json_out}",
+  )
+  benchmark.main(["benchmark"], flag_values=flag_values)
+
+  lines = capsys.readouterr().out.strip().splitlines()
+  eval_line = _ONNX_EVAL_RATIO_LINE.match(lines[-2])
+  predict_line = _ONNX_PREDICT_RATIO_LINE.match(lines[-1])
+  assert eval_line and predict_line, lines[-2:]
+  results = json.loads(json_out.read_text())
+  ort = results["onnxruntime"]
+  assert len(ort["window_seconds"]) == 2 and ort["images_per_s"] > 0
+  assert ort["images_per_s"] == pytest.approx(8 * ort["steps_per_s"])
+  assert ort["model_bytes"] > 4 * results["jax"]["params"]  # float32 weights inside the file.
+  assert ort["providers"] == ["CPUExecutionProvider"] and ort["export_s"] > 0
+  ratio = results["jax"]["images_per_s"] / ort["images_per_s"]
+  assert float(eval_line.group(1)) == pytest.approx(ratio, abs=0.006)
+  predict = results["predict"]
+  assert len(predict["onnxruntime"]["window_seconds"]) == 2
+  ratio = predict["jax"]["images_per_s"] / predict["onnxruntime"]["images_per_s"]
+  assert predict["ratio_jax_over_onnxruntime"] == pytest.approx(ratio)
+  assert float(predict_line.group(1)) == pytest.approx(ratio, abs=0.006)
+
+
+def test_onnxruntime_compares_inference_only():
+  with pytest.raises(app.UsageError, match="--mode=eval"):
+    benchmark.main(["benchmark"], flag_values=_parsed_flags("--compare=onnxruntime"))
 
 
 def test_negative_predict_images_is_a_usage_error():

@@ -29,7 +29,10 @@ variables, no optimizer state) and predict.predict_files over a temporary folder
 --predict_images generated JPEGs; --compare=torch runs the same PyTorch model in inference mode
 (model.eval(), torch.no_grad()) on the batch and on the folder (Pillow and torchvision decoding in
 a thread pool of predict's size). The last lines are `ratio jax/torch eval step: X.XX` and
-`ratio jax/torch predict: X.XX`.
+`ratio jax/torch predict: X.XX`. --compare=onnxruntime instead exports the model to ONNX
+(animesion_jax.export, which needs jax2onnx) and times onnxruntime on the same batch (normalise,
+forward, top-1) and tools/onnx_predict.py on the same folder; the last lines are then
+`ratio jax/onnxruntime eval step: X.XX` and `ratio jax/onnxruntime predict: X.XX`.
 
 --memory measures the peak host memory (RSS high-water) of the step in the chosen mode, building
 and running it in a fresh process per framework so that one's peak cannot hide the other's; with
@@ -62,6 +65,9 @@ RATIO_PREFIX = "ratio jax/torch: "  # The train step's speed ratio: the last lin
 # --mode=eval's last lines: the evaluation step's and predict's speed ratios.
 EVAL_RATIO_PREFIX = "ratio jax/torch eval step: "
 PREDICT_RATIO_PREFIX = "ratio jax/torch predict: "
+# --mode=eval --compare=onnxruntime's last lines.
+ONNX_EVAL_RATIO_PREFIX = "ratio jax/onnxruntime eval step: "
+ONNX_PREDICT_RATIO_PREFIX = "ratio jax/onnxruntime predict: "
 MEMORY_RATIO_PREFIX = "ratio jax/torch peak host memory: "
 _PROBE_ARGUMENT = "--internal_memory_probe"  # measure_memory's child: this file REQUEST.json.
 _PROBE_PREFIX = "MEMORY "
@@ -82,7 +88,13 @@ def define_flags(
   flags.DEFINE_integer("windows", 5, "Timed windows; speeds are their median.", **fv)
   flags.DEFINE_integer("steps_per_window", 3, "Train steps in each timed window.", **fv)
   flags.DEFINE_integer("num_classes", 173, "Classifier width (moeImouto 173, DAF:re 3263).", **fv)
-  flags.DEFINE_enum("compare", "", ["", "torch"], "Also time the PyTorch reference model.", **fv)
+  flags.DEFINE_enum(
+    "compare",
+    "",
+    ["", "torch", "onnxruntime"],
+    "Also time the PyTorch reference model, or (--mode=eval) the ONNX export in onnxruntime.",
+    **fv,
+  )
   flags.DEFINE_enum(
     "mode",
     "train",
@@ -189,6 +201,15 @@ def measure_eval(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dic
       predictors["torch"] = benchmark_pytorch.torch_predict_timer(
         net, config, files, _predict_workers()
       )
+    if fv.compare == "onnxruntime":
+      import benchmark_onnx  # pylint: disable=g-import-not-at-top  (needs the export extra)
+
+      ort_model, export_facts = benchmark_onnx.onnx_model(config, model, variables, mesh)
+      results["onnxruntime"], timers["onnxruntime"] = benchmark_onnx.benchmark_onnx_eval(
+        ort_model, images, labels
+      )
+      results["onnxruntime"].update(export_facts)
+      predictors["onnxruntime"] = benchmark_onnx.onnx_predict_timer(ort_model, files, config, mesh)
     first = {name: predictor() for name, predictor in predictors.items()}  # Warm-up.
     seconds = {name: [] for name in timers}
     predict_seconds = {name: [] for name in predictors}
@@ -213,12 +234,15 @@ def measure_eval(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> dic
       for name in predictors
     },
   }
-  if "torch" in results:
-    results["ratio_jax_over_torch"] = jax_results["images_per_s"] / results["torch"]["images_per_s"]
-    predicted = results["predict"]
-    predicted["ratio_jax_over_torch"] = (
-      predicted["jax"]["images_per_s"] / predicted["torch"]["images_per_s"]
-    )
+  for other in ("torch", "onnxruntime"):
+    if other in results:
+      results[f"ratio_jax_over_{other}"] = (
+        jax_results["images_per_s"] / results[other]["images_per_s"]
+      )
+      predicted = results["predict"]
+      predicted[f"ratio_jax_over_{other}"] = (
+        predicted["jax"]["images_per_s"] / predicted[other]["images_per_s"]
+      )
   return results
 
 
@@ -315,6 +339,8 @@ def run_benchmark(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> di
     )
   if fv.predict_images < 0:
     raise app.UsageError(f"--predict_images={fv.predict_images} must be at least 0.")
+  if fv.compare == "onnxruntime" and fv.mode != "eval":
+    raise app.UsageError("--compare=onnxruntime times inference: add --mode=eval.")
   if fv.compare == "torch":
     # Before anything imports tensorflow (tfds does, for --pipeline): the other order segfaults.
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -388,6 +414,13 @@ def format_report(results: dict[str, Any]) -> str:
       f"({tr['threads']} threads): {tr['steps_per_s']:.3f} steps/s, "
       f"{tr['images_per_s']:.2f} img/s; first step {tr['first_step_s']:.2f} s"
     )
+  if "onnxruntime" in results:
+    ort = results["onnxruntime"]
+    lines.append(
+      f"onnxruntime {ort['version']} ({ort['model_bytes'] / 2**20:.0f} MiB ONNX file, exported "
+      f"in {ort['export_s']:.1f} s): {ort['steps_per_s']:.3f} steps/s, "
+      f"{ort['images_per_s']:.2f} img/s; first step {ort['first_step_s']:.2f} s"
+    )
   if "pipeline" in results:
     pl = results["pipeline"]
     lines.append(
@@ -408,7 +441,7 @@ def format_report(results: dict[str, Any]) -> str:
       )
   if "predict" in results:
     pr = results["predict"]
-    for name in ("jax", "torch"):
+    for name in ("jax", "torch", "onnxruntime"):
       if name in pr:
         compile_s = pr[name]["predict_fn_compile_s"]
         lines.append(
@@ -435,6 +468,11 @@ def format_report(results: dict[str, Any]) -> str:
     lines.append(f"{PREDICT_RATIO_PREFIX}{results['predict']['ratio_jax_over_torch']:.2f}")
   elif "torch" in results:
     lines.append(f"{RATIO_PREFIX}{results['ratio_jax_over_torch']:.2f}")
+  if "onnxruntime" in results:
+    lines.append(f"{ONNX_EVAL_RATIO_PREFIX}{results['ratio_jax_over_onnxruntime']:.2f}")
+    lines.append(
+      f"{ONNX_PREDICT_RATIO_PREFIX}{results['predict']['ratio_jax_over_onnxruntime']:.2f}"
+    )
   return "\n".join(lines)
 
 

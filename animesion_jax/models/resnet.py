@@ -155,8 +155,11 @@ class ResNet(nn.Module):
     x = images.astype(self.dtype)
     x = _conv(self.base_width, 7, 2, self.dtype, "conv1", self.init_scheme)(x)
     x = nn.relu(_norm(train, self.dtype, "bn1")(x))
-    # Flax pads max-pooling windows with -inf, as torch does.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
+    # Max pooling over windows padded with -inf, as torch's. The padding is a separate jnp.pad
+    # because jax2onnx's stand-in for nn.max_pool takes only 'SAME'/'VALID' padding (and its
+    # lax.reduce_window_max lowering makes a 4-D MaxPool that onnxruntime does not run).
+    x = jnp.pad(x, ((0, 0), *_pad(1), (0, 0)), constant_values=-jnp.inf)
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
     for s, num_blocks in enumerate(self.stage_sizes):
       planes = self.base_width * 2**s

@@ -77,7 +77,8 @@ class ShallowNet(nn.Module):
         name=f"bn{i + 1}",
       )(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (POOL, POOL), strides=(POOL, POOL))
+      # window_shape by keyword: jax2onnx's stand-in for nn.max_pool takes it only so.
+      x = nn.max_pool(x, window_shape=(POOL, POOL), strides=(POOL, POOL))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(
       self.hidden,

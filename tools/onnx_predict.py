@@ -1,0 +1,278 @@
+r"""Names the characters in pictures with an exported ONNX model: numpy, Pillow, onnxruntime only.
+
+  pip install numpy pillow onnxruntime
+  python tools/onnx_predict.py EXPORT_DIR my_pictures/ art.png [--top_k=5] [--output_dir=DIR]
+
+EXPORT_DIR is what `python -m animesion_jax.export --format=onnx` wrote (model.onnx, model.json).
+Prints the table and writes the predictions.json and predictions.csv that `animesion_jax.predict`
+would for the same pictures (default --output_dir: predictions/ in the current directory), with
+the same picture handling: files and folders (searched recursively, sorted), any format and mode
+Pillow reads (EXIF orientation, first frame, transparency on white), stretched to the model's
+size with Pillow's bilinear filter. This file needs no JAX and nothing of this package: copy it
+next to an export. Its image reading mirrors animesion_jax/image_files.py and predict.py (kept
+equal by tests/test_onnx_predict.py).
+"""
+
+import argparse
+import concurrent.futures
+import csv
+import io
+import json
+import os
+import pathlib
+import struct
+import sys
+import zlib
+
+import numpy as np
+import onnxruntime
+from PIL import Image
+from PIL import ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+DECODE_ERRORS = (
+  OSError,
+  SyntaxError,
+  ValueError,
+  EOFError,
+  struct.error,
+  zlib.error,
+  Image.DecompressionBombError,
+)
+_WHITE = (255, 255, 255, 255)
+
+
+class UnreadableImage(ValueError):
+  """A file that is not a readable image."""
+
+
+def find_images(inputs):
+  """([(path, relative name)] in input order, [(input, problem)]), as predict finds them."""
+  found, problems = [], []
+  for given in inputs:
+    path = pathlib.Path(os.path.expanduser(given))
+    if path.is_dir():
+      root = os.path.normpath(path)
+      here = []
+      for folder, _, files in os.walk(root):
+        for name in files:
+          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            file = str(pathlib.Path(folder) / name)
+            here.append((os.path.relpath(file, root).replace(os.sep, "/"), file))
+      here.sort(key=lambda item: (tuple(item[0].split("/")[:-1]), item[0].split("/")[-1]))
+      name = root.rsplit("/", 1)[-1] or "images"
+      found += [(file, f"{name}/{relative}") for relative, file in here]
+      if not here:
+        problems.append((given, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
+    elif path.is_file():
+      found.append((str(path), path.name))
+    else:
+      problems.append((given, "no such file or folder"))
+  return found, problems
+
+
+def to_rgb(image):
+  """Any Pillow image -> RGB, compositing transparency on white."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 255.0)
+    image = Image.fromarray(np.clip(pixels * 255.0 / top, 0, 255).astype(np.uint8), "L")
+  has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+    image.mode in ("P", "L", "RGB") and "transparency" in image.info
+  )
+  if has_alpha:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    background.alpha_composite(rgba)
+    return background.convert("RGB")
+  return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_pixels(path, size):
+  """uint8 [size, size, 3]: the file as RGB, stretched to size x size (Pillow BILINEAR)."""
+  try:
+    with Image.open(path) as image:
+      if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+      if image.format == "JPEG":
+        image.draft("RGB", (size, size))
+      image = ImageOps.exif_transpose(image)
+      image.load()
+      image = to_rgb(image)
+  except FileNotFoundError:
+    raise
+  except DECODE_ERRORS as error:
+    raise UnreadableImage(f"{type(error).__name__}: {error}") from error
+  if image.size != (size, size):
+    image = image.resize((size, size), Image.BILINEAR)
+  return np.asarray(image)
+
+
+def normalize(pixels, contract):
+  """uint8 NHWC -> the model's float32 input, as model.json's "input" says."""
+  spec = contract["input"]
+  mean, std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
+  return ((pixels.astype(np.float32) / np.float32(spec["scale"]) - mean) / std).astype(np.float32)
+
+
+def top_k(logits, k):
+  """(probabilities, class ids) [n, k], best first; ties to the lower class id."""
+  logits = logits.astype(np.float32)
+  exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probabilities = exp / exp.sum(axis=1, keepdims=True)
+  ids = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(probabilities, ids, axis=1), ids
+
+
+class Model:
+  """An export folder: the onnxruntime session and model.json."""
+
+  def __init__(self, export_dir, threads=0):
+    with open(os.path.join(export_dir, "model.json"), encoding="utf-8") as f:
+      self.contract = json.load(f)
+    if self.contract.get("format") != "onnx":
+      raise ValueError(f"{export_dir} holds a {self.contract.get('format')} export, not ONNX.")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    self.session = onnxruntime.InferenceSession(
+      os.path.join(export_dir, self.contract["files"]["model"]),
+      options,
+      providers=["CPUExecutionProvider"],
+    )
+    self.size = int(self.contract["input"]["size"][0])
+    self.class_names = self.contract["class_names"]
+
+  def logits(self, pixels):
+    return self.session.run(
+      None, {self.contract["input"]["name"]: normalize(pixels, self.contract)}
+    )[0]
+
+
+def predict_files(model, files, top=5, batch_size=64, workers=None):
+  """(results, errors) as animesion_jax.predict.predict_files, for (path, relative) files."""
+  k = min(top, len(model.class_names))
+  workers = workers or min(16, (os.cpu_count() or 2) + 2)
+  results, errors, batch = [], [], []
+
+  def flush():
+    probabilities, ids = top_k(model.logits(np.stack([pixels for _, pixels in batch])), k)
+    for (file, _), row_p, row_ids in zip(batch, probabilities, ids):
+      results.append(
+        {
+          "file": file[0],
+          "relative": file[1],
+          "face": None,
+          "box": None,
+          "note": "",
+          "predictions": [
+            {
+              "rank": rank + 1,
+              "class_id": int(class_id),
+              "name": model.class_names[int(class_id)],
+              "probability": float(probability),
+            }
+            for rank, (class_id, probability) in enumerate(zip(row_ids, row_p))
+          ],
+        }
+      )
+    batch.clear()
+
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    futures = [pool.submit(load_pixels, path, model.size) for path, _ in files]
+    for file, future in zip(files, futures):
+      try:
+        batch.append((file, future.result()))
+      except (UnreadableImage, FileNotFoundError) as error:
+        errors.append({"file": file[0], "error": str(error)})
+        continue
+      if len(batch) == batch_size:
+        flush()
+    if batch:
+      flush()
+  return results, errors
+
+
+def format_table(results, limit=50):
+  """predict's text table (at most `limit` pictures; 0 = all)."""
+  shown = results if limit <= 0 else results[:limit]
+  width = max([len(r["file"]) for r in shown] + [4])
+  names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}"]
+  for result in shown:
+    face = "" if result["face"] is None else str(result["face"])
+    for p in result["predictions"]:
+      first = p["rank"] == 1
+      lines.append(
+        f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
+        f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
+      )
+    if result["note"]:
+      lines.append(f"{'':{width}}  ({result['note']})")
+  if len(shown) < len(results):
+    lines.append(f"... and {len(results) - len(shown)} more (see predictions.csv).")
+  return "\n".join(lines)
+
+
+def write_outputs(results, errors, source, output_dir):
+  """predictions.json and predictions.csv, as predict writes them."""
+  os.makedirs(output_dir, exist_ok=True)
+  document = {
+    "workdir": source.get("run"),
+    "checkpoint": source.get("checkpoint"),
+    "step": source.get("step"),
+    "results": list(results),
+    "errors": list(errors),
+  }
+  with open(os.path.join(output_dir, "predictions.json"), "w", encoding="utf-8") as f:
+    f.write(json.dumps(document, indent=1, ensure_ascii=False))
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator="\n")
+  writer.writerow(
+    ["file", "face", "box_left", "box_top", "box_right", "box_bottom"]
+    + ["rank", "class_id", "name", "probability"]
+  )
+  for result in results:
+    for p in result["predictions"]:
+      writer.writerow(
+        [result["file"], "", "", "", "", "", p["rank"], p["class_id"], p["name"]]
+        + [f"{p['probability']:.6f}"]
+      )
+  with open(os.path.join(output_dir, "predictions.csv"), "w", encoding="utf-8") as f:
+    f.write(text.getvalue())
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("export_dir", help="Folder with model.onnx and model.json.")
+  parser.add_argument("pictures", nargs="+", help="Image files and/or folders.")
+  parser.add_argument("--top_k", type=int, default=5, help="Characters listed per picture.")
+  parser.add_argument("--output_dir", default="predictions", help="Where to write.")
+  parser.add_argument("--batch_size", type=int, default=64, help="Pictures per onnxruntime run.")
+  parser.add_argument("--print_limit", type=int, default=50, help="Pictures shown (0 = all).")
+  parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its own).")
+  args = parser.parse_args(argv)
+  if args.top_k < 1 or args.batch_size < 1:
+    parser.error("--top_k and --batch_size must be at least 1.")
+  files, problems = find_images(args.pictures)
+  for given, problem in problems:
+    print(f"Skipping {given}: {problem}")
+  try:
+    model = Model(args.export_dir, args.threads)
+  except (OSError, ValueError, KeyError) as error:
+    sys.exit(f"onnx_predict: {args.export_dir} is not a usable ONNX export: {error}")
+  output_dir = os.path.abspath(os.path.expanduser(args.output_dir))
+  results, errors = predict_files(model, files, args.top_k, args.batch_size)
+  errors = [{"file": given, "error": problem} for given, problem in problems] + errors
+  write_outputs(results, errors, model.contract.get("source", {}), output_dir)
+  if results:
+    print(format_table(results, args.print_limit))
+  for error in errors:
+    print(f"Could not read {error['file']}: {error['error']}")
+  classified = len({result["file"] for result in results})
+  print(f"{len(results)} predictions for {classified} of {len(files)} images; wrote {output_dir}")
+  if not results:
+    sys.exit("onnx_predict: no image was classified (see the messages above).")
+
+
+if __name__ == "__main__":
+  main()
