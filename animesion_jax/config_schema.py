@@ -36,10 +36,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # grain worker processes for decoding (0 = in the main process).
   config.data_workers = 0
   # Splits evaluated; ones the dataset lacks are skipped.
-  config.eval_splits = (
-    "validation",
-    "test",
-  )
+  config.eval_splits = ("validation", "test")
   # Carve this fraction of train (seeded) into 'validation' when the dataset has none.
   config.validation_fraction = 0.0
 
@@ -84,13 +81,9 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # 'step', 'warmup_cosine' or 'constant'.
   config.schedule = "step"
   # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
-  config.decay_every_epochs = (
-    20 if paper_epochs == 50 else 50
-  )
+  config.decay_every_epochs = 20 if paper_epochs == 50 else 50
   # 'step' schedule: multiply the learning rate by this at each decay.
-  config.decay_factor = (
-    1.0 / 3.0
-  )
+  config.decay_factor = 1.0 / 3.0
   # 'warmup_cosine' (and 'step'): linear warm-up length in epochs.
   config.warmup_epochs = 0.0
   # Clip gradients to this global norm (0 = off).
@@ -122,9 +115,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # 'disallow': fail on implicit host<->device transfers in the step loop.
   config.transfer_guard = "allow"
   # Stop this run (after saving) once it has done this many steps; -1 = never.
-  config.halt_after_steps = (
-    -1
-  )
+  config.halt_after_steps = -1
   return config
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from animesion_jax import inference
 from animesion_jax import models
+from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax import sharding
 from animesion_jax.export import formats
 from animesion_jax.export import model_json
 from tests import trained_run
@@ -62,7 +63,7 @@ def _random_variables(model, size, seed=0):
   return flax.traverse_util.unflatten_dict({path: fill(path, leaf) for path, leaf in flat.items()})
 
 
-def tiny_run(family: str) -> inference.LoadedRun:
+def tiny_run(family: str) -> recognizer.Recognizer:
   """A LoadedRun of the tiny `family` model with random variables (no training run)."""
   name, overrides, size = FAMILIES[family]
   model = models.create_model(name, _CLASSES, **overrides)
@@ -74,12 +75,12 @@ def tiny_run(family: str) -> inference.LoadedRun:
       "dtype": "float32",
     }
   )
-  return inference.LoadedRun(
+  return recognizer.Recognizer(
     config=config,
     model=model,
     variables=_random_variables(model, size),
     class_names=[f"character {i}" for i in range(_CLASSES)],
-    mesh=inference.create_mesh(jax.local_devices()),
+    mesh=sharding.create_mesh(jax.local_devices()),
     checkpoint=f"(random {family})",
   )
 

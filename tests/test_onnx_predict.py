@@ -14,8 +14,8 @@ from PIL import Image
 import pytest
 
 from animesion_jax import image_files
-from animesion_jax import inference
 from animesion_jax import predict
+from animesion_jax import recognizer
 from animesion_jax.data import datasets
 from animesion_jax.export import formats
 from tests import helpers
@@ -109,7 +109,7 @@ def _csv_rows(path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_same_table_and_files_as_predict_without_jax(tmp_path):
-  run = inference.load_run(trained_run.tiny_trained_workdir(), "latest")
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), "latest")
   formats.export(run, "onnx", tmp_path / "export")
   builder = datasets.open_dataset("synthetic_characters", run.config.data_dir, "small")
   source = datasets.data_source(builder, "test")

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 import onnx_predict  # tools/ sibling: this script's directory is on sys.path.
 
-from animesion_jax import inference
+from animesion_jax import recognizer
+from animesion_jax import sharding
 from animesion_jax.export import formats
 
 
@@ -24,7 +25,7 @@ def onnx_model(
   config: ml_collections.ConfigDict, model: Any, variables: Any, mesh: Any
 ) -> tuple[onnx_predict.Model, dict[str, Any]]:
   """The model exported to ONNX and loaded in onnxruntime, and the export's time and size."""
-  run = inference.LoadedRun(
+  run = recognizer.Recognizer(
     config=config,
     model=model,
     variables=variables,
@@ -72,7 +73,7 @@ def onnx_predict_timer(
 ) -> Callable[[], float]:
   """A timer of onnx_predict.predict_files over `files` (image_files.ImageFile), in batches of
   the size JAX's predict runs."""
-  batch_size = inference.round_up_batch(config.batch_size, mesh.size)
+  batch_size = sharding.round_up_batch(config.batch_size, mesh.size)
   pairs = [(file.path, file.relative) for file in files]
 
   def window() -> float:

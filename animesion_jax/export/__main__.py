@@ -19,7 +19,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from animesion_jax import inference
+from animesion_jax import cli_common
+from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax.export import formats
 
@@ -28,10 +29,10 @@ _CHECK_IMAGES = 2
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  inference.define_model_flags(
+  cli_common.define_model_flags(
     "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
-  flags.adopt_module_key_flags(inference)  # --help lists them with this program's own.
+  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
   flags.DEFINE_enum("format", "onnx", sorted(formats.WRITERS), "What to write.")
   flags.DEFINE_string("output_dir", None, "Folder to write into (created if missing).")
   flags.DEFINE_bool(
@@ -40,7 +41,7 @@ def define_flags() -> None:
   flags.mark_flag_as_required("output_dir")
 
 
-def _max_logit_difference(run: inference.LoadedRun, format_name: str, output_dir) -> float:
+def _max_logit_difference(run: recognizer.Recognizer, format_name: str, output_dir) -> float:
   """Largest |logit difference| of the written model against JAX (float32) on random images."""
   size = int(run.config.image_size)
   images = np.random.default_rng(0).normal(size=(_CHECK_IMAGES, size, size, 3)).astype(np.float32)
@@ -65,12 +66,12 @@ def main(argv):
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    run = inference.load_from_flags(flag)
+    run = cli_common.load_from_flags(flag)
     output_dir = run_dir.resolve(flag.output_dir)
     start = time.perf_counter()
     contents = formats.export(run, flag.format, output_dir)
-  except (*inference.USER_ERRORS, formats.MissingExporter) as error:
-    inference.exit_with_user_error("export", error)
+  except (*cli_common.USER_ERRORS, formats.MissingExporter) as error:
+    cli_common.exit_with_user_error("export", error)
   seconds = time.perf_counter() - start
   files = ", ".join(
     str(output_dir / name)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from animesion_jax import inference
+from animesion_jax import recognizer
 from animesion_jax.export import model_json
 
 ONNX_FILE = "model.onnx"
@@ -44,7 +44,7 @@ class MissingExporter(ImportError):
   """jax2onnx (or onnx) is not installed."""
 
 
-def float32_model_and_variables(run: inference.LoadedRun) -> tuple[Any, dict[str, Any]]:
+def float32_model_and_variables(run: recognizer.Recognizer) -> tuple[Any, dict[str, Any]]:
   """The run's model computing in float32, and its variables as host numpy arrays."""
   model = run.model.clone(dtype=jnp.float32) if hasattr(run.model, "dtype") else run.model
   return model, jax.tree.map(np.asarray, jax.device_get(run.variables))
@@ -63,7 +63,7 @@ def _quiet(names: Sequence[str]):
       logger.setLevel(level)
 
 
-def onnx_proto(run: inference.LoadedRun) -> Any:
+def onnx_proto(run: recognizer.Recognizer) -> Any:
   """The run's model as an onnx.ModelProto with a dynamic batch dimension."""
   with _quiet(_QUIET_LOGGERS):
     try:
@@ -86,7 +86,7 @@ def onnx_proto(run: inference.LoadedRun) -> Any:
   return proto
 
 
-def write_onnx(run: inference.LoadedRun, output_dir: str | os.PathLike) -> dict[str, str]:
+def write_onnx(run: recognizer.Recognizer, output_dir: str | os.PathLike) -> dict[str, str]:
   """Writes OUTPUT_DIR/model.onnx; returns model.json's "files"."""
   proto = onnx_proto(run)
   (epath.Path(output_dir) / ONNX_FILE).write_bytes(proto.SerializeToString())
@@ -94,7 +94,7 @@ def write_onnx(run: inference.LoadedRun, output_dir: str | os.PathLike) -> dict[
 
 
 def exported_stablehlo(
-  run: inference.LoadedRun, platforms: Sequence[str] = STABLEHLO_PLATFORMS
+  run: recognizer.Recognizer, platforms: Sequence[str] = STABLEHLO_PLATFORMS
 ) -> tuple[jax.export.Exported, dict[str, Any]]:
   """jax.export of fn(variables, images) -> logits with a symbolic batch, and the variables."""
   model, variables = float32_model_and_variables(run)
@@ -112,7 +112,7 @@ def exported_stablehlo(
 
 
 def write_stablehlo(
-  run: inference.LoadedRun,
+  run: recognizer.Recognizer,
   output_dir: str | os.PathLike,
   platforms: Sequence[str] = STABLEHLO_PLATFORMS,
 ) -> dict[str, str]:
@@ -142,7 +142,7 @@ WRITERS = {"onnx": write_onnx, "stablehlo": write_stablehlo}
 
 
 def export(
-  run: inference.LoadedRun, format_name: str, output_dir: str | os.PathLike
+  run: recognizer.Recognizer, format_name: str, output_dir: str | os.PathLike
 ) -> dict[str, Any]:
   """Writes the model file(s) and model.json into `output_dir`; returns model.json's content."""
   if format_name not in WRITERS:

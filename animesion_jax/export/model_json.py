@@ -20,7 +20,7 @@ from typing import Any
 from etils import epath
 import jax
 
-from animesion_jax import inference
+from animesion_jax import recognizer
 from animesion_jax.data import preprocess
 
 FILE_NAME = "model.json"
@@ -43,14 +43,14 @@ RESIZE = {
 }
 
 
-def _calibration(run: inference.LoadedRun) -> dict[str, Any] | None:
+def _calibration(run: recognizer.Recognizer) -> dict[str, Any] | None:
   if run.workdir is None:
     return None
   path = run.workdir.path / CALIBRATION_FILE
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def contract(run: inference.LoadedRun, format_name: str, files: dict[str, str]) -> dict[str, Any]:
+def contract(run: recognizer.Recognizer, format_name: str, files: dict[str, str]) -> dict[str, Any]:
   """The content of model.json for `run` exported as `format_name` into `files`."""
   size = int(run.config.image_size)
   mean, std = preprocess.NORMALIZATIONS[run.config.normalization]
