@@ -1,5 +1,6 @@
 """animesion_jax.export: ONNX and StableHLO files that compute what JAX computes, and model.json."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -161,7 +162,7 @@ def test_every_family_exports_to_onnx_and_stablehlo(family, tmp_path):
 
 def test_bfloat16_runs_export_in_float32(tmp_path):
   run = tiny_run("shallow")
-  run.model = run.model.clone(dtype=jnp.bfloat16)
+  run = dataclasses.replace(run, model=run.model.clone(dtype=jnp.bfloat16))
   model, _ = formats.float32_model_and_variables(run)
   assert model.dtype == jnp.float32
   images = _images(run, 2)
