@@ -107,6 +107,7 @@ def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
   assert "MFU n/a" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_eval_mode_with_torch_and_memory(tmp_path, capsys):
   json_out = tmp_path / "eval.json"
   flag_values = _parsed_flags(
@@ -214,6 +215,7 @@ def test_negative_predict_images_is_a_usage_error():
     benchmark.main(["benchmark"], flag_values=_parsed_flags("--mode=eval", "--predict_images=-1"))
 
 
+@pytest.mark.slow
 def test_command_line_imports_torch_before_tensorflow(tmp_path):
   # A fresh process: here conftest has imported torch first, which would hide a wrong order
   # (torch imported after tensorflow segfaults). --memory: the train step's probes, which start
@@ -307,6 +309,7 @@ def test_torch_reference_refuses_models_without_one():
     benchmark.benchmark_pytorch.torch_reference(model, config)
 
 
+@pytest.mark.slow
 def test_pipeline_only_over_a_tfds_dataset(tmp_path, capsys):
   json_out = tmp_path / "pipeline.json"
   flag_values = _parsed_flags(

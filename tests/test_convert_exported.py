@@ -191,6 +191,7 @@ def _run_cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_loads_directly(tmp_path):
   model = vit.VisionTransformer(num_classes=5, representation_size=32, **_TINY_VIT)
   params = _flat(_random_variables(model, 32)["params"])
@@ -226,6 +227,7 @@ def test_cli_writes_a_checkpoint_that_loads_directly(tmp_path):
   assert "not a torch checkpoint" in failed.stderr
 
 
+@pytest.mark.slow
 def test_cli_exports_a_training_run(tmp_path):
   """--source=run: the trained model, its class names and normalisation, typed relative."""
   from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top

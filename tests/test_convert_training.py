@@ -14,6 +14,7 @@ import functools
 import flax
 import jax
 import numpy as np
+import pytest
 import pytorch_pretrained_vit
 from pytorch_pretrained_vit import configs as ppvit_configs
 import torch  # Before tensorflow: the other order segfaults.
@@ -133,6 +134,7 @@ def _check_same_training(
   return state, trained
 
 
+@pytest.mark.slow
 def test_vit_trains_like_pytorch_pretrained_vit(tmp_path, monkeypatch):
   monkeypatch.setitem(ppvit_configs.PRETRAINED_MODELS, "tiny_test", _TINY_VIT)
   torch.manual_seed(0)
@@ -145,6 +147,7 @@ def test_vit_trains_like_pytorch_pretrained_vit(tmp_path, monkeypatch):
   )
 
 
+@pytest.mark.slow
 def test_resnet_trains_like_torchvision_with_batch_norm(tmp_path):
   torch.manual_seed(0)
   torch_model = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], width=8, num_classes=_CLASSES)

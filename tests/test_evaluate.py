@@ -171,6 +171,7 @@ def test_summary_table(test_report):
   assert lines[6] == "Most confused (count: true -> predicted):"
 
 
+@pytest.mark.multiprocess
 def test_command_line_with_two_processes(workdir, tmp_path, test_report):
   """Multi-host evaluation: each process reads its part; process 0 writes the whole report."""
   with socket.socket() as sock:

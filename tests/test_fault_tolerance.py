@@ -67,6 +67,7 @@ def _signal_before_batch(monkeypatch, signum, at_call):
   monkeypatch.setattr(sharding, "to_global_batch", fetch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, signum):
   straight_dir, config = straight_run
@@ -92,6 +93,7 @@ def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, s
     assert got[split] == pytest.approx(want[split], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path, straight_run):
   straight_dir, config = straight_run
   config_file = tmp_path / "kill_config.py"
@@ -151,6 +153,7 @@ def _nan_in_batch(monkeypatch, at_call):
   monkeypatch.setattr(sharding, "to_global_batch", fetch)
 
 
+@pytest.mark.slow
 def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = helpers.tiny_config(num_train_steps=8, checkpoint_every_steps=2, log_every_steps=2)
   _nan_in_batch(monkeypatch, at_call=4)  # The batch of step 3 (0-based).
@@ -162,6 +165,7 @@ def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_nan_batch_skipped_when_configured(tmp_path, monkeypatch):
   config = helpers.tiny_config(num_train_steps=6, skip_nonfinite_steps=True)
   _nan_in_batch(monkeypatch, at_call=2)
@@ -214,6 +218,7 @@ def test_dataset_not_built_names_the_build_command(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_with_incompatible_config_names_the_difference(tmp_path):
   train.train_and_evaluate(helpers.tiny_config(num_train_steps=2), str(tmp_path))
   changed = helpers.tiny_config(num_train_steps=4)

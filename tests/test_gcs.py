@@ -27,11 +27,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "animesion-test"
 
-pytestmark = pytest.mark.skipif(
-  shutil.which("gcp-storage-emulator") is None
-  and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")),
-  reason="gcp-storage-emulator is installed by the test extras",
-)
+# Starts the Cloud Storage emulator and trains in subprocesses: not in the fast tier.
+pytestmark = [
+  pytest.mark.slow,
+  pytest.mark.skipif(
+    shutil.which("gcp-storage-emulator") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")),
+    reason="gcp-storage-emulator is installed by the test extras",
+  ),
+]
 
 
 def _free_port() -> int:

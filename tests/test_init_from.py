@@ -33,6 +33,7 @@ def _trained_state(workdir, config):
   return jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, state.batch_stats)
 
 
+@pytest.mark.slow
 def test_pretrained_resnet_trains_only_the_classifier(tmp_path):
   model = models.create_model("resnet18", num_classes=28, base_width=8)
   start = _export(tmp_path / "pretrained", model, 16)
@@ -50,6 +51,7 @@ def test_pretrained_resnet_trains_only_the_classifier(tmp_path):
   assert not np.array_equal(batch_stats["bn1"]["mean"], start["batch_stats"]["bn1"]["mean"])
 
 
+@pytest.mark.slow
 def test_vit_fine_tunes_every_layer_from_checkpoint(tmp_path):
   config = helpers.tiny_config(num_train_steps=2)
   model = model_setup.build_model(config, 28)
@@ -67,6 +69,7 @@ def test_vit_fine_tunes_every_layer_from_checkpoint(tmp_path):
   assert drift < 0.5
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_the_config_names_shapes(tmp_path):
   config = helpers.tiny_config(num_train_steps=2)
   other = models.create_model(

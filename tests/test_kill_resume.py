@@ -16,6 +16,9 @@ from animesion_jax import sharding
 from animesion_jax import train
 from tests import helpers
 
+# Trains in subprocesses or starts a server: not in the fast tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Evaluated every 4 steps (with a validation split, so every evaluation is a ranked checkpoint),
 # periodic checkpoints every 5: best and latest fall on the same and on different steps.

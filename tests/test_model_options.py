@@ -85,6 +85,7 @@ def _valid(config):
   config_validation.validate(config, num_devices=1, num_processes=1)
 
 
+@pytest.mark.slow
 def test_freeze_backbone_with_shallownet_validates_and_freezes_fc2_only():
   config = shallow_config.get_config()
   config.freeze_backbone = True
@@ -175,6 +176,7 @@ def _dropout_sites(model, images):
   return sites
 
 
+@pytest.mark.slow
 def test_pytorch_pretrained_vit_dropout_placement():
   images = _images(1, 8)
   fields = dict(
@@ -195,6 +197,7 @@ def test_pytorch_pretrained_vit_dropout_placement():
   assert torch_sites == [f"{block}/Dropout_0", f"{block}/MlpBlock_3/Dropout_0"]
 
 
+@pytest.mark.slow
 def test_attention_probabilities_dropout_in_both_placements():
   images = _images(2, 8)
   for placement in vit.DROPOUT_PLACEMENTS:
@@ -220,6 +223,7 @@ def _tiny_interm(**overrides):
   return models.create_model("vit_tiny", 5, **fields)
 
 
+@pytest.mark.slow
 def test_intermediate_head_parameters_and_torch_default_init():
   model = _tiny_interm()
   params = jax.jit(lambda x: model.init(_KEY, x, train=False))(_images(1))["params"]
@@ -235,6 +239,7 @@ def test_intermediate_head_parameters_and_torch_default_init():
   assert 0 < np.abs(flat["head/bias"]).max() <= bound
 
 
+@pytest.mark.slow
 def test_exclusion_loss_is_added_to_the_training_loss_only_when_on():
   images = _images()
   labels = np.array([0, 1, 2, 3], np.int32)
@@ -287,6 +292,7 @@ def test_exclusion_loss_is_added_to_the_training_loss_only_when_on():
 # ---------------------------------------------------------------------------- ResNet initialisation
 
 
+@pytest.mark.slow
 def test_resnet_init_schemes():
   images = jnp.zeros((1, 32, 32, 3))
   stats = {}
@@ -310,6 +316,7 @@ def test_resnet_init_schemes():
   assert 0.5 / np.sqrt(128) < np.abs(an_bias).max() <= 1 / np.sqrt(128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["torchvision", "animesion"])
 def test_pretrained_resnet_new_classifier_init(tmp_path, scheme):
   pretrained = models.create_model("resnet18", 7, base_width=4)
@@ -334,6 +341,7 @@ def test_pretrained_resnet_new_classifier_init(tmp_path, scheme):
     assert 0 < np.abs(fc["bias"]).max() <= 1 / np.sqrt(32)
 
 
+@pytest.mark.slow
 def test_intermediate_head_starts_from_a_class_token_vits_backbone(tmp_path):
   pretrained = models.create_model("vit_tiny", 7, **_TINY_VIT)
   variables = jax.jit(lambda: pretrained.init(_KEY, jnp.zeros((1, 16, 16, 3)), train=False))()

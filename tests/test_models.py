@@ -484,6 +484,7 @@ def test_shallow_dropout_and_size_checks():
     model.init(_KEY, _images(1, 15), train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiny", sorted(_TINY))
 def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
   name, overrides, size = _TINY[tiny]

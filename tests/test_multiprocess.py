@@ -9,10 +9,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from animesion_jax import preemption
 from animesion_jax import train
 from tests import helpers
+
+# Several JAX processes: not in the fast tier.
+pytestmark = pytest.mark.multiprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from animesion_jax.data import preprocess
 from tests import helpers
@@ -92,6 +93,7 @@ def test_preprocessing_matches_opencv_within_one_grey_level(tmp_path):
     np.testing.assert_array_equal(flipped, pixels[3:43, 5:45][:, ::-1])
 
 
+@pytest.mark.slow
 def test_train_and_predict_without_opencv(tmp_path):
   env = _env(tmp_path)
   (tmp_path / "tiny.py").write_text(CONFIG)
@@ -123,6 +125,7 @@ def test_train_and_predict_without_opencv(tmp_path):
   assert not (tmp_path / "jitter" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_device_jitter_needs_no_opencv(tmp_path):
   env = _env(tmp_path)
   (tmp_path / "tiny.py").write_text(CONFIG)

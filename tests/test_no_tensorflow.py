@@ -71,6 +71,7 @@ def test_blocker_makes_tensorflow_unimportable(no_tf):
   attempts.unlink()
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_convert_benchmark_without_tensorflow(no_tf):
   run, attempts, root = no_tf
   (root / "config.py").write_text(CONFIG)

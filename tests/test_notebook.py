@@ -11,6 +11,10 @@ import pathlib
 
 import nbformat
 import papermill
+import pytest
+
+# Trains in subprocesses or starts a server: not in the fast tier.
+pytestmark = pytest.mark.e2e
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"

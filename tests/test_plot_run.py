@@ -108,6 +108,7 @@ def test_missing_or_empty_metrics_are_clear_errors(tmp_path):
     plot_run.plot_run(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
   _write_run(tmp_path)
   # Importing the plotting modules selects no matplotlib backend (nor loads pyplot).

@@ -302,6 +302,7 @@ def test_class_names_file_and_missing_dataset(tmp_path):
     recognizer.load_run(workdir)
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
   """The CLI end to end: faces found and drawn, a table printed, bad inputs reported."""
   _illustration().save(tmp_path / "group.png")
@@ -358,6 +359,7 @@ def _torch_softmax(model, images: np.ndarray, mean, std) -> np.ndarray:
     return torch.softmax(model(torch.from_numpy(x.transpose(0, 3, 1, 2))), -1).numpy()
 
 
+@pytest.mark.slow
 def test_predict_straight_from_an_original_vit_checkpoint(tmp_path, monkeypatch):
   """The released-checkpoint path: a pytorch_pretrained_vit file (Animesion's `model.` keys),
   the original classid_classname.csv, relative paths; probabilities and attention maps match
@@ -519,6 +521,7 @@ def test_worker_bugs_are_not_reported_as_unreadable_files(run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   state = os.path.join(workdir, "checkpoints", str(trained_run.TRAIN_STEPS), "state")

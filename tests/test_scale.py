@@ -41,6 +41,7 @@ def _run_steps(config, batches, accumulation, mesh):
   return losses, state
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_large_step():
   config = helpers.tiny_config()
   batches = [_random_batch(seed) for seed in range(3)]
@@ -55,6 +56,7 @@ def test_gradient_accumulation_matches_one_large_step():
   )
 
 
+@pytest.mark.slow
 def test_fsdp_mesh_shards_parameters_and_matches_data_parallel():
   config = helpers.tiny_config()
   config.model.hidden_size = 64

@@ -31,6 +31,9 @@ from animesion_jax.serve import pictures
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
 
+# Trains in subprocesses or starts a server: not in the fast tier.
+pytestmark = pytest.mark.slow
+
 _CHROMIUM, _CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 _LOAD_CLIENTS, _LOAD_SECONDS = 8, 20.0
 _SCREENSHOT_ENV = "ANIMESION_SERVE_SCREENSHOT"  # Also save the browser screenshot here.
@@ -367,6 +370,7 @@ def _browser(tmp_path):
   return webdriver.Chrome(service=Service(executable_path=_CHROMEDRIVER), options=options)
 
 
+@pytest.mark.browser
 def test_browser_names_the_characters(server, tmp_path):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top

@@ -94,6 +94,7 @@ def test_one_device_and_eight_devices_agree():
   )
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path):
   config = helpers.tiny_config(num_train_steps=6, checkpoint_every_steps=100)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
