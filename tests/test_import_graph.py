@@ -18,6 +18,7 @@ CLI_MODULES = {
   "animesion_jax.predict",
   "animesion_jax.cli_common",
   "animesion_jax.serve.__main__",
+  "animesion_jax.export.__main__",
 }
 FLAG_LIBRARIES = ("absl.flags", "absl.app", "ml_collections.config_flags")
 
