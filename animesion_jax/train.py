@@ -13,6 +13,7 @@ from animesion_jax import checkpointing
 from animesion_jax import config_validation
 from animesion_jax import evaluation
 from animesion_jax import model_setup
+from animesion_jax import open_set
 from animesion_jax import preemption
 from animesion_jax import run_dir as run_dir_lib
 from animesion_jax import sharding
@@ -274,6 +275,10 @@ def train_and_evaluate(
   }
   if step >= data.total_steps:
     run.save_results(results)
+    if "validation" in data.eval_sources:  # Confidence and the "unknown" threshold (#18).
+      open_set.calibrate_trained_run(
+        run, data.train_source, data.eval_sources["validation"], devices
+      )
   return results
 
 

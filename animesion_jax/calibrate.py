@@ -1,0 +1,114 @@
+r"""Fits a model's calibrated confidence and "unknown" threshold, and stores them with it.
+
+  python -m animesion_jax.calibrate --workdir=runs/quickstart [--checkpoint=best] [--accept=0.95]
+  python -m animesion_jax.calibrate --checkpoint=b16_dafre.pth --source=pytorch_vit \
+      --class_names=classid_classname.csv --dataset=dafre --data_dir=DIR --output_dir=DIR
+
+Training does this by itself at the end of a run that has a validation split; this command
+calibrates runs trained before that, another checkpoint of a run, or a converted checkpoint
+(written to --output_dir, which predict, enroll, organize and serve then take as --gallery).
+Uses the training split (class prototypes of the embeddings) and the validation split (the
+temperature, the score that separates known pictures from unknown ones best, and the threshold
+that names --accept of the known validation pictures); see animesion_jax/calibration.py.
+Writes calibration.json and prototypes.npy, and prints the metrics.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from animesion_jax import calibration
+from animesion_jax import inference
+from animesion_jax import open_set
+from animesion_jax import run_dir
+from animesion_jax.data import datasets
+
+
+def format_metrics(fitted: calibration.Calibration) -> str:
+  """A text table of the calibration's metrics, per score."""
+  scores = fitted.metrics["scores"]
+  lines = [
+    f"temperature {fitted.temperature:.3f}, cosine scale {fitted.cosine_scale:.2f}; kept score "
+    f"{fitted.score!r}, threshold {fitted.threshold:.4f} (names {100 * fitted.accept:.0f}% of "
+    f"{fitted.metrics['validation_pictures']} known validation pictures)",
+    f"{'score':12}{'AUROC own class out':>21}{'AUROC no character':>20}"
+    f"{'FPR95 own out':>15}{'FPR95 no char':>15}",
+  ]
+  for name in calibration.SCORES:
+    row = scores[name]
+    lines.append(
+      f"{name:12}{row['auroc_own_class_removed']:>21.4f}{row['auroc_no_character']:>20.4f}"
+      f"{row['fpr95_own_class_removed']:>15.4f}{row['fpr95_no_character']:>15.4f}"
+    )
+  for kind, row in fitted.metrics["probabilities"].items():
+    before, after = row["before"], row["after"]
+    lines.append(
+      f"{kind} probabilities: NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+      f"ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+    )
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  inference.define_model_flags(
+    "With --source: the dataset's classid_classname.csv or a JSON list of names."
+  )
+  flags.adopt_module_key_flags(inference)
+  flags.DEFINE_float(
+    "accept", 0.95, "Share of known validation pictures to name (the rest: unknown)."
+  )
+  flags.DEFINE_string("dataset", None, "With --source: the dataset whose splits calibrate it.")
+  flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
+  flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
+  flags.DEFINE_string(
+    "output_dir", None, "With --source: where to write (required; a run writes into itself)."
+  )
+  flags.DEFINE_integer("batch_size", 256, "Pictures per device call.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag = flags.FLAGS
+  inference.check_model_flags(flag)
+  if flag.source is not None and (not flag.dataset or not flag.output_dir):
+    raise app.UsageError("--source needs --dataset (with --data_dir) and --output_dir.")
+  if not 0.0 < flag.accept <= 1.0:
+    raise app.UsageError(f"--accept={flag.accept} must be in (0, 1].")
+  if not flag["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    run = inference.load_from_flags(flag)
+    if run.workdir is not None and flag.source is None:
+      config = run.config
+      builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
+    else:
+      config = inference.with_defaults(run.config)
+      config.dataset = flag.dataset
+      data_dir = run_dir.resolve(flag.data_dir) if flag.data_dir else ""
+      builder = datasets.open_dataset(flag.dataset, str(data_dir), flag.dataset_config)
+      if list(builder.info.features["label"].names) != list(run.class_names):
+        raise inference.LoadError(
+          f"The class names of {run.description} are not dataset {flag.dataset!r}'s "
+          "(same names, same order): its class ids would not mean the dataset's."
+        )
+    train_source, validation_source = open_set.calibration_sources(config, builder)
+    if validation_source is None:
+      raise inference.LoadError(
+        f"Dataset {config.dataset!r} has no validation split to calibrate on; train with "
+        "--config.validation_fraction=0.1 (or calibrate with a dataset that has one)."
+      )
+    fitted = open_set.fit_for_run(
+      run, train_source, validation_source, accept=flag.accept, batch_size=flag.batch_size
+    )
+    output = open_set.store_dir(run, flag.output_dir)
+  except inference.USER_ERRORS as error:
+    inference.exit_with_user_error("calibrate", error)
+  open_set.save_calibration(fitted, output)
+  print(format_metrics(fitted))
+  print(f"Wrote {output / run_dir.CALIBRATION_FILE}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

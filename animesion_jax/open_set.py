@@ -1,0 +1,338 @@
+"""Answers that can say "unknown", and name enrolled characters, for a loaded model.
+
+  answerer = open_set.for_run(run, accept=None, store=None)   # calibration + gallery of the run
+  forward = open_set.make_forward_fn(run)                      # jit: uint8 images -> logits, emb
+  answers = answerer.answer(logits, embeddings, top_k=5)
+
+Every answer holds "character" (the accepted name, or None), "unknown", the calibrated
+"confidence" of the closest name, "closest", "enrolled" (the name comes from the gallery),
+"calibrated" and the classifier's top-k "predictions". Without a calibration (a run trained
+before calibration existed) every picture gets its top-1 name, uncalibrated, and `note` says how
+to calibrate. Fitting lives here too (`fit_for_run`): embeddings of the training split give the
+class prototypes, the validation split the rest (animesion_jax/calibration.py).
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import io
+import json
+import os
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+
+from animesion_jax import calibration as calibration_lib
+from animesion_jax import evaluation
+from animesion_jax import gallery as gallery_lib
+from animesion_jax import models
+from animesion_jax import run_dir
+from animesion_jax import sharding
+from animesion_jax.data import datasets
+from animesion_jax.data import holdout
+from animesion_jax.data import pipeline
+from animesion_jax.data import preprocess
+
+NO_CHARACTER_PICTURES = 300  # No-character pictures the calibration is fitted with.
+_NO_CHARACTER_SEED = 1234  # Benchmarks draw theirs with other seeds.
+UNCALIBRATED_NOTE = (
+  "uncalibrated: no picture is answered 'unknown' (run python -m animesion_jax.calibrate "
+  "--workdir=RUN to fit the threshold)"
+)
+
+
+def make_forward_fn(run: Any) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+  """jit(variables, uint8 NHWC global batch) -> (float32 logits, L2-normalised embeddings)."""
+  model, normalization = run.model, run.config.normalization
+
+  def forward(variables, images):
+    return models.logits_and_embedding(
+      model, variables, preprocess.normalize(images, normalization, model.dtype)
+    )
+
+  return jax.jit(forward, out_shardings=sharding.batch_sharding(run.mesh))
+
+
+def embed_pictures(
+  run: Any, pictures: np.ndarray, batch_size: int = 256, forward: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, embeddings) of uint8 [N, S, S, 3] pictures (the same on every process)."""
+  forward = forward or make_forward_fn(run)
+  batch = max(
+    run.mesh.size, -(-min(batch_size, max(len(pictures), 1)) // run.mesh.size) * run.mesh.size
+  )
+  logits, embeddings = [], []
+  for start in range(0, len(pictures), batch):
+    chunk = pictures[start : start + batch]
+    padded = np.zeros((batch, *pictures.shape[1:]), np.uint8)
+    padded[: len(chunk)] = chunk
+    out = forward(run.variables, sharding.to_global_batch({"image": padded}, run.mesh)["image"])
+    out = jax.tree.map(lambda a: evaluation.host_rows(a, run.mesh), out)
+    logits.append(out[0][: len(chunk)])
+    embeddings.append(out[1][: len(chunk)])
+  if not logits:
+    return np.zeros((0, run.num_classes), np.float32), np.zeros((0, 0), np.float32)
+  return np.concatenate(logits), np.concatenate(embeddings)
+
+
+def embed_source(
+  run: Any, source: Sequence[Any], batch_size: int = 256, desc: str = ""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(logits, embeddings, labels) of every record of `source`, in record order, all processes."""
+  forward = make_forward_fn(run)
+  batch_size = max(run.mesh.size, batch_size // run.mesh.size * run.mesh.size)
+  batches = pipeline.eval_batches(
+    source, global_batch_size=batch_size, image_size=run.config.image_size
+  )
+
+  def dispatch():
+    for local in batches:
+      images = sharding.to_global_batch({"image": local["image"]}, run.mesh)["image"]
+      yield (local["index"], local["label"]), forward(run.variables, images)
+
+  parts = {"index": [], "label": [], "logits": [], "embedding": []}
+  for (index, label), (logits, embedding) in evaluation.lagged(dispatch(), run.mesh):
+    for key, value in zip(parts, (index, label, logits, embedding)):
+      parts[key].append(value)
+  rows = {key: evaluation.gather(np.concatenate(values)) for key, values in parts.items()}
+  real = rows["index"] >= 0
+  order = np.argsort(rows["index"][real], kind="stable")
+  rows = {key: value[real][order] for key, value in rows.items()}
+  logging.info("Embedded %d pictures%s.", len(rows["index"]), f" ({desc})" if desc else "")
+  return rows["logits"], rows["embedding"], rows["label"].astype(np.int64)
+
+
+def provenance(run: Any) -> dict[str, Any]:
+  """What a calibration or gallery belongs to: model, checkpoint step (or file), classes."""
+  return {
+    "model": str(run.config.model.name),
+    "step": run.step,
+    "checkpoint": None if run.step is not None else os.path.basename(str(run.checkpoint)),
+    "num_classes": int(run.num_classes),
+  }
+
+
+def store_dir(run: Any, given: str | os.PathLike | None = None) -> epath.Path | None:
+  """Where a model's calibration and gallery live: `given`, else the run directory."""
+  if given:
+    return run_dir.resolve(given)
+  return run.workdir.path if run.workdir is not None else None
+
+
+def save_calibration(fitted: calibration_lib.Calibration, directory: epath.Path) -> None:
+  """calibration.json and prototypes.npy, each written atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(fitted.prototypes, np.float32))
+  run_dir.write_atomic(directory / run_dir.PROTOTYPES_FILE, buffer.getvalue())
+  text = json.dumps(fitted.to_json(), indent=1, ensure_ascii=False)
+  run_dir.write_atomic(directory / run_dir.CALIBRATION_FILE, text.encode("utf-8"))
+
+
+def load_calibration(
+  directory: epath.Path | None, expected: dict[str, Any]
+) -> tuple[calibration_lib.Calibration | None, str]:
+  """(calibration, "") or (None, why there is none usable)."""
+  if directory is None or not (directory / run_dir.CALIBRATION_FILE).exists():
+    return None, UNCALIBRATED_NOTE
+  path = directory / run_dir.CALIBRATION_FILE
+  record = json.loads(path.read_text(encoding="utf-8"))
+  with (directory / run_dir.PROTOTYPES_FILE).open("rb") as f:
+    prototypes = np.load(f)
+  fitted = calibration_lib.Calibration.from_json(record, prototypes)
+  found = fitted.provenance
+  differ = [k for k in expected if found.get(k) != expected[k]]
+  if differ:
+    return None, (
+      f"uncalibrated: {path} was fitted for "
+      + ", ".join(f"{k}={found.get(k)!r}" for k in differ)
+      + " but this model has "
+      + ", ".join(f"{k}={expected[k]!r}" for k in differ)
+      + "; calibrate this checkpoint (python -m animesion_jax.calibrate)"
+    )
+  return fitted, ""
+
+
+def fit_for_run(
+  run: Any,
+  train_source: Sequence[Any],
+  validation_source: Sequence[Any],
+  *,
+  accept: float = calibration_lib.DEFAULT_ACCEPT,
+  batch_size: int = 256,
+) -> calibration_lib.Calibration:
+  """Fits the calibration of a loaded model from its training and validation records."""
+  _, train_embeddings, train_labels = embed_source(run, train_source, batch_size, "train")
+  logits, embeddings, labels = embed_source(run, validation_source, batch_size, "validation")
+  prototypes = calibration_lib.prototypes(train_embeddings, train_labels, run.num_classes)
+  empty = calibration_lib.no_character_pictures(
+    NO_CHARACTER_PICTURES, run.config.image_size, _NO_CHARACTER_SEED
+  )
+  return calibration_lib.fit(
+    logits,
+    embeddings,
+    labels,
+    prototypes,
+    embed_pictures(run, empty, batch_size),
+    accept=accept,
+    provenance=provenance(run),
+  )
+
+
+def calibration_sources(config: Any, builder: Any) -> tuple[Any, Any | None]:
+  """(train records, validation records or None) of the model's known classes."""
+  train_split = datasets.get_spec(config.dataset).train_split
+  fraction = config.get("validation_fraction", 0.0)
+  splits = [train_split]
+  if "validation" in builder.info.splits or datasets.carves_validation(builder, fraction):
+    splits.append("validation")
+  sources = {s: datasets.split_source(builder, s, config.dataset, fraction) for s in splits}
+  sources, _ = holdout.known_sources(builder, config, sources)
+  return sources[train_split], sources.get("validation")
+
+
+def calibrate_trained_run(
+  workdir: run_dir.RunDir,
+  train_source: Any,
+  validation_source: Any,
+  devices: Sequence[jax.Device] | None = None,
+) -> calibration_lib.Calibration:
+  """Fits and stores the calibration of a finished run's best checkpoint (end of training)."""
+  from animesion_jax import inference  # pylint: disable=g-import-not-at-top
+
+  run = inference.load_run(workdir, "best", devices=devices)
+  batch_size = int(run.config.get("eval_batch_size", 256))
+  fitted = fit_for_run(run, train_source, validation_source, batch_size=batch_size)
+  save_calibration(fitted, workdir.path)
+  logging.info(
+    "Calibrated step %s: temperature %.3f, score %s, threshold %.4f (accepts %.0f%% of known "
+    "validation pictures).",
+    run.step,
+    fitted.temperature,
+    fitted.score,
+    fitted.threshold,
+    100 * fitted.accept,
+  )
+  return fitted
+
+
+@dataclasses.dataclass
+class Answerer:
+  """Turns logits and embeddings into answers: known names, enrolled names or unknown."""
+
+  class_names: list[str]
+  calibration: calibration_lib.Calibration | None = None
+  gallery: gallery_lib.Gallery | None = None
+  accept: float | None = None  # Overrides the calibration's share of known pictures accepted.
+  note: str = ""  # Why answers are uncalibrated (empty when calibrated).
+
+  @property
+  def threshold(self) -> float | None:
+    if self.calibration is None:
+      return None
+    if self.accept is None:
+      return self.calibration.threshold
+    return self.calibration.threshold_at(self.accept)
+
+  @property
+  def names(self) -> list[str]:
+    """Every name this model can answer: its classes, then enrolled characters."""
+    enrolled = self.gallery.names if self.gallery is not None else []
+    return list(self.class_names) + [n for n in enrolled if n not in self.class_names]
+
+  def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
+    cal = self.calibration
+    temperature = cal.temperature if cal is not None else 1.0
+    probabilities = calibration_lib.softmax(logits, temperature)
+    k = min(top_k, probabilities.shape[1])
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    accepted = np.ones(len(logits), bool)
+    if cal is not None:
+      scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
+      accepted = scores >= self.threshold
+    enrolled_best, enrolled_probability, enrolled_ok = self._enrolled(embeddings)
+    answers = []
+    for i in range(len(logits)):
+      predictions = [
+        {
+          "rank": r + 1,
+          "class_id": int(c),
+          "name": self.class_names[int(c)],
+          "probability": float(probabilities[i, c]),
+        }
+        for r, c in enumerate(top[i])
+      ]
+      closest, confidence, ok, enrolled = (
+        predictions[0]["name"],
+        predictions[0]["probability"],
+        bool(accepted[i]),
+        False,
+      )
+      if enrolled_best is not None and enrolled_best[i] is not None:
+        closest, confidence, ok, enrolled = (
+          enrolled_best[i],
+          float(enrolled_probability[i]),
+          bool(enrolled_ok[i]),
+          True,
+        )
+      answers.append(
+        {
+          "character": closest if ok else None,
+          "unknown": not ok,
+          "confidence": confidence,
+          "closest": closest,
+          "enrolled": enrolled,
+          "calibrated": cal is not None,
+          "predictions": predictions,
+        }
+      )
+    return answers
+
+  def _enrolled(self, embeddings: np.ndarray):
+    """Per picture: the enrolled name closer than every known class prototype (or None), its
+    calibrated probability, and whether its cosine passes the known pictures' threshold."""
+    cal, gallery = self.calibration, self.gallery
+    if cal is None or gallery is None or not gallery.characters:
+      return None, None, None
+    cosines = np.asarray(embeddings, np.float64) @ np.concatenate(
+      [cal.prototypes, gallery.prototypes()]
+    ).T.astype(np.float64)
+    probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
+    best = cosines.argmax(axis=1)
+    known = len(cal.prototypes)
+    threshold = cal.threshold_at(self.accept or cal.accept, "cosine")
+    names = gallery.names
+    best_names = [names[b - known] if b >= known else None for b in best]
+    picked = probabilities[np.arange(len(best)), best]
+    return best_names, picked, cosines[np.arange(len(best)), best] >= threshold
+
+
+def for_run(
+  run: Any, accept: float | None = None, store: str | os.PathLike | None = None
+) -> Answerer:
+  """The answerer of a loaded model: its calibration and gallery, from `store_dir`.
+
+  Raises:
+    gallery.GalleryMismatch: the gallery was made with another model or checkpoint.
+  """
+  if accept is not None and not 0.0 < accept <= 1.0:
+    raise ValueError(f"--accept={accept} must be in (0, 1] (the share of known pictures named).")
+  directory = store_dir(run, store)
+  expected = provenance(run)
+  fitted, note = load_calibration(directory, expected)
+  gallery = None
+  if directory is not None:
+    gallery = gallery_lib.load(directory / run_dir.GALLERY_DIR, expected)
+  if gallery is not None and gallery.characters and fitted is None:
+    note += "; enrolled characters need a calibration and are not answered"
+  return Answerer(list(run.class_names), fitted, gallery, accept, note)
+
+
+def describe(answer: dict[str, Any]) -> str:
+  """'NAME' or 'unknown (closest: NAME 23%)', as the table and the page show answers."""
+  if answer["unknown"]:
+    return f"unknown (closest: {answer['closest']} {100 * answer['confidence']:.0f}%)"
+  return answer["character"] + (" (enrolled)" if answer["enrolled"] else "")
