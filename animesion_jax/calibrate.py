@@ -54,14 +54,11 @@ def define_flags() -> None:
     "With --source: the dataset's classid_classname.csv or a JSON list of names."
   )
   flags.adopt_module_key_flags(inference)
-  flags.DEFINE_float(
-    "accept", 0.95, "Share of known validation pictures to name (the rest: unknown)."
-  )
   flags.DEFINE_string("dataset", None, "With --source: the dataset whose splits calibrate it.")
   flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
   flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
   flags.DEFINE_string(
-    "output_dir", None, "With --source: where to write (required; a run writes into itself)."
+    "output_dir", None, "Where to write (default: --gallery, or the run directory)."
   )
   flags.DEFINE_integer("batch_size", 256, "Pictures per device call.")
 
@@ -71,10 +68,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
   inference.check_model_flags(flag)
-  if flag.source is not None and (not flag.dataset or not flag.output_dir):
+  if flag.source is not None and (not flag.dataset or not (flag.output_dir or flag.gallery)):
     raise app.UsageError("--source needs --dataset (with --data_dir) and --output_dir.")
-  if not 0.0 < flag.accept <= 1.0:
-    raise app.UsageError(f"--accept={flag.accept} must be in (0, 1].")
+  accept = 0.95 if flag.accept is None else flag.accept
+  if not 0.0 < accept <= 1.0:
+    raise app.UsageError(f"--accept={accept} must be in (0, 1].")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
@@ -99,9 +97,9 @@ def main(argv):
         "--config.validation_fraction=0.1 (or calibrate with a dataset that has one)."
       )
     fitted = open_set.fit_for_run(
-      run, train_source, validation_source, accept=flag.accept, batch_size=flag.batch_size
+      run, train_source, validation_source, accept=accept, batch_size=flag.batch_size
     )
-    output = open_set.store_dir(run, flag.output_dir)
+    output = open_set.store_dir(run, flag.output_dir or flag.gallery)
   except inference.USER_ERRORS as error:
     inference.exit_with_user_error("calibrate", error)
   open_set.save_calibration(fitted, output)

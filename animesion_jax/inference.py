@@ -176,6 +176,18 @@ def define_model_flags(class_names_help: str) -> None:
     "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden size / 64)."
   )
   flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+  flags.DEFINE_float(
+    "accept",
+    None,
+    "Share of known pictures to name; the rest are answered unknown (default: the "
+    "calibration's, 0.95). Lower: fewer wrong names, more unknowns.",
+  )
+  flags.DEFINE_string(
+    "gallery",
+    None,
+    "Directory of the model's calibration.json and gallery/ (enrolled characters); default "
+    "the run directory (needed with --source).",
+  )
 
 
 def check_model_flags(flag: Any) -> None:

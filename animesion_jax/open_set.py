@@ -43,6 +43,14 @@ UNCALIBRATED_NOTE = (
 )
 
 
+class OpenSetError(ValueError):
+  """A bad open-set request (e.g. an --accept outside (0, 1])."""
+
+
+# What the CLIs report as a message, without a traceback.
+USER_ERRORS = (OpenSetError, gallery_lib.GalleryError)
+
+
 def make_forward_fn(run: Any) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
   """jit(variables, uint8 NHWC global batch) -> (float32 logits, L2-normalised embeddings)."""
   model, normalization = run.model, run.config.normalization
@@ -319,7 +327,7 @@ def for_run(
     gallery.GalleryMismatch: the gallery was made with another model or checkpoint.
   """
   if accept is not None and not 0.0 < accept <= 1.0:
-    raise ValueError(f"--accept={accept} must be in (0, 1] (the share of known pictures named).")
+    raise OpenSetError(f"--accept={accept} must be in (0, 1] (the share of known pictures named).")
   directory = store_dir(run, store)
   expected = provenance(run)
   fitted, note = load_calibration(directory, expected)

@@ -41,6 +41,7 @@ from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
 from animesion_jax import inference
+from animesion_jax import open_set
 from animesion_jax import run_dir
 from animesion_jax import sharding
 
@@ -126,6 +127,7 @@ def predict_files(
   detector: faces.FaceDetector | None = None,
   workers: int | None = None,
   each_batch: Callable[[list[Crop], np.ndarray], None] | None = None,
+  answerer: open_set.Answerer | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Classifies every file (or every face in it).
 
@@ -134,11 +136,14 @@ def predict_files(
 
   Returns:
     (results, errors): one result per crop in input order, {'file', 'relative' (its name for
-    outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', 'predictions':
+    outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', the answer of
+    `answerer` (default: the run's calibration and gallery; open_set.Answerer.answer: 'character'
+    or None, 'unknown', 'confidence', 'closest', 'enrolled', 'calibrated') and 'predictions':
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
     not be decoded.
   """
-  predict_fn = inference.make_predict_fn(run, top_k)
+  answerer = answerer or open_set.for_run(run)
+  predict_fn = open_set.make_forward_fn(run)
   batch_size = inference.round_up_batch(batch_size, run.mesh.size)
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   results, errors = [], []
@@ -158,8 +163,9 @@ def predict_files(
           each_batch(crops, images)
 
     dispatched = dispatch()
-    for crops, (probabilities, class_ids) in evaluation.lagged(dispatched, run.mesh):
-      for row, crop in enumerate(crops):
+    for crops, (logits, embeddings) in evaluation.lagged(dispatched, run.mesh):
+      answers = answerer.answer(logits[: len(crops)], embeddings[: len(crops)], top_k)
+      for crop, answer in zip(crops, answers):
         results.append(
           {
             "file": crop.file.path,
@@ -167,17 +173,7 @@ def predict_files(
             "face": crop.face,
             "box": crop.box.as_list() if crop.box else None,
             "note": crop.note,
-            "predictions": [
-              {
-                "rank": rank + 1,
-                "class_id": int(class_id),
-                "name": run.class_names[int(class_id)],
-                "probability": float(probability),
-              }
-              for rank, (class_id, probability) in enumerate(
-                zip(class_ids[row], probabilities[row])
-              )
-            ],
+            **answer,
           }
         )
   return results, errors
@@ -188,14 +184,16 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   shown = results if limit <= 0 else results[:limit]
   width = max([len(r["file"]) for r in shown] + [4])
   names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
-  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}"]
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
+    answer = open_set.describe(result) if "unknown" in result else ""
     for p in result["predictions"]:
       first = p["rank"] == 1
       lines.append(
         f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
         f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
+        + (f"  {answer}" if first else "")
       )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")
@@ -209,6 +207,7 @@ def write_outputs(
   errors: Sequence[dict[str, str]],
   run: inference.LoadedRun,
   output_dir: str | os.PathLike,
+  note: str = "",
 ) -> None:
   """predictions.json (everything) and predictions.csv (one row per crop and rank)."""
   output_dir = epath.Path(output_dir)
@@ -219,6 +218,7 @@ def write_outputs(
         "workdir": run.description,
         "checkpoint": run.checkpoint,
         "step": run.step,
+        "calibration": note or "calibrated",
         "results": list(results),
         "errors": list(errors),
       },
@@ -241,6 +241,9 @@ def write_outputs(
       "class_id",
       "name",
       "probability",
+      "character",
+      "unknown",
+      "confidence",
     ]
   )
   for result in results:
@@ -255,6 +258,9 @@ def write_outputs(
           p["class_id"],
           p["name"],
           f"{p['probability']:.6f}",
+          result.get("character") or "",
+          int(result.get("unknown", False)),
+          f"{result.get('confidence', p['probability']):.6f}",
         ]
       )
   (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
@@ -325,13 +331,22 @@ def main(argv):
     else:
       output_dir = run_dir.resolve("predictions")
     writer = annotate.AttentionWriter(run, output_dir) if flag.attention_maps else None
-  except inference.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
+    answerer = open_set.for_run(run, flag.accept, flag.gallery)
+  except (*inference.USER_ERRORS, *open_set.USER_ERRORS) as error:  # Says what is wrong.
     inference.exit_with_user_error("predict", error)
   results, errors = predict_files(
-    run, files, top_k=flag.top_k, batch_size=flag.batch_size, detector=detector, each_batch=writer
+    run,
+    files,
+    top_k=flag.top_k,
+    batch_size=flag.batch_size,
+    detector=detector,
+    each_batch=writer,
+    answerer=answerer,
   )
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors
-  write_outputs(results, errors, run, output_dir)
+  write_outputs(results, errors, run, output_dir, answerer.note)
+  if answerer.note:
+    print(f"Note: {answerer.note}.")
   if flag.annotate:
     annotate.annotate_all(results, output_dir)
   if results:
