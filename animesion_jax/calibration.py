@@ -177,6 +177,8 @@ class Calibration:
   quantiles: dict[str, list[float]]
   metrics: dict[str, Any]
   provenance: dict[str, Any]  # model, checkpoint, step, class count the calibration was fitted for.
+  # Cosine distance at which organize cuts clusters of unknown faces (fitted on known pictures).
+  cluster_distance: float = 0.5
   prototypes: np.ndarray | None = None  # [classes, D] (not in the JSON).
 
   def threshold_at(self, accept: float, name: str | None = None) -> float:
@@ -192,10 +194,10 @@ class Calibration:
   @classmethod
   def from_json(cls, record: dict[str, Any], prototypes: np.ndarray | None) -> "Calibration":
     fields = {f.name for f in dataclasses.fields(cls)} - {"prototypes"}
-    missing = fields - set(record)
+    missing = fields - set(record) - {"cluster_distance"}
     if missing:
       raise ValueError(f"calibration record lacks {sorted(missing)}")
-    return cls(**{k: record[k] for k in fields}, prototypes=prototypes)
+    return cls(**{k: record[k] for k in fields if k in record}, prototypes=prototypes)
 
 
 def _probability_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:

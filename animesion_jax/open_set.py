@@ -27,6 +27,7 @@ import numpy as np
 from animesion_jax import calibration as calibration_lib
 from animesion_jax import evaluation
 from animesion_jax import gallery as gallery_lib
+from animesion_jax import grouping
 from animesion_jax import models
 from animesion_jax import run_dir
 from animesion_jax import sharding
@@ -179,7 +180,7 @@ def fit_for_run(
   empty = calibration_lib.no_character_pictures(
     NO_CHARACTER_PICTURES, run.config.image_size, _NO_CHARACTER_SEED
   )
-  return calibration_lib.fit(
+  fitted = calibration_lib.fit(
     logits,
     embeddings,
     labels,
@@ -188,6 +189,8 @@ def fit_for_run(
     accept=accept,
     provenance=provenance(run),
   )
+  fitted.cluster_distance = grouping.fit_cluster_distance(embeddings, labels)
+  return fitted
 
 
 def calibration_sources(config: Any, builder: Any) -> tuple[Any, Any | None]:
