@@ -74,21 +74,23 @@ def _folder_name(name: str) -> str:
 
 
 def _place(groups, output_dir: epath.Path, link: bool) -> None:
-  """One folder per group with its pictures, as links or copies (names kept, clashes numbered)."""
+  """One folder per group with its pictures, as links or copies (names kept, clashes numbered).
+
+  Local output folders only (symbolic links and copies of local files).
+  """
   for group in groups:
-    folder = output_dir / _folder_name(group["name"])
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = os.path.join(os.fspath(output_dir), _folder_name(group["name"]))
+    os.makedirs(folder, exist_ok=True)
     placed = set()
     for picture in group["pictures"]:
       if picture["file"] in placed:
         continue  # Two faces of one picture in one group: once.
       placed.add(picture["file"])
       name = picture["relative"].replace("/", "__")
-      target = folder / name
-      counter = 1
-      while target.exists() or target.is_symlink():
+      target, counter = os.path.join(folder, name), 1
+      while os.path.lexists(target):
         stem, suffix = os.path.splitext(name)
-        target, counter = folder / f"{stem}-{counter}{suffix}", counter + 1
+        target, counter = os.path.join(folder, f"{stem}-{counter}{suffix}"), counter + 1
       if link:
         os.symlink(os.path.abspath(picture["file"]), target)
       else:
