@@ -19,6 +19,7 @@ import uvicorn
 
 from animesion_jax import faces
 from animesion_jax import inference
+from animesion_jax import open_set
 from animesion_jax.serve import app
 from animesion_jax.serve import model
 from animesion_jax.serve import pictures
@@ -45,6 +46,12 @@ def define_flags() -> None:
   flags.DEFINE_float("max_upload_mb", 16.0, "Largest upload.")
   flags.DEFINE_float("max_megapixels", 40.0, "Largest picture decoded.")
   flags.DEFINE_integer("max_faces", 16, "Most faces classified per picture.")
+  flags.DEFINE_bool(
+    "allow_enroll",
+    False,
+    "Let visitors add characters (POST /api/enroll and the page's 'add this character' form); "
+    "they are stored in the model's gallery.",
+  )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -75,12 +82,17 @@ def main(argv):
       f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
     )
   inference.check_model_flags(flag)
+  if flag.allow_enroll and flag.source is not None and not flag.gallery:
+    raise absl_app.UsageError(
+      "--allow_enroll with --source needs --gallery=DIR (where added characters are kept)."
+    )
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
   try:
     detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
     run = inference.load_from_flags(flag)
+    answerer = open_set.for_run(run, flag.accept, flag.gallery)
   except (FileNotFoundError, ValueError) as error:  # CheckpointMismatch is a ValueError.
     raise absl_app.UsageError(str(error)) from None
   limits = pictures.Limits(
@@ -96,9 +108,14 @@ def main(argv):
     max_batch=flag.max_batch,
     max_wait_s=flag.max_wait_ms / 1000,
     queue_size=flag.queue_size,
+    answerer=answerer,
+    allow_enroll=flag.allow_enroll,
+    store=flag.gallery,
   )
   if face_note:
     print(face_note)
+  if answerer.note:
+    print(f"Note: {answerer.note}.")
   host, port = sock.getsockname()[:2]
   shown = f"[{host}]" if ":" in host else host
   print(f"Serving {service.model} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)

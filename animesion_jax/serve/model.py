@@ -6,7 +6,10 @@ from absl import logging
 import numpy as np
 
 from animesion_jax import faces
+from animesion_jax import gallery
 from animesion_jax import inference
+from animesion_jax import open_set
+from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
 from animesion_jax.serve import app
@@ -63,6 +66,9 @@ def build_service(
   queue_size: int = 64,
   warm_up: bool = True,
   attention: bool = True,
+  answerer: open_set.Answerer | None = None,
+  allow_enroll: bool = False,
+  store: str | None = None,
 ) -> app.Service:
   """Starts the micro-batcher on the run's devices and gathers what the page shows.
 
@@ -76,18 +82,24 @@ def build_service(
     queue_size: requests that may wait before the answer is 503.
     warm_up: compile every padded batch size now.
     attention: offer attention maps (ViTs only).
+    answerer: how answers say unknown or name enrolled characters (default: the run's
+      calibration and gallery, from `store` or the run directory).
+    allow_enroll: offer POST /api/enroll (adding characters to the gallery).
+    store: directory of the calibration and gallery (--gallery; default the run directory).
   """
   if max_batch < limits.max_faces:
     raise ValueError(
       f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
       "one picture's faces go in one device call."
     )
-  predict_fn = inference.make_predict_fn(run, TOP_K)
+  answerer = answerer or open_set.for_run(run, store=store)
+  enroll = _enroller(run, store, answerer) if allow_enroll else None
+  forward = open_set.make_forward_fn(run)
 
   def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     global_images = sharding.to_global_batch({"image": images}, run.mesh)["image"]
-    probabilities, class_ids = predict_fn(run.variables, global_images)
-    return np.asarray(probabilities), np.asarray(class_ids)
+    logits, embeddings = forward(run.variables, global_images)
+    return np.asarray(logits), np.asarray(embeddings)
 
   size = run.config.image_size
   batcher = batcher_lib.MicroBatcher(
@@ -112,4 +124,25 @@ def build_service(
     limits=limits,
     examples=pictures.examples(run.class_names),
     attention=_attention_fn(run, batcher.sizes) if attention else None,
+    answerer=answerer,
+    enroll=enroll,
   )
+
+
+def _enroller(run: inference.LoadedRun, store: str | None, answerer: open_set.Answerer):
+  """(name, embeddings, picture names) -> the updated gallery, which answers use from then on."""
+  directory = open_set.store_dir(run, store)
+  if directory is None:
+    raise gallery.GalleryError(
+      "--allow_enroll with a checkpoint file needs --gallery=DIR (where added characters go)."
+    )
+  provenance = open_set.provenance(run)
+
+  def enroll(name: str, embeddings: np.ndarray, names: list[str]) -> gallery.Gallery:
+    updated = gallery.enroll(
+      directory / run_dir.GALLERY_DIR, provenance, name, embeddings, names, run.class_names
+    )
+    answerer.gallery = updated
+    return updated
+
+  return enroll
