@@ -37,6 +37,7 @@ import numpy as np
 from animesion_jax import evaluation
 from animesion_jax import inference
 from animesion_jax import longtail
+from animesion_jax import open_set_eval
 from animesion_jax import plots
 from animesion_jax import run_dir
 from animesion_jax.data import datasets
@@ -54,7 +55,7 @@ def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.n
 
 
 def split_outputs(
-  run: inference.LoadedRun, builder: Any, split: str, batch_size: int
+  run: inference.LoadedRun, builder: Any, split: str, batch_size: int, source: Any = None
 ) -> dict[str, Any]:
   """{'index', 'label', 'top5'} of every example in record order, and exact 'metrics'."""
   return evaluation.predict_split(
@@ -66,6 +67,7 @@ def split_outputs(
     image_size=run.config.image_size,
     workers=run.config.get("data_workers", 0),
     mesh=run.mesh,
+    source=source,
   )
 
 
@@ -84,15 +86,19 @@ def evaluate_loaded(
       f"--split={split!r}: dataset {dataset!r} has splits {sorted(builder.info.splits)}."
     )
   names = list(builder.info.features["label"].names)
+  known, known_rows = open_set_eval.known_split(run, builder, split)  # Held-out classes out.
+  if known_rows is not None:
+    names = [names[i] for i in known_rows]
   if len(names) != run.num_classes:
     raise EvaluationError(
       f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
     )
   batch_size = inference.round_up_batch(batch_size, run.mesh.size)
-  outputs = split_outputs(run, builder, split, batch_size)
+  outputs = split_outputs(run, builder, split, batch_size, known)
   train_counts = train_class_counts(
-    builder, datasets.get_spec(dataset).train_split, run.num_classes
+    builder, datasets.get_spec(dataset).train_split, len(builder.info.features["label"].names)
   )
+  train_counts = train_counts if known_rows is None else train_counts[known_rows]
   report = longtail.summarize(
     outputs["label"], outputs["top5"], train_counts, run.class_names, confused_limit
   )
@@ -105,6 +111,7 @@ def evaluate_loaded(
     "model": run.config.model.name,
     "loss": outputs["metrics"]["loss"],
     **report,
+    "open_set": open_set_eval.report(run, builder, split, batch_size),
   }
   if output_dir is None:
     output_dir = (
@@ -258,6 +265,8 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
       f"{title:24}{row['classes']:>8}{row['examples']:>10}{_percent(row['top1']):>8}"
       f"{_percent(row['top5']):>8}{_percent(row['mean_class_top1']):>17}"
     )
+  if "open_set" in report:
+    lines += open_set_eval.format_lines(report["open_set"])
   if report["confused_pairs"]:
     lines.append("Most confused (count: true -> predicted):")
     for pair in report["confused_pairs"][:pairs]:
