@@ -1,5 +1,10 @@
 """Held-out classes (config.open_set): out of training, validation and the model's classes."""
 
+import json
+import os
+import subprocess
+import sys
+
 import ml_collections
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ from animesion_jax.data import holdout
 from tests import helpers
 
 _NAMES = [f"c{i}" for i in range(10)]
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(classes="", count=0, seed=0):
@@ -77,3 +83,51 @@ def test_training_data_leaves_out_the_held_out_classes():
   assert [data.class_names[data.train_source[i]["label"]] for i in range(5)] == [
     n for n in full_train if n not in held
   ][:5]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
+  """Train with 2 held-out classes -> calibration.json -> evaluate -> the benchmark command."""
+  from animesion_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  config = helpers.tiny_config()
+  config.open_set.holdout_count = 2
+  config.model.num_layers = 1
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  names = json.loads((workdir / "class_names.json").read_text())
+  assert len(names) == len(train.open_data(helpers.tiny_config()).class_names) - 2
+  record = json.loads((workdir / "calibration.json").read_text())
+  assert record["provenance"]["num_classes"] == len(names)
+
+  report = evaluate.evaluate(str(workdir), "test", output_dir=str(tmp_path / "eval"))
+  assert report["num_classes"] == len(names)
+  section = report["open_set"]
+  assert len(section["held_out_classes"]) == 2 and section["held_out_pictures"] > 0
+  assert set(section["scores"]) == {"max_softmax", "max_logit", "energy", "cosine"}
+  assert all(0 <= row["auroc"] <= 1 for row in section["scores"].values())
+  assert "Held out (" in evaluate.format_summary(report)
+
+  env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  done = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(_REPO, "tools", "open_set_benchmark.py"),
+      "--workdir=run",
+      "--shots=1,2",
+      "--no_character=30",
+      "--json=bench.json",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "AUROC known vs held-out" in done.stdout and "2-shot: held-out named right" in done.stdout
+  bench = json.loads((tmp_path / "bench.json").read_text())
+  assert bench["held_out"] == section["held_out_classes"]
+  assert bench["auroc"] == pytest.approx(section["scores"][bench["score"]]["auroc"], abs=1e-6)
+  assert 0 <= bench["shot2_accuracy"] <= 1 and -1 <= bench["organize_ari"] <= 1
