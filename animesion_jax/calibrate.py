@@ -10,7 +10,7 @@ calibrates runs trained before that, another checkpoint of a run, or a converted
 Uses the training split (class prototypes of the embeddings) and the validation split (the
 temperature, the score that separates known pictures from unknown ones best, and the threshold
 that names --accept of the known validation pictures); see animesion_jax/calibration.py.
-Writes calibration.json and prototypes.npy, and prints the metrics.
+Writes calibration.json and calibration.npz, and prints the metrics.
 """
 
 from absl import app
@@ -39,6 +39,12 @@ def format_metrics(fitted: calibration.Calibration) -> str:
     lines.append(
       f"{name:12}{row['auroc_own_class_removed']:>21.4f}{row['auroc_no_character']:>20.4f}"
       f"{row['fpr95_own_class_removed']:>15.4f}{row['fpr95_no_character']:>15.4f}"
+    )
+  rule = fitted.metrics.get("no_character_rule")
+  if rule:
+    lines.append(
+      f"no-character rule: margin {rule['margin']:.3f} (rejects "
+      f"{100 * rule['known_validation_rejected']:.2f}% of known validation pictures)"
     )
   for kind, row in fitted.metrics["probabilities"].items():
     before, after = row["before"], row["after"]

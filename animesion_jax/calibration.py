@@ -14,7 +14,11 @@ Pure numpy. What is fitted (`fit`), from a model's logits and L2-normalised embe
     column or prototype of the true class removed: a character the model does not know) and
     pictures with no character at all (noise, flat colour, gradients; `no_character_pictures`).
     The score with the best mean AUROC is kept, and its threshold accepts a chosen share
-    (default 95%) of the known validation pictures. Held-out classes are never used here, so a
+    (default 95%) of the known validation pictures;
+  - a no-character rule: a picture whose embedding is closer (by a margin) to one of the
+    no-character pictures' embeddings than to every class prototype is unknown. The margin is the
+    smallest that rejects at most NO_CHARACTER_BUDGET of the known validation pictures, and the
+    kept score's threshold is then set so that both rules together accept the chosen share. Held-out classes are never used here, so a
     benchmark on them measures unseen characters honestly.
 Metrics: AUROC, FPR at 95% TPR, ECE (15 bins), NLL before and after.
 """
@@ -28,6 +32,8 @@ SCORES = ("max_softmax", "max_logit", "energy", "cosine")
 DEFAULT_ACCEPT = 0.95
 ECE_BINS = 15
 _QUANTILES = 201  # Stored quantiles of each score on known validation pictures (any --accept).
+NO_CHARACTER_BUDGET = 0.01  # Most known validation pictures the no-character rule may reject.
+_MARGINS = np.round(np.arange(0.0, 1.0001, 0.025), 3)
 
 
 def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -179,25 +185,62 @@ class Calibration:
   provenance: dict[str, Any]  # model, checkpoint, step, class count the calibration was fitted for.
   # Cosine distance at which organize cuts clusters of unknown faces (fitted on known pictures).
   cluster_distance: float = 0.5
+  # The no-character rule's margin (None: no rule, as calibrations before it).
+  no_character_margin: float | None = None
+  # Share of known validation pictures the no-character rule keeps (`quantiles` are over those).
+  no_character_kept: float = 1.0
   prototypes: np.ndarray | None = None  # [classes, D] (not in the JSON).
+  no_character: np.ndarray | None = None  # [M, D] no-character embeddings (not in the JSON).
 
   def threshold_at(self, accept: float, name: str | None = None) -> float:
-    """The threshold of score `name` (default the kept one) accepting `accept` of known pictures."""
+    """The threshold of score `name` (default the kept one) accepting `accept` of known pictures
+    (together with the no-character rule, for the kept score)."""
     values = np.asarray(self.quantiles[name or self.score])
-    return float(np.quantile(values, 1.0 - accept, method="linear"))
+    share = accept / self.no_character_kept if name in (None, self.score) else accept
+    return float(np.quantile(values, 1.0 - min(share, 1.0), method="linear"))
+
+  def no_character_rejects(self, embeddings: np.ndarray) -> np.ndarray:
+    """Per picture: whether the no-character rule answers it unknown (all False without one)."""
+    if self.no_character_margin is None or self.no_character is None:
+      return np.zeros(len(embeddings), bool)
+    return no_character_rule(embeddings, self.prototypes, self.no_character) > (
+      self.no_character_margin
+    )
 
   def to_json(self) -> dict[str, Any]:
     record = dataclasses.asdict(self)
     record.pop("prototypes")
+    record.pop("no_character")
     return record
 
   @classmethod
-  def from_json(cls, record: dict[str, Any], prototypes: np.ndarray | None) -> "Calibration":
-    fields = {f.name for f in dataclasses.fields(cls)} - {"prototypes"}
-    missing = fields - set(record) - {"cluster_distance"}
+  def from_json(
+    cls,
+    record: dict[str, Any],
+    prototypes: np.ndarray | None,
+    no_character: np.ndarray | None = None,
+  ) -> "Calibration":
+    arrays = {"prototypes", "no_character"}
+    optional = {"cluster_distance", "no_character_margin", "no_character_kept"}
+    fields = {f.name for f in dataclasses.fields(cls)} - arrays
+    missing = fields - set(record) - optional
     if missing:
       raise ValueError(f"calibration record lacks {sorted(missing)}")
-    return cls(**{k: record[k] for k in fields if k in record}, prototypes=prototypes)
+    return cls(
+      **{k: record[k] for k in fields if k in record},
+      prototypes=prototypes,
+      no_character=no_character,
+    )
+
+
+def no_character_rule(
+  embeddings: np.ndarray, class_prototypes: np.ndarray, no_character: np.ndarray
+) -> np.ndarray:
+  """Per picture: best cosine to a no-character picture minus best cosine to a class prototype."""
+  embeddings = np.asarray(embeddings, np.float64)
+  nearest_empty = (embeddings @ np.asarray(no_character, np.float64).T).max(axis=1)
+  nearest_class = (embeddings @ np.asarray(class_prototypes, np.float64).T).max(axis=1)
+  return nearest_empty - nearest_class
 
 
 def _probability_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -267,19 +310,30 @@ def fit(
     quantiles[name] = [float(v) for v in np.quantile(known, levels)]
   chosen = max(SCORES, key=lambda name: per_score[name]["selection"])
   known = score(chosen, logits, embeddings, class_prototypes, temperature)
+  # The no-character rule: the smallest margin rejecting at most the budget of known pictures.
+  gap = no_character_rule(embeddings, class_prototypes, no_character[1])
+  margin = next(float(m) for m in _MARGINS if np.mean(gap > m) <= NO_CHARACTER_BUDGET)
+  kept = gap <= margin
+  kept_share = float(kept.mean())
+  # Quantiles of the kept score over the pictures the rule keeps: with it, they name `accept`.
+  quantiles[chosen] = [float(v) for v in np.quantile(known[kept], levels)]
   return Calibration(
     temperature=float(temperature),
     cosine_scale=float(cosine_scale),
     score=chosen,
     accept=float(accept),
-    threshold=threshold_for(known, accept),
+    threshold=threshold_for(known[kept], min(accept / kept_share, 1.0)),
     quantiles=quantiles,
     metrics={
       "validation_pictures": int(len(labels)),
       "no_character_pictures": int(len(no_character[0])),
       "scores": per_score,
       "probabilities": probabilities,
+      "no_character_rule": {"margin": margin, "known_validation_rejected": 1.0 - kept_share},
     },
     provenance=dict(provenance or {}),
+    no_character_margin=margin,
+    no_character_kept=kept_share,
     prototypes=np.asarray(class_prototypes, np.float32),
+    no_character=np.asarray(no_character[1], np.float32),
   )

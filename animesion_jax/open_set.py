@@ -131,12 +131,16 @@ def store_dir(run: Any, given: str | os.PathLike | None = None) -> epath.Path | 
 
 
 def save_calibration(fitted: calibration_lib.Calibration, directory: epath.Path) -> None:
-  """calibration.json and prototypes.npy, each written atomically (process 0 only)."""
+  """calibration.json and calibration.npz (its arrays), each written atomically (process 0)."""
   if jax.process_index() != 0:
     return
   buffer = io.BytesIO()
-  np.save(buffer, np.asarray(fitted.prototypes, np.float32))
-  run_dir.write_atomic(directory / run_dir.PROTOTYPES_FILE, buffer.getvalue())
+  np.savez(
+    buffer,
+    prototypes=np.asarray(fitted.prototypes, np.float32),
+    no_character=np.asarray(fitted.no_character, np.float32),
+  )
+  run_dir.write_atomic(directory / run_dir.CALIBRATION_ARRAYS_FILE, buffer.getvalue())
   text = json.dumps(fitted.to_json(), indent=1, ensure_ascii=False)
   run_dir.write_atomic(directory / run_dir.CALIBRATION_FILE, text.encode("utf-8"))
 
@@ -149,9 +153,11 @@ def load_calibration(
     return None, UNCALIBRATED_NOTE
   path = directory / run_dir.CALIBRATION_FILE
   record = json.loads(path.read_text(encoding="utf-8"))
-  with (directory / run_dir.PROTOTYPES_FILE).open("rb") as f:
-    prototypes = np.load(f)
-  fitted = calibration_lib.Calibration.from_json(record, prototypes)
+  with (directory / run_dir.CALIBRATION_ARRAYS_FILE).open("rb") as f:
+    arrays = dict(np.load(io.BytesIO(f.read())))
+  fitted = calibration_lib.Calibration.from_json(
+    record, arrays["prototypes"], arrays.get("no_character")
+  )
   found = fitted.provenance
   differ = [k for k in expected if found.get(k) != expected[k]]
   if differ:
@@ -263,7 +269,7 @@ class Answerer:
     accepted = np.ones(len(logits), bool)
     if cal is not None:
       scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
-      accepted = scores >= self.threshold
+      accepted = (scores >= self.threshold) & ~cal.no_character_rejects(embeddings)
     enrolled_best, enrolled_probability, enrolled_ok = self._enrolled(embeddings)
     answers = []
     for i in range(len(logits)):
@@ -308,9 +314,8 @@ class Answerer:
     cal, gallery = self.calibration, self.gallery
     if cal is None or gallery is None or not gallery.characters:
       return None, None, None
-    cosines = np.asarray(embeddings, np.float64) @ np.concatenate(
-      [cal.prototypes, gallery.prototypes()]
-    ).T.astype(np.float64)
+    every = np.concatenate([cal.prototypes, gallery.prototypes()])
+    cosines = np.asarray(embeddings, np.float64) @ every.T.astype(np.float64)
     probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
     best = cosines.argmax(axis=1)
     known = len(cal.prototypes)
@@ -318,7 +323,11 @@ class Answerer:
     names = gallery.names
     best_names = [names[b - known] if b >= known else None for b in best]
     picked = probabilities[np.arange(len(best)), best]
-    return best_names, picked, cosines[np.arange(len(best)), best] >= threshold
+    passes = cosines[np.arange(len(best)), best] >= threshold
+    if cal.no_character_margin is not None and cal.no_character is not None:
+      gap = calibration_lib.no_character_rule(embeddings, every, cal.no_character)
+      passes &= gap <= cal.no_character_margin
+    return best_names, picked, passes
 
 
 def for_run(

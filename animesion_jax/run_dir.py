@@ -11,7 +11,8 @@ Layout under the run directory:
   checkpoints/<step>/          Orbax checkpoints (state, data-iterator position, metadata)
   events.out.tfevents.*        TensorBoard summaries
   calibration.json             temperature, unknown threshold, open-set metrics (`calibrate`)
-  prototypes.npy               class prototypes of the training embeddings (with calibration.json)
+  calibration.npz              class prototypes of the training embeddings and the no-character
+                               pictures' embeddings (arrays of calibration.json)
   gallery/                     characters enrolled without retraining (`enroll`)
   evaluation/<split>_step<N>/  outputs of `animesion_jax.evaluate`
   predictions/                 outputs of `animesion_jax.predict`
@@ -32,7 +33,7 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 CHECKPOINTS_DIR = "checkpoints"
 CALIBRATION_FILE = "calibration.json"
-PROTOTYPES_FILE = "prototypes.npy"
+CALIBRATION_ARRAYS_FILE = "calibration.npz"
 GALLERY_DIR = "gallery"
 
 

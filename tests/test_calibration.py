@@ -104,12 +104,21 @@ def test_fit_keeps_the_best_separating_score_and_accepts_the_share():
   best = max(calibration.SCORES, key=lambda s: fitted.metrics["scores"][s]["selection"])
   assert fitted.score == best
   known = calibration.score(fitted.score, logits, embeddings, protos, fitted.temperature)
-  assert np.mean(known >= fitted.threshold) >= 0.9
+  rejected = fitted.no_character_rejects(embeddings)
+  assert np.mean(rejected) <= calibration.NO_CHARACTER_BUDGET
+  assert np.mean((known >= fitted.threshold) & ~rejected) >= 0.9
+  # Pictures like the no-character ones (small changes of them) are rejected by the rule.
+  near = empty_emb + 0.05 * rng.normal(size=empty_emb.shape)
+  near /= np.linalg.norm(near, axis=1, keepdims=True)
+  assert np.mean(fitted.no_character_rejects(near)) > 0.9
   assert abs(fitted.threshold_at(0.9) - fitted.threshold) < 0.05 * (known.max() - known.min())
   after = fitted.metrics["probabilities"]["softmax"]["after"]["nll"]
   assert after <= fitted.metrics["probabilities"]["softmax"]["before"]["nll"] + 1e-9
-  restored = calibration.Calibration.from_json(fitted.to_json(), protos)
+  restored = calibration.Calibration.from_json(fitted.to_json(), protos, fitted.no_character)
   assert restored.to_json() == fitted.to_json()
+  np.testing.assert_array_equal(
+    restored.no_character_rejects(near), fitted.no_character_rejects(near)
+  )
 
 
 def test_no_character_pictures_are_noise_flat_and_gradients():

@@ -68,11 +68,18 @@ def test_training_stores_a_calibration_that_names_most_known_validation_pictures
   assert record["provenance"]["step"] == trained_run.TRAIN_STEPS
   assert record["score"] in calibration.SCORES
   assert record["accept"] == 0.95 and record["temperature"] > 0
-  prototypes = np.load(os.path.join(workdir, "prototypes.npy"))
-  assert prototypes.shape[0] == record["provenance"]["num_classes"]
+  arrays = np.load(os.path.join(workdir, "calibration.npz"))
+  assert arrays["prototypes"].shape[0] == record["provenance"]["num_classes"]
+  assert arrays["no_character"].shape == (
+    open_set.NO_CHARACTER_PICTURES,
+    arrays["prototypes"].shape[1],
+  )
+  rule = record["metrics"]["no_character_rule"]
+  assert rule["known_validation_rejected"] <= calibration.NO_CHARACTER_BUDGET
+  assert record["no_character_kept"] == pytest.approx(1 - rule["known_validation_rejected"])
   quantiles = np.asarray(record["quantiles"][record["score"]])
   assert np.all(np.diff(quantiles) >= 0)
-  assert quantiles[0] <= record["threshold"] <= quantiles[10]  # ~5% of known pictures below.
+  assert quantiles[0] <= record["threshold"] <= quantiles[12]  # ~5% of known pictures below.
 
 
 @pytest.mark.slow
