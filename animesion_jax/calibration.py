@@ -185,6 +185,10 @@ class Calibration:
   provenance: dict[str, Any]  # model, checkpoint, step, class count the calibration was fitted for.
   # Cosine distance at which organize cuts clusters of unknown faces (fitted on known pictures).
   cluster_distance: float = 0.5
+  # Pictures per character -> quantiles of the cosine of known validation pictures to a prototype of
+  # their class made from that many training pictures (`enrolment_quantiles`): the thresholds
+  # of enrolled characters. Empty: they use the cosine score's threshold.
+  enrolled_quantiles: dict[str, list[float]] = dataclasses.field(default_factory=dict)
   # The no-character rule's margin (None: no rule, as calibrations before it).
   no_character_margin: float | None = None
   # Share of known validation pictures the no-character rule keeps (`quantiles` are over those).
@@ -198,6 +202,15 @@ class Calibration:
     values = np.asarray(self.quantiles[name or self.score])
     share = accept / self.no_character_kept if name in (None, self.score) else accept
     return float(np.quantile(values, 1.0 - min(share, 1.0), method="linear"))
+
+  def enrolled_threshold(self, count: int, accept: float) -> float:
+    """Cosine threshold naming `accept` of the pictures of a character enrolled from `count`."""
+    sizes = sorted(int(k) for k in self.enrolled_quantiles)
+    usable = [k for k in sizes if k <= count]
+    if not usable:
+      return self.threshold_at(accept, "cosine")
+    values = np.asarray(self.enrolled_quantiles[str(usable[-1])])
+    return float(np.quantile(values, 1.0 - accept, method="linear"))
 
   def no_character_rejects(self, embeddings: np.ndarray) -> np.ndarray:
     """Per picture: whether the no-character rule answers it unknown (all False without one)."""
@@ -221,7 +234,12 @@ class Calibration:
     no_character: np.ndarray | None = None,
   ) -> "Calibration":
     arrays = {"prototypes", "no_character"}
-    optional = {"cluster_distance", "no_character_margin", "no_character_kept"}
+    optional = {
+      "cluster_distance",
+      "no_character_margin",
+      "no_character_kept",
+      "enrolled_quantiles",
+    }
     fields = {f.name for f in dataclasses.fields(cls)} - arrays
     missing = fields - set(record) - optional
     if missing:
@@ -231,6 +249,36 @@ class Calibration:
       prototypes=prototypes,
       no_character=no_character,
     )
+
+
+ENROL_SIZES = (1, 2, 3, 5, 10, 20, 50)  # Enrolment sizes simulated on the known classes.
+
+
+def enrolment_quantiles(
+  train_embeddings: np.ndarray,
+  train_labels: np.ndarray,
+  embeddings: np.ndarray,
+  labels: np.ndarray,
+  seed: int = 0,
+) -> dict[str, list[float]]:
+  """Enrolment simulated on known classes: for each size k, the quantiles of the cosine of every
+  validation picture to a prototype of its class made from k random training pictures."""
+  rng = np.random.default_rng(seed)
+  train_embeddings = np.asarray(train_embeddings, np.float64)
+  embeddings = np.asarray(embeddings, np.float64)
+  levels = np.linspace(0.0, 1.0, _QUANTILES)
+  by_class = {int(c): np.flatnonzero(train_labels == c) for c in np.unique(labels)}
+  result = {}
+  for k in ENROL_SIZES:
+    cosines = []
+    for c, pool in by_class.items():
+      if len(pool) < k:
+        continue
+      total = train_embeddings[rng.choice(pool, k, replace=False)].sum(axis=0)
+      cosines.append(embeddings[labels == c] @ (total / max(np.linalg.norm(total), 1e-12)))
+    if cosines:
+      result[str(k)] = [float(v) for v in np.quantile(np.concatenate(cosines), levels)]
+  return result
 
 
 def no_character_rule(

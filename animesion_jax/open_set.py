@@ -196,6 +196,9 @@ def fit_for_run(
     provenance=provenance(run),
   )
   fitted.cluster_distance = grouping.fit_cluster_distance(embeddings, labels)
+  fitted.enrolled_quantiles = calibration_lib.enrolment_quantiles(
+    train_embeddings, train_labels, embeddings, labels
+  )
   return fitted
 
 
@@ -310,7 +313,8 @@ class Answerer:
 
   def _enrolled(self, embeddings: np.ndarray):
     """Per picture: the enrolled name closer than every known class prototype (or None), its
-    calibrated probability, and whether its cosine passes the known pictures' threshold."""
+    calibrated probability, and whether it passes the threshold of a character enrolled from
+    that many pictures and the no-character rule."""
     cal, gallery = self.calibration, self.gallery
     if cal is None or gallery is None or not gallery.characters:
       return None, None, None
@@ -319,11 +323,17 @@ class Answerer:
     probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
     best = cosines.argmax(axis=1)
     known = len(cal.prototypes)
-    threshold = cal.threshold_at(self.accept or cal.accept, "cosine")
     names = gallery.names
+    accept = self.accept or cal.accept
+    # Each character's threshold fits how many pictures it was enrolled from.
+    thresholds = np.array(
+      [cal.enrolled_threshold(gallery.characters[n].count, accept) for n in names]
+    )
     best_names = [names[b - known] if b >= known else None for b in best]
     picked = probabilities[np.arange(len(best)), best]
-    passes = cosines[np.arange(len(best)), best] >= threshold
+    passes = cosines[np.arange(len(best)), best] >= np.where(
+      best >= known, thresholds[np.maximum(best - known, 0)], np.inf
+    )
     if cal.no_character_margin is not None and cal.no_character is not None:
       gap = calibration_lib.no_character_rule(embeddings, every, cal.no_character)
       passes &= gap <= cal.no_character_margin

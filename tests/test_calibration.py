@@ -128,3 +128,40 @@ def test_no_character_pictures_are_noise_flat_and_gradients():
   assert pictures[1].reshape(-1, 3).std(axis=0).max() == 0  # flat
   assert 0 < pictures[2].std() < 128  # gradient
   np.testing.assert_array_equal(pictures, calibration.no_character_pictures(9, 16, seed=0))
+
+
+def test_enrolment_thresholds_fit_the_number_of_pictures():
+  rng = _rng(4)
+  k, d = 6, 32
+  centres = rng.normal(size=(k, d))
+  train_labels = np.repeat(np.arange(k), 60)
+  val_labels = np.repeat(np.arange(k), 20)
+
+  def draw(labels):
+    x = centres[labels] + 0.8 * rng.normal(size=(len(labels), d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+  train, val = draw(train_labels), draw(val_labels)
+  quantiles = calibration.enrolment_quantiles(train, train_labels, val, val_labels)
+  assert set(quantiles) == {"1", "2", "3", "5", "10", "20", "50"}
+  medians = [quantiles[str(n)][100] for n in calibration.ENROL_SIZES]
+  assert medians[0] < medians[3] < medians[-1]  # More pictures, a truer prototype.
+  # The 1-shot quantiles are those of the cosine to one training picture of the same class.
+  assert quantiles["1"][0] >= -1 and quantiles["1"][-1] <= 1
+  fitted = calibration.Calibration(
+    1.0,
+    1.0,
+    "cosine",
+    0.95,
+    0.5,
+    {"cosine": list(np.linspace(0.6, 0.9, 201))},
+    {},
+    {},
+    enrolled_quantiles=quantiles,
+  )
+  assert fitted.enrolled_threshold(7, 0.95) == pytest.approx(np.quantile(quantiles["5"], 0.05))
+  assert fitted.enrolled_threshold(500, 0.5) == pytest.approx(np.quantile(quantiles["50"], 0.5))
+  without = calibration.Calibration(
+    1.0, 1.0, "cosine", 0.95, 0.5, {"cosine": list(np.linspace(0.6, 0.9, 201))}, {}, {}
+  )
+  assert without.enrolled_threshold(5, 0.95) == pytest.approx(without.threshold_at(0.95, "cosine"))

@@ -117,6 +117,7 @@ def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
       "--workdir=run",
       "--shots=1,2",
       "--no_character=30",
+      "--draws=2",
       "--json=bench.json",
     ],
     cwd=tmp_path,

@@ -10,7 +10,7 @@ score), the share of held-out pictures and of no-character pictures (noise, flat
 gradients, drawn with another seed than calibration's) answered unknown, the share of known
 pictures rejected, ECE (15 bins) and NLL before and after calibration; then, for each k in
 --shots, enrols every held-out class from k of its training pictures (an in-memory gallery; the
-run is not changed) and reports the share of held-out test pictures named right and the known
+run is not changed; the mean over --draws random draws of the k pictures) and reports the share of held-out test pictures named right and the known
 test accuracy before and after; and organize's adjusted Rand index on the held-out test pictures
 (clusters of unknown faces against their true classes). Goals (issue #18) are printed beside.
 """
@@ -36,6 +36,7 @@ _SHOTS = flags.DEFINE_string("shots", "1,5,10", "Enrolment pictures per held-out
 _NO_CHARACTER = flags.DEFINE_integer("no_character", 600, "No-character pictures drawn.")
 _SEED = flags.DEFINE_integer("seed", 7, "Seed of the shots and the no-character pictures.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Pictures per device call.")
+_DRAWS = flags.DEFINE_integer("draws", 5, "Random draws of the k enrolment pictures, averaged.")
 _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
 
 GOALS = {
@@ -52,7 +53,9 @@ def _correct(answers, names, labels) -> np.ndarray:
   return np.array([a["character"] == names[y] for a, y in zip(answers, labels)])
 
 
-def measure(run, builder, shots: list[int], seed: int, no_character: int, batch_size: int):
+def measure(
+  run, builder, shots: list[int], seed: int, no_character: int, batch_size: int, draws: int = 5
+):
   config = run.config
   held = holdout.from_config(config, list(builder.info.features["label"].names))
   if not held.held_out:
@@ -107,23 +110,28 @@ def measure(run, builder, shots: list[int], seed: int, no_character: int, batch_
   pool = {c: np.flatnonzero(np.asarray(train_unknown.labels) == c) for c in held.held_out_ids}
   provenance = open_set.provenance(run)
   for k in shots:
-    chosen = {c: rng.choice(pool[c], min(k, len(pool[c])), replace=False) for c in pool}
-    indices = np.concatenate(list(chosen.values()))
-    subset = holdout.Relabeled(
-      train_unknown.source,
-      np.asarray(train_unknown.indices)[indices],
-      np.asarray(train_unknown.labels)[indices],
-    )
-    _, s_emb, s_labels = open_set.embed_source(run, subset, batch_size, f"{k}-shot")
-    enrolled = gallery.Gallery(provenance)
-    for c in pool:
-      emb = s_emb[s_labels == c].astype(np.float64)
-      enrolled.characters[dataset_names[c]] = gallery.Character(len(emb), emb.sum(0), [])
-    with_gallery = open_set.Answerer(names, fitted, enrolled)
-    held_answers = with_gallery.answer(u_logits, u_emb)
-    result[f"shot{k}_accuracy"] = float(np.mean(_correct(held_answers, dataset_names, u_labels)))
-    after = with_gallery.answer(k_logits, k_emb)
-    result[f"shot{k}_known_accuracy"] = float(np.mean(_correct(after, names, k_labels)))
+    held_right, known_right = [], []
+    for _ in range(draws):  # Which k pictures matters: the mean over several draws.
+      chosen = {c: rng.choice(pool[c], min(k, len(pool[c])), replace=False) for c in pool}
+      indices = np.concatenate(list(chosen.values()))
+      subset = holdout.Relabeled(
+        train_unknown.source,
+        np.asarray(train_unknown.indices)[indices],
+        np.asarray(train_unknown.labels)[indices],
+      )
+      _, s_emb, s_labels = open_set.embed_source(run, subset, batch_size, f"{k}-shot")
+      enrolled = gallery.Gallery(provenance)
+      for c in pool:
+        emb = s_emb[s_labels == c].astype(np.float64)
+        enrolled.characters[dataset_names[c]] = gallery.Character(len(emb), emb.sum(0), [])
+      with_gallery = open_set.Answerer(names, fitted, enrolled)
+      held_answers = with_gallery.answer(u_logits, u_emb)
+      held_right.append(float(np.mean(_correct(held_answers, dataset_names, u_labels))))
+      after = with_gallery.answer(k_logits, k_emb)
+      known_right.append(float(np.mean(_correct(after, names, k_labels))))
+    result[f"shot{k}_accuracy"] = float(np.mean(held_right))
+    result[f"shot{k}_accuracy_sd"] = float(np.std(held_right))
+    result[f"shot{k}_known_accuracy"] = float(np.mean(known_right))
     result[f"known_accuracy_drop_{k}shot"] = (
       result["known_accuracy"] - result[f"shot{k}_known_accuracy"]
     )
@@ -156,6 +164,7 @@ def format_table(result: dict) -> str:
   for k in shots:
     rows += [
       (f"{k}-shot: held-out named right", f"shot{k}_accuracy"),
+      (f"{k}-shot: its sd over draws", f"shot{k}_accuracy_sd"),
       (f"{k}-shot: known named right", f"shot{k}_known_accuracy"),
       (f"{k}-shot: known accuracy drop", f"known_accuracy_drop_{k}shot"),
     ]
@@ -184,7 +193,9 @@ def main(argv):
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
     config = run.config
     builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
-    result = measure(run, builder, shots, _SEED.value, _NO_CHARACTER.value, _BATCH.value)
+    result = measure(
+      run, builder, shots, _SEED.value, _NO_CHARACTER.value, _BATCH.value, _DRAWS.value
+    )
   except (*inference.USER_ERRORS, ValueError) as error:
     inference.exit_with_user_error("open_set_benchmark", error)
   print(format_table(result))
