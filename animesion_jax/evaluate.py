@@ -37,6 +37,7 @@ import numpy as np
 from animesion_jax import evaluation
 from animesion_jax import inference
 from animesion_jax import longtail
+from animesion_jax import open_set
 from animesion_jax import open_set_eval
 from animesion_jax import plots
 from animesion_jax import run_dir
@@ -79,8 +80,13 @@ def evaluate_loaded(
   output_dir: epath.Path | None = None,
   batch_size: int = 256,
   confused_limit: int = 20,
+  accept: float | None = None,
+  gallery: str | None = None,
 ) -> dict[str, Any]:
-  """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it."""
+  """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it.
+
+  `accept` and `gallery` (the calibration's directory) shape the open-set section (#18).
+  """
   if split not in builder.info.splits:
     raise EvaluationError(
       f"--split={split!r}: dataset {dataset!r} has splits {sorted(builder.info.splits)}."
@@ -111,7 +117,7 @@ def evaluate_loaded(
     "model": run.config.model.name,
     "loss": outputs["metrics"]["loss"],
     **report,
-    "open_set": open_set_eval.report(run, builder, split, batch_size),
+    "open_set": open_set_eval.report(run, builder, split, batch_size, accept, gallery),
   }
   if output_dir is None:
     output_dir = (
@@ -132,6 +138,7 @@ def evaluate(
   output_dir: str | os.PathLike | None = None,
   batch_size: int = 0,
   confused_limit: int = 20,
+  accept: float | None = None,
 ) -> dict[str, Any]:
   """Evaluates a training run's checkpoint on `split` of the dataset it was trained on."""
   run = inference.load_run(workdir, checkpoint)
@@ -147,6 +154,7 @@ def evaluate(
     None if output_dir is None else run_dir.resolve(output_dir),
     batch_size or config.eval_batch_size,
     confused_limit,
+    accept,
   )
 
 
@@ -338,6 +346,7 @@ def main(argv):
         flag.output_dir,
         flag.batch_size,
         flag.confused_pairs,
+        flag.accept,
       )
     else:
       report = evaluate_checkpoint(
@@ -353,8 +362,14 @@ def main(argv):
         output_dir=flag.output_dir,
         batch_size=flag.batch_size or 256,
         confused_limit=flag.confused_pairs,
+        accept=flag.accept,
+        gallery=flag.gallery,
       )
-  except (*inference.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
+  except (
+    *inference.USER_ERRORS,
+    *open_set.USER_ERRORS,
+    EvaluationError,
+  ) as error:  # No usage dump.
     inference.exit_with_user_error("evaluate", error)
   if jax.process_index() == 0:
     print(format_summary(report))

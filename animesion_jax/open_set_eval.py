@@ -34,9 +34,16 @@ def known_split(run: Any, builder: Any, split: str) -> tuple[Any, np.ndarray | N
   return source, np.flatnonzero(held.new_ids >= 0)
 
 
-def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any]:
-  """The open-set section of an evaluation report."""
-  answerer = open_set.for_run(run)
+def report(
+  run: Any,
+  builder: Any,
+  split: str,
+  batch_size: int,
+  accept: float | None = None,
+  store: str | None = None,
+) -> dict[str, Any]:
+  """The open-set section of an evaluation report (`accept`, `store`: as open_set.for_run)."""
+  answerer = open_set.for_run(run, accept, store)
   fitted = answerer.calibration
   if fitted is None:
     return {"calibrated": False, "note": answerer.note}

@@ -39,7 +39,27 @@ def _pictures(folder, count):
   return folder
 
 
-@pytest.mark.slow
+def _check_contact_sheet_in_a_browser(tmp_path, record):
+  """The contact sheet in headless Chromium: a row per group, every thumbnail loaded."""
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+
+  from tests import test_serve  # pylint: disable=g-import-not-at-top
+
+  driver = test_serve._browser(tmp_path)  # pylint: disable=protected-access
+  try:
+    driver.get((tmp_path / "sorted" / "index.html").as_uri())
+    rows = driver.find_elements(By.CSS_SELECTOR, "section.group")
+    assert [r.find_element(By.CSS_SELECTOR, "h2").text.split()[0] for r in rows] == [
+      g["name"] for g in record["groups"]
+    ]
+    images = driver.find_elements(By.CSS_SELECTOR, "section.group img")
+    assert len(images) == sum(len(g["pictures"]) for g in record["groups"])
+    assert all(driver.execute_script("return arguments[0].naturalWidth", i) == 96 for i in images)
+  finally:
+    driver.quit()
+
+
+@pytest.mark.browser
 @pytest.mark.timeout(900)
 def test_enrol_then_predict_and_organize(tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "run")
@@ -93,6 +113,7 @@ def test_enrol_then_predict_and_organize(tmp_path):
   assert len(csv_rows) == 1 + len(placed)
   page = (tmp_path / "sorted" / "index.html").read_text()
   assert page.count("<section") == len(record["groups"]) and "thumbnails/0.png" in page
+  _check_contact_sheet_in_a_browser(tmp_path, record)
 
   # A gallery made for another checkpoint step is refused with a message naming it.
   gallery_file = tmp_path / "run" / "gallery" / "gallery.json"
