@@ -87,9 +87,13 @@ def embed_pictures(
 
 
 def embed_source(
-  run: Any, source: Sequence[Any], batch_size: int = 256, desc: str = ""
+  run: Any, source: Sequence[Any], batch_size: int = 256, desc: str = "", keep_logits: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(logits, embeddings, labels) of every record of `source`, in record order, all processes."""
+  """(logits, embeddings, labels) of every record of `source`, in record order, all processes.
+
+  keep_logits=False returns logits of width 0 (the training split of a 3,263-class model would
+  otherwise hold gigabytes of them).
+  """
   forward = make_forward_fn(run)
   batch_size = max(run.mesh.size, batch_size // run.mesh.size * run.mesh.size)
   batches = pipeline.eval_batches(
@@ -103,6 +107,7 @@ def embed_source(
 
   parts = {"index": [], "label": [], "logits": [], "embedding": []}
   for (index, label), (logits, embedding) in evaluation.lagged(dispatch(), run.mesh):
+    logits = logits if keep_logits else logits[:, :0]
     for key, value in zip(parts, (index, label, logits, embedding)):
       parts[key].append(value)
   rows = {key: evaluation.gather(np.concatenate(values)) for key, values in parts.items()}
@@ -180,7 +185,9 @@ def fit_for_run(
   batch_size: int = 256,
 ) -> calibration_lib.Calibration:
   """Fits the calibration of a loaded model from its training and validation records."""
-  _, train_embeddings, train_labels = embed_source(run, train_source, batch_size, "train")
+  _, train_embeddings, train_labels = embed_source(
+    run, train_source, batch_size, "train", keep_logits=False
+  )
   logits, embeddings, labels = embed_source(run, validation_source, batch_size, "validation")
   prototypes = calibration_lib.prototypes(train_embeddings, train_labels, run.num_classes)
   empty = calibration_lib.no_character_pictures(
