@@ -124,3 +124,32 @@ def test_enrol_then_predict_and_organize(tmp_path):
   assert refused.returncode == 1 and "another model or checkpoint" in refused.stderr
   removed = _command(tmp_path, "enroll", "--workdir=run", "--remove=newbie")
   assert removed.returncode == 1 and "step: gallery 999" in removed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_checkpoint_without_run_files_keeps_calibration_and_gallery_in_a_given_dir(tmp_path):
+  """--checkpoint/--source: calibrate --output_dir=DIR, then enroll and predict with --gallery=DIR."""
+  trained_run.copy_of_trained_workdir(tmp_path / "run")
+  os.remove(tmp_path / "run" / "calibration.json")  # The run's own files are not used.
+  _pictures(tmp_path / "pics", 2)
+  model = ["--checkpoint=run", "--source=run"]
+  data = [
+    "--dataset=synthetic_characters",
+    f"--data_dir={helpers.synthetic_data_dir()}",
+    "--dataset_config=small",
+  ]
+  done = _command(tmp_path, "calibrate", *model, *data, "--output_dir=store")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (tmp_path / "store" / "calibration.json").is_file()
+  assert not (tmp_path / "run" / "calibration.json").exists()
+  done = _command(tmp_path, "enroll", *model, "--gallery=store", "--name=newbie", "pics/00.png")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (tmp_path / "store" / "gallery" / "gallery.json").is_file()
+  done = _command(tmp_path, "predict", *model, "--gallery=store", "--output_dir=out", "pics/00.png")
+  assert done.returncode == 0, done.stderr[-3000:]
+  (result,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+  assert result["calibrated"] and result["character"] == "newbie"
+  # Without --gallery the same checkpoint answers uncalibrated and says how to calibrate.
+  done = _command(tmp_path, "predict", *model, "--output_dir=out2", "pics/00.png")
+  assert done.returncode == 0 and "Note: uncalibrated" in done.stdout
