@@ -16,8 +16,12 @@ CLI_MODULES = {
   "animesion_jax.main",
   "animesion_jax.evaluate",
   "animesion_jax.predict",
+  "animesion_jax.calibrate",
+  "animesion_jax.enroll",
+  "animesion_jax.organize",
   "animesion_jax.cli_common",
   "animesion_jax.serve.__main__",
+  "animesion_jax.export.__main__",
 }
 FLAG_LIBRARIES = ("absl.flags", "absl.app", "ml_collections.config_flags")
 
