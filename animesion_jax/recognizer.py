@@ -9,13 +9,14 @@
 
 A `Recognizer` holds the model, its variables (placed on a mesh of the devices), the class names,
 its open-set answerer (calibration and gallery: answers that may say "unknown" or name enrolled
-characters, see open_set.py) and the jitted forward functions built once when it is loaded:
-`predict`, the `predict`, `evaluate`, `calibrate`, `enroll` and `organize` commands and the web
-page all call those. No command-line flags are defined here.
+characters, see open_set.py) and one jitted forward (logits and embedding) built when it is
+loaded: `predict`, the `predict`, `calibrate`, `enroll` and `organize` commands, evaluate's
+open-set section and the web page all call that one function. No command-line flags here.
 """
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -61,11 +62,14 @@ class ClassNamesError(LoadError):
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-  """The top-k characters of one image, best first."""
+  """The top-k characters of one image, best first (probabilities calibrated when the model is),
+  and the open-set answer: `character` (None when `unknown`; an enrolled name possibly)."""
 
   names: list[str]
   probabilities: list[float]
   class_ids: list[int]
+  character: str | None = None  # The name answered, or None: the picture is unknown.
+  unknown: bool = False
 
   def ranked(self) -> list[dict[str, Any]]:
     """[{'rank', 'class_id', 'name', 'probability'}], rank 1 first (predict's JSON rows)."""
@@ -94,27 +98,17 @@ class Recognizer:
   _forward: Callable[..., tuple[jax.Array, jax.Array]] = dataclasses.field(
     init=False, repr=False, compare=False
   )
-  _embed: Callable[..., tuple[jax.Array, jax.Array]] = dataclasses.field(
-    init=False, repr=False, compare=False
-  )
 
   def __post_init__(self):
     model, normalization = self.model, self.config.normalization
 
-    def forward(variables: Any, images: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-      logits = model.apply(
-        variables, preprocess.normalize(images, normalization, model.dtype), train=False
-      )
-      return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
-
-    def embed(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
       normalized = preprocess.normalize(images, normalization, model.dtype)
       return models.logits_and_embedding(model, variables, normalized)
 
-    # Compiled once per batch shape and k; the variables are an argument, never baked in.
-    batch = sharding.batch_sharding(self.mesh)
-    object.__setattr__(self, "_forward", jax.jit(forward, static_argnums=2, out_shardings=batch))
-    object.__setattr__(self, "_embed", jax.jit(embed, out_shardings=batch))
+    # Compiled once per batch shape; the variables are an argument, never baked in.
+    jitted = jax.jit(forward, out_shardings=sharding.batch_sharding(self.mesh))
+    object.__setattr__(self, "_forward", jitted)
     if self.answerer is None:
       uncalibrated = open_set.Answerer(list(self.class_names), note=open_set.UNCALIBRATED_NOTE)
       object.__setattr__(self, "answerer", uncalibrated)
@@ -144,20 +138,22 @@ class Recognizer:
     """Whether `attention_maps` applies (ViTs; ResNets and ShallowNet have no attention)."""
     return isinstance(self.model, vit.VisionTransformer)
 
-  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
-    """Top-k (probabilities, class ids), best first, of this process's uint8 NHWC batch.
+  def device_embed(self, images: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(float32 logits, L2-normalised embeddings) of this process's uint8 NHWC batch.
 
     The batch length must be a multiple of this process's devices in the mesh (see
     `sharding.round_up_batch`). Returns global device arrays without waiting for them.
     """
     batch = sharding.to_global_batch({"image": images}, self.mesh)["image"]
-    return self._forward(self.variables, batch, min(top_k, self.num_classes))
+    return self._forward(self.variables, batch)
 
-  def device_embed(self, images: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """(float32 logits, L2-normalised embeddings) of this process's uint8 NHWC batch, as global
-    device arrays (not waited for); the batch length as for `device_predict`."""
-    batch = sharding.to_global_batch({"image": images}, self.mesh)["image"]
-    return self._embed(self.variables, batch)
+  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
+    """Top-k (probabilities, class ids), best first, of a batch as for `device_embed`
+    (softmax at the calibration's temperature, 1 when uncalibrated)."""
+    logits, _ = self.device_embed(images)
+    cal = self.answerer.calibration
+    temperature = cal.temperature if cal is not None else 1.0
+    return _top_k(logits, jnp.float32(temperature), min(top_k, self.num_classes))
 
   def embed(self, pixels: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(logits, embeddings) on the host of this process's uint8 [N, S, S, 3] model inputs."""
@@ -177,20 +173,9 @@ class Recognizer:
     return np.concatenate(logits), np.concatenate(embeddings)
 
   def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
-    """Open-set answers (known name, enrolled name or unknown) of `embed`'s rows: see
-    open_set.Answerer.answer."""
+    """Open-set answers (a known name, an enrolled name or unknown) of `embed`'s rows, by the
+    calibration and gallery: see open_set.Answerer.answer."""
     return self.answerer.answer(logits, embeddings, top_k)
-
-  def answers(self, probabilities: np.ndarray, class_ids: np.ndarray) -> list[Prediction]:
-    """One Prediction per row of `device_predict`'s outputs (read back to the host)."""
-    return [
-      Prediction(
-        names=[self.class_names[int(i)] for i in ids],
-        probabilities=[float(p) for p in row],
-        class_ids=[int(i) for i in ids],
-      )
-      for row, ids in zip(probabilities, class_ids)
-    ]
 
   def pixels(self, image: ImageLike) -> np.ndarray:
     """The uint8 [S, S, 3] model input of one image, resized as predict and the web page do."""
@@ -233,9 +218,17 @@ class Recognizer:
       chunk = np.stack([self.pixels(image) for image in images[start : start + size]])
       padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
-      outputs = self.device_predict(padded, top_k)
-      probabilities, class_ids = (evaluation.host_rows(a, self.mesh) for a in outputs)
-      found += self.answers(probabilities[: len(chunk)], class_ids[: len(chunk)])
+      logits, embeddings = (evaluation.host_rows(a, self.mesh) for a in self.device_embed(padded))
+      for answer in self.answer(logits[: len(chunk)], embeddings[: len(chunk)], top_k):
+        found.append(
+          Prediction(
+            names=[p["name"] for p in answer["predictions"]],
+            probabilities=[p["probability"] for p in answer["predictions"]],
+            class_ids=[p["class_id"] for p in answer["predictions"]],
+            character=answer["character"],
+            unknown=answer["unknown"],
+          )
+        )
     return found
 
   def attention_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -246,6 +239,11 @@ class Recognizer:
     """
     normalized = preprocess.normalize(images, self.config.normalization, self.model.dtype)
     return attention.maps(self.model, self.variables, normalized)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _top_k(logits: jax.Array, temperature: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  return jax.lax.top_k(jax.nn.softmax(logits / temperature), k)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
