@@ -10,6 +10,7 @@ import pytest
 
 from animesion_jax import calibration
 from animesion_jax import open_set
+from animesion_jax import open_set_fit
 from tests import trained_run
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ def test_training_stores_a_calibration_that_names_most_known_validation_pictures
   arrays = np.load(os.path.join(workdir, "calibration.npz"))
   assert arrays["prototypes"].shape[0] == record["provenance"]["num_classes"]
   assert arrays["no_character"].shape == (
-    open_set.NO_CHARACTER_PICTURES,
+    open_set_fit.NO_CHARACTER_PICTURES,
     arrays["prototypes"].shape[1],
   )
   rule = record["metrics"]["no_character_rule"]
