@@ -30,6 +30,7 @@ import numpy as np
 from animesion_jax import checkpointing
 from animesion_jax import config_validation
 from animesion_jax import convert
+from animesion_jax import open_set
 from animesion_jax import recognizer
 
 # Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
@@ -40,6 +41,7 @@ USER_ERRORS = (
   checkpointing.DamagedCheckpoint,
   checkpointing.IncompatibleCheckpoint,
   config_validation.ConfigError,
+  *open_set.USER_ERRORS,
 )
 
 
@@ -77,6 +79,18 @@ def define_model_flags(class_names_help: str) -> None:
     "num_heads", None, "With --source=pytorch_vit: attention heads (default hidden size / 64)."
   )
   flags.DEFINE_integer("image_size", None, "With --source: input size (default the checkpoint's).")
+  flags.DEFINE_float(
+    "accept",
+    None,
+    "Share of known pictures to name; the rest are answered unknown (default: the "
+    "calibration's, 0.95). Lower: fewer wrong names, more unknowns.",
+  )
+  flags.DEFINE_string(
+    "gallery",
+    None,
+    "Directory of the model's calibration.json and gallery/ (enrolled characters); default "
+    "the run directory (needed with --source).",
+  )
 
 
 def check_model_flags(flag: Any) -> None:
@@ -94,11 +108,19 @@ def check_model_flags(flag: Any) -> None:
     raise app.UsageError("--source needs --checkpoint=PATH (the checkpoint file or directory).")
 
 
-def load_from_flags(flag: Any) -> recognizer.Recognizer:
-  """The model the flags of `define_model_flags` name, on this process's devices."""
+def load_from_flags(flag: Any, read_open_set: bool = True) -> recognizer.Recognizer:
+  """The model the flags of `define_model_flags` name, on this process's devices, with its
+  calibration and gallery (--accept, --gallery) unless `read_open_set` is False."""
   check_model_flags(flag)
   if flag.workdir is not None:
-    return recognizer.load_run(flag.workdir, flag.checkpoint or "best", jax.local_devices())
+    return recognizer.load_run(
+      flag.workdir,
+      flag.checkpoint or "best",
+      jax.local_devices(),
+      accept=flag.accept,
+      gallery=flag.gallery,
+      read_open_set=read_open_set,
+    )
   return recognizer.load_checkpoint(
     flag.checkpoint,
     flag.source,
@@ -106,6 +128,9 @@ def load_from_flags(flag: Any) -> recognizer.Recognizer:
     num_heads=flag.num_heads,
     image_size=flag.image_size,
     devices=jax.local_devices(),
+    accept=flag.accept,
+    gallery=flag.gallery,
+    read_open_set=read_open_set,
   )
 
 

@@ -40,6 +40,14 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # Carve this fraction of train (seeded) into 'validation' when the dataset has none.
   config.validation_fraction = 0.0
 
+  # Open set: classes kept out of training, to measure how unknown characters are answered.
+  config.open_set = ml_collections.ConfigDict()
+  # Comma-separated class names left out of training, validation and the model's classes; their
+  # test pictures become the unknown set (animesion_jax/data/holdout.py).
+  config.open_set.holdout_classes = ""
+  # This many more classes left out the same way, chosen with config.seed.
+  config.open_set.holdout_count = 0
+
   # Model.
   config.model = ml_collections.ConfigDict()
   # Key of animesion_jax.models.MODELS.

@@ -37,6 +37,7 @@ import numpy as np
 from animesion_jax import cli_common
 from animesion_jax import evaluation
 from animesion_jax import longtail
+from animesion_jax import open_set_eval
 from animesion_jax import plots
 from animesion_jax import recognizer
 from animesion_jax import run_dir
@@ -56,7 +57,7 @@ def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.n
 
 
 def split_outputs(
-  run: recognizer.Recognizer, builder: Any, split: str, batch_size: int
+  run: recognizer.Recognizer, builder: Any, split: str, batch_size: int, source: Any = None
 ) -> dict[str, Any]:
   """{'index', 'label', 'top5'} of every example in record order, and exact 'metrics'."""
   return evaluation.predict_split(
@@ -68,6 +69,7 @@ def split_outputs(
     image_size=run.config.image_size,
     workers=run.config.get("data_workers", 0),
     mesh=run.mesh,
+    source=source,
   )
 
 
@@ -80,21 +82,29 @@ def evaluate_loaded(
   batch_size: int = 256,
   confused_limit: int = 20,
 ) -> dict[str, Any]:
-  """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it."""
+  """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it.
+
+  The model's calibration (`run.answerer`, see recognizer.Recognizer.with_open_set) shapes the
+  open-set section (#18).
+  """
   if split not in builder.info.splits:
     raise EvaluationError(
       f"--split={split!r}: dataset {dataset!r} has splits {sorted(builder.info.splits)}."
     )
   names = list(builder.info.features["label"].names)
+  known, known_rows = open_set_eval.known_split(run, builder, split)  # Held-out classes out.
+  if known_rows is not None:
+    names = [names[i] for i in known_rows]
   if len(names) != run.num_classes:
     raise EvaluationError(
       f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
     )
   batch_size = sharding.round_up_batch(batch_size, run.mesh.size)
-  outputs = split_outputs(run, builder, split, batch_size)
+  outputs = split_outputs(run, builder, split, batch_size, known)
   train_counts = train_class_counts(
-    builder, datasets.get_spec(dataset).train_split, run.num_classes
+    builder, datasets.get_spec(dataset).train_split, len(builder.info.features["label"].names)
   )
+  train_counts = train_counts if known_rows is None else train_counts[known_rows]
   report = longtail.summarize(
     outputs["label"], outputs["top5"], train_counts, run.class_names, confused_limit
   )
@@ -107,6 +117,7 @@ def evaluate_loaded(
     "model": run.config.model.name,
     "loss": outputs["metrics"]["loss"],
     **report,
+    "open_set": open_set_eval.report(run, builder, split, batch_size),
   }
   if output_dir is None:
     output_dir = (
@@ -127,9 +138,14 @@ def evaluate(
   output_dir: str | os.PathLike | None = None,
   batch_size: int = 0,
   confused_limit: int = 20,
+  accept: float | None = None,
+  gallery: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-  """Evaluates a training run's checkpoint on `split` of the dataset it was trained on."""
-  run = recognizer.load_run(workdir, checkpoint)
+  """Evaluates a training run's checkpoint on `split` of the dataset it was trained on.
+
+  `accept` and `gallery` (the calibration's directory) shape the open-set section (#18).
+  """
+  run = recognizer.load_run(workdir, checkpoint, accept=accept, gallery=gallery)
   config = run.config
   builder = datasets.open_dataset(
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
@@ -155,12 +171,15 @@ def evaluate_checkpoint(
   dataset_config: str = "",
   num_heads: int | None = None,
   image_size: int | None = None,
+  accept: float | None = None,
+  gallery: str | os.PathLike | None = None,
   **kwargs,
 ) -> dict[str, Any]:
   """Evaluates a checkpoint with no training run (see recognizer.load_checkpoint).
 
   The class names default to the dataset's; given ones must be the dataset's, in its order.
-  `kwargs` are those of `evaluate_loaded` (split, output_dir, batch_size, confused_limit).
+  `accept` and `gallery` as for `evaluate` (a checkpoint file is calibrated only where `gallery`
+  names its calibration's directory). `kwargs` are those of `evaluate_loaded` (split, output_dir, batch_size, confused_limit).
   """
   builder = datasets.open_dataset(
     dataset, os.fspath(run_dir.resolve(data_dir)) if data_dir else "", dataset_config
@@ -182,7 +201,13 @@ def evaluate_checkpoint(
         + ". The checkpoint's class ids would not mean the dataset's."
       )
   run = recognizer.load_checkpoint(
-    checkpoint, source, names, num_heads=num_heads, image_size=image_size
+    checkpoint,
+    source,
+    names,
+    num_heads=num_heads,
+    image_size=image_size,
+    accept=accept,
+    gallery=gallery,
   )
   if kwargs.get("output_dir") is not None:
     kwargs["output_dir"] = run_dir.resolve(kwargs["output_dir"])
@@ -260,6 +285,8 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
       f"{title:24}{row['classes']:>8}{row['examples']:>10}{_percent(row['top1']):>8}"
       f"{_percent(row['top5']):>8}{_percent(row['mean_class_top1']):>17}"
     )
+  if "open_set" in report:
+    lines += open_set_eval.format_lines(report["open_set"])
   if report["confused_pairs"]:
     lines.append("Most confused (count: true -> predicted):")
     for pair in report["confused_pairs"][:pairs]:
@@ -311,6 +338,8 @@ def main(argv):
         flag.output_dir,
         flag.batch_size,
         flag.confused_pairs,
+        flag.accept,
+        flag.gallery,
       )
     else:
       report = evaluate_checkpoint(
@@ -326,6 +355,8 @@ def main(argv):
         output_dir=flag.output_dir,
         batch_size=flag.batch_size or 256,
         confused_limit=flag.confused_pairs,
+        accept=flag.accept,
+        gallery=flag.gallery,
       )
   except (*cli_common.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
     cli_common.exit_with_user_error("evaluate", error)

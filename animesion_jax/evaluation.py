@@ -116,15 +116,18 @@ def predict_split(
   image_size: int,
   workers: int,
   mesh: jax.sharding.Mesh,
+  source: Any = None,
 ) -> dict[str, Any]:
   """Metrics and every example's top-5 over a whole split, with a progress bar on process 0.
+
+  `source` replaces the split's records (e.g. only the known classes of a held-out run).
 
   Returns {'index', 'label', 'top5'} sorted by record index (one row per example) and 'metrics'.
 
   Raises:
     RuntimeError: some record was missed or seen twice (a bug in the data pipeline).
   """
-  source = datasets.data_source(builder, split)
+  source = datasets.data_source(builder, split) if source is None else source
   batches = tqdm.tqdm(
     pipeline.eval_batches(
       source, global_batch_size=batch_size, image_size=image_size, workers=workers

@@ -41,6 +41,7 @@ from animesion_jax import cli_common
 from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
+from animesion_jax import open_set
 from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax import sharding
@@ -135,7 +136,9 @@ def predict_files(
 
   Returns:
     (results, errors): one result per crop in input order, {'file', 'relative' (its name for
-    outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', 'predictions':
+    outputs), 'face', 'box' ([left, top, right, bottom] or None), 'note', the open-set answer
+    of the run's calibration and gallery (`run.answer`: 'character' or None, 'unknown',
+    'confidence', 'closest', 'enrolled', 'calibrated') and 'predictions':
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
     not be decoded.
   """
@@ -150,12 +153,12 @@ def predict_files(
 
     def dispatch():
       for crops, images in batches:
-        yield crops, run.device_predict(images, top_k)
+        yield crops, run.device_embed(images)  # The recognizer's one jitted forward.
         if each_batch is not None:
           each_batch(crops, images)
 
-    for crops, (probabilities, class_ids) in evaluation.lagged(dispatch(), run.mesh):
-      answers = run.answers(probabilities, class_ids)
+    for crops, (logits, embeddings) in evaluation.lagged(dispatch(), run.mesh):
+      answers = run.answer(logits[: len(crops)], embeddings[: len(crops)], top_k)
       for crop, answer in zip(crops, answers):
         results.append(
           {
@@ -164,7 +167,7 @@ def predict_files(
             "face": crop.face,
             "box": crop.box.as_list() if crop.box else None,
             "note": crop.note,
-            "predictions": answer.ranked(),
+            **answer,
           }
         )
   return results, errors
@@ -175,14 +178,16 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   shown = results if limit <= 0 else results[:limit]
   width = max([len(r["file"]) for r in shown] + [4])
   names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
-  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}"]
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
+    answer = open_set.describe(result) if "unknown" in result else ""
     for p in result["predictions"]:
       first = p["rank"] == 1
       lines.append(
         f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
         f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
+        + (f"  {answer}" if first else "")
       )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")
@@ -206,6 +211,7 @@ def write_outputs(
         "workdir": run.description,
         "checkpoint": run.checkpoint,
         "step": run.step,
+        "calibration": run.answerer.note or "calibrated",
         "results": list(results),
         "errors": list(errors),
       },
@@ -228,6 +234,9 @@ def write_outputs(
       "class_id",
       "name",
       "probability",
+      "character",
+      "unknown",
+      "confidence",
     ]
   )
   for result in results:
@@ -242,6 +251,9 @@ def write_outputs(
           p["class_id"],
           p["name"],
           f"{p['probability']:.6f}",
+          result.get("character") or "",
+          int(result.get("unknown", False)),
+          f"{result.get('confidence', p['probability']):.6f}",
         ]
       )
   (output_dir / "predictions.csv").write_text(text.getvalue(), encoding="utf-8")
@@ -321,6 +333,8 @@ def main(argv):
   )
   errors = [{"file": given, "error": problem} for given, problem in problems] + errors
   write_outputs(results, errors, run, output_dir)
+  if run.answerer.note:
+    print(f"Note: {run.answerer.note}.")
   if flag.annotate:
     annotate.annotate_all(results, output_dir)
   if results:

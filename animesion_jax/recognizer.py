@@ -8,12 +8,15 @@
   model = recognizer.load_checkpoint("b16_dafre.pth", "pytorch_vit", "classid_classname.csv")
 
 A `Recognizer` holds the model, its variables (placed on a mesh of the devices), the class names,
-and one jitted forward function built when it is loaded: `predict`, the `predict` and `evaluate`
-commands and the web page all call that one function. No command-line flags are defined here.
+its open-set answerer (calibration and gallery: answers that may say "unknown" or name enrolled
+characters, see open_set.py) and one jitted forward (logits and embedding) built when it is
+loaded: `predict`, the `predict`, `calibrate`, `enroll` and `organize` commands, evaluate's
+open-set section and the web page all call that one function. No command-line flags here.
 """
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -32,6 +35,7 @@ from animesion_jax import evaluation
 from animesion_jax import image_files
 from animesion_jax import model_setup
 from animesion_jax import models
+from animesion_jax import open_set
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
@@ -58,11 +62,14 @@ class ClassNamesError(LoadError):
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-  """The top-k characters of one image, best first."""
+  """The top-k characters of one image, best first (probabilities calibrated when the model is),
+  and the open-set answer: `character` (None when `unknown`; an enrolled name possibly)."""
 
   names: list[str]
   probabilities: list[float]
   class_ids: list[int]
+  character: str | None = None  # The name answered, or None: the picture is unknown.
+  unknown: bool = False
 
   def ranked(self) -> list[dict[str, Any]]:
     """[{'rank', 'class_id', 'name', 'probability'}], rank 1 first (predict's JSON rows)."""
@@ -86,6 +93,8 @@ class Recognizer:
   checkpoint: str  # The checkpoint restored: a run's step directory, a file or a directory.
   step: int | None = None  # Training step of a run's checkpoint; None for converted ones.
   workdir: run_dir.RunDir | None = None  # The training run; None for a checkpoint file.
+  # Calibration and gallery (see `with_open_set`); default: uncalibrated, no gallery.
+  answerer: open_set.Answerer | None = dataclasses.field(default=None, repr=False, compare=False)
   _forward: Callable[..., tuple[jax.Array, jax.Array]] = dataclasses.field(
     init=False, repr=False, compare=False
   )
@@ -93,15 +102,27 @@ class Recognizer:
   def __post_init__(self):
     model, normalization = self.model, self.config.normalization
 
-    def forward(variables: Any, images: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-      logits = model.apply(
-        variables, preprocess.normalize(images, normalization, model.dtype), train=False
-      )
-      return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
+    def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+      normalized = preprocess.normalize(images, normalization, model.dtype)
+      return models.logits_and_embedding(model, variables, normalized)
 
-    # Compiled once per batch shape and k; the variables are an argument, never baked in.
-    jitted = jax.jit(forward, static_argnums=2, out_shardings=sharding.batch_sharding(self.mesh))
+    # Compiled once per batch shape; the variables are an argument, never baked in.
+    jitted = jax.jit(forward, out_shardings=sharding.batch_sharding(self.mesh))
     object.__setattr__(self, "_forward", jitted)
+    if self.answerer is None:
+      uncalibrated = open_set.Answerer(list(self.class_names), note=open_set.UNCALIBRATED_NOTE)
+      object.__setattr__(self, "answerer", uncalibrated)
+
+  def with_open_set(
+    self, accept: float | None = None, store: str | os.PathLike | None = None
+  ) -> "Recognizer":
+    """This model with its calibration and gallery, read from `store` (default: the run).
+
+    Raises:
+      open_set.OpenSetError: `accept` outside (0, 1].
+      gallery.GalleryMismatch: the gallery was made with another model or checkpoint.
+    """
+    return dataclasses.replace(self, answerer=open_set.for_run(self, accept, store))
 
   @property
   def num_classes(self) -> int:
@@ -117,25 +138,44 @@ class Recognizer:
     """Whether `attention_maps` applies (ViTs; ResNets and ShallowNet have no attention)."""
     return isinstance(self.model, vit.VisionTransformer)
 
-  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
-    """Top-k (probabilities, class ids), best first, of this process's uint8 NHWC batch.
+  def device_embed(self, images: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(float32 logits, L2-normalised embeddings) of this process's uint8 NHWC batch.
 
     The batch length must be a multiple of this process's devices in the mesh (see
     `sharding.round_up_batch`). Returns global device arrays without waiting for them.
     """
     batch = sharding.to_global_batch({"image": images}, self.mesh)["image"]
-    return self._forward(self.variables, batch, min(top_k, self.num_classes))
+    return self._forward(self.variables, batch)
 
-  def answers(self, probabilities: np.ndarray, class_ids: np.ndarray) -> list[Prediction]:
-    """One Prediction per row of `device_predict`'s outputs (read back to the host)."""
-    return [
-      Prediction(
-        names=[self.class_names[int(i)] for i in ids],
-        probabilities=[float(p) for p in row],
-        class_ids=[int(i) for i in ids],
-      )
-      for row, ids in zip(probabilities, class_ids)
-    ]
+  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
+    """Top-k (probabilities, class ids), best first, of a batch as for `device_embed`
+    (softmax at the calibration's temperature, 1 when uncalibrated)."""
+    logits, _ = self.device_embed(images)
+    cal = self.answerer.calibration
+    temperature = cal.temperature if cal is not None else 1.0
+    return _top_k(logits, jnp.float32(temperature), min(top_k, self.num_classes))
+
+  def embed(self, pixels: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) on the host of this process's uint8 [N, S, S, 3] model inputs."""
+    size = sharding.round_up_batch(
+      min(batch_size, max(len(pixels), 1)), len(self.mesh.local_devices)
+    )
+    logits, embeddings = [], []
+    for start in range(0, len(pixels), size):
+      chunk = pixels[start : start + size]
+      padded = np.zeros((size, *pixels.shape[1:]), np.uint8)
+      padded[: len(chunk)] = chunk
+      rows = [evaluation.host_rows(a, self.mesh) for a in self.device_embed(padded)]
+      logits.append(rows[0][: len(chunk)])
+      embeddings.append(rows[1][: len(chunk)])
+    if not logits:
+      return np.zeros((0, self.num_classes), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(embeddings)
+
+  def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
+    """Open-set answers (a known name, an enrolled name or unknown) of `embed`'s rows, by the
+    calibration and gallery: see open_set.Answerer.answer."""
+    return self.answerer.answer(logits, embeddings, top_k)
 
   def pixels(self, image: ImageLike) -> np.ndarray:
     """The uint8 [S, S, 3] model input of one image, resized as predict and the web page do."""
@@ -178,9 +218,17 @@ class Recognizer:
       chunk = np.stack([self.pixels(image) for image in images[start : start + size]])
       padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
-      outputs = self.device_predict(padded, top_k)
-      probabilities, class_ids = (evaluation.host_rows(a, self.mesh) for a in outputs)
-      found += self.answers(probabilities[: len(chunk)], class_ids[: len(chunk)])
+      logits, embeddings = (evaluation.host_rows(a, self.mesh) for a in self.device_embed(padded))
+      for answer in self.answer(logits[: len(chunk)], embeddings[: len(chunk)], top_k):
+        found.append(
+          Prediction(
+            names=[p["name"] for p in answer["predictions"]],
+            probabilities=[p["probability"] for p in answer["predictions"]],
+            class_ids=[p["class_id"] for p in answer["predictions"]],
+            character=answer["character"],
+            unknown=answer["unknown"],
+          )
+        )
     return found
 
   def attention_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -191,6 +239,11 @@ class Recognizer:
     """
     normalized = preprocess.normalize(images, self.config.normalization, self.model.dtype)
     return attention.maps(self.model, self.variables, normalized)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _top_k(logits: jax.Array, temperature: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  return jax.lax.top_k(jax.nn.softmax(logits / temperature), k)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -228,14 +281,22 @@ def load_run(
   workdir: str | os.PathLike | run_dir.RunDir,
   checkpoint: str | int | os.PathLike = "best",
   devices: Sequence[jax.Device] | None = None,
+  *,
+  accept: float | None = None,
+  gallery: str | os.PathLike | None = None,
+  read_open_set: bool = True,
 ) -> Recognizer:
-  """A training run's model, restored for inference.
+  """A training run's model, restored for inference, with its calibration and gallery.
 
   Args:
     workdir: the training run's directory (it holds config.json and checkpoints).
     checkpoint: 'best' (the best validation top-1, else the latest), 'latest', a step number or
       the path of a checkpoint step directory.
     devices: devices to place the variables on, replicated (default: all).
+    accept: share of known pictures to name (default: the calibration's); see open_set.for_run.
+    gallery: directory of the calibration and gallery (default: the run directory).
+    read_open_set: False reads no calibration or gallery (answers are uncalibrated), e.g. to
+      fit a calibration or to enrol.
 
   Raises:
     FileNotFoundError: no config, checkpoint or class names.
@@ -250,7 +311,7 @@ def load_run(
   checkpoint = os.fspath(checkpoint)
   mesh = sharding.create_mesh(devices)
   restored = model_setup.restore_run(run, checkpoint, mesh)
-  return Recognizer(
+  loaded = Recognizer(
     config=restored.config,
     model=restored.model,
     variables=restored.variables,
@@ -260,6 +321,7 @@ def load_run(
     step=restored.step,
     workdir=run,
   )
+  return loaded.with_open_set(accept, gallery) if read_open_set else loaded
 
 
 def load_checkpoint(
@@ -270,6 +332,9 @@ def load_checkpoint(
   num_heads: int | None = None,
   image_size: int | None = None,
   devices: Sequence[jax.Device] | None = None,
+  accept: float | None = None,
+  gallery: str | os.PathLike | None = None,
+  read_open_set: bool = True,
 ) -> Recognizer:
   """A model straight from a checkpoint and a class-names file, with no training run.
 
@@ -284,6 +349,8 @@ def load_checkpoint(
     num_heads: ViT attention heads where the file does not store them (pytorch_vit).
     image_size: input size (default: the checkpoint's; a ViT's position embedding is resized).
     devices: devices to place the variables on, replicated (default: all).
+    accept, gallery, read_open_set: as for `load_run`; a checkpoint file has a calibration and gallery only
+      where `gallery` names their directory.
 
   Raises:
     FileNotFoundError: a missing checkpoint or class-names file.
@@ -302,11 +369,11 @@ def load_checkpoint(
       raise LoadError(
         "--num_heads and --image_size apply to converted checkpoints; a run uses its own settings."
       )
-    loaded = load_run(*model_setup.run_and_checkpoint(path), devices)
-    if names is None:
-      return loaded
-    _check_class_count(names, loaded.num_classes, class_names, path)
-    return dataclasses.replace(loaded, class_names=names)
+    loaded = load_run(*model_setup.run_and_checkpoint(path), devices, read_open_set=False)
+    if names is not None:
+      _check_class_count(names, loaded.num_classes, class_names, path)
+      loaded = dataclasses.replace(loaded, class_names=names, answerer=None)
+    return loaded.with_open_set(accept, gallery) if read_open_set else loaded
   if source not in convert.SOURCES:
     raise LoadError(f"--source={source!r}: choose one of {list(SOURCES)}.")
   if names is None:
@@ -329,6 +396,14 @@ def load_checkpoint(
   )
   mesh = sharding.create_mesh(devices)
   variables = jax.device_put(conversion.variables, sharding.replicated(mesh))
+  loaded = Recognizer(
+    config=config,
+    model=model,
+    variables=variables,
+    class_names=names,
+    mesh=mesh,
+    checkpoint=os.fspath(path),
+  )
   logging.info(
     "Loaded %s (%s): %s, %d classes, image size %d.",
     path,
@@ -337,14 +412,7 @@ def load_checkpoint(
     len(names),
     config.image_size,
   )
-  return Recognizer(
-    config=config,
-    model=model,
-    variables=variables,
-    class_names=names,
-    mesh=mesh,
-    checkpoint=os.fspath(path),
-  )
+  return loaded.with_open_set(accept, gallery) if read_open_set else loaded
 
 
 def _check_class_count(names: list[str], outputs: int, given: Any, checkpoint: Any) -> None:

@@ -10,6 +10,10 @@ Layout under the run directory:
   results.json                 the final metrics of a completed run
   checkpoints/<step>/          Orbax checkpoints (state, data-iterator position, metadata)
   events.out.tfevents.*        TensorBoard summaries
+  calibration.json             temperature, unknown threshold, open-set metrics (`calibrate`)
+  calibration.npz              class prototypes of the training embeddings and the no-character
+                               pictures' embeddings (arrays of calibration.json)
+  gallery/                     characters enrolled without retraining (`enroll`)
   evaluation/<split>_step<N>/  outputs of `animesion_jax.evaluate`
   predictions/                 outputs of `animesion_jax.predict`
 Every path goes through etils.epath, so a gs:// run directory works like a local one.
@@ -28,6 +32,27 @@ CLASS_NAMES_FILE = "class_names.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 CHECKPOINTS_DIR = "checkpoints"
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_ARRAYS_FILE = "calibration.npz"
+GALLERY_DIR = "gallery"
+
+
+def write_atomic(path: epath.Path, data: bytes) -> None:
+  """Writes `data` to `path` so that readers see the old file or the new one, never a part.
+
+  Locally: a temporary file in the same directory, then a rename; object stores (gs://) replace
+  whole objects anyway.
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if "://" in os.fspath(path):
+    path.write_bytes(data)
+    return
+  temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+  with open(temporary, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
 
 
 def resolve(path: str | os.PathLike) -> epath.Path:

@@ -13,6 +13,7 @@ from animesion_jax import checkpointing
 from animesion_jax import config_validation
 from animesion_jax import evaluation
 from animesion_jax import model_setup
+from animesion_jax import open_set_fit
 from animesion_jax import preemption
 from animesion_jax import run_dir as run_dir_lib
 from animesion_jax import sharding
@@ -20,6 +21,7 @@ from animesion_jax import steps
 from animesion_jax import summaries as summaries_lib
 from animesion_jax.data import datasets
 from animesion_jax.data import device_cache
+from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
 
 
@@ -48,19 +50,24 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
     dataset=config.dataset,
     validation_fraction=config.validation_fraction,
   )
-  train_source = source(datasets.get_spec(config.dataset).train_split)
+  train_split = datasets.get_spec(config.dataset).train_split
   eval_splits = datasets.available_eval_splits(builder, tuple(config.eval_splits))
   if (
     datasets.carves_validation(builder, config.validation_fraction)
     and "validation" in config.eval_splits
   ):
     eval_splits.insert(0, "validation")
+  # Held-out classes (config.open_set) leave every split and the model's classes.
+  sources, class_names = holdout.known_sources(
+    builder, config, {split: source(split) for split in [train_split, *eval_splits]}
+  )
+  train_source = sources[train_split]
   # The short last batch is trained on (padded and masked), as the original DataLoader did.
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
   return Data(
     train_source=train_source,
-    eval_sources={split: source(split) for split in eval_splits},
-    class_names=list(builder.info.features["label"].names),
+    eval_sources={split: sources[split] for split in eval_splits},
+    class_names=class_names,
     steps_per_epoch=steps_per_epoch,
     total_steps=(
       config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
@@ -264,6 +271,10 @@ def train_and_evaluate(
   }
   if step >= data.total_steps:
     run.save_results(results)
+    if "validation" in data.eval_sources:  # Confidence and the "unknown" threshold (#18).
+      open_set_fit.calibrate_trained_run(
+        run, data.train_source, data.eval_sources["validation"], devices
+      )
   return results
 
 

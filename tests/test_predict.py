@@ -22,6 +22,7 @@ from animesion_jax import cli_common
 from animesion_jax import evaluate
 from animesion_jax import faces
 from animesion_jax import image_files
+from animesion_jax import open_set
 from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax import run_dir
@@ -179,10 +180,12 @@ def test_outputs_table_and_annotations(user_files, run, tmp_path):
   assert len(rows) == 5 * len(results)
   assert rows[0]["name"] == results[0]["predictions"][0]["name"] and rows[0]["face"] == ""
   table = predict.format_table(results, limit=2).splitlines()
-  assert table[0].split() == ["file", "face", "#", "character", "prob"]
+  assert table[0].split() == ["file", "face", "#", "character", "prob", "answer"]
   assert len(table) == 1 + 2 * 5 + 1 and table[-1].startswith(f"... and {len(results) - 2} more")
   top = results[0]["predictions"][0]
-  assert table[1].split()[1:] == ["1", top["name"], f"{100 * top['probability']:.1f}%"]
+  assert table[1].split()[1:4] == ["1", top["name"], f"{100 * top['probability']:.1f}%"]
+  assert table[1].endswith(open_set.describe(results[0]))
+  assert table[2].split()[0] == "2"  # Only the first rank carries the answer.
   copies = annotate.annotate_all(results[:2], str(tmp_path))
   assert sorted(os.path.relpath(p, tmp_path) for p in copies.values()) == [
     os.path.join("annotated", os.path.basename(user_files["folder"]), name)

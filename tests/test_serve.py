@@ -59,7 +59,7 @@ def _files(root) -> dict[str, int]:
 class _Server:
   """The CLI in a subprocess; `url` once it printed it."""
 
-  def __init__(self, tmp_path_factory):
+  def __init__(self, tmp_path_factory, *extra_flags: str):
     self.workdir = str(
       trained_run.copy_of_trained_workdir(tmp_path_factory.mktemp("serve") / "run")
     )
@@ -77,6 +77,7 @@ class _Server:
         "--port=0",
         "--max_batch=16",
         f"--cascade={_cascade()}",
+        *extra_flags,
       ],
       cwd=self.cwd,
       env=env,
@@ -204,6 +205,8 @@ def test_answers_match_the_predict_command(server, tmp_path):
         left, top, right, bottom = result["box"]
         assert not face["whole_image"] and face["box"] == [left, top, right - left, bottom - top]
       assert [g["name"] for g in face["top5"]] == [p["name"] for p in result["predictions"]]
+      assert (face["character"], face["unknown"]) == (result["character"], result["unknown"])
+      assert face["confidence"] == pytest.approx(result["confidence"], abs=1e-5)
       np.testing.assert_allclose(
         [g["probability"] for g in face["top5"]],
         [p["probability"] for p in result["predictions"]],
@@ -412,6 +415,10 @@ def test_browser_names_the_characters(server, tmp_path):
         for face in card.find_elements(By.CSS_SELECTOR, "li.face")
       ]
       assert shown == [[guess for guess, _ in face] for face in expected], name
+      answers = server.post((tmp_path / name).read_bytes(), name).json()["faces"]
+      shown_answers = [a.text for a in card.find_elements(By.CSS_SELECTOR, "p.answer")]
+      assert shown_answers == [_answer_text(a) for a in answers], name
+      assert card.find_elements(By.CSS_SELECTOR, "form.enroll") == []  # Off by default.
       percents = card.find_elements(By.CSS_SELECTOR, "td.probability")
       assert percents[0].text == f"{100 * expected[0][0][1]:.1f}%"
       assert len(card.find_elements(By.CSS_SELECTOR, ".box")) == (
@@ -425,6 +432,72 @@ def test_browser_names_the_characters(server, tmp_path):
       shutil.copyfile(screenshot, os.environ[_SCREENSHOT_ENV])
   finally:
     driver.quit()
+
+
+def _answer_text(face) -> str:
+  if face["unknown"]:
+    return f"unknown (closest: {face['closest']} {100 * face['confidence']:.0f}%)"
+  added = " (added)" if face["enrolled"] else ""
+  return f"{face['character']}{added} · {100 * face['confidence']:.1f}%"
+
+
+def _enroll(url, name, files):
+  return requests.post(
+    f"{url}/api/enroll",
+    data={"name": name},
+    files=[("images", (file_name, data)) for file_name, data in files],
+    timeout=60,
+  )
+
+
+def test_enrolment_is_off_unless_allowed(server):
+  refused = _enroll(server.url, "newbie", [("a.png", _png(_example()))])
+  assert refused.status_code == 403 and "--allow_enroll" in refused.json()["error"]
+  assert requests.get(f"{server.url}/api/info", timeout=30).json()["enroll"] is False
+
+
+@pytest.fixture(scope="module")
+def enroll_server(tmp_path_factory):
+  started = _Server(tmp_path_factory, "--allow_enroll")
+  yield started
+  started.stop()
+
+
+def test_enrol_through_the_api_and_the_page(enroll_server, tmp_path):
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
+
+  example = _png(_example())
+  added = _enroll(enroll_server.url, "newbie", [("a.png", example), ("bad.png", b"junk")])
+  assert added.status_code == 200, added.text
+  body = added.json()
+  assert body["pictures"] == 1 and body["enrolled"] == ["newbie"]
+  assert [s["file"] for s in body["skipped"]] == ["bad.png"]
+  # The enrolled picture is nearest to its own prototype: answered with the new name.
+  face = enroll_server.post(example, "a.png").json()["faces"][0]
+  assert (face["character"], face["enrolled"], face["unknown"]) == ("newbie", True, False)
+  again = _enroll(enroll_server.url, "newbie", [("a.png", example)])
+  assert again.status_code == 409 and "already enrolled" in again.json()["error"]
+  assert _enroll(enroll_server.url, "", [("a.png", example)]).status_code == 400
+  gallery_file = os.path.join(enroll_server.workdir, "gallery", "gallery.json")
+  assert os.path.isfile(gallery_file)
+
+  (tmp_path / "group.png").write_bytes(_png(_illustration()))
+  driver = _browser(tmp_path)
+  try:
+    wait = WebDriverWait(driver, 120)
+    driver.get(enroll_server.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model").text.startswith("Model: vit_tiny"))
+    driver.find_element(By.ID, "picker").send_keys(str(tmp_path / "group.png"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "article.card[data-state=done]"))
+    form = driver.find_element(By.CSS_SELECTOR, "form.enroll")
+    form.find_element(By.CSS_SELECTOR, "input").send_keys("pair")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait.until(lambda d: "Added pair" in d.find_element(By.CSS_SELECTOR, ".enroll-status").text)
+  finally:
+    driver.quit()
+  info = requests.get(f"{enroll_server.url}/api/info", timeout=30).json()
+  assert info["enroll"] is True and info["enrolled"] == ["newbie", "pair"]
 
 
 def test_command_line_mistakes_are_explained(server, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import requests
 import uvicorn
 
+from animesion_jax import open_set
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import model
@@ -40,6 +41,18 @@ class _GatedPredict:
     ids = np.stack([(values + k) % 10 for k in range(5)], axis=1)
     probabilities = np.repeat((values / 255.0)[:, None], 5, axis=1)
     return probabilities, ids
+
+
+class _GatedLogits(_GatedPredict):
+  """As _GatedPredict, in the app's contract (logits, embeddings): crop value v gets logit
+  v / 10 for class v % 10 and 0 for the others."""
+
+  def __call__(self, images):
+    super().__call__(images)
+    values = images[:, 0, 0, 0].astype(np.int64)
+    logits = np.zeros((len(images), len(_NAMES)), np.float32)
+    logits[np.arange(len(values)), values % 10] = values / 10
+    return logits, np.full((len(images), 2), np.sqrt(0.5), np.float32)
 
 
 def _crops(value: int, count: int = 1) -> np.ndarray:
@@ -157,7 +170,7 @@ def _png(value: int) -> bytes:
 
 
 def test_full_queue_answers_503_with_retry_after():
-  predict = _GatedPredict()
+  predict = _GatedLogits()
   batcher = batcher_lib.MicroBatcher(predict, _SHAPE, max_batch=4, max_wait_s=0, queue_size=2)
   service = app.Service(
     batcher=batcher,
@@ -166,6 +179,7 @@ def test_full_queue_answers_503_with_retry_after():
     image_size=4,
     detector=None,
     face_note="Face detection is off.",
+    answerer=open_set.Answerer(_NAMES, note=open_set.UNCALIBRATED_NOTE),
   )
   with _serving(service) as url, concurrent.futures.ThreadPoolExecutor(8) as pool:
     post = lambda value: requests.post(
@@ -188,7 +202,7 @@ def test_full_queue_answers_503_with_retry_after():
       assert face["box"] == [0, 0, 40, 30] and face["whole_image"]
       assert face["top5"][0] == {
         "name": f"character_{value % 10}",
-        "probability": pytest.approx(value / 255, rel=1e-6),
+        "probability": pytest.approx(np.exp(value / 10) / (np.exp(value / 10) + 9), rel=1e-6),
       }
     assert post(3).status_code == 200
     info = requests.get(f"{url}/api/info", timeout=10).json()

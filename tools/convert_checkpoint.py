@@ -94,9 +94,9 @@ def load_run(
   resolved = run_dir.resolve(path)
   run = run_dir.RunDir(resolved)
   if run.exists():
-    loaded = recognizer.load_run(run, checkpoint)
+    loaded = recognizer.load_run(run, checkpoint, read_open_set=False)
   else:  # A checkpoint step directory of a run.
-    loaded = recognizer.load_checkpoint(resolved, RUN, None)
+    loaded = recognizer.load_checkpoint(resolved, RUN, None, read_open_set=False)
   summary = conversion_lib.new_summary(RUN, loaded.checkpoint)
   summary["notes"].append(f"step {loaded.step} of the training run {loaded.description}")
   summary["normalization"] = loaded.config.normalization

@@ -124,6 +124,12 @@ def top_k(logits, k):
   return np.take_along_axis(probabilities, ids, axis=1), ids
 
 
+UNCALIBRATED = (
+  "uncalibrated: onnx_predict names every picture with its top-1 class (no 'unknown' answers, "
+  "plain softmax; the export's calibration is not applied)"
+)
+
+
 class Model:
   """An export folder: the onnxruntime session and model.json."""
 
@@ -164,6 +170,7 @@ def predict_files(model, files, top=5, batch_size=64, workers=None):
           "face": None,
           "box": None,
           "note": "",
+          **_uncalibrated_answer(model.class_names[int(row_ids[0])], float(row_p[0])),
           "predictions": [
             {
               "rank": rank + 1,
@@ -192,12 +199,24 @@ def predict_files(model, files, top=5, batch_size=64, workers=None):
   return results, errors
 
 
+def _uncalibrated_answer(name, probability):
+  """predict's answer fields for a model without calibration: the top-1 name, never unknown."""
+  return {
+    "character": name,
+    "unknown": False,
+    "confidence": probability,
+    "closest": name,
+    "enrolled": False,
+    "calibrated": False,
+  }
+
+
 def format_table(results, limit=50):
   """predict's text table (at most `limit` pictures; 0 = all)."""
   shown = results if limit <= 0 else results[:limit]
   width = max([len(r["file"]) for r in shown] + [4])
   names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
-  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}"]
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
     for p in result["predictions"]:
@@ -205,6 +224,7 @@ def format_table(results, limit=50):
       lines.append(
         f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
         f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
+        + (f"  {result['character']}" if first else "")
       )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")
@@ -220,6 +240,7 @@ def write_outputs(results, errors, source, output_dir):
     "workdir": source.get("run"),
     "checkpoint": source.get("checkpoint"),
     "step": source.get("step"),
+    "calibration": UNCALIBRATED,
     "results": list(results),
     "errors": list(errors),
   }
@@ -229,13 +250,13 @@ def write_outputs(results, errors, source, output_dir):
   writer = csv.writer(text, lineterminator="\n")
   writer.writerow(
     ["file", "face", "box_left", "box_top", "box_right", "box_bottom"]
-    + ["rank", "class_id", "name", "probability"]
+    + ["rank", "class_id", "name", "probability", "character", "unknown", "confidence"]
   )
   for result in results:
     for p in result["predictions"]:
       writer.writerow(
         [result["file"], "", "", "", "", "", p["rank"], p["class_id"], p["name"]]
-        + [f"{p['probability']:.6f}"]
+        + [f"{p['probability']:.6f}", result["character"], 0, f"{result['confidence']:.6f}"]
       )
   with open(os.path.join(output_dir, "predictions.csv"), "w", encoding="utf-8") as f:
     f.write(text.getvalue())

@@ -21,10 +21,10 @@ from etils import epath
 import jax
 
 from animesion_jax import recognizer
+from animesion_jax import run_dir
 from animesion_jax.data import preprocess
 
 FILE_NAME = "model.json"
-CALIBRATION_FILE = "calibration.json"  # Written into a run by the open-set calibration, if any.
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 SCHEMA_VERSION = 1
@@ -44,10 +44,13 @@ RESIZE = {
 
 
 def _calibration(run: recognizer.Recognizer) -> dict[str, Any] | None:
-  if run.workdir is None:
+  """The model's calibration.json, from where its open-set answerer reads it (the run
+  directory or --gallery), if there is one."""
+  directory = run.answerer.directory
+  if directory is None:
     return None
-  path = run.workdir.path / CALIBRATION_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  path = directory / run_dir.CALIBRATION_FILE
+  return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def contract(run: recognizer.Recognizer, format_name: str, files: dict[str, str]) -> dict[str, Any]:

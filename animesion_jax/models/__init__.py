@@ -17,7 +17,10 @@ from typing import Any
 
 from clu import parameter_overview
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
+from animesion_jax.models import embedding
 from animesion_jax.models.resnet import ResNet
 from animesion_jax.models.shallow import ShallowNet
 from animesion_jax.models.vit import VisionTransformer
@@ -162,3 +165,17 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
 def count_params(params: Any) -> int:
   """Number of scalars in a parameter tree (arrays or jax.ShapeDtypeStruct); the one count."""
   return int(parameter_overview.count_parameters(params))
+
+
+def logits_and_embedding(
+  model: nn.Module, variables: Any, images: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """(float32 logits [N, classes], L2-normalised float32 embedding [N, D]) in one eval forward.
+
+  The embedding is what the model's output layer reads (see models/embedding.py), for every
+  family; `images` are normalised as for `model.apply`.
+  """
+  logits, sown = model.apply(variables, images, train=False, mutable=[embedding.COLLECTION])
+  features = sown[embedding.COLLECTION][embedding.NAME][-1].astype(jnp.float32)
+  norm = jnp.linalg.norm(features, axis=-1, keepdims=True)
+  return logits.astype(jnp.float32), features / jnp.maximum(norm, 1e-12)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from animesion_jax.models import embedding
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -174,6 +175,7 @@ class ResNet(nn.Module):
         )(x, train=train)
 
     x = jnp.mean(x, axis=(1, 2))
+    embedding.sow(self, x)
     bias_init = (
       initializers.torch_default_bias(x.shape[-1])
       if self.init_scheme == "animesion"

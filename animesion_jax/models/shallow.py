@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from animesion_jax.models import embedding
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -89,6 +90,7 @@ class ShallowNet(nn.Module):
       name="fc1",
     )(x)
     x = nn.relu(x)
+    embedding.sow(self, x)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(
       self.num_classes,

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from animesion_jax.models import embedding
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -330,6 +331,7 @@ class VisionTransformer(nn.Module):
         self.representation_size, dtype=self.dtype, param_dtype=jnp.float32, name="pre_logits"
       )(x)
       x = jnp.tanh(x)
+    embedding.sow(self, x)
     # A zero head makes fine-tuning start from uniform predictions.
     x = nn.Dense(
       self.num_classes,
@@ -362,6 +364,7 @@ class VisionTransformer(nn.Module):
     x = nn.LayerNorm(
       epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name="interm_norm"
     )(x)
+    embedding.sow(self, x)
     x = nn.Dense(
       self.num_classes,
       dtype=self.dtype,

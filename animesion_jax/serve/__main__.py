@@ -46,6 +46,12 @@ def define_flags() -> None:
   flags.DEFINE_float("max_upload_mb", 16.0, "Largest upload.")
   flags.DEFINE_float("max_megapixels", 40.0, "Largest picture decoded.")
   flags.DEFINE_integer("max_faces", 16, "Most faces classified per picture.")
+  flags.DEFINE_bool(
+    "allow_enroll",
+    False,
+    "Let visitors add characters (POST /api/enroll and the page's 'add this character' form); "
+    "they are stored in the model's gallery.",
+  )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -76,13 +82,17 @@ def main(argv):
       f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
     )
   cli_common.check_model_flags(flag)
+  if flag.allow_enroll and flag.source is not None and not flag.gallery:
+    raise absl_app.UsageError(
+      "--allow_enroll with --source needs --gallery=DIR (where added characters are kept)."
+    )
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
   cli_common.start_jax(flag)
   try:
     detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
-    run = cli_common.load_from_flags(flag)
+    run = cli_common.load_from_flags(flag)  # With its calibration and gallery.
   except cli_common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
     sock.close()
     cli_common.exit_with_user_error("serve", error)
@@ -99,9 +109,12 @@ def main(argv):
     max_batch=flag.max_batch,
     max_wait_s=flag.max_wait_ms / 1000,
     queue_size=flag.queue_size,
+    allow_enroll=flag.allow_enroll,
   )
   if face_note:
     print(face_note)
+  if run.answerer.note:
+    print(f"Note: {run.answerer.note}.")
   host, port = sock.getsockname()[:2]
   shown = f"[{host}]" if ":" in host else host
   print(f"Serving {service.model} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)

@@ -5,9 +5,13 @@
   GET  /api/info            model, classes, face detection, attention, limits, examples
   GET  /api/examples/{i}    PNG of example picture i (drawn in memory)
   POST /api/predict         multipart field `image` ->
-      {"faces": [{"box": [x, y, w, h], "whole_image", "top5": [{"name", "probability"}],
+      {"faces": [{"box": [x, y, w, h], "whole_image", "character" (name or null), "unknown",
+                  "confidence", "closest", "enrolled", "top5": [{"name", "probability"}],
                   ["attention": PNG data URL]}], "model", "elapsed_ms", "width", "height",
        "notes"}; `?attention=1` adds the attention overlays (ViTs).
+  POST /api/enroll          multipart `name` + files `images` (one face each: the largest) ->
+      {"name", "pictures", "enrolled": [names], "skipped": [{"file", "error"}]}; only with
+      --allow_enroll (else 403).
 
 Errors answer {"error": message} with a 4xx status (503 with Retry-After when the queue is
 full). No part of a request names a file: the page's three files are a fixed table.
@@ -34,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from animesion_jax import faces
+from animesion_jax import gallery
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
 
@@ -61,6 +66,10 @@ class Service:
   examples: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
   attention: AttentionFn | None = None  # None: not a ViT (or not available).
   decode_threads: int = 4  # Pictures decoded at once (bounds memory).
+  answerer: Any = None  # open_set.Answerer: logits, embeddings -> answers.
+  # (name, embeddings, picture names) -> updated gallery; None: adding characters is off.
+  enroll: Callable[[str, np.ndarray, list[str]], Any] | None = None
+  top_k: int = 5
 
 
 class _Refusal(Exception):
@@ -129,6 +138,42 @@ async def _upload(request: Request, limits: pictures.Limits) -> bytes:
     await form.close()
 
 
+async def _enroll_upload(request: Request, limits: pictures.Limits) -> tuple[str, list]:
+  """(name, [(file name, bytes)]) of a multipart `name` + `images` upload."""
+  if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    raise _Refusal(400, "Send multipart/form-data with a field 'name' and files 'images'.")
+  body = await _body(request, limits.max_upload_bytes)
+
+  async def replay():
+    return {"type": "http.request", "body": body, "more_body": False}
+
+  try:
+    form = await Request(request.scope, replay).form(max_files=limits.max_faces, max_fields=8)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    detail = getattr(error, "detail", None) or error
+    raise _Refusal(
+      400, f"The upload could not be read as multipart/form-data ({detail})."
+    ) from None
+  try:
+    name = form.get("name")
+    if not isinstance(name, str) or not name.strip():
+      raise _Refusal(400, "Give the character's name in the field 'name'.")
+    files = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
+    if not files:
+      raise _Refusal(400, "Send the character's pictures as files in the field 'images'.")
+    return name.strip(), [(f.filename or "picture", await f.read()) for f in files]
+  finally:
+    await form.close()
+
+
+def _answer_face(answer: dict[str, Any]) -> dict[str, Any]:
+  keys = ("character", "unknown", "confidence", "closest", "enrolled", "calibrated")
+  return {
+    **{key: answer[key] for key in keys},
+    "top5": [{"name": p["name"], "probability": p["probability"]} for p in answer["predictions"]],
+  }
+
+
 def _data_url(image: Image.Image) -> str:
   return "data:image/png;base64," + base64.b64encode(pictures.png_bytes(image)).decode("ascii")
 
@@ -182,6 +227,10 @@ def create_app(service: Service) -> Starlette:
         "face_detection": service.detector is not None,
         "face_note": service.face_note,
         "attention": service.attention is not None,
+        "calibrated": service.answerer.calibration is not None,
+        "calibration_note": service.answerer.note,
+        "enroll": service.enroll is not None,
+        "enrolled": service.answerer.gallery.names if service.answerer.gallery else [],
         "max_upload_mb": limits.max_upload_bytes / 2**20,
         "max_megapixels": limits.max_pixels / 1e6,
         "max_faces": limits.max_faces,
@@ -221,7 +270,7 @@ def create_app(service: Service) -> Starlette:
         future = service.batcher.submit(picture.crops)
       except batcher_lib.QueueFull:
         raise _busy() from None
-      probabilities, class_ids = await asyncio.wrap_future(future)
+      logits, embeddings = await asyncio.wrap_future(future)
       overlays = None
       if want_attention:
         overlays = await anyio.to_thread.run_sync(attention_overlays, picture, limiter=limiter)
@@ -229,16 +278,10 @@ def create_app(service: Service) -> Starlette:
       return refusal.response
     except pictures.BadPicture as bad:
       return JSONResponse({"error": bad.message}, bad.status)
+    answers = service.answerer.answer(logits, embeddings, service.top_k)
     found = []
     for i, box in enumerate(picture.boxes):
-      face: dict[str, Any] = {
-        "box": box,
-        "whole_image": picture.whole,
-        "top5": [
-          {"name": service.class_names[int(c)], "probability": float(p)}
-          for p, c in zip(probabilities[i], class_ids[i])
-        ],
-      }
+      face: dict[str, Any] = {"box": box, "whole_image": picture.whole, **_answer_face(answers[i])}
       if overlays is not None:
         face["attention"] = overlays[i]
       found.append(face)
@@ -261,10 +304,60 @@ def create_app(service: Service) -> Starlette:
       }
     )
 
+  async def enroll(request: Request) -> Response:
+    if service.enroll is None:
+      return JSONResponse(
+        {"error": "Adding characters is off on this server (start it with --allow_enroll)."}, 403
+      )
+    try:
+      if service.batcher.waiting >= service.batcher.queue_size:
+        raise _busy()
+      name, uploads = await _enroll_upload(request, service.limits)
+      crops, names, skipped = [], [], []
+      for filename, data in uploads:
+        try:
+          picture = await anyio.to_thread.run_sync(
+            pictures.read_picture,
+            data,
+            service.image_size,
+            service.detector,
+            service.limits,
+            limiter=limiter,
+          )
+        except pictures.BadPicture as bad:
+          skipped.append({"file": filename, "error": bad.message})
+          continue
+        largest = max(
+          range(len(picture.boxes)), key=lambda i: picture.boxes[i][2] * picture.boxes[i][3]
+        )
+        crops.append(picture.crops[largest])
+        names.append(filename)
+      if not crops:
+        raise _Refusal(
+          400,
+          "None of the pictures could be read: "
+          + "; ".join(f"{s['file']}: {s['error']}" for s in skipped),
+        )
+      try:
+        future = service.batcher.submit(np.stack(crops))
+      except batcher_lib.QueueFull:
+        raise _busy() from None
+      _, embeddings = await asyncio.wrap_future(future)
+      updated = await anyio.to_thread.run_sync(service.enroll, name, embeddings, names)
+    except _Refusal as refusal:
+      return refusal.response
+    except gallery.GalleryError as error:
+      return JSONResponse({"error": str(error)}, 409)
+    logging.info("Enrolled %r from %d pictures.", name, len(crops))
+    return JSONResponse(
+      {"name": name, "pictures": len(crops), "enrolled": updated.names, "skipped": skipped}
+    )
+
   routes = [Route(url, page_file) for url in _PAGE_FILES] + [
     Route("/healthz", healthz),
     Route("/api/info", info),
     Route("/api/examples/{index:int}", example),
     Route("/api/predict", predict, methods=["POST"]),
+    Route("/api/enroll", enroll, methods=["POST"]),
   ]
   return Starlette(routes=routes)

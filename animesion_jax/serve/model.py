@@ -5,12 +5,13 @@ import os
 import numpy as np
 
 from animesion_jax import faces
+from animesion_jax import gallery
+from animesion_jax import open_set
 from animesion_jax import recognizer
+from animesion_jax import run_dir
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
-
-TOP_K = 5  # Names answered per face.
 
 
 def face_detector(
@@ -51,6 +52,7 @@ def build_service(
   queue_size: int = 64,
   warm_up: bool = True,
   attention: bool = True,
+  allow_enroll: bool = False,
 ) -> app.Service:
   """Starts the micro-batcher on the run's devices and gathers what the page shows.
 
@@ -64,16 +66,19 @@ def build_service(
     queue_size: requests that may wait before the answer is 503.
     warm_up: compile every padded batch size now.
     attention: offer attention maps (ViTs only).
+    allow_enroll: offer POST /api/enroll (adding characters to the run's gallery, in the
+      directory its calibration was read from: see recognizer.Recognizer.with_open_set).
   """
   if max_batch < limits.max_faces:
     raise ValueError(
       f"max_batch={max_batch} must be at least max_faces={limits.max_faces}: "
       "one picture's faces go in one device call."
     )
+  enroll = _enroller(run) if allow_enroll else None
 
   def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    probabilities, class_ids = run.device_predict(images, TOP_K)  # The run's one jitted function.
-    return np.asarray(probabilities), np.asarray(class_ids)
+    logits, embeddings = run.device_embed(images)  # The run's one jitted function.
+    return np.asarray(logits), np.asarray(embeddings)
 
   size = run.config.image_size
   batcher = batcher_lib.MicroBatcher(
@@ -98,4 +103,25 @@ def build_service(
     limits=limits,
     examples=pictures.examples(run.class_names),
     attention=_attention_fn(run, batcher.sizes) if attention else None,
+    answerer=run.answerer,  # Answers say unknown or name enrolled characters.
+    enroll=enroll,
   )
+
+
+def _enroller(run: recognizer.Recognizer):
+  """(name, embeddings, picture names) -> the updated gallery, which answers use from then on."""
+  answerer, directory = run.answerer, run.answerer.directory
+  if directory is None:
+    raise gallery.GalleryError(
+      "--allow_enroll with a checkpoint file needs --gallery=DIR (where added characters go)."
+    )
+  provenance = open_set.provenance(run)
+
+  def enroll(name: str, embeddings: np.ndarray, names: list[str]) -> gallery.Gallery:
+    updated = gallery.enroll(
+      directory / run_dir.GALLERY_DIR, provenance, name, embeddings, names, run.class_names
+    )
+    answerer.gallery = updated
+    return updated
+
+  return enroll

@@ -86,11 +86,54 @@ function drawBoxes(frame, result) {
   });
 }
 
+// "NAME · 87.0%", or "unknown (closest: NAME 23%)" when the model does not know the face.
+function answerLine(face) {
+  if (face.unknown) {
+    return element("p", "answer unknown",
+                   `unknown (closest: ${face.closest} ${(100 * face.confidence).toFixed(0)}%)`);
+  }
+  const name = `${face.character}${face.enrolled ? " (added)" : ""}`;
+  return element("p", "answer known", `${name} · ${percent(face.confidence)}`);
+}
+
+// "Add this character": the picture and a name go to POST /api/enroll (--allow_enroll only).
+function enrollForm(file) {
+  const form = element("form", "enroll");
+  const input = element("input");
+  input.name = "name";
+  input.placeholder = "Character name";
+  input.required = true;
+  const button = element("button", "button", "Add this character");
+  button.type = "submit";
+  const status = element("span", "enroll-status muted");
+  form.append(input, button, status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData();
+    data.append("name", input.value);
+    data.append("images", file, file.name || "pasted.png");
+    status.textContent = "Adding…";
+    try {
+      const response = await fetch("/api/enroll", {method: "POST", body: data});
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+      status.textContent = `Added ${body.name} (${body.pictures} picture` +
+          `${body.pictures > 1 ? "s" : ""}); ${body.enrolled.length} added characters.`;
+      status.className = "enroll-status done";
+    } catch (error) {
+      status.textContent = error.message;
+      status.className = "enroll-status error";
+    }
+  });
+  return form;
+}
+
 function faceList(result) {
   const list = element("ol", "faces");
   result.faces.forEach((face, i) => {
     const item = element("li", `face colour${i % 6}`);
     item.append(element("h3", "", face.whole_image ? "Whole picture" : `Face ${i + 1}`));
+    item.append(answerLine(face));
     const body = element("div", "face-body");
     const names = element("table", "top5");
     face.top5.forEach((guess, rank) => {
@@ -140,6 +183,7 @@ async function classify(file) {
         `${result.elapsed_ms.toFixed(0)} ms`;
     for (const note of result.notes) details.append(element("p", "note", note));
     details.append(faceList(result));
+    if (info && info.enroll) details.append(enrollForm(file));
     card.dataset.state = "done";
   } catch (error) {
     status.textContent = error.message;

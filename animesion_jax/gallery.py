@@ -1,0 +1,199 @@
+"""Characters enrolled without retraining: a gallery of embedding prototypes stored with a run.
+
+  RUN/gallery/gallery.json   {"provenance": {...}, "characters": {name: {"count", "sum",
+                              "pictures"}}}; written atomically (temporary file + rename)
+  RUN/gallery/.lock          held (fcntl) while a change reads, edits and writes the file, so two
+                              enrolments at once both land
+
+A character's prototype is the normalised sum of its pictures' L2-normalised embeddings. The
+gallery belongs to the model (and checkpoint step) whose embeddings it holds: loading it for
+another model is refused with a message saying which.
+"""
+
+from collections.abc import Callable
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+from typing import Any
+
+from etils import epath
+import numpy as np
+
+from animesion_jax import run_dir
+
+GALLERY_FILE = "gallery.json"
+_LOCK_FILE = ".lock"
+
+
+class GalleryError(ValueError):
+  """A gallery change that cannot be done (the message says why and what to do)."""
+
+
+class GalleryMismatch(GalleryError):
+  """The gallery was made with another model or checkpoint."""
+
+
+@dataclasses.dataclass
+class Character:
+  count: int
+  sum: np.ndarray  # [D] float64 sum of the pictures' normalised embeddings.
+  pictures: list[str]
+
+  @property
+  def prototype(self) -> np.ndarray:
+    return (self.sum / max(float(np.linalg.norm(self.sum)), 1e-12)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Gallery:
+  provenance: dict[str, Any]
+  characters: dict[str, Character] = dataclasses.field(default_factory=dict)
+
+  @property
+  def names(self) -> list[str]:
+    return sorted(self.characters)
+
+  def prototypes(self) -> np.ndarray:
+    """[characters, D] in `names` order."""
+    if not self.characters:
+      return np.zeros((0, 0), np.float32)
+    return np.stack([self.characters[name].prototype for name in self.names])
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+      "provenance": self.provenance,
+      "characters": {
+        name: {"count": c.count, "sum": [float(v) for v in c.sum], "pictures": c.pictures}
+        for name, c in sorted(self.characters.items())
+      },
+    }
+
+  @classmethod
+  def from_json(cls, record: dict[str, Any]) -> "Gallery":
+    return cls(
+      provenance=record["provenance"],
+      characters={
+        name: Character(int(c["count"]), np.asarray(c["sum"], np.float64), list(c["pictures"]))
+        for name, c in record["characters"].items()
+      },
+    )
+
+
+def _mismatch(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+  return [
+    f"{key}: gallery {found.get(key)!r}, model {expected.get(key)!r}"
+    for key in sorted(set(found) | set(expected))
+    if found.get(key) != expected.get(key)
+  ]
+
+
+def load(directory: str | os.PathLike, provenance: dict[str, Any]) -> Gallery | None:
+  """The gallery under `directory` (None if there is none).
+
+  Raises:
+    GalleryMismatch: it was made with another model or checkpoint than `provenance` names.
+  """
+  path = epath.Path(directory) / GALLERY_FILE
+  if not path.exists():
+    return None
+  try:
+    gallery = Gallery.from_json(json.loads(path.read_text(encoding="utf-8")))
+  except (ValueError, KeyError, TypeError) as error:
+    raise GalleryError(f"{path} is not a gallery file ({error}).") from None
+  differences = _mismatch(gallery.provenance, provenance)
+  if differences:
+    raise GalleryMismatch(
+      f"{path} was made with another model or checkpoint ("
+      + "; ".join(differences)
+      + "): its embeddings do not fit this one. Use the model it was made with, or enrol the "
+      "characters again for this one (move the gallery away first)."
+    )
+  return gallery
+
+
+@contextlib.contextmanager
+def _locked(directory: epath.Path):
+  directory.mkdir(parents=True, exist_ok=True)
+  if "://" in os.fspath(directory):  # Object stores have no locks: last writer wins.
+    yield
+    return
+  with open(directory / _LOCK_FILE, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update(
+  directory: str | os.PathLike, provenance: dict[str, Any], change: Callable[[Gallery], None]
+) -> Gallery:
+  """Reads the gallery (or an empty one), applies `change`, writes it back, all under the lock.
+
+  If `change` raises, nothing is written: the gallery stays as it was.
+  """
+  directory = epath.Path(directory)
+  with _locked(directory):
+    gallery = load(directory, provenance) or Gallery(provenance=dict(provenance))
+    change(gallery)
+    data = json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
+    run_dir.write_atomic(directory / GALLERY_FILE, data)
+  return gallery
+
+
+def enroll(
+  directory: str | os.PathLike,
+  provenance: dict[str, Any],
+  name: str,
+  embeddings: np.ndarray,
+  pictures: list[str],
+  known_names: list[str],
+  *,
+  refine: bool = False,
+) -> Gallery:
+  """Adds a character (or, with refine, more pictures of a known or enrolled one).
+
+  Raises:
+    GalleryError: an empty name, no pictures, or a name the model or gallery already knows
+      without `refine`.
+  """
+  name = name.strip()
+  if not name:
+    raise GalleryError("Give the character a name (--name=NAME).")
+  embeddings = np.asarray(embeddings, np.float64)
+  if embeddings.ndim != 2 or not len(embeddings):
+    raise GalleryError(f"No usable picture of {name!r}: nothing enrolled.")
+
+  def change(gallery: Gallery) -> None:
+    if not refine and name in known_names:
+      raise GalleryError(
+        f"{name!r} is one of the model's own classes; pass --refine to add pictures to it anyway."
+      )
+    if not refine and name in gallery.characters:
+      raise GalleryError(
+        f"{name!r} is already enrolled ({gallery.characters[name].count} pictures); pass "
+        "--refine to add these pictures to it, or --remove it first."
+      )
+    old = gallery.characters.get(name)
+    if old is not None and old.sum.shape != embeddings.shape[1:]:
+      raise GalleryMismatch(f"{name!r}: stored embeddings have another size.")
+    gallery.characters[name] = Character(
+      count=(old.count if old else 0) + len(embeddings),
+      sum=(old.sum if old else 0.0) + embeddings.sum(axis=0),
+      pictures=(old.pictures if old else []) + list(pictures),
+    )
+
+  return update(directory, provenance, change)
+
+
+def remove(directory: str | os.PathLike, provenance: dict[str, Any], name: str) -> Gallery:
+  def change(gallery: Gallery) -> None:
+    if name not in gallery.characters:
+      raise GalleryError(
+        f"{name!r} is not enrolled; enrolled: {', '.join(gallery.names) or 'none'}."
+      )
+    del gallery.characters[name]
+
+  return update(directory, provenance, change)
