@@ -36,10 +36,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # grain worker processes for decoding (0 = in the main process).
   config.data_workers = 0
   # Splits evaluated; ones the dataset lacks are skipped.
-  config.eval_splits = (
-    "validation",
-    "test",
-  )
+  config.eval_splits = ("validation", "test")
   # Carve this fraction of train (seeded) into 'validation' when the dataset has none.
   config.validation_fraction = 0.0
 
@@ -56,6 +53,9 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.init_from.source = ""
   # File (or converted directory) to load.
   config.init_from.path = ""
+  # init_from 'run': start the classifier afresh even when the class count is the same
+  # (classifier re-training, the second stage of decoupled long-tail training).
+  config.init_from.reset_classifier = False
   # Train only the classifier head (the paper's pretrained-ResNet recipe).
   config.freeze_backbone = False
 
@@ -84,19 +84,22 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # 'step', 'warmup_cosine' or 'constant'.
   config.schedule = "step"
   # 'step' schedule: epochs between decays (paper: 20 for 50 epochs, 50 for 200).
-  config.decay_every_epochs = (
-    20 if paper_epochs == 50 else 50
-  )
+  config.decay_every_epochs = 20 if paper_epochs == 50 else 50
   # 'step' schedule: multiply the learning rate by this at each decay.
-  config.decay_factor = (
-    1.0 / 3.0
-  )
+  config.decay_factor = 1.0 / 3.0
   # 'warmup_cosine' (and 'step'): linear warm-up length in epochs.
   config.warmup_epochs = 0.0
   # Clip gradients to this global norm (0 = off).
   config.grad_clip_norm = 0.0
   # Label smoothing of the cross-entropy targets.
   config.label_smoothing = 0.0
+  # 'softmax' (the paper's), or for long-tailed data 'balanced_softmax' or 'logit_adjusted'
+  # (both add a log class prior from the training counts to the logits; see losses.py).
+  config.loss = "softmax"
+  # 'logit_adjusted': tau, the weight of the log class prior (1 = balanced_softmax's loss).
+  config.logit_adjust_tau = 1.0
+  # Draw each training example class-balanced: a class uniformly, then one of its images.
+  config.class_balanced_sampling = False
   # The original code's validate() switched the model to eval mode and nothing switched it back,
   # so from epoch 2 on it trained with dropout off and BatchNorm statistics frozen (as in the paper).
   # Reproduce that (paper configs set True).
@@ -113,6 +116,13 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0
   # Global batch size for evaluation.
   config.eval_batch_size = 256
+  # Evaluate/predict: classifier weights of each class divided by their norm to this power, bias
+  # dropped (tau-normalisation, Kang et al. 2020); 0 = off.
+  config.tau_norm = 0.0
+  # Evaluate: many-shot classes have more training images than this (DAF:re's groups: 100).
+  config.many_shot_above = 100
+  # Evaluate: few-shot classes have fewer training images than this (DAF:re's groups: 20).
+  config.few_shot_below = 20
   # Save the latest checkpoint every this many steps.
   config.checkpoint_every_steps = 1000
   # Also save when this many minutes passed since the last save (0 = off).
@@ -122,9 +132,7 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   # 'disallow': fail on implicit host<->device transfers in the step loop.
   config.transfer_guard = "allow"
   # Stop this run (after saving) once it has done this many steps; -1 = never.
-  config.halt_after_steps = (
-    -1
-  )
+  config.halt_after_steps = -1
   return config
 
 

@@ -106,6 +106,10 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
   classes = [c for c in report["per_class"] if c["examples"] > 0]
   fig = figure.Figure(figsize=(8, 5), layout="tight")
   ax = fig.subplots()
+  shot = report.get("shot_groups", {})
+  many_above = shot.get("many_above", longtail.MANY_SHOT_ABOVE)
+  few_below = shot.get("few_below", longtail.FEW_SHOT_BELOW)
+  titles = longtail.group_titles(many_above, few_below)
   for group in longtail.GROUPS:
     members = [c for c in classes if c["group"] == group]
     if members:
@@ -116,9 +120,9 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
         s=12,
         alpha=0.6,
         color=_GROUP_COLOURS[group],
-        label=f"{longtail.GROUP_TITLES[group]}: {len(members)}",
+        label=f"{titles[group]}: {len(members)}",
       )
-  for boundary in (longtail.FEW_SHOT_BELOW, longtail.MANY_SHOT_ABOVE):
+  for boundary in (few_below, many_above):
     ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
   if len(classes) >= 20:  # A trend line once there are enough classes to average.
     centres, means = binned_means(
