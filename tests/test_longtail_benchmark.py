@@ -54,16 +54,8 @@ def test_default_config_is_unchanged(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_longtail(tmp_path_factory):
-  """A seconds-long build of the long-tail config's shape: 30 characters, 20 down to 2."""
-  config = scb.SyntheticCharactersConfig(
-    name="longtail_tiny",
-    num_characters=30,
-    train_per_class=20,
-    train_min_per_class=2,
-    validation_per_class=1,
-    test_per_class=2,
-  )
-  builder = scb.Builder(config=config, data_dir=tmp_path_factory.mktemp("tfds"))
+  """The seconds-long `longtail_small` build: 30 characters, 20 down to 2 training images."""
+  builder = scb.Builder(config="longtail_small", data_dir=tmp_path_factory.mktemp("tfds"))
   builder.download_and_prepare(file_format="array_record")
   return builder
 

@@ -162,6 +162,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "to 4 (DAF:re's shape); 10/20 validation/test images per class."
       ),
     ),
+    SyntheticCharactersConfig(
+      name="longtail_small",
+      num_characters=30,
+      train_per_class=20,
+      train_min_per_class=2,
+      validation_per_class=1,
+      test_per_class=2,
+      description="The long tail's shape in seconds: 30 characters, 20 down to 2; for tests.",
+    ),
   ]
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
