@@ -270,7 +270,6 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
     f"{report['dataset']} {report['split']}: {report['num_examples']} examples, "
     f"{report['classes_evaluated']}/{report['num_classes']} classes, loss "
     f"{report['loss']:.4f}",
-    f"top-1 {_percent(report['top1'])}, class-balanced top-1 {_percent(report['mean_class_top1'])}",
     f"{'':24}{'classes':>8}{'examples':>10}{'top-1':>8}{'top-5':>8}{'class-avg top-1':>17}",
   ]
   rows = [
