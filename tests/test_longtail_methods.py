@@ -168,3 +168,24 @@ def test_shot_group_thresholds_are_configurable():
   assert report["groups"]["few"]["mean_class_top1"] == 0.5
   assert report["groups"]["many"]["mean_class_top1"] == 1.0
   assert report["mean_class_top1"] == pytest.approx(5 / 6)
+
+
+def test_paper_configs_keep_softmax_and_the_longtail_config_validates():
+  from animesion_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from configs import longtail as longtail_config  # pylint: disable=g-import-not-at-top
+  from configs import paper  # pylint: disable=g-import-not-at-top
+  from configs import vit_b16  # pylint: disable=g-import-not-at-top
+
+  for config in (vit_b16.get_config(), paper.get_config("1,B-16,scratch")):
+    assert (config.loss, config.class_balanced_sampling, config.tau_norm) == ("softmax", False, 0)
+    assert (config.many_shot_above, config.few_shot_below) == (100, 20)
+  config = longtail_config.get_config()
+  config_validation.validate(config, num_devices=1, num_processes=1)
+  assert (config.dataset_config, config.many_shot_above, config.few_shot_below) == (
+    "longtail",
+    40,
+    10,
+  )
+  config.loss = "focal"
+  with pytest.raises(config_validation.ConfigError, match="config.loss='focal'"):
+    config_validation.validate(config, num_devices=1, num_processes=1)
