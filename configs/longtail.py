@@ -15,7 +15,7 @@ def get_config():
   config = quickstart.get_config()  # The quick start's small ViT at 32 px, SGD, warm-up + cosine.
   # The long-tailed builder config of the synthetic characters.
   config.dataset_config = "longtail"
-  # Epochs over the 6,198 training images (about 5 minutes on 2 idle CPU cores).
+  # Epochs over the 6,198 training images (5.2 CPU-minutes a run; docs/longtail.md).
   config.num_epochs = 8
   # Validation and test accuracy at half-time and at the end.
   config.eval_every_epochs = 4
