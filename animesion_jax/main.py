@@ -106,6 +106,7 @@ def main(argv):
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
   from animesion_jax import train  # pylint: disable=g-import-not-at-top
+  from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
 
   logging.info(
     "JAX process %d/%d, %d local / %d global devices (%s).",
@@ -117,7 +118,7 @@ def main(argv):
   )
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_validation.ConfigError as error:
+  except (config_validation.ConfigError, datasets.MissingClassCounts) as error:
     raise app.UsageError(str(error)) from None
 
 
