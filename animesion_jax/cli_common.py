@@ -32,6 +32,7 @@ from animesion_jax import config_validation
 from animesion_jax import convert
 from animesion_jax import open_set
 from animesion_jax import recognizer
+from animesion_jax.data import datasets
 
 # Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
 USER_ERRORS = (
@@ -41,6 +42,7 @@ USER_ERRORS = (
   checkpointing.DamagedCheckpoint,
   checkpointing.IncompatibleCheckpoint,
   config_validation.ConfigError,
+  datasets.MissingClassCounts,
   *open_set.USER_ERRORS,
 )
 

@@ -61,6 +61,9 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.init_from.source = ""
   # File (or converted directory) to load.
   config.init_from.path = ""
+  # init_from 'run': start the classifier afresh even when the class count is the same
+  # (classifier re-training, the second stage of decoupled long-tail training).
+  config.init_from.reset_classifier = False
   # Train only the classifier head (the paper's pretrained-ResNet recipe).
   config.freeze_backbone = False
 
@@ -98,6 +101,13 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.grad_clip_norm = 0.0
   # Label smoothing of the cross-entropy targets.
   config.label_smoothing = 0.0
+  # 'softmax' (the paper's), or for long-tailed data 'balanced_softmax' or 'logit_adjusted'
+  # (both add a log class prior from the training counts to the logits; see losses.py).
+  config.loss = "softmax"
+  # 'logit_adjusted': tau, the weight of the log class prior (1 = balanced_softmax's loss).
+  config.logit_adjust_tau = 1.0
+  # Draw each training example class-balanced: a class uniformly, then one of its images.
+  config.class_balanced_sampling = False
   # The original code's validate() switched the model to eval mode and nothing switched it back,
   # so from epoch 2 on it trained with dropout off and BatchNorm statistics frozen (as in the paper).
   # Reproduce that (paper configs set True).
@@ -114,6 +124,13 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0
   # Global batch size for evaluation.
   config.eval_batch_size = 256
+  # Evaluate/predict: classifier weights of each class divided by their norm to this power, bias
+  # dropped (tau-normalisation, Kang et al. 2020); 0 = off.
+  config.tau_norm = 0.0
+  # Evaluate: many-shot classes have more training images than this (DAF:re's groups: 100).
+  config.many_shot_above = 100
+  # Evaluate: few-shot classes have fewer training images than this (DAF:re's groups: 20).
+  config.few_shot_below = 20
   # Save the latest checkpoint every this many steps.
   config.checkpoint_every_steps = 1000
   # Also save when this many minutes passed since the last save (0 = off).

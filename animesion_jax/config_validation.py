@@ -4,6 +4,7 @@ import jax
 import ml_collections
 
 from animesion_jax import config_schema as base_config
+from animesion_jax import losses
 from animesion_jax import models
 from animesion_jax import run_dir
 from animesion_jax.data import color_jitter
@@ -19,6 +20,7 @@ _CHOICES = {
   "momentum_dtype": ("float32", "bfloat16"),
   "transfer_guard": ("allow", "log", "disallow"),
   "normalization": tuple(preprocess.NORMALIZATIONS),
+  "loss": losses.LOSSES,
 }
 
 
@@ -161,6 +163,25 @@ def validate(
     raise ConfigError(
       f"config.init_from.path={config.init_from.path!r} does not exist "
       f"(config.init_from.source={config.init_from.source!r})."
+    )
+  if config.logit_adjust_tau < 0 or config.tau_norm < 0:
+    raise ConfigError(
+      f"config.logit_adjust_tau={config.logit_adjust_tau} and config.tau_norm="
+      f"{config.tau_norm} must be >= 0."
+    )
+  if not 0 < config.few_shot_below <= config.many_shot_above + 1:
+    raise ConfigError(
+      f"Shot groups: config.few_shot_below={config.few_shot_below} must be > 0 and at most "
+      f"config.many_shot_above + 1 = {config.many_shot_above + 1}."
+    )
+  if config.class_balanced_sampling and config.data_on_device:
+    raise ConfigError(
+      "config.class_balanced_sampling=True needs the grain pipeline; set "
+      "config.data_on_device=False."
+    )
+  if config.init_from.get("reset_classifier", False) and config.init_from.source != "run":
+    raise ConfigError(
+      "config.init_from.reset_classifier=True applies to config.init_from.source='run' only."
     )
   if config.init_from.path and not config.init_from.source:
     raise ConfigError(

@@ -81,11 +81,16 @@ def evaluate_loaded(
   output_dir: epath.Path | None = None,
   batch_size: int = 256,
   confused_limit: int = 20,
+  tau_norm: float = 0.0,
+  many_shot_above: int = longtail.MANY_SHOT_ABOVE,
+  few_shot_below: int = longtail.FEW_SHOT_BELOW,
 ) -> dict[str, Any]:
   """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it.
 
   The model's calibration (`run.answerer`, see recognizer.Recognizer.with_open_set) shapes the
-  open-set section (#18).
+  open-set section (#18). tau_norm > 0 evaluates the tau-normalised classifier
+  (longtail.tau_normalized); the shot groups are split at many_shot_above and few_shot_below
+  training images.
   """
   if split not in builder.info.splits:
     raise EvaluationError(
@@ -100,13 +105,21 @@ def evaluate_loaded(
       f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
     )
   batch_size = sharding.round_up_batch(batch_size, run.mesh.size)
+  if tau_norm:
+    run = longtail.tau_normalized_run(run, tau_norm)
   outputs = split_outputs(run, builder, split, batch_size, known)
   train_counts = train_class_counts(
     builder, datasets.get_spec(dataset).train_split, len(builder.info.features["label"].names)
   )
   train_counts = train_counts if known_rows is None else train_counts[known_rows]
   report = longtail.summarize(
-    outputs["label"], outputs["top5"], train_counts, run.class_names, confused_limit
+    outputs["label"],
+    outputs["top5"],
+    train_counts,
+    run.class_names,
+    confused_limit,
+    many_shot_above,
+    few_shot_below,
   )
   report = {
     "workdir": run.description,
@@ -115,6 +128,8 @@ def evaluate_loaded(
     "split": split,
     "dataset": dataset,
     "model": run.config.model.name,
+    "training_loss": run.config.get("loss", "softmax"),
+    "tau_norm": tau_norm,
     "loss": outputs["metrics"]["loss"],
     **report,
     "open_set": open_set_eval.report(run, builder, split, batch_size),
@@ -125,6 +140,8 @@ def evaluate_loaded(
       if run.workdir is not None
       else run_dir.resolve("evaluation") / f"{epath.Path(run.checkpoint).stem}_{split}"
     )
+    if tau_norm:
+      output_dir = output_dir.parent / f"{output_dir.name}_tau{tau_norm:g}"
   if jax.process_index() == 0:
     write_report(report, outputs, output_dir)
   report["output_dir"] = os.fspath(output_dir)
@@ -140,13 +157,18 @@ def evaluate(
   confused_limit: int = 20,
   accept: float | None = None,
   gallery: str | os.PathLike | None = None,
+  tau_norm: float | None = None,
+  many_shot_above: int | None = None,
+  few_shot_below: int | None = None,
 ) -> dict[str, Any]:
   """Evaluates a training run's checkpoint on `split` of the dataset it was trained on.
 
-  `accept` and `gallery` (the calibration's directory) shape the open-set section (#18).
+  `accept` and `gallery` (the calibration's directory) shape the open-set section (#18);
+  tau_norm, many_shot_above and few_shot_below default to the run's config.
   """
   run = recognizer.load_run(workdir, checkpoint, accept=accept, gallery=gallery)
   config = run.config
+  pick = lambda given, field: config.get(field) if given is None else given
   builder = datasets.open_dataset(
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
   )
@@ -158,6 +180,9 @@ def evaluate(
     None if output_dir is None else run_dir.resolve(output_dir),
     batch_size or config.eval_batch_size,
     confused_limit,
+    pick(tau_norm, "tau_norm"),
+    pick(many_shot_above, "many_shot_above"),
+    pick(few_shot_below, "few_shot_below"),
   )
 
 
@@ -179,7 +204,8 @@ def evaluate_checkpoint(
 
   The class names default to the dataset's; given ones must be the dataset's, in its order.
   `accept` and `gallery` as for `evaluate` (a checkpoint file is calibrated only where `gallery`
-  names its calibration's directory). `kwargs` are those of `evaluate_loaded` (split, output_dir, batch_size, confused_limit).
+  names its calibration's directory). `kwargs` are those of `evaluate_loaded` (split,
+  output_dir, batch_size, confused_limit, tau_norm, many_shot_above, few_shot_below).
   """
   builder = datasets.open_dataset(
     dataset, os.fspath(run_dir.resolve(data_dir)) if data_dir else "", dataset_config
@@ -260,6 +286,8 @@ def _percent(value: float | None) -> str:
 def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
   """A compact text table of an evaluation report."""
   where = "converted checkpoint" if report["step"] is None else f"checkpoint step {report['step']}"
+  if report.get("tau_norm"):
+    where += f", tau-normalised classifier (tau {report['tau_norm']:g})"
   lines = [
     f"{report['workdir']}: {report['model']}, {where}, "
     f"{report['dataset']} {report['split']}: {report['num_examples']} examples, "
@@ -315,6 +343,22 @@ def define_flags() -> None:
     "rounded up to a multiple of the device count).",
   )
   flags.DEFINE_integer("confused_pairs", 20, "How many most-confused pairs to report.")
+  flags.DEFINE_float(
+    "tau_norm",
+    None,
+    "Tau-normalise the classifier: each class's weights / their norm ** T, bias dropped "
+    "(0 = off; default: the run's config.tau_norm, else 0).",
+  )
+  flags.DEFINE_integer(
+    "many_shot_above",
+    None,
+    "Many-shot classes have more training images than this (default: the run's config, else 100).",
+  )
+  flags.DEFINE_integer(
+    "few_shot_below",
+    None,
+    "Few-shot classes have fewer training images than this (default: the run's config, else 20).",
+  )
   cli_common.define_runtime_flags(distributed=True)
   flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
 
@@ -340,6 +384,9 @@ def main(argv):
         flag.confused_pairs,
         flag.accept,
         flag.gallery,
+        flag.tau_norm,
+        flag.many_shot_above,
+        flag.few_shot_below,
       )
     else:
       report = evaluate_checkpoint(
@@ -357,6 +404,13 @@ def main(argv):
         confused_limit=flag.confused_pairs,
         accept=flag.accept,
         gallery=flag.gallery,
+        tau_norm=flag.tau_norm or 0.0,
+        many_shot_above=(
+          longtail.MANY_SHOT_ABOVE if flag.many_shot_above is None else flag.many_shot_above
+        ),
+        few_shot_below=longtail.FEW_SHOT_BELOW
+        if flag.few_shot_below is None
+        else flag.few_shot_below,
       )
   except (*cli_common.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
     cli_common.exit_with_user_error("evaluate", error)

@@ -8,18 +8,29 @@ convention of long-tail papers); `top1` pools its examples.
 """
 
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
+
+from animesion_jax import models
 
 MANY_SHOT_ABOVE = 100  # Many-shot classes have more training images than this.
 FEW_SHOT_BELOW = 20  # Few-shot classes have fewer training images than this.
 GROUPS = ("many", "medium", "few")
-GROUP_TITLES = {
-  "many": f"many-shot (>{MANY_SHOT_ABOVE})",
-  "medium": f"medium-shot ({FEW_SHOT_BELOW}-{MANY_SHOT_ABOVE})",
-  "few": f"few-shot (<{FEW_SHOT_BELOW})",
-}
+
+
+def group_titles(many_above: int = MANY_SHOT_ABOVE, few_below: int = FEW_SHOT_BELOW) -> dict:
+  """'many', 'medium', 'few' -> a title with the group's training-image range."""
+  return {
+    "many": f"many-shot (>{many_above})",
+    "medium": f"medium-shot ({few_below}-{many_above})",
+    "few": f"few-shot (<{few_below})",
+  }
+
+
+GROUP_TITLES = group_titles()  # DAF:re's groups.
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -105,6 +116,8 @@ def summarize(
   train_counts: np.ndarray,
   class_names: Sequence[str],
   confused_limit: int = 20,
+  many_above: int = MANY_SHOT_ABOVE,
+  few_below: int = FEW_SHOT_BELOW,
 ) -> dict[str, Any]:
   """Overall, balanced, per-shot-group and per-class accuracy, and the most confused pairs.
 
@@ -114,10 +127,13 @@ def summarize(
     train_counts: training images of each class (defines the shot groups).
     class_names: name of each class id.
     confused_limit: how many confused pairs to list.
+    many_above: many-shot classes have more training images than this.
+    few_below: few-shot classes have fewer training images than this.
 
   Returns:
     A JSON-ready dict: num_examples, top1, top5, mean_class_top1/top5 (balanced accuracy over
-    classes present in the split), groups {many, medium, few}, confused_pairs and per_class.
+    classes present in the split), shot_groups {many_above, few_below}, groups {many, medium,
+    few}, confused_pairs and per_class.
   """
   num_classes = len(class_names)
   train_counts = np.asarray(train_counts, np.int64)
@@ -125,7 +141,8 @@ def summarize(
     raise ValueError(f"{len(train_counts)} training counts for {num_classes} classes.")
   top_ids = np.asarray(top_ids)[:, :5]
   stats = per_class(labels, top_ids, num_classes)
-  groups = shot_groups(train_counts)
+  groups = shot_groups(train_counts, many_above, few_below)
+  titles = group_titles(many_above, few_below)
   overall = _group_summary(stats, np.ones(num_classes, bool))
   predicted = np.asarray(top_ids)[:, 0]
   pairs = []
@@ -161,10 +178,41 @@ def summarize(
     "top5": overall["top5"],
     "mean_class_top1": overall["mean_class_top1"],
     "mean_class_top5": overall["mean_class_top5"],
+    "shot_groups": {"many_above": many_above, "few_below": few_below},
     "groups": {
-      name: {"title": GROUP_TITLES[name], **_group_summary(stats, groups == name)}
-      for name in GROUPS
+      name: {"title": titles[name], **_group_summary(stats, groups == name)} for name in GROUPS
     },
     "confused_pairs": pairs,
     "per_class": classes,
   }
+
+
+def tau_normalized(variables: dict[str, Any], head: str, tau: float) -> dict[str, Any]:
+  """The variables with the output layer tau-normalised (Kang et al., ICLR 2020).
+
+  Each class's weight vector w_j (a column of params[head]['kernel'], [features, classes]) becomes
+  w_j / ||w_j|| ** tau, and the bias is dropped (set to 0), as in the paper's classifier; tau = 0
+  changes nothing. A softmax classifier trained on long-tailed data has longer weight vectors for
+  frequent classes; tau = 1 makes them all unit length.
+  """
+  if tau == 0:
+    return variables
+  layer = dict(variables["params"][head])
+  kernel = np.asarray(layer["kernel"], np.float32)
+  norms = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), axis=0)
+  new = {"kernel": kernel / np.maximum(norms, 1e-12) ** tau}
+  if "bias" in layer:
+    new["bias"] = np.zeros(np.shape(layer["bias"]), np.float32)
+  for name, value in new.items():  # Where and as what the old arrays were (e.g. on the mesh).
+    old = layer[name]
+    value = value.astype(old.dtype)
+    layer[name] = jax.device_put(value, old.sharding) if hasattr(old, "sharding") else value
+  return {**variables, "params": {**variables["params"], head: layer}}
+
+
+def tau_normalized_run(run: Any, tau: float) -> Any:
+  """A copy of a loaded run (inference.LoadedRun) with its classifier tau-normalised."""
+  if tau < 0:
+    raise ValueError(f"tau_norm={tau} must be >= 0.")
+  head = models.spec(run.config.model.name).family.head
+  return dataclasses.replace(run, variables=tau_normalized(run.variables, head, tau))

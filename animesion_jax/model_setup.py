@@ -227,18 +227,20 @@ def _from_run(
 ) -> tuple[nn.Module, Any, list[str]]:
   """Another run's trained variables (the original's DAF:re -> moeImouto transfer).
 
-  The classifier starts afresh (the model's own initialisation) when the class count differs;
-  every other parameter must fit the config's model.
+  The classifier starts afresh (the model's own initialisation) when the class count differs or
+  config.init_from.reset_classifier asks for it; every other parameter must fit the config's model.
   """
   source = restore_run(*run_and_checkpoint(config.init_from.path))
   variables = jax.tree.map(np.asarray, source.variables)
   wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
   have = flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/")
   classifier = models.spec(config.model.name).family.classifier_params
+  reset = config.init_from.get("reset_classifier", False)
   fresh = [
     key
     for key, leaf in wanted.items()
-    if key.split("/")[0] in classifier and getattr(have.get(key), "shape", None) != leaf.shape
+    if key.split("/")[0] in classifier
+    and (reset or getattr(have.get(key), "shape", None) != leaf.shape)
   ]
   have.update({key: np.zeros(wanted[key].shape, wanted[key].dtype) for key in fresh})
   variables = {**variables, "params": flax.traverse_util.unflatten_dict(have, sep="/")}

@@ -106,6 +106,10 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
   classes = [c for c in report["per_class"] if c["examples"] > 0]
   fig = figure.Figure(figsize=(8, 5), layout="tight")
   ax = fig.subplots()
+  shot = report.get("shot_groups", {})
+  many_above = shot.get("many_above", longtail.MANY_SHOT_ABOVE)
+  few_below = shot.get("few_below", longtail.FEW_SHOT_BELOW)
+  titles = longtail.group_titles(many_above, few_below)
   for group in longtail.GROUPS:
     members = [c for c in classes if c["group"] == group]
     if members:
@@ -116,9 +120,9 @@ def accuracy_vs_frequency(report: dict[str, Any], path: epath.Path) -> epath.Pat
         s=12,
         alpha=0.6,
         color=_GROUP_COLOURS[group],
-        label=f"{longtail.GROUP_TITLES[group]}: {len(members)}",
+        label=f"{titles[group]}: {len(members)}",
       )
-  for boundary in (longtail.FEW_SHOT_BELOW, longtail.MANY_SHOT_ABOVE):
+  for boundary in (few_below, many_above):
     ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
   if len(classes) >= 20:  # A trend line once there are enough classes to average.
     centres, means = binned_means(
@@ -236,3 +240,27 @@ def save_png(image: Image.Image, destination: epath.Path) -> None:
   image.save(buffer, format="PNG")
   destination.parent.mkdir(parents=True, exist_ok=True)
   destination.write_bytes(buffer.getvalue())
+
+
+def method_comparison(
+  names: Sequence[str], values: dict[str, Sequence[float | None]], path: epath.Path
+) -> epath.Path:
+  """Grouped bars: for each metric (x groups: overall, balanced, many, ...), one bar per method.
+
+  Args:
+    names: the methods, one bar colour each.
+    values: metric title -> each method's accuracy in percent (None: not measured).
+    path: where to write the PNG.
+  """
+  fig = figure.Figure(figsize=(max(7, 1.4 * len(values) + 0.4 * len(names)), 4.5), layout="tight")
+  ax = fig.subplots()
+  width = 0.8 / max(1, len(names))
+  for i, name in enumerate(names):
+    heights = [np.nan if v[i] is None else v[i] for v in values.values()]
+    ax.bar(np.arange(len(values)) + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
+  ax.set_xticks(np.arange(len(values)), list(values))
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)

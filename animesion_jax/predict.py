@@ -41,6 +41,7 @@ from animesion_jax import cli_common
 from animesion_jax import evaluation
 from animesion_jax import faces
 from animesion_jax import image_files
+from animesion_jax import longtail
 from animesion_jax import open_set
 from animesion_jax import recognizer
 from animesion_jax import run_dir
@@ -297,6 +298,12 @@ def define_flags() -> None:
     "Images per batch over all local devices (rounded up to a multiple of the device count).",
   )
   flags.DEFINE_integer("print_limit", 50, "Crops shown in the printed table (0 = all).")
+  flags.DEFINE_float(
+    "tau_norm",
+    None,
+    "Tau-normalise the classifier: each class's weights / their norm ** T, bias dropped "
+    "(0 = off; default: the run's config.tau_norm, else 0).",
+  )
 
 
 def main(argv):
@@ -319,6 +326,9 @@ def main(argv):
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
     run = cli_common.load_from_flags(flag)
+    tau_norm = run.config.get("tau_norm", 0.0) if flag.tau_norm is None else flag.tau_norm
+    if tau_norm:
+      run = longtail.tau_normalized_run(run, tau_norm)
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
     elif run.workdir is not None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from animesion_jax import losses as losses_lib
 from animesion_jax import metrics as metrics_lib
 from animesion_jax import optim
 from animesion_jax.data import preprocess
@@ -48,14 +49,7 @@ def model_variables(state: TrainState) -> dict[str, Any]:
   return {"params": state.params}
 
 
-def cross_entropy(
-  logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0
-) -> jnp.ndarray:
-  """Per-example softmax cross-entropy with integer labels."""
-  if label_smoothing == 0.0:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+cross_entropy = losses_lib.cross_entropy  # Known here as steps.cross_entropy.
 
 
 def _all_finite(tree: Any) -> jnp.ndarray:
@@ -74,9 +68,11 @@ def _loss_and_grads(
   dropout_rng: jax.Array,
   label_smoothing: float,
   model_train_mode: bool = True,
+  logit_offsets: jnp.ndarray | None = None,
 ):
   """Per-example losses, top-1 hits, new BatchNorm statistics and gradients of the mean of
-  weight * loss (weights: 0 on padding rows, see train_step)."""
+  weight * loss (weights: 0 on padding rows, see train_step). `logit_offsets` are added to the
+  logits in the loss only (balanced softmax, logit adjustment; see losses.py)."""
 
   def loss_fn(params):
     variables = {"params": params}
@@ -89,7 +85,7 @@ def _loss_and_grads(
     logits, updates = model.apply(
       variables, images, train=model_train_mode, rngs={"dropout": dropout_rng}, mutable=mutable
     )
-    losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
+    losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing, logit_offsets)
     extra = sum(jnp.sum(term) for term in jax.tree.leaves(updates.get("losses", {})))
     return (
       jnp.mean(losses * weights) + extra,
@@ -120,6 +116,7 @@ def train_step(
   label_smoothing: float = 0.0,
   accumulation_steps: int = 1,
   model_train_mode: bool = True,
+  logit_offsets: jnp.ndarray | None = None,
 ) -> tuple[TrainState, metrics_lib.TrainMetrics]:
   """One optimizer step on a global batch of uint8 images.
 
@@ -128,6 +125,7 @@ def train_step(
   loss or gradients are not finite changes nothing but the counters, so the parameters never
   absorb NaN/Inf; the loop decides whether to stop or carry on. model_train_mode=False runs the
   model as in evaluation (the original Animesion code did so from its second epoch on).
+  `logit_offsets` ([num_classes], or None for plain softmax) shift the logits in the loss only.
   """
   images = preprocess.normalize(batch["image"], normalization, model.dtype)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -137,6 +135,7 @@ def train_step(
     state.params,
     label_smoothing=label_smoothing,
     model_train_mode=model_train_mode,
+    logit_offsets=logit_offsets,
   )
   # 'mask' is 0 on the padding rows of an epoch's short last batch. Weights mask * N / real make
   # the mean of weight * loss over any equal split of the batch (the microbatches) average to

@@ -8,10 +8,12 @@ from typing import Any
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 from animesion_jax import checkpointing
 from animesion_jax import config_validation
 from animesion_jax import evaluation
+from animesion_jax import losses
 from animesion_jax import model_setup
 from animesion_jax import open_set_fit
 from animesion_jax import preemption
@@ -38,6 +40,10 @@ class Data:
   class_names: list[str]
   steps_per_epoch: int
   total_steps: int
+  # Per-class logit offsets of the config's loss (losses.py); None for plain softmax.
+  logit_offsets: np.ndarray | None = None
+  # Label of each train record, for class-balanced sampling; None otherwise.
+  train_labels: np.ndarray | None = None
 
 
 def open_data(config: ml_collections.ConfigDict) -> Data:
@@ -64,6 +70,11 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   train_source = sources[train_split]
   # The short last batch is trained on (padded and masked), as the original DataLoader did.
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
+  carve = dict(dataset=config.dataset, validation_fraction=config.validation_fraction)
+  offsets = None
+  if config.loss != "softmax":
+    offsets = losses.config_offsets(config, datasets.stored_train_counts(builder, **carve))
+    logging.info("Loss %s: logit offsets %.3f..%.3f.", config.loss, offsets.min(), offsets.max())
   return Data(
     train_source=train_source,
     eval_sources={split: sources[split] for split in eval_splits},
@@ -71,6 +82,10 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
     steps_per_epoch=steps_per_epoch,
     total_steps=(
       config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    ),
+    logit_offsets=offsets,
+    train_labels=(
+      datasets.train_labels(builder, **carve) if config.class_balanced_sampling else None
     ),
   )
 
@@ -88,7 +103,11 @@ def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) 
 
 
 def jit_train_step(
-  setup: model_setup.Setup, config: ml_collections.ConfigDict, mesh, model_train_mode: bool = True
+  setup: model_setup.Setup,
+  config: ml_collections.ConfigDict,
+  mesh,
+  model_train_mode: bool = True,
+  logit_offsets: np.ndarray | None = None,
 ):
   """The configured train step, jitted over the mesh with the state donated."""
   return jax.jit(
@@ -100,6 +119,7 @@ def jit_train_step(
       label_smoothing=config.label_smoothing,
       accumulation_steps=config.grad_accumulation_steps,
       model_train_mode=model_train_mode,
+      logit_offsets=logit_offsets,
     ),
     in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
     out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
@@ -126,7 +146,9 @@ def train_batches(
     cache = device_cache.DeviceCache(data.train_source, mesh=mesh, **augment)
     logging.info("Training split cached on the devices: %d examples.", cache.num_examples)
     return None, cache.batch  # Batches are a function of the step: nothing to checkpoint.
-  iterator = iter(pipeline.train_loader(data.train_source, **augment))
+  iterator = iter(
+    pipeline.train_loader(data.train_source, class_balanced_labels=data.train_labels, **augment)
+  )
   return iterator, lambda _: sharding.to_global_batch(next(iterator), mesh)
 
 
@@ -250,7 +272,8 @@ def train_and_evaluate(
     eval_fn=evaluation.make_eval_fn(setup.model, config.normalization),
   )
   train_fns = {
-    mode: functools.partial(jit_train_step, setup, config, mesh, mode) for mode in (True, False)
+    mode: functools.partial(jit_train_step, setup, config, mesh, mode, data.logit_offsets)
+    for mode in (True, False)
   }  # Compiled on first use.
   try:
     state, step, eval_results = run_steps(

@@ -153,3 +153,53 @@ def split_source(
   order = np.random.default_rng(_CARVE_SEED).permutation(len(source))
   count = max(1, int(round(validation_fraction * len(source))))
   return Subset(source, sorted(order[:count] if split == "validation" else order[count:]))
+
+
+class MissingClassCounts(ValueError):
+  """The dataset was built without the training images per class that a loss needs."""
+
+
+def stored_train_counts(
+  builder: tfds.core.DatasetBuilder, dataset: str, validation_fraction: float = 0.0
+) -> np.ndarray:
+  """Training images per class, as stored when the dataset was built (metadata 'class_counts').
+
+  With a validation split carved from train (config.validation_fraction), the carved records'
+  labels are read (label feature only) and taken off.
+
+  Raises:
+    MissingClassCounts: the build stored no (or inconsistent) counts; says how to rebuild.
+  """
+  from tfds_builders.common import class_counts  # pylint: disable=g-import-not-at-top
+
+  train_split = get_spec(dataset).train_split
+  num_classes = builder.info.features["label"].num_classes
+  counts = class_counts.stored_split_counts(builder, train_split, num_classes)
+  if counts is None:
+    raise MissingClassCounts(
+      f"{builder.info.full_name} in {builder.data_dir} was built without the training images "
+      f"per class (metadata 'class_counts' of split {train_split!r}), which the long-tail losses "
+      "and class-balanced sampling use. Rebuild it with this version's builder:\n  "
+      f"{get_spec(dataset).build_command} --overwrite"
+    )
+  if carves_validation(builder, validation_fraction):
+    carved = split_source(builder, "validation", dataset, validation_fraction)
+    labels = class_counts.read_labels(builder, train_split)[carved.indices]
+    counts = counts - np.bincount(labels, minlength=num_classes)
+  return counts
+
+
+def train_labels(
+  builder: tfds.core.DatasetBuilder, dataset: str, validation_fraction: float = 0.0
+) -> np.ndarray:
+  """The label of every record of the training source (`split_source`), in its order.
+
+  Only the label feature is parsed (no image is decoded).
+  """
+  from tfds_builders.common import class_counts  # pylint: disable=g-import-not-at-top
+
+  train_split = get_spec(dataset).train_split
+  labels = class_counts.read_labels(builder, train_split)
+  if carves_validation(builder, validation_fraction):
+    labels = labels[split_source(builder, train_split, dataset, validation_fraction).indices]
+  return labels

@@ -24,6 +24,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from animesion_jax.data import class_balanced
 from animesion_jax.data import color_jitter as color_jitter_lib
 from animesion_jax.data import preprocess
 
@@ -69,12 +70,16 @@ class TrainBatch(grain.MapTransform):
   # Fixed here, in the main process: grain's worker processes have no jax.distributed.
   process_index: int = 0
   process_count: int = 1
+  # Draw each row class-balanced (with replacement) instead of the epoch's permutation.
+  sampler: class_balanced.ClassBalancedSampler | None = None
 
   def map(self, step: int) -> dict[str, np.ndarray]:
     num_records, batch = len(self.source), self.global_batch_size
     epoch, position = divmod(int(step), steps_per_epoch(num_records, batch))
-    order = _epoch_order(num_records, self.seed, epoch)
-    real = order[position * batch : (position + 1) * batch]
+    if self.sampler is not None:  # Every row real: no short last batch.
+      real = self.sampler.sample(np.random.default_rng([self.seed, int(step), 0xBA1]), batch)
+    else:
+      real = _epoch_order(num_records, self.seed, epoch)[position * batch : (position + 1) * batch]
     # Global rows: real examples, then repeats of them (padding; masked out of the loss).
     rows = np.arange(batch)
     indices = real[rows % len(real)]
@@ -120,12 +125,15 @@ def train_loader(
   seed: int,
   workers: int = 0,
   color_jitter: float = 0.0,
+  class_balanced_labels: np.ndarray | None = None,
 ) -> grain.IterDataset:
   """Endless, per-epoch-shuffled, augmented uint8 batches: this process's part of each step.
 
   Batches hold 'image' (uint8), 'label' (int32) and 'mask' (float32, 0 on the padding rows of
   an epoch's last, short batch). Iterate with `iter(loader)`; the iterator's
   `get_state()`/`set_state()` checkpoint its position (grain.PyGrainCheckpointSave).
+  With `class_balanced_labels` (the label of each record of `source`), each row is drawn
+  class-balanced (class_balanced.py); an "epoch" is then just ceil(N / batch) steps.
   """
   per_process_batch_size(global_batch_size)  # Checks divisibility up front.
   color_jitter_lib.check_host_path(color_jitter)
@@ -140,6 +148,9 @@ def train_loader(
     color_jitter,
     jax.process_index(),
     jax.process_count(),
+    None
+    if class_balanced_labels is None
+    else class_balanced.ClassBalancedSampler.from_labels(class_balanced_labels),
   )
   # One background thread decodes the next batch while the caller uses this one (decoding
   # releases the GIL); more parallelism comes from worker processes.

@@ -43,8 +43,10 @@ class SplitCounter:
     info.metadata.setdefault(METADATA_KEY, {})[split] = counts
 
 
-def _stored(builder: tfds.core.DatasetBuilder, split: str, num_classes: int) -> np.ndarray | None:
-  """The stored counts of plain split `split`, if present and consistent."""
+def stored_split_counts(
+  builder: tfds.core.DatasetBuilder, split: str, num_classes: int
+) -> np.ndarray | None:
+  """The stored counts of plain split `split`, if present and consistent (None otherwise)."""
   metadata = builder.info.metadata or {}
   counts = metadata.get(METADATA_KEY, {}).get(split)
   if counts is None:
@@ -117,7 +119,7 @@ def split_class_counts(
   num_classes = dataset_classes if num_classes is None else num_classes
   parts = [part.strip() for part in split.split("+")]
   if all(part in builder.info.splits for part in parts):
-    stored = [_stored(builder, part, dataset_classes) for part in parts]
+    stored = [stored_split_counts(builder, part, dataset_classes) for part in parts]
     if all(counts is not None for counts in stored):
       total = np.sum(stored, axis=0)
       if num_classes < dataset_classes and total[num_classes:].any():

@@ -379,3 +379,33 @@ def draw_character(character: Character, rng: np.random.Generator, size: int = 6
   gain = 1.0 + rng.normal(0.0, 0.05, 3)  # Slight per-channel colour jitter.
   pixels = pixels * gain
   return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def generated_characters(count: int, seed: int) -> tuple[Character, ...]:
+  """`count` characters, any two differing in at least two attributes (the long-tail set).
+
+  Face, hair style, eye colour and accessory are free (540 combinations); the hair colour is
+  their sum modulo 7, a check digit, so two combinations that differ in one free attribute also
+  differ in hair colour. Combinations are taken round-robin over the (hair colour, hair style,
+  accessory) triples, the attributes a 32 px image shows best, so that as few classes as possible
+  share all three (252 triples: up to 252 classes share none). The choice and the order depend
+  only on `seed`. Names spell the attributes, e.g. 'pink_twintails_ribbon_blue_round'.
+  """
+  colors, faces, styles = list(HAIR_COLORS), FACE_SHAPES, HAIR_STYLES
+  eyes, accessories = list(EYE_COLORS), ACCESSORIES
+  by_triple: dict[tuple[int, int, int], list[Character]] = {}
+  for f, s, e, a in np.ndindex(len(faces), len(styles), len(eyes), len(accessories)):
+    color = colors[(f + s + e + a) % len(colors)]
+    name = f"{color}_{styles[s]}_{accessories[a]}_{eyes[e]}_{faces[f]}"
+    character = Character(name, faces[f], color, styles[s], eyes[e], accessories[a])
+    by_triple.setdefault((character.hair_color, s, a), []).append(character)
+  if not 1 <= count <= sum(len(group) for group in by_triple.values()):
+    raise ValueError(f"count={count}: choose 1 to 540 generated characters.")
+  rng = np.random.default_rng([seed, 0x10C7A11])
+  groups = [by_triple[key] for key in sorted(by_triple)]
+  groups = [[group[i] for i in rng.permutation(len(group))] for group in groups]
+  order = rng.permutation(len(groups))
+  chosen = []
+  for depth in range(max(len(group) for group in groups)):
+    chosen += [groups[i][depth] for i in order if depth < len(groups[i])]
+  return tuple(chosen[:count])
