@@ -39,6 +39,7 @@ from animesion_jax import inference
 from animesion_jax import longtail
 from animesion_jax import plots
 from animesion_jax import run_dir
+from animesion_jax import xla_flags
 from animesion_jax.data import datasets
 
 
@@ -307,6 +308,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
+  xla_flags.apply_default_flags()  # Before the backend starts.
   inference.check_model_flags(flag)
   if flag.source is not None and not flag.dataset:
     raise app.UsageError("--source needs --dataset (and --data_dir where it is built).")

@@ -13,6 +13,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from animesion_jax import config_validation
+from animesion_jax import xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
@@ -90,6 +91,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  xla_flags.apply_default_flags()  # Before the backend starts.
   import jax  # pylint: disable=g-import-not-at-top
 
   if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

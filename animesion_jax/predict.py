@@ -43,6 +43,7 @@ from animesion_jax import image_files
 from animesion_jax import inference
 from animesion_jax import run_dir
 from animesion_jax import sharding
+from animesion_jax import xla_flags
 
 
 @dataclasses.dataclass
@@ -301,6 +302,7 @@ def define_flags() -> None:
 
 def main(argv):
   flag = flags.FLAGS
+  xla_flags.apply_default_flags()  # Before the backend starts.
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError("Give image files and/or folders after the flags.")

@@ -19,6 +19,7 @@ import uvicorn
 
 from animesion_jax import faces
 from animesion_jax import inference
+from animesion_jax import xla_flags
 from animesion_jax.serve import app
 from animesion_jax.serve import model
 from animesion_jax.serve import pictures
@@ -74,6 +75,7 @@ def main(argv):
     raise absl_app.UsageError(
       f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
     )
+  xla_flags.apply_default_flags()  # Before the backend starts.
   inference.check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
