@@ -145,8 +145,11 @@ def vit_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
   config.model.head_type = "class_token"
   # Width of the tanh pre-logits layer (0 = none, the fine-tuning recipe).
   config.model.representation_size = 0
-  # tanh GELU (original JAX ViT); False = exact GELU (pytorch_pretrained_vit).
-  config.model.gelu_approximate = True
+  # False: exact GELU, as the original Animesion (pytorch_pretrained_vit), also when fine-tuning the
+  # .npz weights (trained with tanh GELU); True: tanh GELU, as google-research's JAX ViT.
+  config.model.gelu_approximate = False
+  # Patch-embedding init from scratch: 'torch_default' (the original's) or 'vit_jax'.
+  config.model.patch_embedding_init = "torch_default"
   # LayerNorm epsilon of the original ViT.
   config.model.layer_norm_epsilon = 1e-6
   # The original code normalised ViT inputs with mean 0.5 / std 0.5.

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from animesion_jax.models import batch_norm
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -54,18 +55,6 @@ def _conv(
   )
 
 
-def _norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
-  # torch's momentum 0.1 weights the new batch; Flax's momentum the old stats.
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=0.9,
-    epsilon=1e-5,
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    name=name,
-  )
-
-
 def _shortcut(
   x: jax.Array, out_channels: int, stride: int, train: bool, dtype: Dtype, init_scheme: str
 ) -> jax.Array:
@@ -73,7 +62,7 @@ def _shortcut(
   if stride == 1 and x.shape[-1] == out_channels:
     return x
   x = _conv(out_channels, 1, stride, dtype, "downsample_conv", init_scheme)(x)
-  return _norm(train, dtype, "downsample_bn")(x)
+  return batch_norm.batch_norm(train, dtype, "downsample_bn")(x)
 
 
 def _first_max(candidates: list[jax.Array]) -> jax.Array:
@@ -115,9 +104,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     y = _conv(self.planes, 3, self.stride, self.dtype, "conv1", self.init_scheme)(x)
-    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(batch_norm.batch_norm(train, self.dtype, "bn1")(y))
     y = _conv(self.planes, 3, 1, self.dtype, "conv2", self.init_scheme)(y)
-    y = _norm(train, self.dtype, "bn2")(y)
+    y = batch_norm.batch_norm(train, self.dtype, "bn2")(y)
     shortcut = _shortcut(x, self.planes, self.stride, train, self.dtype, self.init_scheme)
     return nn.relu(y + shortcut)
 
@@ -133,11 +122,11 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     y = _conv(self.planes, 1, 1, self.dtype, "conv1", self.init_scheme)(x)
-    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(batch_norm.batch_norm(train, self.dtype, "bn1")(y))
     y = _conv(self.planes, 3, self.stride, self.dtype, "conv2", self.init_scheme)(y)
-    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
+    y = nn.relu(batch_norm.batch_norm(train, self.dtype, "bn2")(y))
     y = _conv(self.planes * 4, 1, 1, self.dtype, "conv3", self.init_scheme)(y)
-    y = _norm(train, self.dtype, "bn3")(y)
+    y = batch_norm.batch_norm(train, self.dtype, "bn3")(y)
     shortcut = _shortcut(x, self.planes * 4, self.stride, train, self.dtype, self.init_scheme)
     return nn.relu(y + shortcut)
 
@@ -182,7 +171,7 @@ class ResNet(nn.Module):
 
     x = images.astype(self.dtype)
     x = _conv(self.base_width, 7, 2, self.dtype, "conv1", self.init_scheme)(x)
-    x = nn.relu(_norm(train, self.dtype, "bn1")(x))
+    x = nn.relu(batch_norm.batch_norm(train, self.dtype, "bn1")(x))
     x = max_pool_3x3_stride_2(x)
 
     for s, num_blocks in enumerate(self.stage_sizes):
