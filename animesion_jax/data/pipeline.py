@@ -69,9 +69,6 @@ class TrainBatch(grain.MapTransform):
   # Fixed here, in the main process: grain's worker processes have no jax.distributed.
   process_index: int = 0
   process_count: int = 1
-  # In grain worker processes: decode straight into shared memory, which grain then hands to the
-  # main process as is (a plain array it would first copy there).
-  shared_memory: bool = False
 
   def map(self, step: int) -> dict[str, np.ndarray]:
     num_records, batch = len(self.source), self.global_batch_size
@@ -91,10 +88,7 @@ class TrainBatch(grain.MapTransform):
     mine = slice(self.process_index * local, (self.process_index + 1) * local)
     records = _read(self.source, [int(i) for i in indices[mine]])
     size, big = self.image_size, self.image_size + self.resize_margin
-    shape = (local, size, size, 3)
-    images = (
-      grain.SharedMemoryArray(shape, np.uint8) if self.shared_memory else np.empty(shape, np.uint8)
-    )
+    images = np.empty((local, size, size, 3), np.uint8)
     for row, (record, (top, left), flip) in enumerate(zip(records, corners[mine], flips[mine])):
       preprocess.crop_into(
         preprocess.decode_resized(record["image"], big), top, left, flip, images[row]
@@ -146,7 +140,6 @@ def train_loader(
     color_jitter,
     jax.process_index(),
     jax.process_count(),
-    shared_memory=workers > 0,
   )
   # One background thread decodes the next batch while the caller uses this one (decoding
   # releases the GIL); more parallelism comes from worker processes.
