@@ -349,7 +349,7 @@ def saved_shape_mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[
 # Fields that shape the parameters or their meaning; a resumed run must keep them.
 RESUME_CRITICAL_FIELDS = ("dataset", "dataset_config", "image_size", "model")
 # Set from the init_from checkpoint at every start (see model_setup), so never a mismatch.
-_FROM_CHECKPOINT = ("model.gelu_approximate", "model.layer_norm_epsilon")
+_FROM_CHECKPOINT = ("model.layer_norm_epsilon",)
 
 
 def config_differences(

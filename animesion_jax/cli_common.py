@@ -32,6 +32,7 @@ from animesion_jax import config_validation
 from animesion_jax import convert
 from animesion_jax import open_set
 from animesion_jax import recognizer
+from animesion_jax import xla_flags
 from animesion_jax.data import datasets
 
 # Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
@@ -180,8 +181,10 @@ def start_jax(flag: Any) -> None:
   """Before any computation: the compilation cache, then (when wanted) jax.distributed.
 
   The flags are those of `define_runtime_flags`; without its distributed flags the program runs
-  on its own process's devices.
+  on its own process's devices. First of all, XLA's default flags (xla_flags: only where the
+  installed jaxlib accepts them; the user's XLA_FLAGS win), before the backend starts.
   """
+  xla_flags.apply_default_flags()
   if flag.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(flag.compilation_cache_dir))
   if "distributed" not in flag or not wants_distributed(flag.distributed, flag.coordinator_address):

@@ -74,6 +74,9 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.fsdp_size = 1
   # Split each batch into this many microbatches (same update, less memory).
   config.grad_accumulation_steps = 1
+  # Update the train state in place (donated to the step): one copy of parameters and optimizer
+  # state in memory instead of two (ViT-B/16 on CPU: peak host memory 0.85x PyTorch's, not 1.08x).
+  config.donate_state = True
   paper_epochs = 200 if dataset == "moeimouto" else 50  # Table 2 (moeImouto) / Table 1 (DAF:re).
   # Training length in epochs (ignored when num_train_steps > 0).
   config.num_epochs = paper_epochs
@@ -161,8 +164,11 @@ def vit_config(model_name: str, dataset: str) -> ml_collections.ConfigDict:
   config.model.head_type = "class_token"
   # Width of the tanh pre-logits layer (0 = none, the fine-tuning recipe).
   config.model.representation_size = 0
-  # tanh GELU (original JAX ViT); False = exact GELU (pytorch_pretrained_vit).
-  config.model.gelu_approximate = True
+  # False: exact GELU, as the original Animesion (pytorch_pretrained_vit), also when fine-tuning the
+  # .npz weights (trained with tanh GELU); True: tanh GELU, as google-research's JAX ViT.
+  config.model.gelu_approximate = False
+  # Patch-embedding init from scratch: 'torch_default' (the original's) or 'vit_jax'.
+  config.model.patch_embedding_init = "torch_default"
   # LayerNorm epsilon of the original ViT.
   config.model.layer_norm_epsilon = 1e-6
   # The original code normalised ViT inputs with mean 0.5 / std 0.5.

@@ -28,8 +28,10 @@ from animesion_jax import sharding
 from animesion_jax import steps
 from animesion_jax.data import datasets
 
-# Numeric settings a converted checkpoint dictates (they are how its weights were trained).
-_CHECKPOINT_NUMERICS = ("gelu_approximate", "layer_norm_epsilon")
+# Numeric settings a converted checkpoint dictates (they are how its weights were trained). Not
+# the GELU flavour: config.model.gelu_approximate decides it (the original Animesion fine-tuned
+# the tanh-GELU .npz weights with exact GELU).
+_CHECKPOINT_NUMERICS = ("layer_norm_epsilon",)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -196,6 +198,14 @@ def load_initial_variables(
     for name in _CHECKPOINT_NUMERICS
     if hasattr(loaded_model, name) and hasattr(model, name)
   }
+  trained_gelu = getattr(loaded_model, "gelu_approximate", None)
+  if trained_gelu is not None and trained_gelu != model.gelu_approximate:
+    logging.info(
+      "The checkpoint was trained with %s GELU; this run uses %s GELU "
+      "(config.model.gelu_approximate=%s).",
+      *("tanh" if flag else "exact" for flag in (trained_gelu, model.gelu_approximate)),
+      model.gelu_approximate,
+    )
   return _fitted(config, model, numerics, variables, abstract_variables), variables, fresh_keys
 
 

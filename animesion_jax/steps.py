@@ -13,6 +13,7 @@ from animesion_jax import losses as losses_lib
 from animesion_jax import metrics as metrics_lib
 from animesion_jax import optim
 from animesion_jax.data import preprocess
+from animesion_jax.models import batch_norm
 
 
 @flax.struct.dataclass
@@ -76,7 +77,8 @@ def _loss_and_grads(
 
   def loss_fn(params):
     variables = {"params": params}
-    # Models sow extra loss terms into 'losses' (e.g. the ViT's exclusion loss); none by default.
+    # Models sow extra per-example loss terms ([N]) into 'losses' (e.g. the ViT's exclusion loss),
+    # weighted as the main loss, so padding rows count for nothing; none by default.
     mutable = ["losses"]
     if batch_stats:
       variables["batch_stats"] = batch_stats
@@ -86,7 +88,7 @@ def _loss_and_grads(
       variables, images, train=model_train_mode, rngs={"dropout": dropout_rng}, mutable=mutable
     )
     losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing, logit_offsets)
-    extra = sum(jnp.sum(term) for term in jax.tree.leaves(updates.get("losses", {})))
+    extra = sum(jnp.mean(term * weights) for term in jax.tree.leaves(updates.get("losses", {})))
     return (
       jnp.mean(losses * weights) + extra,
       (losses, logits, updates.get("batch_stats", batch_stats)),
@@ -121,7 +123,9 @@ def train_step(
   """One optimizer step on a global batch of uint8 images.
 
   With accumulation_steps > 1 the batch is processed as that many microbatches whose gradients
-  are averaged (one large step's update, in a fraction of the activation memory). A step whose
+  are averaged (one large step's update, in a fraction of the activation memory), and BatchNorm's
+  running statistics get one update from the whole batch's statistics (each microbatch is still
+  normalised with its own, see batch_norm.merge_microbatch_updates). A step whose
   loss or gradients are not finite changes nothing but the counters, so the parameters never
   absorb NaN/Inf; the loop decides whether to stop or carry on. model_train_mode=False runs the
   model as in evaluation (the original Animesion code did so from its second epoch on).
@@ -153,21 +157,21 @@ def train_step(
     micro_weights = _split_microbatches(weights, accumulation_steps)
     mask = _split_microbatches(mask, accumulation_steps).reshape(-1)  # The losses' row order.
 
-    def accumulate(carry, inputs):
-      batch_stats, grad_sum = carry
+    def accumulate(grad_sum, inputs):
       index, micro_x, micro_y, micro_w = inputs
-      losses, hits, batch_stats, grads = compute(
-        batch_stats, micro_x, micro_y, micro_w, jax.random.fold_in(dropout_rng, index)
+      # Every microbatch updates the step's own BatchNorm statistics; merged below into one
+      # update from the whole batch's statistics (not one update per microbatch).
+      losses, hits, micro_stats, grads = compute(
+        state.batch_stats, micro_x, micro_y, micro_w, jax.random.fold_in(dropout_rng, index)
       )
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return (batch_stats, grad_sum), (losses, hits)
+      return grad_sum, (losses, hits, micro_stats)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (new_batch_stats, grad_sum), (losses, hits) = jax.lax.scan(
-      accumulate,
-      (state.batch_stats, zeros),
-      (jnp.arange(accumulation_steps), micro_images, micro_labels, micro_weights),
+    grad_sum, (losses, hits, micro_stats) = jax.lax.scan(
+      accumulate, zeros, (jnp.arange(accumulation_steps), micro_images, micro_labels, micro_weights)
     )
+    new_batch_stats = batch_norm.merge_microbatch_updates(micro_stats)
     grads = jax.tree.map(lambda g: g / accumulation_steps, grad_sum)
     losses, hits = losses.reshape(-1), hits.reshape(-1)
 

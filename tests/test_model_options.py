@@ -268,7 +268,7 @@ def test_exclusion_loss_is_added_to_the_training_loss_only_when_on():
       )
       _, tokens = inter["intermediates"]["Transformer"]["__call__"][0]
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return ce - weight * 1.5**2 * vit.exclusion_loss(tokens, 1, 1.5)
+      return ce - weight * 1.5**2 * vit.exclusion_loss(tokens, 1, 1.5).mean()
 
     return jax.grad(loss)(variables["params"])
 

@@ -60,6 +60,7 @@ import psutil
 
 from animesion_jax import image_files
 from animesion_jax import model_setup
+from animesion_jax import xla_flags
 
 RATIO_PREFIX = "ratio jax/torch: "  # The train step's speed ratio: the last line in --mode=train.
 # --mode=eval's last lines: the evaluation step's and predict's speed ratios.
@@ -479,6 +480,7 @@ def format_report(results: dict[str, Any]) -> str:
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_flags.apply_default_flags()  # Before the backend starts (the memory probes inherit it).
   config = flag_values["config"].value
   try:
     results = run_benchmark(config, flag_values)

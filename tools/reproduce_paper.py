@@ -391,6 +391,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
+  from animesion_jax import xla_flags  # pylint: disable=g-import-not-at-top
+
+  xla_flags.apply_default_flags()  # Before the backend starts.
   try:
     rows, runs_dir, data_dir, pretrained_dir = plan(flag)
   except ValueError as error:

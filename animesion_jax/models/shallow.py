@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from animesion_jax.models import embedding
+from animesion_jax.models import batch_norm
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -69,14 +69,7 @@ class ShallowNet(nn.Module):
         bias_init=initializers.torch_default_bias(fan_in),
         name=f"conv{i + 1}",
       )(x)
-      x = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        name=f"bn{i + 1}",
-      )(x)
+      x = batch_norm.batch_norm(train, self.dtype, f"bn{i + 1}")(x)
       x = nn.relu(x)
       # window_shape by keyword: jax2onnx's stand-in for nn.max_pool takes it only so.
       x = nn.max_pool(x, window_shape=(POOL, POOL), strides=(POOL, POOL))

@@ -29,6 +29,11 @@ DROPOUT_PLACEMENTS = ("vit_jax", "pytorch_pretrained_vit")
 # by a learned Dense(num_layers -> 1), then ReLU -> LayerNorm -> Dense (the original Animesion's
 # later work, `interm_features_fc`).
 HEAD_TYPES = ("class_token", "intermediate_features")
+# Initialisation of the patch-embedding convolution. 'vit_jax' (google-research): lecun-normal
+# kernel, zero bias. 'torch_default' (the original Animesion's pytorch_pretrained_vit left it at
+# torch's Conv2d default): kernel U(+-1/sqrt(fan_in)), i.e. std 1/sqrt(3 fan_in), and bias
+# U(+-1/sqrt(fan_in)), fan_in = patch * patch * 3.
+PATCH_EMBEDDING_INITS = ("vit_jax", "torch_default")
 
 # Initialisers of the original implementation, so that training from scratch
 # behaves like it.
@@ -187,17 +192,17 @@ class Encoder(nn.Module):
 
 
 def exclusion_loss(class_tokens: jax.Array, distance: int, temperature: float) -> jax.Array:
-  """Sum over layers i of KL(softmax(t[i + d] / T) || softmax(t[i] / T)), batch-averaged.
+  """Per example [N]: the sum over layers i of KL(softmax(t[i + d] / T) || softmax(t[i] / T)).
 
-  `class_tokens` is [N, num_layers, D]; the softmax runs over the D features, as the original's
-  `KLDivLoss(reduction='batchmean')(log_softmax(t_i / T), softmax(t_{i+d} / T))`.
+  `class_tokens` is [N, num_layers, D]; the softmax runs over the D features. The original's
+  `KLDivLoss(reduction='batchmean')(log_softmax(t_i / T), softmax(t_{i+d} / T))` is the mean of
+  this over its batch (the train step takes it over the real rows, as the main loss).
   """
   t = class_tokens.astype(jnp.float32) / temperature
   log_p = jax.nn.log_softmax(t, axis=-1)
   layers = t.shape[1]
   log_input, log_target = log_p[:, : layers - distance], log_p[:, distance:]
-  kl = jnp.sum(jnp.exp(log_target) * (log_target - log_input), axis=(1, 2))
-  return jnp.mean(kl)
+  return jnp.sum(jnp.exp(log_target) * (log_target - log_input), axis=(1, 2))
 
 
 class VisionTransformer(nn.Module):
@@ -216,12 +221,13 @@ class VisionTransformer(nn.Module):
     dropout_placement: One of DROPOUT_PLACEMENTS.
     head_type: One of HEAD_TYPES.
     exclusion_loss_weight: With the 'intermediate_features' head, > 0 adds
-      -weight * T^2 * `exclusion_loss` to the training loss (sown into the 'losses' collection),
-      as the original; 0 turns it off.
+      -weight * T^2 * `exclusion_loss` to the training loss (sown per example into the 'losses'
+      collection), as the original; 0 turns it off.
     exclusion_temperature: Softmax temperature T of the exclusion loss.
     exclusion_layer_distance: Layers d between the compared class tokens.
-    gelu_approximate: True for tanh GELU (original `.npz` checkpoints), False
-      for exact erf GELU (`pytorch_pretrained_vit` checkpoints).
+    gelu_approximate: True for tanh GELU (how the original `.npz` checkpoints were trained),
+      False for exact erf GELU (`pytorch_pretrained_vit`, which the original Animesion trained).
+    patch_embedding_init: One of PATCH_EMBEDDING_INITS (training from scratch).
     layer_norm_epsilon: Epsilon of every LayerNorm.
     dtype: Compute dtype; parameters stay float32 and logits are float32.
   """
@@ -241,6 +247,7 @@ class VisionTransformer(nn.Module):
   exclusion_temperature: float = 1.0
   exclusion_layer_distance: int = 2
   gelu_approximate: bool = True
+  patch_embedding_init: str = "vit_jax"
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
 
@@ -253,6 +260,11 @@ class VisionTransformer(nn.Module):
     if self.dropout_placement not in DROPOUT_PLACEMENTS:
       raise ValueError(
         f"dropout_placement={self.dropout_placement!r}: choose one of {list(DROPOUT_PLACEMENTS)}."
+      )
+    if self.patch_embedding_init not in PATCH_EMBEDDING_INITS:
+      raise ValueError(
+        f"patch_embedding_init={self.patch_embedding_init!r}: choose one of "
+        f"{list(PATCH_EMBEDDING_INITS)}."
       )
     if self.head_type not in HEAD_TYPES:
       raise ValueError(f"head_type={self.head_type!r}: choose one of {list(HEAD_TYPES)}.")
@@ -294,6 +306,12 @@ class VisionTransformer(nn.Module):
     intermediate = self.head_type == "intermediate_features"
 
     x = images.astype(self.dtype)
+    inits = {}
+    if self.patch_embedding_init == "torch_default":
+      inits = {
+        "kernel_init": initializers.TORCH_DEFAULT_KERNEL,
+        "bias_init": initializers.torch_default_bias(p * p * images.shape[-1]),
+      }
     x = nn.Conv(
       self.hidden_size,
       (p, p),
@@ -302,6 +320,7 @@ class VisionTransformer(nn.Module):
       dtype=self.dtype,
       param_dtype=jnp.float32,
       name="embedding",
+      **inits,
     )(x)
     n, gh, gw, d = x.shape
     x = x.reshape(n, gh * gw, d)
@@ -347,7 +366,8 @@ class VisionTransformer(nn.Module):
     """Dense(layers -> 1) across layers -> ReLU -> LayerNorm -> Dense; torch-default inits."""
     if self.exclusion_loss_weight > 0:
       term = exclusion_loss(class_tokens, self.exclusion_layer_distance, self.exclusion_temperature)
-      # The original subtracts it: the class tokens of distant layers are pushed apart.
+      # The original subtracts it: the class tokens of distant layers are pushed apart. Sown per
+      # example: the train step averages it over the real rows, like the main loss.
       self.sow(
         "losses", "exclusion", -self.exclusion_loss_weight * self.exclusion_temperature**2 * term
       )
