@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from animesion_jax.models import batch_norm
+from animesion_jax.models import embedding
 from animesion_jax.models import initializers
 
 Dtype = Any
