@@ -45,6 +45,8 @@ def gather(array: np.ndarray) -> np.ndarray:
   """Every process's rows, concatenated in process order (all processes pass the same shape)."""
   if jax.process_count() == 1:
     return array
+  if 0 in array.shape[1:]:  # Rows of width 0 (open_set_fit's dropped logits): nothing to send.
+    return np.zeros((array.shape[0] * jax.process_count(), *array.shape[1:]), array.dtype)
   return np.asarray(multihost_utils.process_allgather(array)).reshape(-1, *array.shape[1:])
 
 
