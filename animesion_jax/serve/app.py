@@ -105,6 +105,22 @@ async def _body(request: Request, limit: int) -> bytes:
   return b"".join(chunks)
 
 
+async def _multipart_form(request: Request, limit: int, max_files: int) -> Any:
+  """The multipart form of a body read within `limit` bytes (400 when it does not parse)."""
+  body = await _body(request, limit)
+
+  async def replay():
+    return {"type": "http.request", "body": body, "more_body": False}
+
+  try:
+    return await Request(request.scope, replay).form(max_files=max_files, max_fields=8)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    detail = getattr(error, "detail", None) or error
+    raise _Refusal(
+      400, f"The upload could not be read as multipart/form-data ({detail})."
+    ) from None
+
+
 async def _upload(request: Request, limits: pictures.Limits) -> bytes:
   """The bytes of the multipart field `image` (parsed from memory)."""
   if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -113,18 +129,7 @@ async def _upload(request: Request, limits: pictures.Limits) -> bytes:
       "Send the picture as multipart/form-data with the field 'image' "
       "(curl -F image=@picture.png URL/api/predict).",
     )
-  body = await _body(request, limits.max_upload_bytes)
-
-  async def replay():
-    return {"type": "http.request", "body": body, "more_body": False}
-
-  try:
-    form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    detail = getattr(error, "detail", None) or error
-    raise _Refusal(
-      400, f"The upload could not be read as multipart/form-data ({detail})."
-    ) from None
+  form = await _multipart_form(request, limits.max_upload_bytes, max_files=1)
   try:
     field = form.get("image")
     if not isinstance(field, UploadFile):
@@ -142,18 +147,7 @@ async def _enroll_upload(request: Request, limits: pictures.Limits) -> tuple[str
   """(name, [(file name, bytes)]) of a multipart `name` + `images` upload."""
   if not request.headers.get("content-type", "").startswith("multipart/form-data"):
     raise _Refusal(400, "Send multipart/form-data with a field 'name' and files 'images'.")
-  body = await _body(request, limits.max_upload_bytes)
-
-  async def replay():
-    return {"type": "http.request", "body": body, "more_body": False}
-
-  try:
-    form = await Request(request.scope, replay).form(max_files=limits.max_faces, max_fields=8)
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    detail = getattr(error, "detail", None) or error
-    raise _Refusal(
-      400, f"The upload could not be read as multipart/form-data ({detail})."
-    ) from None
+  form = await _multipart_form(request, limits.max_upload_bytes, max_files=limits.max_faces)
   try:
     name = form.get("name")
     if not isinstance(name, str) or not name.strip():
