@@ -2,6 +2,8 @@
 augmentation distribution, and the fast decoder's agreement with Pillow."""
 
 import io
+import os
+import time
 
 import jax
 import numpy as np
@@ -191,3 +193,33 @@ def test_worker_processes_give_the_same_batches():
   for g, w in zip(got, want):
     for key in ("image", "label", "mask"):
       np.testing.assert_array_equal(g[key], w[key])
+
+
+def _new_shared_memory(before: set[str], loader) -> set[str]:
+  """Shared-memory segments (Python names them psm_*) while `loader`'s worker fills its buffers.
+
+  (A worker's queues also leave semaphores, sem.*, in /dev/shm.)
+  """
+  batches = iter(loader)
+  next(batches)
+  time.sleep(3)  # The worker refills its buffers: 2 batches in its thread, 1 in hand, 1 sent.
+  during = {name for name in set(os.listdir("/dev/shm")) - before if name.startswith("psm_")}
+  batches.close()
+  return during
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs Linux's /dev/shm")
+def test_workers_hand_small_batches_over_by_pipe_and_large_ones_in_shared_memory():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  source = _CoordinateSource(count=200, size=20)
+  before = set(os.listdir("/dev/shm"))
+  # 16 x 16 x 16 x 3 bytes: far below MIN_SHARED_MEMORY_BYTES.
+  assert not _new_shared_memory(before, _loader(source, global_batch_size=16, workers=1))
+  # 96 x 128 x 128 x 3 bytes = 4.5 MiB: one segment per buffered batch's images.
+  big = _loader(source, global_batch_size=96, image_size=128, workers=1)
+  assert 96 * 128 * 128 * 3 > pipeline.MIN_SHARED_MEMORY_BYTES
+  assert len(_new_shared_memory(before, big)) >= 1
