@@ -53,23 +53,7 @@ def _conv(
     param_dtype=jnp.float32,
     kernel_init=_CONV_INITS[init_scheme],
     name=name,
-    conv_general_dilated=_conv_of_stored_input,
   )
-
-
-def _conv_of_stored_input(inputs: jax.Array, kernel: jax.Array, *args, **kwargs) -> jax.Array:
-  """lax.conv_general_dilated that, on CPU, reads its input as stored (an identity otherwise).
-
-  XLA's CPU backend computes a filter gradient from a transposed copy of the conv's input ([C, H,
-  W, N]). It fused the batch norm, residual add and ReLU that made that input into the transpose,
-  recomputing them in the transpose's scattered order: 17-25% of ResNet-18's CPU train step. An
-  optimization barrier keeps the stored input, so the transpose only moves it; values and
-  gradients are unchanged (tests/test_resnet_speed.py). Other backends fuse producers into their
-  convolutions (TPU) or read stored inputs anyway (cuDNN), so they get the plain convolution.
-  """
-  if jax.default_backend() == "cpu":
-    inputs = jax.lax.optimization_barrier(inputs)
-  return jax.lax.conv_general_dilated(inputs, kernel, *args, **kwargs)
 
 
 def _shortcut(
