@@ -8,7 +8,11 @@ subprocesses some tests start (their config files call `tiny_config`) use the sa
 
 import fcntl
 import functools
+import importlib.util
 import os
+import pathlib
+import sys
+from types import ModuleType
 
 import ml_collections
 import pytest
@@ -113,3 +117,15 @@ class _Hidden(importlib.machinery.PathFinder):
 sys.meta_path[:] = [_Hidden if finder is importlib.machinery.PathFinder else finder
                     for finder in sys.meta_path]
 """
+
+
+def load_tool(name: str) -> ModuleType:
+  """tools/NAME.py as a module (tools/ is not a package), its sibling modules importable as when
+  it runs as a script."""
+  tools = pathlib.Path(__file__).resolve().parents[1] / "tools"
+  if str(tools) not in sys.path:
+    sys.path.insert(0, str(tools))
+  spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,6 +1,5 @@
 """Tests for tools/benchmark.py: a tiny end-to-end run and the pieces it reports from."""
 
-import importlib.util
 import json
 import pathlib
 import re
@@ -28,16 +27,7 @@ _ONNX_PREDICT_RATIO_LINE = re.compile(r"^ratio jax/onnxruntime predict: (\d+\.\d
 _MEMORY_RATIO_LINE = re.compile(r"^ratio jax/torch peak host memory: (\d+\.\d\d)$")
 
 
-def _load_tool():
-  if str(ROOT / "tools") not in sys.path:  # Its sibling modules, as when run as a script.
-    sys.path.insert(0, str(ROOT / "tools"))
-  spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-benchmark = _load_tool()
+benchmark = helpers.load_tool("benchmark")
 
 
 def _parsed_flags(*args: str, config_file: str = "quickstart.py") -> flags.FlagValues:

@@ -5,7 +5,6 @@ has 3 classes: 144_kotegawa_yui (id 0) with 2 train + 2 test images,
 000_hatsune_miku (id 1) with 4 + 2 and 001_kinomoto_sakura (id 2) with 4 + 1.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,6 +16,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from tests import helpers
 from tfds_builders.common import class_counts
 from tfds_builders.moeimouto import moeimouto_dataset_builder as moe_builder
 
@@ -24,16 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = ROOT / "tfds_builders/moeimouto/dummy_data/animesion"
 
 
-def _load_tool():
-  spec = importlib.util.spec_from_file_location(
-    "dataset_stats", ROOT / "tools" / "dataset_stats.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-dataset_stats = _load_tool()
+dataset_stats = helpers.load_tool("dataset_stats")
 
 
 def _build(data_dir, file_format=None):

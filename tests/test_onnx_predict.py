@@ -1,7 +1,6 @@
 """tools/onnx_predict.py: predict's pictures, table and files from an ONNX export, without JAX."""
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -25,14 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "onnx_predict.py"
 
 
-def _load_tool():
-  spec = importlib.util.spec_from_file_location("onnx_predict", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-onnx_predict = _load_tool()
+onnx_predict = helpers.load_tool("onnx_predict")
 
 
 def _pictures(folder: pathlib.Path, base: Image.Image) -> None:

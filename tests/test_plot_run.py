@@ -1,6 +1,5 @@
 """tools/plot_run.py: reading metrics.jsonl (resumed runs, cut-off lines) and the PNG curves."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,17 +8,12 @@ import sys
 from PIL import Image
 import pytest
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-  spec = importlib.util.spec_from_file_location("plot_run", ROOT / "tools" / "plot_run.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-plot_run = _load_tool()
+plot_run = helpers.load_tool("plot_run")
 
 
 def _write_run(workdir: pathlib.Path) -> None:

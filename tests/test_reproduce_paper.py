@@ -1,7 +1,6 @@
 """configs/paper.py (the paper's tables as data, row configs) and tools/reproduce_paper.py."""
 
 import csv
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,20 +12,12 @@ import types
 import pytest
 
 from configs import paper
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-  spec = importlib.util.spec_from_file_location(
-    "reproduce_paper", ROOT / "tools" / "reproduce_paper.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-reproduce_paper = _load_tool()
+reproduce_paper = helpers.load_tool("reproduce_paper")
 
 
 def test_tables_hold_the_papers_numbers():

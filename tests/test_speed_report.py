@@ -1,23 +1,17 @@
 """tools/speed_report.py: every figure with its goal and verdict, ratios last."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-  spec = importlib.util.spec_from_file_location("speed_report", ROOT / "tools" / "speed_report.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-speed_report = _load_tool()
+speed_report = helpers.load_tool("speed_report")
 
 # The keys tools/benchmark.py writes (tests/test_benchmark.py checks them on real runs).
 _RESULTS = {
