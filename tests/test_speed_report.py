@@ -24,7 +24,7 @@ _RESULTS = {
       "runs": [
         {"cpu_fraction_of_transform_loop": 1.02},
         {"cpu_fraction_of_transform_loop": 0.9},
-        {"cpu_fraction_of_transform_loop": 0.7},
+        {"cpu_fraction_of_transform_loop": 0.7, "cpu_fraction_of_loops_at_once": 0.83},
       ]
     }
   },
@@ -39,7 +39,7 @@ def test_every_figure_with_its_goal_and_verdict_ratios_last():
   chosen = [run.name for run in speed_report.RUNS]
   rows = _rows(speed_report.summary(_RESULTS, chosen, "cpu"))
   table = {label: (value, goal, verdict) for label, value, goal, verdict in rows}
-  assert len(rows) == len(speed_report.FIGURES) == 10
+  assert len(rows) == len(speed_report.FIGURES) == 11
   assert table["ResNet-18 train step, jax/torch"] == ("0.93", ">= 0.90", "met")
   assert table["ResNet-18 predict on a folder, jax/torch"] == ("0.98", ">= 1.00", "missed")
   assert table["ViT-B/16 train step peak host memory, jax/torch"] == ("0.85", "<= 1.00", "met")
@@ -50,9 +50,10 @@ def test_every_figure_with_its_goal_and_verdict_ratios_last():
     "missed",
   )
   assert table["pipeline, 0 workers: per CPU-second, of the plain loop"][2] == "met"
+  assert table["pipeline, 2 workers: per CPU-second, of 2 plain loops at once"] == ("83%", "", "")
   # Fractions first, the jax/torch ratios last.
   kinds = ["ratio" if "jax/torch" in label else "fraction" for label, *_ in rows]
-  assert kinds == ["fraction"] * 3 + ["ratio"] * 7
+  assert kinds == ["fraction"] * 4 + ["ratio"] * 7
 
 
 def test_a_failed_run_reads_n_a_and_a_cpu_says_the_gpu_figures_were_not_run():
@@ -61,7 +62,7 @@ def test_a_failed_run_reads_n_a_and_a_cpu_says_the_gpu_figures_were_not_run():
   )
   table = {label: value for label, value, _, _ in _rows(text)}
   assert table["ResNet-18 eval step, jax/torch"] == "n/a"
-  assert len(table) == 5  # Three pipeline figures, two from the failed run; none of the others.
+  assert len(table) == 6  # Four pipeline figures, two from the failed run; none of the others.
   assert "GPU figures" in text.splitlines()[-1] and "not run" in text.splitlines()[-1]
   assert "GPU figures" not in speed_report.summary(_RESULTS, ["pipeline"], "gpu")
 
@@ -90,11 +91,13 @@ def test_the_pipeline_figures_from_a_real_run(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   rows = _rows(done.stdout)
+  plain = ("0 workers", "1 worker", "2 workers")
   assert [label for label, *_ in rows] == [
-    f"pipeline, {n}: per CPU-second, of the plain loop"
-    for n in ("0 workers", "1 worker", "2 workers")
+    *(f"pipeline, {n}: per CPU-second, of the plain loop" for n in plain),
+    "pipeline, 2 workers: per CPU-second, of 2 plain loops at once",
   ]
-  for _, value, goal, verdict in rows:
+  assert rows[-1][1].endswith("%") and rows[-1][2:] == ["", ""]
+  for _, value, goal, verdict in rows[:3]:
     assert value.endswith("%") and 10 <= int(value[:-1]) <= 300
     assert goal == ">= 85%" and verdict in ("met", "missed")
   assert (tmp_path / "speed.json").exists()

@@ -444,7 +444,13 @@ def format_report(results: dict[str, Any]) -> str:
         f"{run['images_per_s_per_core']:.0f} img/s per core "
         f"({100 * run['fraction_of_transform_loop']:.0f}% of the transform alone); "
         f"{_fmt(run['images_per_cpu_s'], spec='.0f')} per CPU-second "
-        f"({_fmt(run['cpu_fraction_of_transform_loop'], 0.01, '.0f', '%')})"
+        f"({_fmt(run['cpu_fraction_of_transform_loop'], 0.01, '.0f', '%')}"
+        + (
+          f"; {_fmt(run['cpu_fraction_of_loops_at_once'], 0.01, '.0f', '%')} of "
+          f"{run['cores']} plain loops at once)"
+          if run.get("cpu_fraction_of_loops_at_once")
+          else ")"
+        )
       )
   if "predict" in results:
     pr = results["predict"]

@@ -2,7 +2,9 @@
 per-image work in a plain loop, over generated JPEGs or a built TFDS dataset.
 """
 
+import concurrent.futures
 import io
+import multiprocessing
 import os
 import statistics
 import time
@@ -94,6 +96,37 @@ def _transform_loop(source: Any, config: ml_collections.ConfigDict, count: int):
   return window
 
 
+def _plain_loop_in_a_process(source: list[Any], config_values: dict[str, Any], count: int) -> float:
+  """Pictures per CPU-second of the plain transform loop, in a child process (after a warm-up)."""
+  config = ml_collections.ConfigDict(config_values)
+  window = _transform_loop(source, config, count)
+  window()
+  wall, cpu = window()
+  return count / cpu if cpu > 0 else count / wall
+
+
+def concurrent_plain_loops(
+  source: Any, config: ml_collections.ConfigDict, processes: int, count: int
+) -> float | None:
+  """Mean pictures per CPU-second of `processes` plain loops run at once, one per process.
+
+  The fair reference for that many workers: cores that work at the same time share caches and
+  memory bandwidth (two loops at once each did ~84% of one alone on this project's 2-core
+  machine). None for a TFDS source (its records are not copied into the child processes).
+  """
+  if not isinstance(source, list):
+    return None
+  fields = ("image_size", "resize_margin", "horizontal_flip", "seed")
+  values = {name: config[name] for name in fields}
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+    futures = [
+      pool.submit(_plain_loop_in_a_process, source, values, count) for _ in range(processes)
+    ]
+    rates = [future.result() for future in futures]
+  return statistics.mean(rates)
+
+
 def _wait_until_idle(limit_s: float = 10.0) -> None:
   """Waits until this process and its workers stop using CPU (the loaders' buffers are full)."""
   deadline = time.perf_counter() + limit_s
@@ -173,6 +206,10 @@ def benchmark_pipeline(
     batches.close()  # Stops the workers now rather than at interpreter exit.
   plain_per_s = images / statistics.median(wall for wall, _ in plain_measured)
   plain_per_cpu_s = _per_cpu_second(images, [cpu for _, cpu in plain_measured])
+  at_once = {
+    n: concurrent_plain_loops(source, config, n, max(images, 1000))
+    for n in sorted({min(max(workers, 1), cores()) for workers in counts} - {1})
+  }
   runs = []
   for workers in counts:
     per_s = images / statistics.median(wall for wall, _ in measured[workers])
@@ -191,6 +228,10 @@ def benchmark_pipeline(
         "cpu_fraction_of_transform_loop": (
           per_cpu_s / plain_per_cpu_s if per_cpu_s and plain_per_cpu_s else None
         ),
+        # Against as many plain loops at once as cores in use (None for one core, or TFDS data).
+        "cpu_fraction_of_loops_at_once": (
+          per_cpu_s / at_once[used] if per_cpu_s and at_once.get(used) else None
+        ),
       }
     )
   return {
@@ -200,6 +241,8 @@ def benchmark_pipeline(
     "transform_loop_images_per_s": plain_per_s,
     "transform_loop_images_per_cpu_s": plain_per_cpu_s,
     "transform_loop_windows": plain_measured,
+    # Pictures per CPU-second of each of N plain loops run at once, by N (N > 1).
+    "transform_loops_at_once_images_per_cpu_s": at_once,
     "output": f"{config.image_size}px after resize to "
     f"{config.image_size + config.resize_margin}px, crop, flip",
     **runs[0],

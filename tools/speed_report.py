@@ -69,6 +69,8 @@ FIGURES = (
          ("pipeline", "runs", 1, "cpu_fraction_of_transform_loop"), 0.85, percent=True),
   Figure("pipeline, 2 workers: per CPU-second, of the plain loop", "pipeline",
          ("pipeline", "runs", 2, "cpu_fraction_of_transform_loop"), 0.85, percent=True),
+  Figure("pipeline, 2 workers: per CPU-second, of 2 plain loops at once", "pipeline",
+         ("pipeline", "runs", 2, "cpu_fraction_of_loops_at_once"), None, percent=True),
   Figure("ResNet-18 train step, jax/torch", "resnet18_train", ("ratio_jax_over_torch",), 0.9),
   Figure("ResNet-18 eval step, jax/torch", "resnet18_eval", ("ratio_jax_over_torch",), 1.0),
   Figure("ResNet-18 predict on a folder, jax/torch", "resnet18_eval",
