@@ -198,12 +198,15 @@ def test_worker_processes_give_the_same_batches():
 def _new_shared_memory(before: set[str], loader) -> set[str]:
   """Shared-memory segments (Python names them psm_*) while `loader`'s worker fills its buffers.
 
-  (A worker's queues also leave semaphores, sem.*, in /dev/shm.)
+  Looks for 3 s (the worker refills 2 batches in its thread, 1 in hand, 1 sent), until the first
+  segment if one comes. (A worker's queues also leave semaphores, sem.*, in /dev/shm.)
   """
   batches = iter(loader)
   next(batches)
-  time.sleep(3)  # The worker refills its buffers: 2 batches in its thread, 1 in hand, 1 sent.
-  during = {name for name in set(os.listdir("/dev/shm")) - before if name.startswith("psm_")}
+  during, deadline = set(), time.monotonic() + 3
+  while not during and time.monotonic() < deadline:
+    time.sleep(0.1)
+    during = {name for name in set(os.listdir("/dev/shm")) - before if name.startswith("psm_")}
   batches.close()
   return during
 
