@@ -34,8 +34,9 @@ _MAX_STEPS = 2**40
 # pickled through the worker's pipe. A new shared-memory segment per array (create, register with
 # the resource tracker, fault its pages in twice, unlink) cost a few milliseconds each: with
 # grain's default (every array in shared memory) one worker decoded 57-73% as many pictures per
-# CPU-second as a plain loop, with 32-picture batches at 128 px (1.5 MiB). Through the pipe: 95%.
-# From about 4 MiB up, the pipe's extra copies cost more than a segment (docs/performance.md).
+# CPU-second as a plain loop, with 32-picture batches at 128 px (1.5 MiB); through the pipe 95-99%.
+# From about 4 MiB up, the pipe's extra copies cost more than a segment
+# (docs/recipe_differences.md, "Input pipeline with workers").
 MIN_SHARED_MEMORY_BYTES = 4 << 20
 
 
