@@ -96,11 +96,15 @@ def _transform_loop(source: Any, config: ml_collections.ConfigDict, count: int):
   return window
 
 
-def _plain_loop_in_a_process(source: list[Any], config_values: dict[str, Any], count: int) -> float:
-  """Pictures per CPU-second of the plain transform loop, in a child process (after a warm-up)."""
+def _plain_loop_in_a_process(
+  source: list[Any], config_values: dict[str, Any], count: int, start_together: Any
+) -> float:
+  """Pictures per CPU-second of the plain transform loop in a child process: a warm-up window,
+  then (once every sibling is warm too) the timed one."""
   config = ml_collections.ConfigDict(config_values)
   window = _transform_loop(source, config, count)
   window()
+  start_together.wait()
   wall, cpu = window()
   return count / cpu if cpu > 0 else count / wall
 
@@ -119,9 +123,16 @@ def concurrent_plain_loops(
   fields = ("image_size", "resize_margin", "horizontal_flip", "seed")
   values = {name: config[name] for name in fields}
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+  # The children start at different times (each imports this tool): a barrier lines up their
+  # timed windows, so that they really run at once.
+  with (
+    context.Manager() as manager,
+    concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool,
+  ):
+    start_together = manager.Barrier(processes)
     futures = [
-      pool.submit(_plain_loop_in_a_process, source, values, count) for _ in range(processes)
+      pool.submit(_plain_loop_in_a_process, source, values, count, start_together)
+      for _ in range(processes)
     ]
     rates = [future.result() for future in futures]
   return statistics.mean(rates)
