@@ -7,6 +7,10 @@ names on command lines) start from `get_base_config` and set their model family'
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config field has a value the run cannot use."""
+
+
 def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   """The paper's recipe for `dataset` (Tables 1 and 2): image 128, batch 64, SGD 0.001 momentum 0.9,
   learning rate x1/3 every 20 of 50 epochs on DAF:re, every 50 of 200 epochs on moeImouto."""

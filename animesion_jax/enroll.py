@@ -8,7 +8,7 @@ r"""Adds characters the model was never trained on, from a few pictures, without
       --class_names=classid_classname.csv --gallery=DIR --name=NAME PICTURES...
 
 The pictures' embeddings are averaged into a prototype stored in the run's gallery/ (or
---gallery=DIR for a checkpoint file; see animesion_jax/gallery.py); from then on predict,
+--gallery=DIR for a checkpoint file; see animesion_jax/open_set/gallery.py); from then on predict,
 evaluate, organize and the web page answer that name, with the same "unknown" rule as the
 trained characters (which needs the model's calibration: python -m animesion_jax.calibrate).
 One face per picture: with --detect_faces the largest face found, and pictures without a face are
@@ -20,19 +20,19 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from animesion_jax import cli_common
-from animesion_jax import faces
-from animesion_jax import file_embeddings
-from animesion_jax import gallery
-from animesion_jax import image_files
-from animesion_jax import open_set
 from animesion_jax import run_dir
+from animesion_jax.cli import common
+from animesion_jax.inference import faces
+from animesion_jax.inference import file_embeddings
+from animesion_jax.inference import image_files
+from animesion_jax.open_set import answering
+from animesion_jax.open_set import gallery
 
 
 def define_flags() -> None:
-  cli_common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
-  cli_common.define_runtime_flags(distributed=False)
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
+  common.define_runtime_flags(distributed=False)
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_string("name", None, "The character's name.")
   flags.DEFINE_bool("list", False, "List the enrolled characters.")
   flags.DEFINE_string("remove", None, "Remove this enrolled character.")
@@ -44,7 +44,7 @@ def define_flags() -> None:
 
 
 def _gallery_dir(run, given):
-  directory = open_set.store_dir(run, given)
+  directory = answering.store_dir(run, given)
   if directory is None:
     raise gallery.GalleryError(
       "A checkpoint file has no run directory to keep the gallery in: give --gallery=DIR."
@@ -62,19 +62,19 @@ def main(argv):
     raise app.UsageError("Give the pictures (files or folders) of the character after the flags.")
   if flag.name is None and inputs:
     raise app.UsageError(f"Unexpected arguments: {inputs}")
-  cli_common.check_model_flags(flag)
+  common.check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  cli_common.start_jax(flag)
+  common.start_jax(flag)
   try:
     detector = None
     if flag.detect_faces:
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
-    run = cli_common.load_from_flags(flag, read_open_set=False)  # Its gallery is read below.
+    run = common.load_from_flags(flag, read_open_set=False)  # Its gallery is read below.
     directory = _gallery_dir(run, flag.gallery)
-    provenance = open_set.provenance(run)
+    provenance = answering.provenance(run)
     if flag.list:
       found = gallery.load(directory, provenance)
       characters = found.characters if found else {}
@@ -103,9 +103,9 @@ def main(argv):
       run.class_names,
       refine=flag.refine,
     )
-    fitted, note = open_set.load_calibration(open_set.store_dir(run, flag.gallery), provenance)
-  except cli_common.USER_ERRORS as error:
-    cli_common.exit_with_user_error("enroll", error)
+    fitted, note = answering.load_calibration(answering.store_dir(run, flag.gallery), provenance)
+  except common.USER_ERRORS as error:
+    common.exit_with_user_error("enroll", error)
   character = updated.characters[flag.name.strip()]
   print(
     f"Enrolled {flag.name.strip()!r} from {len(crops.files)} pictures "

@@ -34,15 +34,15 @@ from etils import epath
 import jax
 import numpy as np
 
-from animesion_jax import cli_common
-from animesion_jax import evaluation
-from animesion_jax import longtail
-from animesion_jax import open_set_eval
-from animesion_jax import plots
 from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax import sharding
+from animesion_jax.cli import common
 from animesion_jax.data import datasets
+from animesion_jax.inference import longtail
+from animesion_jax.inference import plots
+from animesion_jax.open_set import split_report
+from animesion_jax.training import evaluation
 
 
 class EvaluationError(ValueError):
@@ -97,7 +97,7 @@ def evaluate_loaded(
       f"--split={split!r}: dataset {dataset!r} has splits {sorted(builder.info.splits)}."
     )
   names = list(builder.info.features["label"].names)
-  known, known_rows = open_set_eval.known_split(run, builder, split)  # Held-out classes out.
+  known, known_rows = split_report.known_split(run, builder, split)  # Held-out classes out.
   if known_rows is not None:
     names = [names[i] for i in known_rows]
   if len(names) != run.num_classes:
@@ -132,7 +132,7 @@ def evaluate_loaded(
     "tau_norm": tau_norm,
     "loss": outputs["metrics"]["loss"],
     **report,
-    "open_set": open_set_eval.report(run, builder, split, batch_size),
+    "open_set": split_report.report(run, builder, split, batch_size),
   }
   if output_dir is None:
     output_dir = (
@@ -314,7 +314,7 @@ def format_summary(report: dict[str, Any], pairs: int = 5) -> str:
       f"{_percent(row['top5']):>8}{_percent(row['mean_class_top1']):>17}"
     )
   if "open_set" in report:
-    lines += open_set_eval.format_lines(report["open_set"])
+    lines += split_report.format_lines(report["open_set"])
   if report["confused_pairs"]:
     lines.append("Most confused (count: true -> predicted):")
     for pair in report["confused_pairs"][:pairs]:
@@ -328,7 +328,7 @@ def define_flags() -> None:
   flags.DEFINE_string("dataset", None, "With --source: the dataset (moeimouto, dafre, ...).")
   flags.DEFINE_string("data_dir", "", "With --source: TFDS data directory of --dataset.")
   flags.DEFINE_string("dataset_config", "", "With --source: builder config of --dataset.")
-  cli_common.define_model_flags(
+  common.define_model_flags(
     "With --source: classid_classname.csv or a JSON list (default: the dataset's names)."
   )
   flags.DEFINE_string(
@@ -359,20 +359,20 @@ def define_flags() -> None:
     None,
     "Few-shot classes have fewer training images than this (default: the run's config, else 20).",
   )
-  cli_common.define_runtime_flags(distributed=True)
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  common.define_runtime_flags(distributed=True)
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
-  cli_common.check_model_flags(flag)
+  common.check_model_flags(flag)
   if flag.source is not None and not flag.dataset:
     raise app.UsageError("--source needs --dataset (and --data_dir where it is built).")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the summary.
-  cli_common.start_jax(flag)
+  common.start_jax(flag)
   try:
     if flag.workdir is not None:
       report = evaluate(
@@ -412,8 +412,8 @@ def main(argv):
         if flag.few_shot_below is None
         else flag.few_shot_below,
       )
-  except (*cli_common.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
-    cli_common.exit_with_user_error("evaluate", error)
+  except (*common.USER_ERRORS, EvaluationError) as error:  # Says what is wrong: no usage dump.
+    common.exit_with_user_error("evaluate", error)
   if jax.process_index() == 0:
     print(format_summary(report))
     print(f"Wrote {report['output_dir']}")

@@ -12,12 +12,12 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from animesion_jax import cli_common
+from animesion_jax.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, results.")
-cli_common.define_runtime_flags(distributed=True)
-flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+common.define_runtime_flags(distributed=True)
+flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,10 +38,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_logger().addFilter(_QuietLibraries())
-  cli_common.start_jax(flags.FLAGS)
+  common.start_jax(flags.FLAGS)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Progress and summaries come from process 0.
-  from animesion_jax import train  # pylint: disable=g-import-not-at-top
+  from animesion_jax import calibrate  # pylint: disable=g-import-not-at-top
 
   logging.info(
     "JAX process %d/%d, %d local / %d global devices (%s).",
@@ -52,9 +52,9 @@ def main(argv):
     jax.devices()[0].platform,
   )
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except cli_common.USER_ERRORS as error:  # The message says what is wrong; no traceback.
-    cli_common.exit_with_user_error("main", error)
+    calibrate.train_and_calibrate(_CONFIG.value, _WORKDIR.value)
+  except common.USER_ERRORS as error:  # The message says what is wrong; no traceback.
+    common.exit_with_user_error("main", error)
 
 
 if __name__ == "__main__":

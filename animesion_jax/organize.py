@@ -25,12 +25,12 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from animesion_jax import cli_common
-from animesion_jax import faces
-from animesion_jax import file_embeddings
-from animesion_jax import grouping
-from animesion_jax import image_files
 from animesion_jax import run_dir
+from animesion_jax.cli import common
+from animesion_jax.inference import faces
+from animesion_jax.inference import file_embeddings
+from animesion_jax.inference import image_files
+from animesion_jax.open_set import grouping
 
 THUMBNAIL = 96  # Side of the contact sheet's thumbnails, in pixels.
 
@@ -167,9 +167,9 @@ def contact_sheet(groups, note: str = "") -> str:
 
 
 def define_flags() -> None:
-  cli_common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
-  cli_common.define_runtime_flags(distributed=False)
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
+  common.define_runtime_flags(distributed=False)
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_string("output_dir", None, "Where to write the groups (required).")
   flags.DEFINE_bool("link", False, "Also make a folder per group with links to its pictures.")
   flags.DEFINE_bool("copy", False, "Also make a folder per group with copies of its pictures.")
@@ -189,10 +189,10 @@ def main(argv):
     raise app.UsageError("Give --output_dir=DIR (where the groups are written).")
   if flag.link and flag.copy:
     raise app.UsageError("Give --link or --copy, not both.")
-  cli_common.check_model_flags(flag)
+  common.check_model_flags(flag)
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  cli_common.start_jax(flag)
+  common.start_jax(flag)
   files, problems = image_files.find_images(inputs)
   problems = [{"file": given, "error": why} for given, why in problems]
   try:
@@ -201,9 +201,9 @@ def main(argv):
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
-    run = cli_common.load_from_flags(flag)  # With its calibration and gallery.
-  except cli_common.USER_ERRORS as error:
-    cli_common.exit_with_user_error("organize", error)
+    run = common.load_from_flags(flag)  # With its calibration and gallery.
+  except common.USER_ERRORS as error:
+    common.exit_with_user_error("organize", error)
   groups, crops = organize(run, files, detector, flag.batch_size)
   problems += crops.problems
   output_dir = run_dir.resolve(flag.output_dir)

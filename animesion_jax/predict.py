@@ -36,16 +36,16 @@ from etils import epath
 import numpy as np
 import tqdm
 
-from animesion_jax import annotate
-from animesion_jax import cli_common
-from animesion_jax import evaluation
-from animesion_jax import faces
-from animesion_jax import image_files
-from animesion_jax import longtail
-from animesion_jax import open_set
 from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax import sharding
+from animesion_jax.cli import common
+from animesion_jax.inference import annotate
+from animesion_jax.inference import faces
+from animesion_jax.inference import image_files
+from animesion_jax.inference import longtail
+from animesion_jax.open_set import answering
+from animesion_jax.training import evaluation
 
 
 @dataclasses.dataclass
@@ -182,7 +182,7 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
-    answer = open_set.describe(result) if "unknown" in result else ""
+    answer = answering.describe(result) if "unknown" in result else ""
     for p in result["predictions"]:
       first = p["rank"] == 1
       lines.append(
@@ -262,11 +262,11 @@ def write_outputs(
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  cli_common.define_model_flags(
+  common.define_model_flags(
     "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
-  cli_common.define_runtime_flags(distributed=False)
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  common.define_runtime_flags(distributed=False)
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_integer("top_k", 5, "Characters listed per image or face.")
   flags.DEFINE_string(
     "output_dir",
@@ -315,7 +315,7 @@ def main(argv):
     raise app.UsageError(f"--top_k={flag.top_k} must be at least 1.")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the table.
-  cli_common.start_jax(flag)
+  common.start_jax(flag)
   files, problems = image_files.find_images(inputs)
   for given, problem in problems:
     print(f"Skipping {given}: {problem}")
@@ -325,7 +325,7 @@ def main(argv):
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )
-    run = cli_common.load_from_flags(flag)
+    run = common.load_from_flags(flag)
     tau_norm = run.config.get("tau_norm", 0.0) if flag.tau_norm is None else flag.tau_norm
     if tau_norm:
       run = longtail.tau_normalized_run(run, tau_norm)
@@ -336,8 +336,8 @@ def main(argv):
     else:
       output_dir = run_dir.resolve("predictions")
     writer = annotate.AttentionWriter(run, output_dir) if flag.attention_maps else None
-  except cli_common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
-    cli_common.exit_with_user_error("predict", error)
+  except common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
+    common.exit_with_user_error("predict", error)
   results, errors = predict_files(
     run, files, top_k=flag.top_k, batch_size=flag.batch_size, detector=detector, each_batch=writer
   )

@@ -9,7 +9,7 @@
 
 A `Recognizer` holds the model, its variables (placed on a mesh of the devices), the class names,
 its open-set answerer (calibration and gallery: answers that may say "unknown" or name enrolled
-characters, see open_set.py) and one jitted forward (logits and embedding) built when it is
+characters, see answering.py) and one jitted forward (logits and embedding) built when it is
 loaded: `predict`, the `predict`, `calibrate`, `enroll` and `organize` commands, evaluate's
 open-set section and the web page all call that one function. No command-line flags here.
 """
@@ -29,35 +29,26 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from animesion_jax import attention
 from animesion_jax import convert
-from animesion_jax import evaluation
-from animesion_jax import image_files
-from animesion_jax import model_setup
 from animesion_jax import models
-from animesion_jax import open_set
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.data import preprocess
+from animesion_jax.errors import CheckpointMismatch
+from animesion_jax.errors import ClassNamesError
+from animesion_jax.errors import LoadError
+from animesion_jax.inference import attention
+from animesion_jax.inference import image_files
 from animesion_jax.models import vit
+from animesion_jax.open_set import answering
+from animesion_jax.training import evaluation
+from animesion_jax.training import model_setup
 
 RUN_SOURCE = "run"  # load_checkpoint's source for a training run (directory or step directory).
 SOURCES = tuple(sorted([*convert.SOURCES, RUN_SOURCE]))  # Every source load_checkpoint takes.
 
 # One image: a file path, a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
-
-
-class LoadError(ValueError):
-  """What was given to load a model does not work (the message says why and what to do)."""
-
-
-class CheckpointMismatch(LoadError):
-  """The class names (or settings) given do not fit the checkpoint's model."""
-
-
-class ClassNamesError(LoadError):
-  """A class-names file that cannot be read as class names."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +85,7 @@ class Recognizer:
   step: int | None = None  # Training step of a run's checkpoint; None for converted ones.
   workdir: run_dir.RunDir | None = None  # The training run; None for a checkpoint file.
   # Calibration and gallery (see `with_open_set`); default: uncalibrated, no gallery.
-  answerer: open_set.Answerer | None = dataclasses.field(default=None, repr=False, compare=False)
+  answerer: answering.Answerer | None = dataclasses.field(default=None, repr=False, compare=False)
   _forward: Callable[..., tuple[jax.Array, jax.Array]] = dataclasses.field(
     init=False, repr=False, compare=False
   )
@@ -110,7 +101,7 @@ class Recognizer:
     jitted = jax.jit(forward, out_shardings=sharding.batch_sharding(self.mesh))
     object.__setattr__(self, "_forward", jitted)
     if self.answerer is None:
-      uncalibrated = open_set.Answerer(list(self.class_names), note=open_set.UNCALIBRATED_NOTE)
+      uncalibrated = answering.Answerer(list(self.class_names), note=answering.UNCALIBRATED_NOTE)
       object.__setattr__(self, "answerer", uncalibrated)
 
   def with_open_set(
@@ -119,10 +110,10 @@ class Recognizer:
     """This model with its calibration and gallery, read from `store` (default: the run).
 
     Raises:
-      open_set.OpenSetError: `accept` outside (0, 1].
+      answering.OpenSetError: `accept` outside (0, 1].
       gallery.GalleryMismatch: the gallery was made with another model or checkpoint.
     """
-    return dataclasses.replace(self, answerer=open_set.for_run(self, accept, store))
+    return dataclasses.replace(self, answerer=answering.for_run(self, accept, store))
 
   @property
   def num_classes(self) -> int:
@@ -174,7 +165,7 @@ class Recognizer:
 
   def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
     """Open-set answers (a known name, an enrolled name or unknown) of `embed`'s rows, by the
-    calibration and gallery: see open_set.Answerer.answer."""
+    calibration and gallery: see answering.Answerer.answer."""
     return self.answerer.answer(logits, embeddings, top_k)
 
   def pixels(self, image: ImageLike) -> np.ndarray:
@@ -293,7 +284,7 @@ def load_run(
     checkpoint: 'best' (the best validation top-1, else the latest), 'latest', a step number or
       the path of a checkpoint step directory.
     devices: devices to place the variables on, replicated (default: all).
-    accept: share of known pictures to name (default: the calibration's); see open_set.for_run.
+    accept: share of known pictures to name (default: the calibration's); see answering.for_run.
     gallery: directory of the calibration and gallery (default: the run directory).
     read_open_set: False reads no calibration or gallery (answers are uncalibrated), e.g. to
       fit a calibration or to enrol.

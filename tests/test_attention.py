@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from animesion_jax import attention
 from animesion_jax import models
+from animesion_jax.inference import attention
 
 
 def _tiny_vit(**overrides):

@@ -267,7 +267,7 @@ def test_peak_flops_by_device_kind():
 
 
 def _flax_params(config):
-  from animesion_jax import model_setup  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import model_setup  # pylint: disable=g-import-not-at-top
 
   model = model_setup.build_model(config, num_classes=173)
   shapes = jax.eval_shape(

@@ -1,11 +1,11 @@
-"""animesion_jax.calibration: every number against a direct computation."""
+"""animesion_jax.open_set.calibration: every number against a direct computation."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from animesion_jax import calibration
+from animesion_jax.open_set import calibration
 
 
 def _rng(seed=0):

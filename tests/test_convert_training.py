@@ -1,8 +1,8 @@
 """Training-dynamics parity: converted weights train like the PyTorch originals.
 
 From the same weights and on the same batches, 10 SGD+momentum steps in this
-project (the optimizer of `animesion_jax.optim.create_optimizer` and the train
-step of `animesion_jax.steps`, the ones the training loop uses) and in PyTorch
+project (the optimizer of `animesion_jax.training.optim.create_optimizer` and the train
+step of `animesion_jax.training.steps`, the ones the training loop uses) and in PyTorch
 (torch.optim.SGD, same learning rate and momentum) give the same loss at every
 step, for a small ViT and a small ResNet with BatchNorm in train mode.
 optax's momentum trace and torch's SGD momentum are the same recursion
@@ -23,9 +23,9 @@ from torchvision.models import resnet as tv_resnet
 
 from animesion_jax import config_schema as base
 from animesion_jax import convert
-from animesion_jax import optim
-from animesion_jax import steps
 from animesion_jax.data import preprocess
+from animesion_jax.training import optim
+from animesion_jax.training import steps
 from tests.test_convert_torch import NarrowResNet
 
 _STEPS, _BATCH, _CLASSES = 10, 8, 5

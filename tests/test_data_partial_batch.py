@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from animesion_jax import sharding
-from animesion_jax import steps
 from animesion_jax.data import device_cache
+from animesion_jax.training import steps
 from tests import test_data_pipeline
 
 _IndexSource = test_data_pipeline._CoordinateSource  # pylint: disable=protected-access

@@ -12,12 +12,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from animesion_jax import checkpointing
 from animesion_jax import evaluate
-from animesion_jax import longtail
-from animesion_jax import plots
 from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax.inference import longtail
+from animesion_jax.inference import plots
+from animesion_jax.training import checkpointing
 from tests import trained_run
 
 # Six eval examples over four classes; class 3 has none. Columns: label, top-3 predictions.

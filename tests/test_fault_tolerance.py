@@ -14,13 +14,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from animesion_jax import checkpointing
-from animesion_jax import config_validation
-from animesion_jax import model_setup
-from animesion_jax import preemption
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax import train
+from animesion_jax.training import checkpointing
+from animesion_jax.training import config_validation
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
+from animesion_jax.training import preemption
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def straight_run(tmp_path_factory):
   """An uninterrupted 8-step run to compare the interrupted ones with."""
   workdir = tmp_path_factory.mktemp("straight")
   config = helpers.tiny_config(num_train_steps=8, checkpoint_every_steps=100)
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return workdir, config
 
 
@@ -74,7 +74,7 @@ def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, s
   stop_at = int(np.random.default_rng(int(signum)).integers(2, 7))  # A random step in 2..6.
   _signal_before_batch(monkeypatch, signum, stop_at)
   with pytest.raises(preemption.Preempted) as stopped:
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert stopped.value.code == preemption.PREEMPTED_EXIT_CODE
   # The signal arrives while the batch of step `stop_at` is fetched: that step runs, then it saves.
   assert stopped.value.step == stop_at
@@ -82,7 +82,7 @@ def test_signal_saves_then_resume_matches(tmp_path, monkeypatch, straight_run, s
   assert not (tmp_path / "results.json").exists()
   monkeypatch.undo()
 
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 8
   _, resumed = _latest_params(tmp_path, config)
   _, straight = _latest_params(straight_dir, config)
@@ -130,7 +130,7 @@ def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path, st
   checkpoints = checkpointing.Checkpoints(run_dir.RunDir(workdir))
   assert checkpoints.incomplete and checkpoints.latest_step() == last_complete
   checkpoints.close()
-  results = train.train_and_evaluate(config, str(workdir))
+  results = loop.train_and_evaluate(config, str(workdir))
   assert results["steps"] == 8
   assert not _partial_writes(latest)
   _, resumed = _latest_params(workdir, config)
@@ -157,8 +157,8 @@ def _nan_in_batch(monkeypatch, at_call):
 def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = helpers.tiny_config(num_train_steps=8, checkpoint_every_steps=2, log_every_steps=2)
   _nan_in_batch(monkeypatch, at_call=4)  # The batch of step 3 (0-based).
-  with pytest.raises(train.NonFiniteLoss, match=r"at step 3\b") as error:
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.NonFiniteLoss, match=r"at step 3\b") as error:
+    loop.train_and_evaluate(config, str(tmp_path))
   assert str(tmp_path / "checkpoints" / "2") in str(error.value)
   step, state = _latest_params(tmp_path, config)
   assert step == 2
@@ -169,7 +169,7 @@ def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
 def test_nan_batch_skipped_when_configured(tmp_path, monkeypatch):
   config = helpers.tiny_config(num_train_steps=6, skip_nonfinite_steps=True)
   _nan_in_batch(monkeypatch, at_call=2)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 6 and np.isfinite(results["test"]["loss"])
   _, state = _latest_params(tmp_path, config)
   assert int(state.nonfinite_steps) == 1 and int(state.first_nonfinite_step) == 1
@@ -208,25 +208,25 @@ def test_bad_config_message(tmp_path, dotted, value, message):
     config.init_from.path = "/nonexistent.npz"
   _set(config, dotted, value)
   with pytest.raises(config_validation.ConfigError, match=message):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
 
 def test_dataset_not_built_names_the_build_command(tmp_path):
   config = helpers.tiny_config(data_dir=str(tmp_path / "empty"), build_dataset_if_missing=False)
   with pytest.raises(FileNotFoundError, match="tfds build tfds_builders/synthetic_characters"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 @pytest.mark.slow
 def test_resume_with_incompatible_config_names_the_difference(tmp_path):
-  train.train_and_evaluate(helpers.tiny_config(num_train_steps=2), str(tmp_path))
+  loop.train_and_evaluate(helpers.tiny_config(num_train_steps=2), str(tmp_path))
   changed = helpers.tiny_config(num_train_steps=4)
   changed.model.hidden_size = 48
   with pytest.raises(
     config_validation.ConfigError, match=r"config.model.hidden_size: 32 in the run, now 48"
   ):
-    train.train_and_evaluate(changed, str(tmp_path))
+    loop.train_and_evaluate(changed, str(tmp_path))
 
 
 def test_only_late_reads_of_a_failed_restore_are_silenced(monkeypatch):

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from animesion_jax import gallery
-from animesion_jax import grouping
+from animesion_jax.open_set import gallery
+from animesion_jax.open_set import grouping
 
 _PROVENANCE = {"model": "vit_tiny", "step": 4, "checkpoint": None, "num_classes": 3}
 

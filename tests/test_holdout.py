@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from animesion_jax import config_validation
-from animesion_jax import train
 from animesion_jax.data import holdout
+from animesion_jax.training import config_validation
+from animesion_jax.training import loop
 from tests import helpers
 
 _NAMES = [f"c{i}" for i in range(10)]
@@ -67,8 +67,8 @@ def test_known_and_unknown_sources_split_records_and_relabel():
 def test_training_data_leaves_out_the_held_out_classes():
   config = helpers.tiny_config()
   config.open_set.holdout_count = 2
-  data = train.open_data(config)
-  full = train.open_data(helpers.tiny_config())
+  data = loop.open_data(config)
+  full = loop.open_data(helpers.tiny_config())
   assert len(data.class_names) == len(full.class_names) - 2
   assert set(data.class_names) < set(full.class_names)
   for source in [data.train_source, *data.eval_sources.values()]:
@@ -89,15 +89,16 @@ def test_training_data_leaves_out_the_held_out_classes():
 @pytest.mark.timeout(900)
 def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
   """Train with 2 held-out classes -> calibration.json -> evaluate -> the benchmark command."""
+  from animesion_jax import calibrate  # pylint: disable=g-import-not-at-top
   from animesion_jax import evaluate  # pylint: disable=g-import-not-at-top
 
   config = helpers.tiny_config()
   config.open_set.holdout_count = 2
   config.model.num_layers = 1
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
+  calibrate.train_and_calibrate(config, workdir)
   names = json.loads((workdir / "class_names.json").read_text())
-  assert len(names) == len(train.open_data(helpers.tiny_config()).class_names) - 2
+  assert len(names) == len(loop.open_data(helpers.tiny_config()).class_names) - 2
   record = json.loads((workdir / "calibration.json").read_text())
   assert record["provenance"]["num_classes"] == len(names)
 

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from animesion_jax import checkpointing
-from animesion_jax import config_validation
 from animesion_jax import convert
-from animesion_jax import model_setup
 from animesion_jax import models
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax import train
+from animesion_jax.training import checkpointing
+from animesion_jax.training import config_validation
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
 from tests import helpers
 
 
@@ -41,7 +41,7 @@ def test_pretrained_resnet_trains_only_the_classifier(tmp_path):
   config.model = {"name": "resnet18", "base_width": 8}
   config.init_from.source = "animesion"
   config.init_from.path = str(tmp_path / "pretrained")
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
   params, batch_stats = _trained_state(tmp_path / "run", config)
   flat_start = flax.traverse_util.flatten_dict(start["params"], sep="/")
   flat_end = flax.traverse_util.flatten_dict(params, sep="/")
@@ -58,7 +58,7 @@ def test_vit_fine_tunes_every_layer_from_checkpoint(tmp_path):
   start = _export(tmp_path / "pretrained", model, 16)
   config.init_from.source = "animesion"
   config.init_from.path = str(tmp_path / "pretrained")
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
   params, _ = _trained_state(tmp_path / "run", config)
   flat_start = flax.traverse_util.flatten_dict(start["params"], sep="/")
   flat_end = flax.traverse_util.flatten_dict(params, sep="/")
@@ -79,7 +79,7 @@ def test_checkpoint_that_does_not_fit_the_config_names_shapes(tmp_path):
   config.init_from.source = "animesion"
   config.init_from.path = str(tmp_path / "pretrained")
   with pytest.raises(ValueError, match=r"cls: model \(1, 1, 32\), checkpoint \(1, 1, 48\)"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_missing_init_from_file_fails_before_compiling(tmp_path):
@@ -87,7 +87,7 @@ def test_missing_init_from_file_fails_before_compiling(tmp_path):
   config.init_from.source = "pytorch_vit"
   config.init_from.path = str(tmp_path / "nope.pth")
   with pytest.raises(config_validation.ConfigError, match="does not exist"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("num_classes", [28, 10])

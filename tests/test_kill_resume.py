@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from animesion_jax import checkpointing
-from animesion_jax import model_setup
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax import train
+from animesion_jax.training import checkpointing
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
 from tests import helpers
 
 # Trains in subprocesses or starts a server: not in the fast tier.
@@ -41,7 +41,7 @@ def _params(workdir, which="latest"):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
-  train.train_and_evaluate(_config(), str(workdir))
+  loop.train_and_evaluate(_config(), str(workdir))
   return workdir
 
 
@@ -129,13 +129,13 @@ def _truncate_an_array_file(step_dir) -> str:
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, straight_run, caplog):
   config = _config()
   config.halt_after_steps = 10
-  train.train_and_evaluate(config, str(tmp_path))  # Halts after step 10 (saved).
+  loop.train_and_evaluate(config, str(tmp_path))  # Halts after step 10 (saved).
   assert checkpointing.step_dirs(run_dir.RunDir(tmp_path))[-1] == 10
   _truncate_an_array_file(tmp_path / "checkpoints" / "10")
 
   config.halt_after_steps = -1
   with caplog.at_level("WARNING"):
-    results = train.train_and_evaluate(config, str(tmp_path))
+    results = loop.train_and_evaluate(config, str(tmp_path))
   warned = [r.getMessage() for r in caplog.records if " is damaged " in r.getMessage()]
   assert warned and str(tmp_path / "checkpoints" / "10") in warned[0], warned
   assert (tmp_path / checkpointing.DAMAGED_DIR).is_dir()

@@ -7,10 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from animesion_jax import longtail
-from animesion_jax import losses
 from animesion_jax.data import class_balanced
 from animesion_jax.data import pipeline
+from animesion_jax.inference import longtail
+from animesion_jax.training import losses
 
 _COUNTS = np.array([200, 60, 12, 4, 4])
 
@@ -171,7 +171,7 @@ def test_shot_group_thresholds_are_configurable():
 
 
 def test_paper_configs_keep_softmax_and_the_longtail_config_validates():
-  from animesion_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import config_validation  # pylint: disable=g-import-not-at-top
   from configs import longtail as longtail_config  # pylint: disable=g-import-not-at-top
   from configs import paper  # pylint: disable=g-import-not-at-top
   from configs import vit_b16  # pylint: disable=g-import-not-at-top

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from animesion_jax import checkpointing
 from animesion_jax import evaluate
-from animesion_jax import model_setup
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax import train
+from animesion_jax.training import checkpointing
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
 from tests import helpers
 from tools import compare_runs
 
@@ -47,7 +47,7 @@ def test_two_stage_long_tail_training(tmp_path):
   data_dir = tmp_path / "tfds"
   first = str(tmp_path / "balanced")
   config = _config(data_dir, loss="balanced_softmax")
-  results = train.train_and_evaluate(config, first)
+  results = loop.train_and_evaluate(config, first)
   assert results["completed"] and np.isfinite(results["test"]["loss"])
 
   second = str(tmp_path / "crt")
@@ -55,7 +55,7 @@ def test_two_stage_long_tail_training(tmp_path):
   crt.init_from.source = "run"
   crt.init_from.path = first
   crt.init_from.reset_classifier = True
-  train.train_and_evaluate(crt, second)
+  loop.train_and_evaluate(crt, second)
   before, after = _params(first, config), _params(second, crt)
   for key, value in after.items():
     if key.startswith("head/"):

@@ -11,14 +11,14 @@ import numpy as np
 import optax
 import pytest
 
-from animesion_jax import config_validation
 from animesion_jax import convert
-from animesion_jax import model_setup
 from animesion_jax import models
-from animesion_jax import optim
 from animesion_jax import sharding
-from animesion_jax import steps
 from animesion_jax.models import vit
+from animesion_jax.training import config_validation
+from animesion_jax.training import model_setup
+from animesion_jax.training import optim
+from animesion_jax.training import steps
 from configs import resnet18
 from configs import shallow as shallow_config
 from configs import vit_b16

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from animesion_jax import preemption
-from animesion_jax import train
+from animesion_jax.training import loop
+from animesion_jax.training import preemption
 from tests import helpers
 
 # Several JAX processes: not in the fast tier.
@@ -76,7 +76,7 @@ def test_two_processes_match_one_process(tmp_path):
   )
 
   # One process with the same 8 devices in total.
-  results = train.train_and_evaluate(helpers.tiny_config(**overrides), str(tmp_path / "one"))
+  results = loop.train_and_evaluate(helpers.tiny_config(**overrides), str(tmp_path / "one"))
   two = _train_losses(workdir)
   one = _train_losses(tmp_path / "one")
   assert [s for s, _ in two] == [s for s, _ in one] == [1, 2, 3, 4]

@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from animesion_jax import image_files
 from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax.data import datasets
 from animesion_jax.export import formats
+from animesion_jax.inference import image_files
 from tests import helpers
 from tests import trained_run
 

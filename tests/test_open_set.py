@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from animesion_jax import calibration
-from animesion_jax import open_set
-from animesion_jax import open_set_fit
+from animesion_jax.open_set import answering
+from animesion_jax.open_set import calibration
+from animesion_jax.open_set import fitting
 from tests import trained_run
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def _answerer(threshold_score="max_softmax"):
     provenance={},
     prototypes=protos,
   )
-  return open_set.Answerer(["a", "b", "c"], fitted)
+  return answering.Answerer(["a", "b", "c"], fitted)
 
 
 def test_answers_say_unknown_below_the_threshold_with_the_closest_name():
@@ -46,7 +46,7 @@ def test_answers_say_unknown_below_the_threshold_with_the_closest_name():
   assert first["confidence"] == pytest.approx(p[0].max())
   assert second["unknown"] and second["character"] is None and second["closest"] == "b"
   assert [q["name"] for q in second["predictions"]] == ["b", "a"]
-  assert open_set.describe(second) == f"unknown (closest: b {100 * p[1].max():.0f}%)"
+  assert answering.describe(second) == f"unknown (closest: b {100 * p[1].max():.0f}%)"
   # --accept overrides the share of known pictures named: 0.5 -> threshold 0.6 (the median known
   # score), still unknown; 1.0 -> 0.3 (the lowest known score), named.
   answerer.accept = 0.5
@@ -57,7 +57,7 @@ def test_answers_say_unknown_below_the_threshold_with_the_closest_name():
 
 
 def test_uncalibrated_answers_name_everything_and_say_so():
-  answerer = open_set.Answerer(["a", "b"], note=open_set.UNCALIBRATED_NOTE)
+  answerer = answering.Answerer(["a", "b"], note=answering.UNCALIBRATED_NOTE)
   (answer,) = answerer.answer(np.array([[0.1, 0.0]]), np.ones((1, 3)) / np.sqrt(3))
   assert answer["character"] == "a" and not answer["unknown"] and not answer["calibrated"]
 
@@ -72,7 +72,7 @@ def test_training_stores_a_calibration_that_names_most_known_validation_pictures
   arrays = np.load(os.path.join(workdir, "calibration.npz"))
   assert arrays["prototypes"].shape[0] == record["provenance"]["num_classes"]
   assert arrays["no_character"].shape == (
-    open_set_fit.NO_CHARACTER_PICTURES,
+    fitting.NO_CHARACTER_PICTURES,
     arrays["prototypes"].shape[1],
   )
   rule = record["metrics"]["no_character_rule"]

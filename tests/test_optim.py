@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from animesion_jax import config_schema as base
-from animesion_jax import optim
+from animesion_jax.training import optim
 
 
 def _config(dataset: str = "dafre", **overrides) -> ml_collections.ConfigDict:

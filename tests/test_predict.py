@@ -16,17 +16,17 @@ import pytest
 import torch  # Before anything imports TensorFlow (torchvision after it segfaults).
 from torchvision.models import resnet as tv_resnet
 
-from animesion_jax import annotate
-from animesion_jax import attention
-from animesion_jax import cli_common
 from animesion_jax import evaluate
-from animesion_jax import faces
-from animesion_jax import image_files
-from animesion_jax import open_set
 from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax.cli import common
 from animesion_jax.data import datasets
+from animesion_jax.inference import annotate
+from animesion_jax.inference import attention
+from animesion_jax.inference import faces
+from animesion_jax.inference import image_files
+from animesion_jax.open_set import answering
 from tests import test_convert_torch
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
@@ -184,7 +184,7 @@ def test_outputs_table_and_annotations(user_files, run, tmp_path):
   assert len(table) == 1 + 2 * 5 + 1 and table[-1].startswith(f"... and {len(results) - 2} more")
   top = results[0]["predictions"][0]
   assert table[1].split()[1:4] == ["1", top["name"], f"{100 * top['probability']:.1f}%"]
-  assert table[1].endswith(open_set.describe(results[0]))
+  assert table[1].endswith(answering.describe(results[0]))
   assert table[2].split()[0] == "2"  # Only the first rank carries the answer.
   copies = annotate.annotate_all(results[:2], str(tmp_path))
   assert sorted(os.path.relpath(p, tmp_path) for p in copies.values()) == [
@@ -569,8 +569,8 @@ def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
   ],
 )
 def test_model_flags_name_exactly_one_model(given, message):
-  """The model flags shared by predict, evaluate and serve (cli_common.define_model_flags);
+  """The model flags shared by predict, evaluate and serve (common.define_model_flags);
   serve's command line test sees the same message from a real process."""
   flag = types.SimpleNamespace(**{"workdir": None, "source": None, "checkpoint": None, **given})
   with pytest.raises(app.UsageError, match=re.escape(message)):
-    cli_common.check_model_flags(flag)
+    common.check_model_flags(flag)

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from animesion_jax import image_files
 from animesion_jax import predict
 from animesion_jax import recognizer
+from animesion_jax.inference import image_files
 from tests import trained_run
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "python_api.md"

@@ -10,11 +10,11 @@ import optax
 import pytest
 
 from animesion_jax import config_schema
-from animesion_jax import model_setup
 from animesion_jax import models
 from animesion_jax import sharding
-from animesion_jax import steps
 from animesion_jax.models import batch_norm
+from animesion_jax.training import model_setup
+from animesion_jax.training import steps
 from configs import paper
 
 _KEY = jax.random.key(0)

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from animesion_jax import model_setup
 from animesion_jax import sharding
-from animesion_jax import steps
-from animesion_jax import train
 from animesion_jax.data import device_cache
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
+from animesion_jax.training import steps
 from tests import helpers
 
 
@@ -158,7 +158,7 @@ def test_device_cache_augmentation_matches_host_pipeline_distribution():
 
 def test_training_with_device_resident_data(tmp_path):
   config = helpers.tiny_config(num_train_steps=6, data_on_device=True)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 6 and results["test"]["num_examples"] == 224
   assert np.isfinite(results["test"]["loss"])
 
@@ -173,7 +173,7 @@ def test_step_loop_has_no_hidden_host_device_transfers(tmp_path, data_on_device)
     transfer_guard="disallow",
     data_on_device=data_on_device,
   )
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 6
 
 

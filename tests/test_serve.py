@@ -23,10 +23,10 @@ from PIL import Image
 import pytest
 import requests
 
-from animesion_jax import faces
-from animesion_jax import image_files
 from animesion_jax import predict
 from animesion_jax import recognizer
+from animesion_jax.inference import faces
+from animesion_jax.inference import image_files
 from animesion_jax.serve import pictures
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing

@@ -12,7 +12,7 @@ import pytest
 import requests
 import uvicorn
 
-from animesion_jax import open_set
+from animesion_jax.open_set import answering
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import model
@@ -179,7 +179,7 @@ def test_full_queue_answers_503_with_retry_after():
     image_size=4,
     detector=None,
     face_note="Face detection is off.",
-    answerer=open_set.Answerer(_NAMES, note=open_set.UNCALIBRATED_NOTE),
+    answerer=answering.Answerer(_NAMES, note=answering.UNCALIBRATED_NOTE),
   )
   with _serving(service) as url, concurrent.futures.ThreadPoolExecutor(8) as pool:
     post = lambda value: requests.post(

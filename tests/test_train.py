@@ -8,15 +8,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from animesion_jax import checkpointing
-from animesion_jax import config_validation
-from animesion_jax import model_setup
 from animesion_jax import run_dir
 from animesion_jax import sharding
-from animesion_jax import steps
-from animesion_jax import train
 from animesion_jax.data import datasets
 from animesion_jax.data import pipeline
+from animesion_jax.training import checkpointing
+from animesion_jax.training import config_validation
+from animesion_jax.training import loop
+from animesion_jax.training import model_setup
+from animesion_jax.training import steps
 from tests import helpers
 
 
@@ -31,7 +31,7 @@ def _final_params(workdir, config):
 
 def test_one_step_end_to_end(tmp_path):
   config = helpers.tiny_config(num_train_steps=1)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     written = json.load(f)
   assert written["steps"] == 1
@@ -54,7 +54,7 @@ def test_short_run_learns(tmp_path):
     schedule="warmup_cosine",
     warmup_epochs=1.0,
   )
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     train_losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
   chance = 1 / 28
@@ -97,12 +97,12 @@ def test_one_device_and_eight_devices_agree():
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path):
   config = helpers.tiny_config(num_train_steps=6, checkpoint_every_steps=100)
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
   halted = helpers.tiny_config(num_train_steps=6, checkpoint_every_steps=100, halt_after_steps=3)
-  first = train.train_and_evaluate(halted, str(tmp_path / "resumed"))
+  first = loop.train_and_evaluate(halted, str(tmp_path / "resumed"))
   assert first["steps"] == 3 and not first["completed"]
   assert not (tmp_path / "resumed" / "results.json").exists()
-  second = train.train_and_evaluate(halted, str(tmp_path / "resumed"))
+  second = loop.train_and_evaluate(halted, str(tmp_path / "resumed"))
   assert second["steps"] == 6
   step_a, params_a = _final_params(str(tmp_path / "straight"), config)
   step_b, params_b = _final_params(str(tmp_path / "resumed"), config)
@@ -131,7 +131,7 @@ def test_bad_config_fails_before_compiling(tmp_path, overrides, field):
     else:
       config[key] = value
   with pytest.raises(config_validation.ConfigError, match=field.replace(".", r"\.")):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -154,7 +154,7 @@ def test_original_eval_mode_after_first_epoch_freezes_batchnorm(tmp_path, origin
     keep_checkpoints=5,
     original_eval_mode_after_first_epoch=original,
   )
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   setup = model_setup.create(config, 28, sharding.create_mesh(), 18, 3)
   states = {
     step: checkpointing.restore(

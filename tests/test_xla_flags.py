@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from animesion_jax import xla_flags
+from animesion_jax.cli import xla_flags
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 

@@ -58,9 +58,9 @@ import ml_collections
 from ml_collections import config_flags
 import psutil
 
-from animesion_jax import image_files
-from animesion_jax import model_setup
-from animesion_jax import xla_flags
+from animesion_jax.cli import xla_flags
+from animesion_jax.inference import image_files
+from animesion_jax.training import model_setup
 
 RATIO_PREFIX = "ratio jax/torch: "  # The train step's speed ratio: the last line in --mode=train.
 # --mode=eval's last lines: the evaluation step's and predict's speed ratios.

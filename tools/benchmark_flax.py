@@ -12,12 +12,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from animesion_jax import config_validation
-from animesion_jax import evaluation
-from animesion_jax import model_setup
 from animesion_jax import models
 from animesion_jax import recognizer
 from animesion_jax import sharding
+from animesion_jax.training import config_validation
+from animesion_jax.training import evaluation
+from animesion_jax.training import model_setup
 
 # Peak dense matmul FLOP/s per device by device_kind substring: (bfloat16, float32). float32 uses
 # the TF32 tensor-core rate on NVIDIA (XLA's default for f32 dots there) and the bf16 rate on TPU
@@ -119,14 +119,14 @@ def benchmark_jax(
 ) -> tuple[dict[str, Any], Callable]:
   """Builds, compiles and warms up the train step; returns its facts and a window timer."""
   # Not at the top: train imports tensorflow (through clu), and torch must be imported first.
-  from animesion_jax import train  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import loop  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000, total_steps=10**6)
   batch = _global_batch(images, labels, mesh)
   batch.pop("mask")
-  train_fn = train.jit_train_step(setup, config, mesh)
+  train_fn = loop.jit_train_step(setup, config, mesh)
   start = time.perf_counter()
   compiled = train_fn.lower(setup.state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -19,8 +19,8 @@ from absl import app
 from absl import flags
 from etils import epath
 
-from animesion_jax import plots
 from animesion_jax import run_dir
+from animesion_jax.inference import plots
 
 COLUMNS = ("overall", "balanced", "many", "medium", "few", "top-5")
 

@@ -26,10 +26,10 @@ from absl import flags
 from absl import logging
 import jax
 
-from animesion_jax import cli_common
 from animesion_jax import convert
 from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax.cli import common
 from animesion_jax.convert import conversion as conversion_lib
 
 RUN = recognizer.RUN_SOURCE  # --source of a training run.
@@ -136,8 +136,8 @@ def main(argv: Sequence[str]) -> None:
         run_dir.resolve(_INPUT.value),
         convert.Target(_NUM_CLASSES.value, _IMAGE_SIZE.value, _NUM_HEADS.value),
       )
-  except cli_common.USER_ERRORS as error:
-    cli_common.exit_with_user_error("convert_checkpoint", error)
+  except common.USER_ERRORS as error:
+    common.exit_with_user_error("convert_checkpoint", error)
   output = run_dir.resolve(_OUTPUT.value)
   convert.save(output, conversion.model, conversion.variables, conversion.summary)
   if names:

@@ -18,7 +18,7 @@ Parts (full scale; `--scale=tiny` shrinks every size so that a CPU gets through)
                  22.8 GB of random pixels): fill time and GB/s, then batches/s of the on-device
                  sampler (shuffle, crop, flip) at batch 1024
   eval           evaluation throughput of ViT-B/16 at 128 px bf16 (the jitted eval step of
-                 animesion_jax.evaluation, batch 1024), and `animesion_jax.evaluate` on the
+                 animesion_jax.training.evaluation, batch 1024), and `animesion_jax.evaluate` on the
                  quick-start run (wall time)
 """
 
@@ -159,7 +159,7 @@ EVAL_SCRIPT = r"""
 import json, sys, time
 import jax, numpy as np
 import importlib
-from animesion_jax import evaluation, model_setup, sharding
+from animesion_jax.training import evaluation, model_setup, sharding
 image, batch = (int(v) for v in sys.argv[2:4])
 config = importlib.import_module(f"configs.{sys.argv[1]}").get_config()
 config.image_size, config.dtype = image, "bfloat16"

@@ -70,7 +70,7 @@ else
 fi
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PYTHON" -c "import animesion_jax.train, animesion_jax.evaluate, animesion_jax.predict" ; then
+if ! "$PYTHON" -c "import animesion_jax.training.loop, animesion_jax.evaluate, animesion_jax.predict" ; then
   echo "[device_check] the run path does not import (above: the missing module). Fetch its wheel" \
        "with tools/device_check.sh --download (EXTRA_PACKAGES=... for more) and rerun." >&2
   exit 2

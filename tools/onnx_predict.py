@@ -9,7 +9,7 @@ would for the same pictures (default --output_dir: predictions/ in the current d
 the same picture handling: files and folders (searched recursively, sorted), any format and mode
 Pillow reads (EXIF orientation, first frame, transparency on white), stretched to the model's
 size with Pillow's bilinear filter. This file needs no JAX and nothing of this package: copy it
-next to an export. Its image reading mirrors animesion_jax/image_files.py and predict.py (kept
+next to an export. Its image reading mirrors animesion_jax/inference/image_files.py and predict.py (kept
 equal by tests/test_onnx_predict.py).
 """
 

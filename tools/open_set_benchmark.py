@@ -23,15 +23,15 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from animesion_jax import calibration
-from animesion_jax import cli_common
-from animesion_jax import gallery
-from animesion_jax import grouping
-from animesion_jax import open_set
-from animesion_jax import open_set_fit
 from animesion_jax import recognizer
+from animesion_jax.cli import common
 from animesion_jax.data import datasets
 from animesion_jax.data import holdout
+from animesion_jax.open_set import answering
+from animesion_jax.open_set import calibration
+from animesion_jax.open_set import fitting
+from animesion_jax.open_set import gallery
+from animesion_jax.open_set import grouping
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained with config.open_set held out.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a step directory.")
@@ -73,8 +73,8 @@ def measure(
   test_labels, train_labels = labels_of("test"), labels_of("train")
   known = holdout.known_source(test, test_labels, held)
   unknown = holdout.unknown_source(test, test_labels, held)
-  k_logits, k_emb, k_labels = open_set_fit.embed_source(run, known, batch_size, "known test")
-  u_logits, u_emb, u_labels = open_set_fit.embed_source(run, unknown, batch_size, "held-out test")
+  k_logits, k_emb, k_labels = fitting.embed_source(run, known, batch_size, "known test")
+  u_logits, u_emb, u_labels = fitting.embed_source(run, unknown, batch_size, "held-out test")
   empty = calibration.no_character_pictures(no_character, config.image_size, seed)
   e_logits, e_emb = run.embed(empty, batch_size)
 
@@ -111,7 +111,7 @@ def measure(
   rng = np.random.default_rng(seed)
   train_unknown = holdout.unknown_source(train, train_labels, held)
   pool = {c: np.flatnonzero(np.asarray(train_unknown.labels) == c) for c in held.held_out_ids}
-  provenance = open_set.provenance(run)
+  provenance = answering.provenance(run)
   for k in shots:
     held_right, known_right = [], []
     for _ in range(draws):  # Which k pictures matters: the mean over several draws.
@@ -122,12 +122,12 @@ def measure(
         np.asarray(train_unknown.indices)[indices],
         np.asarray(train_unknown.labels)[indices],
       )
-      _, s_emb, s_labels = open_set_fit.embed_source(run, subset, batch_size, f"{k}-shot")
+      _, s_emb, s_labels = fitting.embed_source(run, subset, batch_size, f"{k}-shot")
       enrolled = gallery.Gallery(provenance)
       for c in pool:
         emb = s_emb[s_labels == c].astype(np.float64)
         enrolled.characters[dataset_names[c]] = gallery.Character(len(emb), emb.sum(0), [])
-      with_gallery = open_set.Answerer(names, fitted, enrolled)
+      with_gallery = answering.Answerer(names, fitted, enrolled)
       held_answers = with_gallery.answer(u_logits, u_emb)
       held_right.append(float(np.mean(_correct(held_answers, dataset_names, u_labels))))
       after = with_gallery.answer(k_logits, k_emb)
@@ -199,8 +199,8 @@ def main(argv):
     result = measure(
       run, builder, shots, _SEED.value, _NO_CHARACTER.value, _BATCH.value, _DRAWS.value
     )
-  except (*cli_common.USER_ERRORS, ValueError) as error:
-    cli_common.exit_with_user_error("open_set_benchmark", error)
+  except (*common.USER_ERRORS, ValueError) as error:
+    common.exit_with_user_error("open_set_benchmark", error)
   print(format_table(result))
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:

@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from etils import epath
 
-from animesion_jax import plots
 from animesion_jax import run_dir
+from animesion_jax.inference import plots
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, list[float]]]:

@@ -64,9 +64,9 @@ def check_full_size(row: paper.Row, num_devices: int) -> None:
   # pylint: disable=g-import-not-at-top
   import jax
 
-  from animesion_jax import config_validation
-  from animesion_jax import model_setup
   from animesion_jax import sharding
+  from animesion_jax.training import config_validation
+  from animesion_jax.training import model_setup
 
   # pylint: enable=g-import-not-at-top
   config = paper.row_config(row)
@@ -179,7 +179,7 @@ def run_rows(
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  from animesion_jax import train  # pylint: disable=g-import-not-at-top  # After torch, see main.
+  from animesion_jax.training import loop  # pylint: disable=g-import-not-at-top  # After torch.
 
   records, runs_by_config, checked = [], {}, set()
   for row in rows:
@@ -218,7 +218,7 @@ def run_rows(
         record["status"] = "same run as " + os.path.relpath(workdir, runs_dir)
       else:
         runs_by_config[key] = workdir
-        record["status"] = _run_once(train, config, workdir, records + [record], runs_dir, smoke)
+        record["status"] = _run_once(loop, config, workdir, records + [record], runs_dir, smoke)
     except (SystemExit, KeyboardInterrupt):  # Preempted: the run resumes on the next call.
       raise
     except Exception as error:  # pylint: disable=broad-exception-caught
@@ -391,7 +391,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flag = flags.FLAGS
-  from animesion_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  from animesion_jax.cli import xla_flags  # pylint: disable=g-import-not-at-top
 
   xla_flags.apply_default_flags()  # Before the backend starts.
   try:

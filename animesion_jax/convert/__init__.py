@@ -1,4 +1,4 @@
-"""Checkpoint conversion: original ViT, Animesion, torchvision weights -> Flax.
+"""Public (convert.load, convert.SOURCES, ConversionError): checkpoint conversion: original ViT, Animesion, torchvision weights -> Flax.
 
     from animesion_jax import convert
     model, variables = convert.load('vit_npz', 'ViT-B_16.npz', num_classes=173,

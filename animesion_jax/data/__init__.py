@@ -1,1 +1,1 @@
-"""Input pipeline: TFDS records -> grain -> uint8 batches; normalisation on the device."""
+"""Internal: the input pipeline: TFDS records -> grain -> uint8 batches; normalisation on the device."""

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from animesion_jax import config_validation
+from animesion_jax import config_schema
 from animesion_jax.data import datasets
 
 
@@ -53,7 +53,7 @@ def from_config(config: ml_collections.ConfigDict, dataset_names: list[str]) -> 
   """The classes config.open_set holds out of `dataset_names` (none for older configs).
 
   Raises:
-    config_validation.ConfigError: a name the dataset lacks (with the closest names), or fewer
+    config_schema.ConfigError: a name the dataset lacks (with the closest names), or fewer
       than two known classes left.
   """
   open_set = config.get("open_set") or ml_collections.ConfigDict()
@@ -63,15 +63,15 @@ def from_config(config: ml_collections.ConfigDict, dataset_names: list[str]) -> 
   missing = [name for name in given if name not in dataset_names]
   if missing:
     close = difflib.get_close_matches(missing[0], dataset_names, n=3)
-    raise config_validation.ConfigError(
+    raise config_schema.ConfigError(
       f"config.open_set.holdout_classes: {missing} not among the dataset's "
       f"{len(dataset_names)} classes" + (f" (closest: {close})" if close else "") + "."
     )
   if count < 0:
-    raise config_validation.ConfigError(f"config.open_set.holdout_count={count} must be >= 0.")
+    raise config_schema.ConfigError(f"config.open_set.holdout_count={count} must be >= 0.")
   rest = [i for i, name in enumerate(dataset_names) if name not in set(given)]
   if len(rest) - count < 2:
-    raise config_validation.ConfigError(
+    raise config_schema.ConfigError(
       f"config.open_set holds out {len(given) + count} of {len(dataset_names)} classes; "
       "at least 2 must stay known."
     )

@@ -1,4 +1,4 @@
-"""Exports of a trained model for runtimes without this package (`python -m animesion_jax.export`).
+"""Public command, internal modules: exports of a trained model for runtimes without this package (`python -m animesion_jax.export`).
 
 An export is a folder: the model (ONNX `model.onnx`, or serialized StableHLO `model.stablehlo`
 with `variables.msgpack`) and `model.json`, the contract a consumer follows: the input's size,

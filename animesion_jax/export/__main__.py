@@ -19,9 +19,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from animesion_jax import cli_common
 from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax.cli import common
 from animesion_jax.export import formats
 
 _CHECK_IMAGES = 2
@@ -29,10 +29,10 @@ _CHECK_IMAGES = 2
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  cli_common.define_model_flags(
+  common.define_model_flags(
     "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_enum("format", "onnx", sorted(formats.WRITERS), "What to write.")
   flags.DEFINE_string("output_dir", None, "Folder to write into (created if missing).")
   flags.DEFINE_bool(
@@ -66,12 +66,12 @@ def main(argv):
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    run = cli_common.load_from_flags(flag)
+    run = common.load_from_flags(flag)
     output_dir = run_dir.resolve(flag.output_dir)
     start = time.perf_counter()
     contents = formats.export(run, flag.format, output_dir)
-  except (*cli_common.USER_ERRORS, formats.MissingExporter) as error:
-    cli_common.exit_with_user_error("export", error)
+  except (*common.USER_ERRORS, formats.MissingExporter) as error:
+    common.exit_with_user_error("export", error)
   seconds = time.perf_counter() - start
   files = ", ".join(
     str(output_dir / name)

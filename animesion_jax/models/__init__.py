@@ -1,4 +1,4 @@
-"""Model table: every architecture by name and every per-model fact, in one place.
+"""Internal: the model table: every architecture by name and every per-model fact, in one place.
 
 Each model is a Flax Linen module called as `model(images, train=...)` on NHWC
 float images and returning float32 logits [N, num_classes]. Dropout draws from

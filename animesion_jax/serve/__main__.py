@@ -17,8 +17,8 @@ from absl import flags
 from absl import logging
 import uvicorn
 
-from animesion_jax import cli_common
-from animesion_jax import faces
+from animesion_jax.cli import common
+from animesion_jax.inference import faces
 from animesion_jax.serve import app
 from animesion_jax.serve import model
 from animesion_jax.serve import pictures
@@ -26,9 +26,9 @@ from animesion_jax.serve import pictures
 
 def define_flags() -> None:
   """The command line flags (defined only when run as a program)."""
-  cli_common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
-  cli_common.define_runtime_flags(distributed=False)
-  flags.adopt_module_key_flags(cli_common)  # --help lists them with this program's own.
+  common.define_model_flags("With --source: classid_classname.csv or a JSON list of names.")
+  common.define_runtime_flags(distributed=False)
+  flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
   flags.DEFINE_string(
@@ -81,7 +81,7 @@ def main(argv):
     raise absl_app.UsageError(
       f"--max_batch={flag.max_batch} must be at least --max_faces={flag.max_faces}."
     )
-  cli_common.check_model_flags(flag)
+  common.check_model_flags(flag)
   if flag.allow_enroll and flag.source is not None and not flag.gallery:
     raise absl_app.UsageError(
       "--allow_enroll with --source needs --gallery=DIR (where added characters are kept)."
@@ -89,13 +89,13 @@ def main(argv):
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
-  cli_common.start_jax(flag)
+  common.start_jax(flag)
   try:
     detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
-    run = cli_common.load_from_flags(flag)  # With its calibration and gallery.
-  except cli_common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
+    run = common.load_from_flags(flag)  # With its calibration and gallery.
+  except common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
     sock.close()
-    cli_common.exit_with_user_error("serve", error)
+    common.exit_with_user_error("serve", error)
   limits = pictures.Limits(
     max_upload_bytes=int(flag.max_upload_mb * 2**20),
     max_pixels=int(flag.max_megapixels * 1e6),

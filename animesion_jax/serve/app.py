@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
 
-from animesion_jax import faces
-from animesion_jax import gallery
+from animesion_jax.inference import faces
+from animesion_jax.open_set import gallery
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
 
@@ -185,7 +185,7 @@ def create_app(service: Service) -> Starlette:
   attention_lock = threading.Lock()  # One attention computation at a time.
 
   def attention_overlays(picture: pictures.Picture) -> list[str]:
-    from animesion_jax import attention  # pylint: disable=g-import-not-at-top
+    from animesion_jax.inference import attention  # pylint: disable=g-import-not-at-top
 
     with attention_lock:
       heatmaps = service.attention(picture.crops)

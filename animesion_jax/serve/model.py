@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 
-from animesion_jax import faces
-from animesion_jax import gallery
-from animesion_jax import open_set
 from animesion_jax import recognizer
 from animesion_jax import run_dir
+from animesion_jax.inference import faces
+from animesion_jax.open_set import answering
+from animesion_jax.open_set import gallery
 from animesion_jax.serve import app
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
@@ -115,7 +115,7 @@ def _enroller(run: recognizer.Recognizer):
     raise gallery.GalleryError(
       "--allow_enroll with a checkpoint file needs --gallery=DIR (where added characters go)."
     )
-  provenance = open_set.provenance(run)
+  provenance = answering.provenance(run)
 
   def enroll(name: str, embeddings: np.ndarray, names: list[str]) -> gallery.Gallery:
     updated = gallery.enroll(

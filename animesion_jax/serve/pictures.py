@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
-from animesion_jax import faces
-from animesion_jax import image_files
+from animesion_jax.inference import faces
+from animesion_jax.inference import image_files
 from tfds_builders.synthetic_characters import drawing
 from tfds_builders.synthetic_characters import synthetic_characters_dataset_builder as synthetic
 

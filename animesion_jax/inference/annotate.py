@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from animesion_jax import attention
-from animesion_jax import image_files
-from animesion_jax import plots
-from animesion_jax import recognizer
+from animesion_jax import errors
+from animesion_jax.inference import attention
+from animesion_jax.inference import image_files
+from animesion_jax.inference import plots
 
 ANNOTATE_MIN_SIDE = 384  # Annotated copies of small images are enlarged to this, for legible text.
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
@@ -92,9 +92,9 @@ class AttentionWriter:
   and rollout.png, each the model's input (enlarged to ANNOTATE_MIN_SIDE) scaled by the map.
   """
 
-  def __init__(self, run: recognizer.Recognizer, output_dir: epath.Path):
+  def __init__(self, run: Any, output_dir: epath.Path):
     if not run.has_attention:
-      raise recognizer.LoadError(
+      raise errors.LoadError(
         f"--attention_maps needs a ViT; {run.description} is a "
         f"{type(run.model).__name__}, which has no attention."
       )

@@ -1,41 +1,36 @@
 """Fitting a model's open-set calibration (#18): embeddings of its splits -> calibration.json.
 
-  fitted = open_set_fit.fit_for_run(model, train_source, validation_source)
-  open_set.save_calibration(fitted, directory)
+  fitted = fitting.fit_for_run(model, train_source, validation_source)
+  answering.save_calibration(fitted, directory)
 
 The training split's embeddings give the class prototypes, the validation split the
 temperature, the score and its threshold, and generated no-character pictures the no-character
-rule (the numbers are animesion_jax/calibration.py's). Training calls `calibrate_trained_run`
-when it finishes with a validation split; `python -m animesion_jax.calibrate` does it later.
+rule (the numbers are animesion_jax/open_set/calibration.py's). `model` is a loaded
+`animesion_jax.Recognizer` (anything with its `device_embed`, `embed`, `mesh`, `config`). The train
+command calibrates a finished run (`calibrate.calibrate_trained_run`); `python -m
+animesion_jax.calibrate` does it later.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
 from absl import logging
-import jax
 import numpy as np
 
-from animesion_jax import calibration as calibration_lib
-from animesion_jax import evaluation
-from animesion_jax import grouping
-from animesion_jax import open_set
-from animesion_jax import recognizer
-from animesion_jax import run_dir
 from animesion_jax.data import datasets
 from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
+from animesion_jax.open_set import answering
+from animesion_jax.open_set import calibration as calibration_lib
+from animesion_jax.open_set import grouping
+from animesion_jax.training import evaluation
 
 NO_CHARACTER_PICTURES = 300  # No-character pictures the calibration is fitted with.
 _NO_CHARACTER_SEED = 1234  # Benchmarks draw theirs with other seeds.
 
 
 def embed_source(
-  run: recognizer.Recognizer,
-  source: Sequence[Any],
-  batch_size: int = 256,
-  desc: str = "",
-  keep_logits: bool = True,
+  run: Any, source: Sequence[Any], batch_size: int = 256, desc: str = "", keep_logits: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(logits, embeddings, labels) of every record of `source`, in record order, all processes.
 
@@ -65,7 +60,7 @@ def embed_source(
 
 
 def fit_for_run(
-  run: recognizer.Recognizer,
+  run: Any,
   train_source: Sequence[Any],
   validation_source: Sequence[Any],
   *,
@@ -88,7 +83,7 @@ def fit_for_run(
     prototypes,
     run.embed(empty, batch_size),
     accept=accept,
-    provenance=open_set.provenance(run),
+    provenance=answering.provenance(run),
   )
   fitted.cluster_distance = grouping.fit_cluster_distance(embeddings, labels)
   fitted.enrolled_quantiles = calibration_lib.enrolment_quantiles(
@@ -107,26 +102,3 @@ def calibration_sources(config: Any, builder: Any) -> tuple[Any, Any | None]:
   sources = {s: datasets.split_source(builder, s, config.dataset, fraction) for s in splits}
   sources, _ = holdout.known_sources(builder, config, sources)
   return sources[train_split], sources.get("validation")
-
-
-def calibrate_trained_run(
-  workdir: run_dir.RunDir,
-  train_source: Any,
-  validation_source: Any,
-  devices: Sequence[jax.Device] | None = None,
-) -> calibration_lib.Calibration:
-  """Fits and stores the calibration of a finished run's best checkpoint (end of training)."""
-  run = recognizer.load_run(workdir, "best", devices=devices, read_open_set=False)
-  batch_size = int(run.config.get("eval_batch_size", 256))
-  fitted = fit_for_run(run, train_source, validation_source, batch_size=batch_size)
-  open_set.save_calibration(fitted, workdir.path)
-  logging.info(
-    "Calibrated step %s: temperature %.3f, score %s, threshold %.4f (accepts %.0f%% of known "
-    "validation pictures).",
-    run.step,
-    fitted.temperature,
-    fitted.score,
-    fitted.threshold,
-    100 * fitted.accept,
-  )
-  return fitted

@@ -17,9 +17,9 @@ import numpy as np
 import tqdm
 
 from animesion_jax import sharding
-from animesion_jax import steps
 from animesion_jax.data import datasets
 from animesion_jax.data import pipeline
+from animesion_jax.training import steps
 
 # (state or variables, global batch) -> (EvalMetrics, top-5 class ids); see steps.eval_step.
 EvalFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, jax.Array]]

@@ -18,7 +18,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from animesion_jax import longtail
+from animesion_jax.inference import longtail
 
 SPLIT_STYLE = {
   "train": ("tab:blue", None),

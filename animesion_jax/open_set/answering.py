@@ -10,7 +10,7 @@ Every answer holds "character" (the accepted name, or None), "unknown", the cali
 "calibrated" and the classifier's top-k "predictions". Without a calibration (a run trained
 before calibration existed) every picture gets its top-1 name, uncalibrated, and `note` says how
 to calibrate. Fitting is in open_set_fit.py (embeddings of the training split give the class
-prototypes, the validation split the rest; the numbers are animesion_jax/calibration.py's).
+prototypes, the validation split the rest; the numbers are animesion_jax/open_set/calibration.py's).
 """
 
 import dataclasses
@@ -23,9 +23,9 @@ from etils import epath
 import jax
 import numpy as np
 
-from animesion_jax import calibration as calibration_lib
-from animesion_jax import gallery as gallery_lib
 from animesion_jax import run_dir
+from animesion_jax.open_set import calibration as calibration_lib
+from animesion_jax.open_set import gallery as gallery_lib
 
 UNCALIBRATED_NOTE = (
   "uncalibrated: no picture is answered 'unknown' (run python -m animesion_jax.calibrate "

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from animesion_jax import losses as losses_lib
-from animesion_jax import metrics as metrics_lib
-from animesion_jax import optim
 from animesion_jax.data import preprocess
 from animesion_jax.models import batch_norm
+from animesion_jax.training import losses as losses_lib
+from animesion_jax.training import metrics as metrics_lib
+from animesion_jax.training import optim
 
 
 @flax.struct.dataclass

@@ -4,12 +4,12 @@ import jax
 import ml_collections
 
 from animesion_jax import config_schema as base_config
-from animesion_jax import losses
 from animesion_jax import models
 from animesion_jax import run_dir
 from animesion_jax.data import color_jitter
 from animesion_jax.data import datasets
 from animesion_jax.data import preprocess
+from animesion_jax.training import losses
 
 # 'run': another training run's checkpoint (a run directory or one of its step directories).
 _SOURCES = ("", "run") + models.checkpoint_sources()
@@ -24,8 +24,8 @@ _CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-  """A config field has a value the run cannot use."""
+# Defined with the schema, so that data/ (held-out classes) raises it without importing training.
+ConfigError = base_config.ConfigError
 
 
 def _same_type(default, value) -> bool:

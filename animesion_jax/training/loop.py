@@ -10,21 +10,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from animesion_jax import checkpointing
-from animesion_jax import config_validation
-from animesion_jax import evaluation
-from animesion_jax import losses
-from animesion_jax import model_setup
-from animesion_jax import open_set_fit
-from animesion_jax import preemption
 from animesion_jax import run_dir as run_dir_lib
 from animesion_jax import sharding
-from animesion_jax import steps
-from animesion_jax import summaries as summaries_lib
 from animesion_jax.data import datasets
 from animesion_jax.data import device_cache
 from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
+from animesion_jax.training import checkpointing
+from animesion_jax.training import config_validation
+from animesion_jax.training import evaluation
+from animesion_jax.training import losses
+from animesion_jax.training import model_setup
+from animesion_jax.training import preemption
+from animesion_jax.training import steps
+from animesion_jax.training import summaries as summaries_lib
 
 
 class NonFiniteLoss(RuntimeError):
@@ -293,10 +292,6 @@ def train_and_evaluate(
   }
   if step >= data.total_steps:
     run.save_results(results)
-    if "validation" in data.eval_sources:  # Confidence and the "unknown" threshold (#18).
-      open_set_fit.calibrate_trained_run(
-        run, data.train_source, data.eval_sources["validation"], devices
-      )
   return results
 
 

@@ -3,7 +3,7 @@
 Pure numpy. What is fitted (`fit`), from a model's logits and L2-normalised embeddings:
   - a temperature T for the softmax, minimising the validation negative log-likelihood;
   - a scale s for softmax(s * cosine to the class prototypes) the same way (the confidence of an
-    enrolled character, animesion_jax/gallery.py);
+    enrolled character, animesion_jax/open_set/gallery.py);
   - for each open-set score (higher = more like a known character):
       max_softmax  max_k softmax(logits / T)
       max_logit    max_k logits

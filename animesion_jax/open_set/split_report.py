@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from animesion_jax import calibration
-from animesion_jax import open_set_fit
-from animesion_jax import recognizer
 from animesion_jax.data import datasets
 from animesion_jax.data import holdout
+from animesion_jax.open_set import calibration
+from animesion_jax.open_set import fitting
 
 
 def held_out(run: Any, builder: Any) -> holdout.Holdout:
@@ -36,7 +35,7 @@ def known_split(run: Any, builder: Any, split: str) -> tuple[Any, np.ndarray | N
   return source, np.flatnonzero(held.new_ids >= 0)
 
 
-def report(run: recognizer.Recognizer, builder: Any, split: str, batch_size: int) -> dict[str, Any]:
+def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any]:
   """The open-set section of an evaluation report, by the model's calibration (`run.answerer`)."""
   fitted = run.answerer.calibration
   if fitted is None:
@@ -49,7 +48,7 @@ def report(run: recognizer.Recognizer, builder: Any, split: str, batch_size: int
     holdout.split_labels(builder, split, run.config.dataset) if held.held_out else np.asarray([0])
   )
   known = holdout.known_source(source, labels, held) if held.held_out else source
-  logits, embeddings, y = open_set_fit.embed_source(run, known, batch_size, f"{split} (open set)")
+  logits, embeddings, y = fitting.embed_source(run, known, batch_size, f"{split} (open set)")
   answers = answerer.answer(logits, embeddings)
   result: dict[str, Any] = {
     "calibrated": True,
@@ -68,7 +67,7 @@ def report(run: recognizer.Recognizer, builder: Any, split: str, batch_size: int
     result[f"nll_{when}"] = calibration.nll(logits, y, t)
   if held.held_out:
     unknown = holdout.unknown_source(source, labels, held)
-    u_logits, u_embeddings, _ = open_set_fit.embed_source(run, unknown, batch_size, "held out")
+    u_logits, u_embeddings, _ = fitting.embed_source(run, unknown, batch_size, "held out")
     result["held_out_classes"] = list(held.held_out)
     result["held_out_pictures"] = len(unknown)
     result["held_out_answered_unknown"] = float(

@@ -19,14 +19,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from animesion_jax import checkpointing
 from animesion_jax import config_schema
 from animesion_jax import models
-from animesion_jax import optim
 from animesion_jax import run_dir as run_dir_lib
 from animesion_jax import sharding
-from animesion_jax import steps
 from animesion_jax.data import datasets
+from animesion_jax.training import checkpointing
+from animesion_jax.training import optim
+from animesion_jax.training import steps
 
 # Numeric settings a converted checkpoint dictates (they are how its weights were trained). Not
 # the GELU flavour: config.model.gelu_approximate decides it (the original Animesion fine-tuned

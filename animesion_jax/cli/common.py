@@ -27,13 +27,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from animesion_jax import checkpointing
-from animesion_jax import config_validation
 from animesion_jax import convert
-from animesion_jax import open_set
 from animesion_jax import recognizer
-from animesion_jax import xla_flags
+from animesion_jax.cli import xla_flags
 from animesion_jax.data import datasets
+from animesion_jax.open_set import answering
+from animesion_jax.training import checkpointing
+from animesion_jax.training import config_validation
 
 # Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
 USER_ERRORS = (
@@ -44,7 +44,7 @@ USER_ERRORS = (
   checkpointing.IncompatibleCheckpoint,
   config_validation.ConfigError,
   datasets.MissingClassCounts,
-  *open_set.USER_ERRORS,
+  *answering.USER_ERRORS,
 )
 
 

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from animesion_jax import faces
-from animesion_jax import image_files
+from animesion_jax.inference import faces
+from animesion_jax.inference import image_files
 
 
 @dataclasses.dataclass
