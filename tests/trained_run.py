@@ -16,12 +16,12 @@ def tiny_trained_workdir() -> str:
   It lives in this test session's own directory (see tests/helpers.py), never reused by a later
   session.
   """
-  from animesion_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from animesion_jax import calibrate  # pylint: disable=g-import-not-at-top
 
   workdir = helpers.session_dir("trained_run")
   config = helpers.tiny_config(num_train_steps=TRAIN_STEPS)
   config.model.num_layers = 1  # Compiles faster; depth does not matter to these tests.
-  loop.train_and_evaluate(config, workdir)
+  calibrate.train_and_calibrate(config, workdir)
   return workdir
 
 
