@@ -53,7 +53,7 @@ def organize(run, files, detector=None, batch_size=256):
   duplicates = grouping.near_duplicates(embeddings)
   members = collections.defaultdict(list)
   for i, (name, answer) in enumerate(zip(names, answers)):
-    kind = "unknown" if answer["unknown"] else "enrolled" if answer["enrolled"] else "known"
+    kind = "unknown" if answer.unknown else "enrolled" if answer.enrolled else "known"
     members[(name, kind)].append(
       {
         "crop": i,
@@ -61,8 +61,8 @@ def organize(run, files, detector=None, batch_size=256):
         "relative": crops.files[i].relative,
         "face": crops.faces[i],
         "box": crops.boxes[i],
-        "confidence": answer["confidence"],
-        "closest": answer["closest"],
+        "confidence": answer.confidence,
+        "closest": answer.closest,
         "duplicate_of": crops.files[duplicates[i]].relative if duplicates[i] >= 0 else None,
       }
     )

@@ -161,15 +161,12 @@ def predict_files(
     for crops, (logits, embeddings) in evaluation.lagged(dispatch(), run.mesh):
       answers = run.answer(logits[: len(crops)], embeddings[: len(crops)], top_k)
       for crop, answer in zip(crops, answers):
+        box = tuple(crop.box.as_list()) if crop.box else None
+        # The run's own note (e.g. uncalibrated) is printed once; each row keeps its crop's.
+        answer = dataclasses.replace(answer, box=box, note=crop.note)
         results.append(
-          {
-            "file": crop.file.path,
-            "relative": crop.file.relative,
-            "face": crop.face,
-            "box": crop.box.as_list() if crop.box else None,
-            "note": crop.note,
-            **answer,
-          }
+          {"file": crop.file.path, "relative": crop.file.relative, "face": crop.face}
+          | answer.to_json()
         )
   return results, errors
 
@@ -182,7 +179,7 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
-    answer = answering.describe(result) if "unknown" in result else ""
+    answer = answering.Answer.from_json(result).describe() if "unknown" in result else ""
     for p in result["predictions"]:
       first = p["rank"] == 1
       lines.append(

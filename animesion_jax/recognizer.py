@@ -1,22 +1,23 @@
 """Name the characters in pictures from Python: a trained model, ready to predict.
 
-  from animesion_jax import recognizer
-  model = recognizer.load_run("runs/quickstart")            # its best checkpoint
+  from animesion_jax import load_run, load_checkpoint
+  model = load_run("runs/quickstart")            # its best checkpoint, calibration and gallery
   for answer in model.predict(["art.png", pil_image, uint8_array], top_k=3):
-    print(answer.names, answer.probabilities)
+    print(answer.character, answer.unknown, answer.confidence, answer.names)
 
-  model = recognizer.load_checkpoint("b16_dafre.pth", "pytorch_vit", "classid_classname.csv")
+  model = load_checkpoint("b16_dafre.pth", "pytorch_vit", "classid_classname.csv")
 
 A `Recognizer` holds the model, its variables (placed on a mesh of the devices), the class names,
 its open-set answerer (calibration and gallery: answers that may say "unknown" or name enrolled
 characters, see answering.py) and one jitted forward (logits and embedding) built when it is
 loaded: `predict`, the `predict`, `calibrate`, `enroll` and `organize` commands, evaluate's
 open-set section and the web page all call that one function. No command-line flags here.
+Every answer is an `animesion_jax.Answer` (open_set/answering.py): the name or None, unknown,
+the calibrated confidence, the top-k, enrolled, box and note.
 """
 
 from collections.abc import Callable, Sequence
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -24,7 +25,6 @@ from typing import Any
 from absl import logging
 from flax import linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -44,32 +44,22 @@ from animesion_jax.open_set import answering
 from animesion_jax.training import evaluation
 from animesion_jax.training import model_setup
 
+__all__ = [
+  "CheckpointMismatch",
+  "ClassNamesError",
+  "ImageLike",
+  "LoadError",
+  "Recognizer",
+  "load_checkpoint",
+  "load_run",
+  "read_class_names",
+]
+
 RUN_SOURCE = "run"  # load_checkpoint's source for a training run (directory or step directory).
 SOURCES = tuple(sorted([*convert.SOURCES, RUN_SOURCE]))  # Every source load_checkpoint takes.
 
 # One image: a file path, a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  """The top-k characters of one image, best first (probabilities calibrated when the model is),
-  and the open-set answer: `character` (None when `unknown`; an enrolled name possibly)."""
-
-  names: list[str]
-  probabilities: list[float]
-  class_ids: list[int]
-  character: str | None = None  # The name answered, or None: the picture is unknown.
-  unknown: bool = False
-
-  def ranked(self) -> list[dict[str, Any]]:
-    """[{'rank', 'class_id', 'name', 'probability'}], rank 1 first (predict's JSON rows)."""
-    return [
-      {"rank": rank + 1, "class_id": class_id, "name": name, "probability": probability}
-      for rank, (class_id, name, probability) in enumerate(
-        zip(self.class_ids, self.names, self.probabilities)
-      )
-    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +128,6 @@ class Recognizer:
     batch = sharding.to_global_batch({"image": images}, self.mesh)["image"]
     return self._forward(self.variables, batch)
 
-  def device_predict(self, images: np.ndarray, top_k: int = 5) -> tuple[jax.Array, jax.Array]:
-    """Top-k (probabilities, class ids), best first, of a batch as for `device_embed`
-    (softmax at the calibration's temperature, 1 when uncalibrated)."""
-    logits, _ = self.device_embed(images)
-    cal = self.answerer.calibration
-    temperature = cal.temperature if cal is not None else 1.0
-    return _top_k(logits, jnp.float32(temperature), min(top_k, self.num_classes))
-
   def embed(self, pixels: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(logits, embeddings) on the host of this process's uint8 [N, S, S, 3] model inputs."""
     size = sharding.round_up_batch(
@@ -186,7 +168,7 @@ class Recognizer:
 
   def predict(
     self, images: Sequence[ImageLike], top_k: int = 5, batch_size: int = 64
-  ) -> list[Prediction]:
+  ) -> list[answering.Answer]:
     """Names the characters in `images` (paths, PIL images or uint8 arrays): one per image.
 
     Each whole image is resized to the model's input (to classify faces in illustrations, use
@@ -210,16 +192,7 @@ class Recognizer:
       padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
       logits, embeddings = (evaluation.host_rows(a, self.mesh) for a in self.device_embed(padded))
-      for answer in self.answer(logits[: len(chunk)], embeddings[: len(chunk)], top_k):
-        found.append(
-          Prediction(
-            names=[p["name"] for p in answer["predictions"]],
-            probabilities=[p["probability"] for p in answer["predictions"]],
-            class_ids=[p["class_id"] for p in answer["predictions"]],
-            character=answer["character"],
-            unknown=answer["unknown"],
-          )
-        )
+      found.extend(self.answer(logits[: len(chunk)], embeddings[: len(chunk)], top_k))
     return found
 
   def attention_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -230,11 +203,6 @@ class Recognizer:
     """
     normalized = preprocess.normalize(images, self.config.normalization, self.model.dtype)
     return attention.maps(self.model, self.variables, normalized)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _top_k(logits: jax.Array, temperature: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  return jax.lax.top_k(jax.nn.softmax(logits / temperature), k)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:

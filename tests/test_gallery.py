@@ -1,5 +1,6 @@
 """Gallery of enrolled characters, grouping numerics (fast), and two enrolments at once (slow)."""
 
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -8,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from animesion_jax.open_set import answering
 from animesion_jax.open_set import gallery
 from animesion_jax.open_set import grouping
 
@@ -68,8 +70,9 @@ def test_unknown_faces_cluster_by_likeness_and_duplicates_are_found():
   labels = np.repeat([0, 1, 2], [5, 3, 2])
   emb = centres[labels] + 0.05 * rng.normal(size=(10, 16))
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  answers = [{"character": None, "unknown": True} for _ in labels]
-  answers[0] = {"character": "known", "unknown": False}
+  unknown = answering.Answer(None, True, 0.2, "known", False, True, ())
+  answers = [unknown] * len(labels)
+  answers[0] = dataclasses.replace(unknown, character="known", unknown=False)
   names = grouping.group_names(answers, emb, distance=0.3)
   assert names[0] == "known"
   assert names[1:5] == ["unknown-1"] * 4  # The biggest cluster first.

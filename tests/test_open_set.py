@@ -1,5 +1,6 @@
 """Calibration after training, the calibrate command, and answers that can say unknown."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -42,24 +43,28 @@ def test_answers_say_unknown_below_the_threshold_with_the_closest_name():
   embeddings = np.eye(2, 4)
   first, second = answerer.answer(logits, embeddings, top_k=2)
   p = calibration.softmax(logits, 2.0)
-  assert first["character"] == "a" and not first["unknown"]
-  assert first["confidence"] == pytest.approx(p[0].max())
-  assert second["unknown"] and second["character"] is None and second["closest"] == "b"
-  assert [q["name"] for q in second["predictions"]] == ["b", "a"]
-  assert answering.describe(second) == f"unknown (closest: b {100 * p[1].max():.0f}%)"
+  assert first.character == "a" and not first.unknown and first.calibrated
+  assert first.confidence == pytest.approx(p[0].max())
+  assert second.unknown and second.character is None and second.closest == "b"
+  assert second.names == ["b", "a"] and second.probabilities == pytest.approx(
+    sorted(p[1])[::-1][:2]
+  )
+  assert second.describe() == f"unknown (closest: b {100 * p[1].max():.0f}%)"
+  assert answering.Answer.from_json(second.to_json()) == second
   # --accept overrides the share of known pictures named: 0.5 -> threshold 0.6 (the median known
   # score), still unknown; 1.0 -> 0.3 (the lowest known score), named.
-  answerer.accept = 0.5
-  assert answerer.threshold == pytest.approx(0.6)
-  assert answerer.answer(logits, embeddings)[1]["unknown"]
-  answerer.accept = 1.0
-  assert answerer.answer(logits, embeddings)[1]["character"] == "b"
+  half = dataclasses.replace(answerer, accept=0.5)
+  assert half.threshold == pytest.approx(0.6)
+  assert half.answer(logits, embeddings)[1].unknown
+  every = dataclasses.replace(answerer, accept=1.0)
+  assert every.answer(logits, embeddings)[1].character == "b"
 
 
 def test_uncalibrated_answers_name_everything_and_say_so():
   answerer = answering.Answerer(["a", "b"], note=answering.UNCALIBRATED_NOTE)
   (answer,) = answerer.answer(np.array([[0.1, 0.0]]), np.ones((1, 3)) / np.sqrt(3))
-  assert answer["character"] == "a" and not answer["unknown"] and not answer["calibrated"]
+  assert answer.character == "a" and not answer.unknown and not answer.calibrated
+  assert answer.note == answering.UNCALIBRATED_NOTE and "calibrate" in answer.note
 
 
 @pytest.mark.slow

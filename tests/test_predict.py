@@ -184,7 +184,7 @@ def test_outputs_table_and_annotations(user_files, run, tmp_path):
   assert len(table) == 1 + 2 * 5 + 1 and table[-1].startswith(f"... and {len(results) - 2} more")
   top = results[0]["predictions"][0]
   assert table[1].split()[1:4] == ["1", top["name"], f"{100 * top['probability']:.1f}%"]
-  assert table[1].endswith(answering.describe(results[0]))
+  assert table[1].endswith(answering.Answer.from_json(results[0]).describe())
   assert table[2].split()[0] == "2"  # Only the first rank carries the answer.
   copies = annotate.annotate_all(results[:2], str(tmp_path))
   assert sorted(os.path.relpath(p, tmp_path) for p in copies.values()) == [
@@ -463,7 +463,8 @@ def test_load_checkpoint_class_names_and_sources(tmp_path):
   assert (run.class_names, run.step, run.workdir) == (_NAMES, None, None)
   assert (run.config.normalization, run.config.image_size) == ("imagenet", 36)
   images = np.random.default_rng(5).integers(0, 256, (8, 36, 36, 3), np.uint8)
-  probabilities, class_ids = run.device_predict(images, 3)
+  answers = run.answer(*run.embed(images), top_k=3)
+  probabilities, class_ids = [a.probabilities for a in answers], [a.class_ids for a in answers]
   expected = _torch_softmax(model, images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
   np.testing.assert_array_equal(np.asarray(class_ids), np.argsort(-expected, axis=1)[:, :3])
   np.testing.assert_allclose(

@@ -29,7 +29,7 @@ def pictures(tmp_path_factory):
 
 def test_the_documented_example_runs_as_written(pictures):
   (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)[:1]
-  assert 'recognizer.load_run("runs/quickstart")' in code and '"picture.png"' in code
+  assert "from animesion_jax import load_run" in code and '"picture.png"' in code
   code = code.replace("runs/quickstart", trained_run.tiny_trained_workdir())
   code = code.replace("picture.png", pictures[0])
   printed = io.StringIO()
@@ -38,7 +38,9 @@ def test_the_documented_example_runs_as_written(pictures):
   lines = printed.getvalue().splitlines()
   best = recognizer.load_run(trained_run.tiny_trained_workdir(), "best")
   (expected,) = best.predict([pictures[0]], top_k=3)
-  assert lines == [f"{n}: {p:.1%}" for n, p in zip(expected.names, expected.probabilities)]
+  assert lines == [expected.describe()] + [
+    f"{n}: {p:.1%}" for n, p in zip(expected.names, expected.probabilities)
+  ]
 
 
 def test_paths_pil_images_and_arrays_get_the_predict_command_answers(model, pictures):

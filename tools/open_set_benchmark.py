@@ -53,7 +53,7 @@ GOALS = {
 
 
 def _correct(answers, names, labels) -> np.ndarray:
-  return np.array([a["character"] == names[y] for a, y in zip(answers, labels)])
+  return np.array([a.character == names[y] for a, y in zip(answers, labels)])
 
 
 def measure(
@@ -94,11 +94,9 @@ def measure(
     "held_out_test_pictures": len(u_labels),
     "auroc": calibration.auroc(known_scores, unknown_scores),
     "fpr95": calibration.fpr_at_tpr(known_scores, unknown_scores),
-    "held_out_unknown": float(np.mean([a["unknown"] for a in answerer.answer(u_logits, u_emb)])),
-    "no_character_unknown": float(
-      np.mean([a["unknown"] for a in answerer.answer(e_logits, e_emb)])
-    ),
-    "known_rejected": float(np.mean([a["unknown"] for a in known_answers])),
+    "held_out_unknown": float(np.mean([a.unknown for a in answerer.answer(u_logits, u_emb)])),
+    "no_character_unknown": float(np.mean([a.unknown for a in answerer.answer(e_logits, e_emb)])),
+    "known_rejected": float(np.mean([a.unknown for a in known_answers])),
     "known_top1": float(np.mean(k_logits.argmax(1) == k_labels)),
     "known_accuracy": float(np.mean(_correct(known_answers, names, k_labels))),
   }

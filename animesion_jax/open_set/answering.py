@@ -1,18 +1,19 @@
 """Answers that can say "unknown", and name enrolled characters, for a loaded model.
 
   answerer = open_set.for_run(run, accept=None, store=None)   # calibration + gallery of the run
-  answers = answerer.answer(logits, embeddings, top_k=5)      # logits, embeddings: run.embed
+  answers = answerer.answer(logits, embeddings, top_k=5)      # [Answer], from run.embed's rows
 
 A loaded recognizer carries its answerer (recognizer.Recognizer.answerer, `with_open_set`).
 
-Every answer holds "character" (the accepted name, or None), "unknown", the calibrated
-"confidence" of the closest name, "closest", "enrolled" (the name comes from the gallery),
-"calibrated" and the classifier's top-k "predictions". Without a calibration (a run trained
+Every answer is an `Answer` (the accepted name or None, unknown, the calibrated confidence of
+the closest name, closest, enrolled, calibrated, the classifier's top-k, box, note), made by
+`decide`, which holds the whole accept / reject / enrolled rule. Without a calibration (a run trained
 before calibration existed) every picture gets its top-1 name, uncalibrated, and `note` says how
-to calibrate. Fitting is in open_set_fit.py (embeddings of the training split give the class
+to calibrate. Fitting is in fitting.py (embeddings of the training split give the class
 prototypes, the validation split the rest; the numbers are animesion_jax/open_set/calibration.py's).
 """
 
+from collections.abc import Sequence
 import dataclasses
 import io
 import json
@@ -105,9 +106,195 @@ def load_calibration(
   return fitted, ""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+  """One row of the classifier's calibrated top-k (rank 1 first)."""
+
+  rank: int
+  class_id: int
+  name: str
+  probability: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  """The answer about one picture (or one box in it): every consumer returns or serialises this.
+
+  predict's JSON and CSV, evaluate's open-set numbers, the web page, organize, the export's
+  predictor and `Recognizer.predict` all come from `decide`, the one decision rule.
+  """
+
+  # The name answered (a known class or an enrolled character), or None: the picture is unknown.
+  character: str | None
+  # True when no name passes the rule (then `character` is None).
+  unknown: bool
+  # Calibrated probability of `closest` (the softmax at the calibration's temperature).
+  confidence: float
+  # The nearest name, known or enrolled, also when the answer is unknown.
+  closest: str
+  # Whether `closest` is an enrolled character (from the gallery).
+  enrolled: bool
+  # Whether a calibration decided (False: every picture gets its top-1 name; see `note`).
+  calibrated: bool
+  # The classifier's top-k over its known classes, calibrated, best first.
+  top_k: tuple[Ranked, ...]
+  # Where in the picture: [left, top, right, bottom] in pixels; None for the whole picture.
+  box: tuple[int, int, int, int] | None = None
+  # Why the answer is limited (e.g. uncalibrated, no face found); empty when nothing to say.
+  note: str = ""
+
+  @property
+  def names(self) -> list[str]:
+    return [r.name for r in self.top_k]
+
+  @property
+  def probabilities(self) -> list[float]:
+    return [r.probability for r in self.top_k]
+
+  @property
+  def class_ids(self) -> list[int]:
+    return [r.class_id for r in self.top_k]
+
+  def ranked(self) -> list[dict[str, Any]]:
+    """[{'rank', 'class_id', 'name', 'probability'}] (predict's JSON rows)."""
+    return [dataclasses.asdict(r) for r in self.top_k]
+
+  def to_json(self) -> dict[str, Any]:
+    """The answer's fields as predict's JSON and the web page's API write them."""
+    return {
+      "character": self.character,
+      "unknown": self.unknown,
+      "confidence": self.confidence,
+      "closest": self.closest,
+      "enrolled": self.enrolled,
+      "calibrated": self.calibrated,
+      "predictions": self.ranked(),
+      "box": list(self.box) if self.box is not None else None,
+      "note": self.note,
+    }
+
+  @classmethod
+  def from_json(cls, record: dict[str, Any]) -> "Answer":
+    """The answer `to_json` wrote (predict's predictions.json rows)."""
+    box = record.get("box")
+    return cls(
+      character=record["character"],
+      unknown=bool(record["unknown"]),
+      confidence=float(record["confidence"]),
+      closest=record["closest"],
+      enrolled=bool(record["enrolled"]),
+      calibrated=bool(record["calibrated"]),
+      top_k=tuple(Ranked(**row) for row in record["predictions"]),
+      box=tuple(int(v) for v in box) if box is not None else None,
+      note=record.get("note") or "",
+    )
+
+  def describe(self) -> str:
+    """'NAME', 'NAME (enrolled)' or 'unknown (closest: NAME 23%)', as the table and the page
+    show answers."""
+    if self.unknown:
+      return f"unknown (closest: {self.closest} {100 * self.confidence:.0f}%)"
+    return self.character + (" (enrolled)" if self.enrolled else "")
+
+
+def decide(
+  logits: np.ndarray,
+  embeddings: np.ndarray,
+  class_names: Sequence[str],
+  calibration: calibration_lib.Calibration | None = None,
+  gallery: gallery_lib.Gallery | None = None,
+  *,
+  accept: float | None = None,
+  top_k: int = 5,
+  note: str = "",
+) -> list[Answer]:
+  """The whole accept / reject / enrolled rule, for a batch of a model's outputs.
+
+  1. Top-k: softmax of the logits at the calibration's temperature (1 when uncalibrated).
+  2. Known name: accepted when the calibration's score (calibration.score) reaches its threshold
+     (at `accept`, the share of known pictures named, when given) and the no-character rule
+     does not reject the embedding. Uncalibrated: always accepted (the top-1 name).
+  3. Enrolled name: when an enrolled prototype is nearer (cosine) than every known class
+     prototype, it replaces the known name; accepted when the cosine reaches the threshold of a
+     character enrolled from that many pictures and the no-character margin holds.
+  """
+  cal = calibration
+  temperature = cal.temperature if cal is not None else 1.0
+  probabilities = calibration_lib.softmax(logits, temperature)
+  k = min(top_k, probabilities.shape[1])
+  top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+  accepted = np.ones(len(logits), bool)
+  if cal is not None:
+    threshold = cal.threshold if accept is None else cal.threshold_at(accept)
+    scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
+    accepted = (scores >= threshold) & ~cal.no_character_rejects(embeddings)
+  enrolled_name, enrolled_probability, enrolled_ok = _nearest_enrolled(
+    embeddings, cal, gallery, accept
+  )
+  answers = []
+  for i in range(len(logits)):
+    ranked = tuple(
+      Ranked(r + 1, int(c), class_names[int(c)], float(probabilities[i, c]))
+      for r, c in enumerate(top[i])
+    )
+    closest, confidence, ok, enrolled = ranked[0].name, ranked[0].probability, accepted[i], False
+    if enrolled_name is not None and enrolled_name[i] is not None:
+      closest, confidence = enrolled_name[i], float(enrolled_probability[i])
+      ok, enrolled = enrolled_ok[i], True
+    answers.append(
+      Answer(
+        character=closest if ok else None,
+        unknown=not ok,
+        confidence=float(confidence),
+        closest=closest,
+        enrolled=enrolled,
+        calibrated=cal is not None,
+        top_k=ranked,
+        note=note,
+      )
+    )
+  return answers
+
+
+def _nearest_enrolled(
+  embeddings: np.ndarray,
+  cal: calibration_lib.Calibration | None,
+  gallery: gallery_lib.Gallery | None,
+  accept: float | None,
+):
+  """Per picture: the enrolled name nearer than every known class prototype (or None), its
+  calibrated probability, and whether it passes the threshold of a character enrolled from that
+  many pictures and the no-character rule. (None, None, None) without enrolled characters."""
+  if cal is None or gallery is None or not gallery.characters:
+    return None, None, None
+  every = np.concatenate([cal.prototypes, gallery.prototypes()])
+  cosines = np.asarray(embeddings, np.float64) @ every.T.astype(np.float64)
+  probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
+  best = cosines.argmax(axis=1)
+  known = len(cal.prototypes)
+  names = gallery.names
+  # Each character's threshold fits how many pictures it was enrolled from.
+  thresholds = np.array(
+    [cal.enrolled_threshold(gallery.characters[n].count, accept or cal.accept) for n in names]
+  )
+  best_names = [names[b - known] if b >= known else None for b in best]
+  picked = probabilities[np.arange(len(best)), best]
+  passes = cosines[np.arange(len(best)), best] >= np.where(
+    best >= known, thresholds[np.maximum(best - known, 0)], np.inf
+  )
+  if cal.no_character_margin is not None and cal.no_character is not None:
+    gap = calibration_lib.no_character_rule(embeddings, every, cal.no_character)
+    passes &= gap <= cal.no_character_margin
+  return best_names, picked, passes
+
+
+@dataclasses.dataclass(frozen=True)
 class Answerer:
-  """Turns logits and embeddings into answers: known names, enrolled names or unknown."""
+  """A model's class names, calibration and gallery: turns its outputs into answers (`decide`).
+
+  Frozen: enrolment builds a new answerer (`with_gallery`) and swaps it in, so that a request
+  answering at the same time sees either the old gallery or the new one, never a mix.
+  """
 
   class_names: list[str]
   calibration: calibration_lib.Calibration | None = None
@@ -130,81 +317,20 @@ class Answerer:
     enrolled = self.gallery.names if self.gallery is not None else []
     return list(self.class_names) + [n for n in enrolled if n not in self.class_names]
 
-  def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
-    cal = self.calibration
-    temperature = cal.temperature if cal is not None else 1.0
-    probabilities = calibration_lib.softmax(logits, temperature)
-    k = min(top_k, probabilities.shape[1])
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    accepted = np.ones(len(logits), bool)
-    if cal is not None:
-      scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
-      accepted = (scores >= self.threshold) & ~cal.no_character_rejects(embeddings)
-    enrolled_best, enrolled_probability, enrolled_ok = self._enrolled(embeddings)
-    answers = []
-    for i in range(len(logits)):
-      predictions = [
-        {
-          "rank": r + 1,
-          "class_id": int(c),
-          "name": self.class_names[int(c)],
-          "probability": float(probabilities[i, c]),
-        }
-        for r, c in enumerate(top[i])
-      ]
-      closest, confidence, ok, enrolled = (
-        predictions[0]["name"],
-        predictions[0]["probability"],
-        bool(accepted[i]),
-        False,
-      )
-      if enrolled_best is not None and enrolled_best[i] is not None:
-        closest, confidence, ok, enrolled = (
-          enrolled_best[i],
-          float(enrolled_probability[i]),
-          bool(enrolled_ok[i]),
-          True,
-        )
-      answers.append(
-        {
-          "character": closest if ok else None,
-          "unknown": not ok,
-          "confidence": confidence,
-          "closest": closest,
-          "enrolled": enrolled,
-          "calibrated": cal is not None,
-          "predictions": predictions,
-        }
-      )
-    return answers
+  def with_gallery(self, gallery: gallery_lib.Gallery | None) -> "Answerer":
+    return dataclasses.replace(self, gallery=gallery)
 
-  def _enrolled(self, embeddings: np.ndarray):
-    """Per picture: the enrolled name closer than every known class prototype (or None), its
-    calibrated probability, and whether it passes the threshold of a character enrolled from
-    that many pictures and the no-character rule."""
-    cal, gallery = self.calibration, self.gallery
-    if cal is None or gallery is None or not gallery.characters:
-      return None, None, None
-    every = np.concatenate([cal.prototypes, gallery.prototypes()])
-    cosines = np.asarray(embeddings, np.float64) @ every.T.astype(np.float64)
-    probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
-    best = cosines.argmax(axis=1)
-    known = len(cal.prototypes)
-    names = gallery.names
-    accept = self.accept or cal.accept
-    # Each character's threshold fits how many pictures it was enrolled from.
-    thresholds = np.array(
-      [cal.enrolled_threshold(gallery.characters[n].count, accept) for n in names]
+  def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[Answer]:
+    return decide(
+      logits,
+      embeddings,
+      self.class_names,
+      self.calibration,
+      self.gallery,
+      accept=self.accept,
+      top_k=top_k,
+      note=self.note,
     )
-    best_names = [names[b - known] if b >= known else None for b in best]
-    picked = probabilities[np.arange(len(best)), best]
-    passes = cosines[np.arange(len(best)), best] >= np.where(
-      best >= known, thresholds[np.maximum(best - known, 0)], np.inf
-    )
-    if cal.no_character_margin is not None and cal.no_character is not None:
-      gap = calibration_lib.no_character_rule(embeddings, every, cal.no_character)
-      passes &= gap <= cal.no_character_margin
-    return best_names, picked, passes
 
 
 def for_run(
@@ -226,10 +352,3 @@ def for_run(
   if gallery is not None and gallery.characters and fitted is None:
     note += "; enrolled characters need a calibration and are not answered"
   return Answerer(list(run.class_names), fitted, gallery, accept, note, directory)
-
-
-def describe(answer: dict[str, Any]) -> str:
-  """'NAME' or 'unknown (closest: NAME 23%)', as the table and the page show answers."""
-  if answer["unknown"]:
-    return f"unknown (closest: {answer['closest']} {100 * answer['confidence']:.0f}%)"
-  return answer["character"] + (" (enrolled)" if answer["enrolled"] else "")

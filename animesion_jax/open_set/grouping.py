@@ -78,11 +78,9 @@ def near_duplicates(embeddings: np.ndarray, threshold: float = DUPLICATE_COSINE)
   return found
 
 
-def group_names(
-  answers: Sequence[dict[str, Any]], embeddings: np.ndarray, distance: float
-) -> list[str]:
+def group_names(answers: Sequence[Any], embeddings: np.ndarray, distance: float) -> list[str]:
   """Each picture's group: its answered name, or 'unknown-K' (K = 1 for the largest cluster)."""
-  groups = [a["character"] if not a["unknown"] else None for a in answers]
+  groups = [a.character if not a.unknown else None for a in answers]
   unknown = [i for i, g in enumerate(groups) if g is None]
   if unknown:
     ids = cluster(np.asarray(embeddings)[unknown], distance)

@@ -56,9 +56,9 @@ def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any
     "threshold": answerer.threshold,
     "accept": answerer.accept or fitted.accept,
     "known_named_right": float(
-      np.mean([a["character"] == run.class_names[t] for a, t in zip(answers, y)])
+      np.mean([a.character == run.class_names[t] for a, t in zip(answers, y)])
     ),
-    "known_answered_unknown": float(np.mean([a["unknown"] for a in answers])),
+    "known_answered_unknown": float(np.mean([a.unknown for a in answers])),
     "validation": fitted.metrics,
   }
   for when, t in (("before", 1.0), ("after", fitted.temperature)):
@@ -71,7 +71,7 @@ def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any
     result["held_out_classes"] = list(held.held_out)
     result["held_out_pictures"] = len(unknown)
     result["held_out_answered_unknown"] = float(
-      np.mean([a["unknown"] for a in answerer.answer(u_logits, u_embeddings)])
+      np.mean([a.unknown for a in answerer.answer(u_logits, u_embeddings)])
     )
     args = (fitted.prototypes, fitted.temperature)
     result["scores"] = {}

@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from animesion_jax.inference import faces
+from animesion_jax.open_set import answering
 from animesion_jax.open_set import gallery
 from animesion_jax.serve import batcher as batcher_lib
 from animesion_jax.serve import pictures
@@ -66,10 +67,13 @@ class Service:
   examples: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
   attention: AttentionFn | None = None  # None: not a ViT (or not available).
   decode_threads: int = 4  # Pictures decoded at once (bounds memory).
-  answerer: Any = None  # open_set.Answerer: logits, embeddings -> answers.
+  # answering.Answerer: logits, embeddings -> answers. Enrolment replaces it (never mutates it).
+  answerer: Any = None
   # (name, embeddings, picture names) -> updated gallery; None: adding characters is off.
   enroll: Callable[[str, np.ndarray, list[str]], Any] | None = None
   top_k: int = 5
+  # Held while a character is enrolled and the new answerer swapped in (one enrolment at a time).
+  enroll_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 class _Refusal(Exception):
@@ -160,11 +164,15 @@ async def _enroll_upload(request: Request, limits: pictures.Limits) -> tuple[str
     await form.close()
 
 
-def _answer_face(answer: dict[str, Any]) -> dict[str, Any]:
-  keys = ("character", "unknown", "confidence", "closest", "enrolled", "calibrated")
+def _answer_face(answer: answering.Answer) -> dict[str, Any]:
   return {
-    **{key: answer[key] for key in keys},
-    "top5": [{"name": p["name"], "probability": p["probability"]} for p in answer["predictions"]],
+    "character": answer.character,
+    "unknown": answer.unknown,
+    "confidence": answer.confidence,
+    "closest": answer.closest,
+    "enrolled": answer.enrolled,
+    "calibrated": answer.calibrated,
+    "top5": [{"name": r.name, "probability": r.probability} for r in answer.top_k],
   }
 
 
@@ -337,7 +345,15 @@ def create_app(service: Service) -> Starlette:
       except batcher_lib.QueueFull:
         raise _busy() from None
       _, embeddings = await asyncio.wrap_future(future)
-      updated = await anyio.to_thread.run_sync(service.enroll, name, embeddings, names)
+
+      def enroll_and_swap():
+        with service.enroll_lock:
+          updated = service.enroll(name, embeddings, names)
+          # Requests read service.answerer once: they see the old gallery or the new one.
+          service.answerer = service.answerer.with_gallery(updated)
+        return updated
+
+      updated = await anyio.to_thread.run_sync(enroll_and_swap)
     except _Refusal as refusal:
       return refusal.response
     except gallery.GalleryError as error:

@@ -109,8 +109,9 @@ def build_service(
 
 
 def _enroller(run: recognizer.Recognizer):
-  """(name, embeddings, picture names) -> the updated gallery, which answers use from then on."""
-  answerer, directory = run.answerer, run.answerer.directory
+  """(name, embeddings, picture names) -> the updated gallery (the app swaps in an answerer
+  with it)."""
+  directory = run.answerer.directory
   if directory is None:
     raise gallery.GalleryError(
       "--allow_enroll with a checkpoint file needs --gallery=DIR (where added characters go)."
@@ -121,7 +122,6 @@ def _enroller(run: recognizer.Recognizer):
     updated = gallery.enroll(
       directory / run_dir.GALLERY_DIR, provenance, name, embeddings, names, run.class_names
     )
-    answerer.gallery = updated
     return updated
 
   return enroll
