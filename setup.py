@@ -64,10 +64,16 @@ DEMO_REQUIRES = [
 # Exporting StableHLO (jax.export) needs nothing more.
 EXPORT_REQUIRES = ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"]
 
+# `python -m animesion_jax.batch` (docs/batch.md): Ray Data lists, decodes and answers a collection
+# on a local Ray or a cluster, writing Parquet. ray 2.60 installs beside this stack (pyarrow 25,
+# protobuf 6) without a conflict; apache-beam could not (it pins protobuf<7 and pyarrow<26).
+RAY_REQUIRES = ["ray[data]>=2.60", "pyarrow>=17"]
+
 TEST_REQUIRES = (
   BUILD_REQUIRES
   + DEMO_REQUIRES
   + EXPORT_REQUIRES
+  + RAY_REQUIRES
   + [
     # tests/test_serve.py: HTTP clients and Debian's chromium driven by Selenium.
     "requests>=2.31",
@@ -119,6 +125,7 @@ setuptools.setup(
     "build": BUILD_REQUIRES,
     "demo": DEMO_REQUIRES,
     "export": EXPORT_REQUIRES,
+    "ray": RAY_REQUIRES,
     **ACCELERATOR_EXTRAS,
   },
 )

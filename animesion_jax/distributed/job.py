@@ -1,0 +1,221 @@
+"""Internal: recognising a collection with Ray Data (the `batch` command's job).
+
+  listed files -> only those not yet in OUT -> ray.data.from_items
+    -> map_batches(decode_batch): Ray tasks read each file (local or gs://) and decode it as
+       `Recognizer.pixels` does; a file that cannot be read becomes an error row
+    -> map_batches(Answering): an actor pool, each actor loading the recognizer once
+       (`animesion_jax.load_run`: the run's best checkpoint, calibration and gallery); one actor
+       per GPU where the cluster has GPUs, else one per node
+    -> the driver writes each block it receives as one Parquet part (rows.write_part)
+
+Answers are the recognizer's own (`Recognizer.embed` then `Recognizer.answer`), so they equal
+predict's. Ray is imported here only, and only when a job starts.
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import os
+import time
+from typing import Any
+
+from etils import epath
+import numpy as np
+
+from animesion_jax import run_dir
+from animesion_jax.data import preprocess
+from animesion_jax.distributed import rows
+from animesion_jax.inference import image_files
+
+# What a worker may raise reading one file: reported in its row, the job goes on. Anything else
+# (a bug) fails the job, as in predict.
+READ_ERRORS = (image_files.UnreadableImage, OSError)
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+  """A Ray task: files -> uint8 [n, S, S, 3] model inputs, and '' or the reason per file."""
+  pixels = np.zeros((len(batch["file"]), image_size, image_size, 3), np.uint8)
+  errors = []
+  for i, file in enumerate(batch["file"]):
+    try:
+      image = image_files.load_image(str(file), min_size=image_size)
+      pixels[i] = np.asarray(preprocess.resize_square(image_files.to_rgb(image), image_size))
+      errors.append("")
+    except READ_ERRORS as error:
+      errors.append(f"{type(error).__name__}: {error}")
+  return {
+    "file": batch["file"],
+    "relative": batch["relative"],
+    "pixels": pixels,
+    "error": np.asarray(errors, dtype=object),
+  }
+
+
+class Answering:
+  """A Ray actor (map_batches callable class): one recognizer, loaded once, answering batches."""
+
+  def __init__(self, workdir: str, top_k: int, batch_size: int, embeddings: bool):
+    from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
+
+    self.run = recognizer.load_run(workdir)
+    self.top_k, self.batch_size, self.embeddings = top_k, batch_size, embeddings
+
+  def __call__(self, batch: dict[str, np.ndarray]):
+    errors = [str(e) for e in batch["error"]]
+    readable = [i for i, e in enumerate(errors) if not e]
+    answers, vectors = {}, {}
+    if readable:
+      # Padded to whole batches: every call has the one shape compiled once.
+      size = max(self.batch_size, len(readable))
+      padded = np.zeros((size, *batch["pixels"].shape[1:]), np.uint8)
+      padded[: len(readable)] = batch["pixels"][readable]
+      logits, embeddings = self.run.embed(padded, size)
+      found = self.run.answer(logits[: len(readable)], embeddings[: len(readable)], self.top_k)
+      answers = dict(zip(readable, found))
+      vectors = dict(zip(readable, embeddings[: len(readable)]))
+    made = []
+    for i, (file, relative) in enumerate(zip(batch["file"], batch["relative"])):
+      if i in answers:
+        vector = vectors[i] if self.embeddings else None
+        made.append(rows.answer_row(str(file), str(relative), answers[i], vector))
+      else:
+        made.append(rows.error_row(str(file), str(relative), errors[i], self.embeddings))
+    return rows.to_table(made, self.embeddings)
+
+
+@dataclasses.dataclass
+class Summary:
+  """What one `run` did."""
+
+  listed: int  # Image files found under the inputs.
+  already_done: int  # Of those, already in the output (answered or reported) before this run.
+  answered: int  # Rows written by this run with an answer.
+  errors: int  # Rows written by this run for files that could not be read.
+  parts: int  # Part files written by this run.
+  ray_start_seconds: float  # Starting (or joining) Ray; 0 when nothing was left to answer.
+  job_seconds: float  # From the dataset's creation to the last part written.
+  problems: list[tuple[str, str]]  # (input, why) for inputs that are missing or hold no image.
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+  """Joins the Ray cluster at `address`, or starts a small local Ray (no dashboard).
+
+  Returns whether this call started Ray (then the caller shuts it down). A Ray already
+  initialised in this process (e.g. a test's) is used as it is.
+  """
+  import ray  # pylint: disable=g-import-not-at-top
+
+  if ray.is_initialized():
+    return False
+  if address:
+    ray.init(address=address)
+    return True
+  # Workers import this package from where the driver does (a source checkout too).
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+  ray.init(
+    num_cpus=num_cpus or os.cpu_count(),
+    include_dashboard=False,
+    runtime_env={"env_vars": {"PYTHONPATH": path}},
+  )
+  return True
+
+
+def actor_plan(resources: dict[str, float], nodes: int, actors: int | None) -> tuple[int, float]:
+  """(actors, GPUs per actor): one per GPU when the cluster has GPUs, else one per node."""
+  gpus = int(resources.get("GPU", 0))
+  if gpus:
+    return (actors or gpus), 1.0
+  return (actors or max(1, nodes)), 0.0
+
+
+def run(
+  workdir: str | os.PathLike,
+  inputs: Sequence[str],
+  output_dir: str | os.PathLike,
+  *,
+  address: str | None = None,
+  top_k: int = 5,
+  batch_size: int = 64,
+  embeddings: bool = False,
+  actors: int | None = None,
+  num_cpus: int | None = None,
+  on_part: Callable[[epath.Path, int], None] | None = None,
+) -> Summary:
+  """Answers every listed picture not yet in `output_dir`, writing Parquet parts there.
+
+  Raises:
+    FileNotFoundError: `workdir` is not a training run.
+    rows.BatchOutputError: `output_dir` holds another run's (or top-k's, embeddings') answers.
+  """
+  run_path = run_dir.RunDir(workdir)
+  image_size = int(run_path.load_config().image_size)
+  output = run_dir.resolve(output_dir)
+  found, problems = image_files.find_images(list(inputs))
+  files = [image_files.ImageFile(rows.local_path(f.path), f.relative) for f in found]
+  rows.check_info(
+    output, {"workdir": str(run_path), "top_k": top_k, "embeddings": bool(embeddings)}
+  )
+  done = rows.done_files(output)
+  todo = rows.pending(files, done)
+  summary = Summary(len(files), len(files) - len(todo), 0, 0, 0, 0.0, 0.0, problems)
+  if not todo:
+    return summary
+  import ray  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  started = connect(address, num_cpus)
+  summary.ray_start_seconds = time.perf_counter() - start
+  try:
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    pool, gpus = actor_plan(ray.cluster_resources(), nodes, actors)
+    start = time.perf_counter()
+    items = [{"file": f.path, "relative": f.relative} for f in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+    dataset = dataset.map_batches(
+      decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size
+    )
+    dataset = dataset.map_batches(
+      Answering,
+      fn_constructor_kwargs={
+        "workdir": str(run_path),
+        "top_k": top_k,
+        "batch_size": batch_size,
+        "embeddings": embeddings,
+      },
+      batch_size=batch_size,
+      concurrency=pool,
+      num_gpus=gpus or None,
+    )
+    job = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+      if not table.num_rows:
+        continue
+      path = rows.part_path(output, job, summary.parts)
+      rows.write_part(table, path)
+      failed = sum(1 for e in table.column("error").to_pylist() if e)
+      summary.errors += failed
+      summary.answered += table.num_rows - failed
+      summary.parts += 1
+      if on_part is not None:
+        on_part(path, table.num_rows)
+    summary.job_seconds = time.perf_counter() - start
+  finally:
+    if started:
+      ray.shutdown()
+  return summary
+
+
+def describe(summary: Summary, output_dir: Any) -> str:
+  """The command's last lines: what was answered, what was already there, the timings."""
+  lines = [f"Skipping {given}: {why}" for given, why in summary.problems]
+  lines.append(
+    f"{summary.listed} pictures listed, {summary.already_done} already in {output_dir}; "
+    f"answered {summary.answered}, {summary.errors} unreadable, in {summary.parts} parts."
+  )
+  if summary.parts:
+    rate = (summary.answered + summary.errors) / max(summary.job_seconds, 1e-9)
+    lines.append(
+      f"Ray start {summary.ray_start_seconds:.1f} s; job {summary.job_seconds:.1f} s "
+      f"({rate:.1f} pictures/s, model loading and compilation included)."
+    )
+  return "\n".join(lines)
