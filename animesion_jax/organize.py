@@ -2,6 +2,7 @@ r"""Sorts a folder of pictures by character: known and enrolled names, clusters 
 
   python -m animesion_jax.organize --workdir=runs/quickstart my_pictures/ --output_dir=sorted \
       [--link | --copy] [--detect_faces] [--accept=0.9]
+  python -m animesion_jax.organize --from_batch=answers --output_dir=sorted
 
 Each picture (or, with --detect_faces, each face in it) is answered as predict answers it; the
 ones answered with a name go to that name's group, the unknown ones are clustered by how alike
@@ -9,6 +10,11 @@ their embeddings are into unknown-1..N (largest first), and near-identical pictu
 (duplicate_of). Writes to --output_dir: groups.json, groups.csv, index.html (a contact sheet: one
 row of thumbnails per group) and thumbnails/; with --link (symbolic links) or --copy, also one
 folder per group holding its pictures. The pictures themselves are never moved or changed.
+
+With --from_batch, the answers come from `python -m animesion_jax.batch`'s Parquet output (run
+with --embeddings) instead, for collections of any size: groups.csv (every picture) and
+groups.json (each group's size and first pictures), in memory linear in the pictures; beyond
+2,000 unknown pictures their clustering is bounded (see distributed/sorting.py, docs/batch.md).
 """
 
 import collections
@@ -27,6 +33,8 @@ from PIL import Image
 
 from animesion_jax import run_dir
 from animesion_jax.cli import common
+from animesion_jax.distributed import rows
+from animesion_jax.distributed import sorting
 from animesion_jax.inference import faces
 from animesion_jax.inference import file_embeddings
 from animesion_jax.inference import image_files
@@ -178,11 +186,28 @@ def define_flags() -> None:
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
   flags.DEFINE_integer("batch_size", 256, "Pictures per device call.")
+  flags.DEFINE_string(
+    "from_batch", None, "Sort the Parquet output of python -m animesion_jax.batch (no model run)."
+  )
+
+
+def main_from_batch(flag) -> None:
+  if not flag.output_dir:
+    raise app.UsageError("Give --output_dir=DIR (where the groups are written).")
+  try:
+    groups, errors = sorting.organize(flag.from_batch, flag.output_dir)
+  except rows.BatchOutputError as error:
+    common.exit_with_user_error("organize", error)
+  print(sorting.describe(groups, errors, flag.output_dir))
 
 
 def main(argv):
   flag = flags.FLAGS
   inputs = argv[1:]
+  if flag.from_batch:
+    if inputs or flag.workdir or flag.source:
+      raise app.UsageError("--from_batch reads answers already made: give no model or pictures.")
+    return main_from_batch(flag)
   if not inputs:
     raise app.UsageError("Give the folders (or files) of pictures to sort after the flags.")
   if not flag.output_dir:
