@@ -3,7 +3,7 @@ r"""Recognises a whole collection with Ray: Parquet rows of answers, continued a
   pip install -e ".[ray]"
   python -m animesion_jax.batch --workdir=runs/quickstart --input=my_pictures/ \
       --output_dir=answers [--input='more/*.png'] [--ray_address=ADDR] [--embeddings] \
-      [--top_k=5] [--batch_size=64] [--actors=N]
+      [--accept=0.9] [--top_k=5] [--batch_size=64] [--actors=N]
 
 Inputs are folders (searched recursively), files and globs, local or gs://. Ray Data reads and
 decodes the files in tasks; an actor pool (one actor per GPU where the cluster has GPUs, else
@@ -41,6 +41,9 @@ def define_flags() -> None:
     "ray_address", None, "A Ray cluster to join (e.g. auto, ray://HEAD:10001); default: local."
   )
   flags.DEFINE_bool("embeddings", False, "Also write each picture's L2-normalised embedding.")
+  flags.DEFINE_float(
+    "accept", None, "Share of known pictures to name (default: the run's calibration)."
+  )
   flags.DEFINE_integer("top_k", 5, "Names (with probabilities) kept per picture.")
   flags.DEFINE_integer("batch_size", 64, "Pictures per decode task and per actor call.")
   flags.DEFINE_integer(
@@ -83,6 +86,7 @@ def main(argv):
       top_k=flag.top_k,
       batch_size=flag.batch_size,
       embeddings=flag.embeddings,
+      accept=flag.accept,
       actors=flag.actors,
       num_cpus=flag.num_cpus,
     )

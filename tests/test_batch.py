@@ -78,7 +78,7 @@ def test_done_set_and_pending_skip_what_the_parts_hold(tmp_path):
 
 def test_an_output_of_another_run_is_refused(tmp_path):
   out = rows.run_dir.resolve(tmp_path)
-  info = {"workdir": "/runs/a", "top_k": 5, "embeddings": False}
+  info = {"workdir": "/runs/a", "top_k": 5, "embeddings": False, "accept": None}
   rows.check_info(out, info)
   assert json.loads((tmp_path / "batch.json").read_text()) == info
   rows.check_info(out, dict(info))  # The same command continues.

@@ -3,26 +3,33 @@
 Slow: starting Ray and its workers (each actor loads the run and compiles) takes tens of seconds.
 """
 
+import csv
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pyarrow as pa
 import pytest
 
+from animesion_jax import organize
 from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax.distributed import job
 from animesion_jax.distributed import rows
+from animesion_jax.distributed import sorting
 from animesion_jax.inference import image_files
+from animesion_jax.open_set import grouping
 from tests import trained_run
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
-_PICTURES = 20
+_PICTURES = 20  # Readable pictures: test pictures, and a few of noise (answered unknown).
+_NOISE = 4
+_ACCEPT = 0.6  # Of known pictures named: some test pictures are answered unknown too.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,9 +46,14 @@ def pictures(tmp_path_factory):
   """Test pictures, a file that is not an image, and predict's answers for the pictures."""
   folder = tmp_path_factory.mktemp("collection") / "pictures"
   folder.mkdir()
-  trained_run.write_test_pictures(folder, _PICTURES)
+  trained_run.write_test_pictures(folder, _PICTURES - _NOISE)
+  rng = np.random.default_rng(0)
+  for i in range(_NOISE):
+    side = 2 ** (1 + i % 4)  # Blocks of noise, from 2x2 to 16x16 over the picture.
+    noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8))
+    noise.resize((48, 48), Image.Resampling.NEAREST).save(folder / f"noise_{i}.png")
   (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-  run = recognizer.load_run(trained_run.tiny_trained_workdir())
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), accept=_ACCEPT)
   found, _ = image_files.find_images([str(folder)])
   results, errors = predict.predict_files(run, found, top_k=3, batch_size=8)
   embeddings = run.embed(np.stack([run.pixels(r["file"]) for r in results]))[1]
@@ -52,9 +64,11 @@ def _table(output_dir) -> pa.Table:
   return pa.concat_tables(rows.read_parts(rows.run_dir.resolve(output_dir)))
 
 
-def test_answers_equal_predict_and_unreadable_file_is_a_row(local_ray, pictures, tmp_path):
+@pytest.fixture(scope="module")
+def answered(local_ray, pictures, tmp_path_factory):
+  """The batch job's output for the pictures (with embeddings), and its summary."""
   del local_ray
-  out = tmp_path / "out"
+  out = tmp_path_factory.mktemp("answered") / "out"
   summary = job.run(
     trained_run.tiny_trained_workdir(),
     [str(pictures["folder"])],
@@ -62,7 +76,13 @@ def test_answers_equal_predict_and_unreadable_file_is_a_row(local_ray, pictures,
     top_k=3,
     batch_size=8,
     embeddings=True,
+    accept=_ACCEPT,
   )
+  return out, summary
+
+
+def test_answers_equal_predict_and_unreadable_file_is_a_row(answered, pictures):
+  out, summary = answered
   assert (summary.listed, summary.answered, summary.errors) == (_PICTURES + 1, _PICTURES, 1)
   found = {r["file"]: r for r in _table(out).to_pylist()}
   assert len(found) == _PICTURES + 1
@@ -85,6 +105,26 @@ def test_answers_equal_predict_and_unreadable_file_is_a_row(local_ray, pictures,
     )
     np.testing.assert_allclose(row["embedding"], pictures["embeddings"][i], atol=1e-4)
     assert row["error"] == "" and row["calibrated"] is True
+
+
+def test_organize_from_batch_groups_as_organize_does(answered, pictures, tmp_path):
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), accept=_ACCEPT)
+  found, _ = image_files.find_images([str(pictures["folder"])])
+  expected, _ = organize.organize(run, found)
+  groups, errors = sorting.organize(answered[0], tmp_path / "sorted")
+  assert errors == 1
+  unknown = sum(g["count"] for g in groups if g["kind"] == "unknown")
+  assert 3 <= unknown <= _PICTURES - 5, groups  # Both kinds are compared.
+  assert sorted((g["name"], g["kind"], g["count"]) for g in groups) == sorted(
+    (g["name"], g["kind"], len(g["pictures"])) for g in expected
+  )
+  with open(tmp_path / "sorted" / "groups.csv", newline="") as f:
+    ours = {r["file"]: r["group"] for r in csv.DictReader(f)}
+  theirs = {os.path.abspath(p["file"]): g["name"] for g in expected for p in g["pictures"]}
+  assert ours.keys() == theirs.keys()
+  files = sorted(ours)
+  same = grouping.adjusted_rand_index([ours[f] for f in files], [theirs[f] for f in files])
+  assert same == 1.0
 
 
 def test_rerun_answers_only_new_pictures(local_ray, pictures, tmp_path):

@@ -25,6 +25,7 @@ from animesion_jax import run_dir
 from animesion_jax.data import preprocess
 from animesion_jax.distributed import rows
 from animesion_jax.inference import image_files
+from animesion_jax.open_set import answering
 
 # What a worker may raise reading one file: reported in its row, the job goes on. Anything else
 # (a bug) fails the job, as in predict.
@@ -53,10 +54,12 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
 class Answering:
   """A Ray actor (map_batches callable class): one recognizer, loaded once, answering batches."""
 
-  def __init__(self, workdir: str, top_k: int, batch_size: int, embeddings: bool):
+  def __init__(
+    self, workdir: str, top_k: int, batch_size: int, embeddings: bool, accept: float | None
+  ):
     from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
 
-    self.run = recognizer.load_run(workdir)
+    self.run = recognizer.load_run(workdir, accept=accept)
     self.top_k, self.batch_size, self.embeddings = top_k, batch_size, embeddings
 
   def __call__(self, batch: dict[str, np.ndarray]):
@@ -137,11 +140,14 @@ def run(
   top_k: int = 5,
   batch_size: int = 64,
   embeddings: bool = False,
+  accept: float | None = None,
   actors: int | None = None,
   num_cpus: int | None = None,
   on_part: Callable[[epath.Path, int], None] | None = None,
 ) -> Summary:
   """Answers every listed picture not yet in `output_dir`, writing Parquet parts there.
+
+  `accept`: the share of known pictures named (default: the calibration's), as predict's.
 
   Raises:
     FileNotFoundError: `workdir` is not a training run.
@@ -152,9 +158,10 @@ def run(
   output = run_dir.resolve(output_dir)
   found, problems = image_files.find_images(list(inputs))
   files = [image_files.ImageFile(rows.local_path(f.path), f.relative) for f in found]
-  rows.check_info(
-    output, {"workdir": str(run_path), "top_k": top_k, "embeddings": bool(embeddings)}
-  )
+  if accept is not None and not 0.0 < accept <= 1.0:
+    raise answering.OpenSetError(f"--accept={accept} must be in (0, 1].")
+  info = {"workdir": str(run_path), "top_k": top_k, "embeddings": embeddings, "accept": accept}
+  rows.check_info(output, info)
   done = rows.done_files(output)
   todo = rows.pending(files, done)
   summary = Summary(len(files), len(files) - len(todo), 0, 0, 0, 0.0, 0.0, problems)
@@ -181,6 +188,7 @@ def run(
         "top_k": top_k,
         "batch_size": batch_size,
         "embeddings": embeddings,
+        "accept": accept,
       },
       batch_size=batch_size,
       concurrency=pool,
