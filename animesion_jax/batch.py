@@ -32,6 +32,8 @@ from animesion_jax.distributed import rows
 
 
 def define_flags() -> None:
+  common.define_runtime_flags(distributed=False)  # --compilation_cache_dir, used by the actors.
+  flags.adopt_module_key_flags(common)
   flags.DEFINE_string("workdir", None, "Training run directory (its best checkpoint answers).")
   flags.DEFINE_multi_string(
     "input", [], "A folder, file or glob of pictures, local or gs:// (repeatable)."
@@ -88,6 +90,7 @@ def main(argv):
       embeddings=flag.embeddings,
       accept=flag.accept,
       actors=flag.actors,
+      compilation_cache_dir=flag.compilation_cache_dir,
       num_cpus=flag.num_cpus,
     )
   except (*common.USER_ERRORS, rows.BatchOutputError) as error:

@@ -22,6 +22,7 @@ from etils import epath
 import numpy as np
 
 from animesion_jax import run_dir
+from animesion_jax.cli import xla_flags
 from animesion_jax.data import preprocess
 from animesion_jax.distributed import rows
 from animesion_jax.inference import image_files
@@ -55,9 +56,23 @@ class Answering:
   """A Ray actor (map_batches callable class): one recognizer, loaded once, answering batches."""
 
   def __init__(
-    self, workdir: str, top_k: int, batch_size: int, embeddings: bool, accept: float | None
+    self,
+    workdir: str,
+    top_k: int,
+    batch_size: int,
+    embeddings: bool,
+    accept: float | None,
+    compilation_cache_dir: str | None,
   ):
+    import jax  # pylint: disable=g-import-not-at-top
+
     from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
+
+    # As the commands start JAX (cli/common.start_jax): XLA's defaults, then the cache, so a
+    # repeated job (or a restarted actor) does not compile again.
+    xla_flags.apply_default_flags()
+    if compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache_dir))
 
     self.run = recognizer.load_run(workdir, accept=accept)
     self.top_k, self.batch_size, self.embeddings = top_k, batch_size, embeddings
@@ -96,7 +111,11 @@ class Summary:
   parts: int  # Part files written by this run.
   ray_start_seconds: float  # Starting (or joining) Ray; 0 when nothing was left to answer.
   job_seconds: float  # From the dataset's creation to the last part written.
+  # From the dataset's creation to the first part written: actors starting, loading the model
+  # and compiling, the first batch decoded and answered.
+  first_part_seconds: float
   problems: list[tuple[str, str]]  # (input, why) for inputs that are missing or hold no image.
+  steady_rate: float = 0.0  # Pictures/s after the first part (no start-up in it).
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -142,6 +161,7 @@ def run(
   embeddings: bool = False,
   accept: float | None = None,
   actors: int | None = None,
+  compilation_cache_dir: str | None = None,
   num_cpus: int | None = None,
   on_part: Callable[[epath.Path, int], None] | None = None,
 ) -> Summary:
@@ -164,7 +184,7 @@ def run(
   rows.check_info(output, info)
   done = rows.done_files(output)
   todo = rows.pending(files, done)
-  summary = Summary(len(files), len(files) - len(todo), 0, 0, 0, 0.0, 0.0, problems)
+  summary = Summary(len(files), len(files) - len(todo), 0, 0, 0, 0.0, 0.0, 0.0, problems)
   if not todo:
     return summary
   import ray  # pylint: disable=g-import-not-at-top
@@ -178,8 +198,15 @@ def run(
     start = time.perf_counter()
     items = [{"file": f.path, "relative": f.relative} for f in todo]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+    # Decoding runs in tasks over every CPU of the cluster, overlapping the actors' answers:
+    # Ray Data would otherwise fuse it into the actors (it fuses a task map into the next actor
+    # map when their remote args are equal, as on CPU nodes; GPU actors' never are). Remote args
+    # given as a function are never fused.
     dataset = dataset.map_batches(
-      decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size
+      decode_batch,
+      fn_kwargs={"image_size": image_size},
+      batch_size=batch_size,
+      ray_remote_args_fn=lambda: {"num_cpus": 1},
     )
     dataset = dataset.map_batches(
       Answering,
@@ -189,11 +216,13 @@ def run(
         "batch_size": batch_size,
         "embeddings": embeddings,
         "accept": accept,
+        "compilation_cache_dir": compilation_cache_dir,
       },
       batch_size=batch_size,
       concurrency=pool,
       num_gpus=gpus or None,
     )
+    first_rows = 0
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
       if not table.num_rows:
@@ -204,9 +233,13 @@ def run(
       summary.errors += failed
       summary.answered += table.num_rows - failed
       summary.parts += 1
+      if summary.parts == 1:
+        summary.first_part_seconds, first_rows = time.perf_counter() - start, table.num_rows
       if on_part is not None:
         on_part(path, table.num_rows)
     summary.job_seconds = time.perf_counter() - start
+    later = summary.job_seconds - summary.first_part_seconds
+    summary.steady_rate = (summary.answered + summary.errors - first_rows) / later if later else 0.0
   finally:
     if started:
       ray.shutdown()
@@ -224,6 +257,7 @@ def describe(summary: Summary, output_dir: Any) -> str:
     rate = (summary.answered + summary.errors) / max(summary.job_seconds, 1e-9)
     lines.append(
       f"Ray start {summary.ray_start_seconds:.1f} s; job {summary.job_seconds:.1f} s "
-      f"({rate:.1f} pictures/s, model loading and compilation included)."
+      f"({rate:.1f} pictures/s); first part after {summary.first_part_seconds:.1f} s "
+      f"(actors starting, loading and compiling), then {summary.steady_rate:.1f} pictures/s."
     )
   return "\n".join(lines)
