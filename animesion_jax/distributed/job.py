@@ -31,6 +31,7 @@ from animesion_jax.open_set import answering
 # What a worker may raise reading one file: reported in its row, the job goes on. Anything else
 # (a bug) fails the job, as in predict.
 READ_ERRORS = (image_files.UnreadableImage, OSError)
+SHOWN_ERRORS = 10  # Unreadable files the command lists (every one has its row).
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
@@ -116,6 +117,8 @@ class Summary:
   first_part_seconds: float
   problems: list[tuple[str, str]]  # (input, why) for inputs that are missing or hold no image.
   steady_rate: float = 0.0  # Pictures/s after the first part (no start-up in it).
+  # (file, why) of the first unreadable files of this run (all are in the output's rows).
+  unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -198,15 +201,14 @@ def run(
     start = time.perf_counter()
     items = [{"file": f.path, "relative": f.relative} for f in todo]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
-    # Decoding runs in tasks over every CPU of the cluster, overlapping the actors' answers:
-    # Ray Data would otherwise fuse it into the actors (it fuses a task map into the next actor
-    # map when their remote args are equal, as on CPU nodes; GPU actors' never are). Remote args
-    # given as a function are never fused.
+    # Decoding runs in tasks, at most one per CPU of the cluster, on the CPUs the actors leave
+    # (one each), overlapping their answers. Ray Data fuses a task map into the next actor map
+    # only when the task pool's size is unset or equal to the actor pool's; with no CPU to spare
+    # it is left unset, so that each actor decodes its own batches rather than wait forever.
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    decoding = ray.data.TaskPoolStrategy(size=cpus) if cpus > pool else None
     dataset = dataset.map_batches(
-      decode_batch,
-      fn_kwargs={"image_size": image_size},
-      batch_size=batch_size,
-      ray_remote_args_fn=lambda: {"num_cpus": 1},
+      decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size, compute=decoding
     )
     dataset = dataset.map_batches(
       Answering,
@@ -219,7 +221,7 @@ def run(
         "compilation_cache_dir": compilation_cache_dir,
       },
       batch_size=batch_size,
-      concurrency=pool,
+      compute=ray.data.ActorPoolStrategy(size=pool),
       num_gpus=gpus or None,
     )
     first_rows = 0
@@ -229,7 +231,10 @@ def run(
         continue
       path = rows.part_path(output, job, summary.parts)
       rows.write_part(table, path)
-      failed = sum(1 for e in table.column("error").to_pylist() if e)
+      reasons = table.column("error").to_pylist()
+      failed = [(f, e) for f, e in zip(table.column("file").to_pylist(), reasons) if e]
+      summary.unreadable += failed[: SHOWN_ERRORS - len(summary.unreadable)]
+      failed = len(failed)
       summary.errors += failed
       summary.answered += table.num_rows - failed
       summary.parts += 1
@@ -249,6 +254,9 @@ def run(
 def describe(summary: Summary, output_dir: Any) -> str:
   """The command's last lines: what was answered, what was already there, the timings."""
   lines = [f"Skipping {given}: {why}" for given, why in summary.problems]
+  lines += [f"Could not read {file}: {why}" for file, why in summary.unreadable]
+  if summary.errors > len(summary.unreadable):
+    lines.append(f"... and {summary.errors - len(summary.unreadable)} more (the `error` column).")
   lines.append(
     f"{summary.listed} pictures listed, {summary.already_done} already in {output_dir}; "
     f"answered {summary.answered}, {summary.errors} unreadable, in {summary.parts} parts."

@@ -61,6 +61,9 @@ def find_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[tuple[str,
       root = os.fspath(path).rstrip("/") if remote else os.path.normpath(os.fspath(path))
       here = []
       for folder, _, files in epath.Path(root).walk():
+        folder = os.fspath(folder)
+        if remote and "://" not in folder:  # gcsfs walks bucket/dir: the scheme is given back.
+          folder = f"{root.split('://', 1)[0]}://{folder}"
         for name in files:
           if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
             file = os.fspath(epath.Path(folder) / name)
