@@ -70,7 +70,7 @@ def test_done_set_and_pending_skip_what_the_parts_hold(tmp_path):
     rows.write_part(rows.to_table(made, False), rows.part_path(out, "first", index))
   # What a write cut short leaves (run_dir.write_atomic's temporary) is not a part.
   (tmp_path / ".part-first-000002.parquet.123.tmp").write_bytes(b"half")
-  (tmp_path / "batch.json").write_text("{}")
+  (tmp_path / "_batch.json").write_text("{}")
   assert rows.done_files(out) == {"/p/a.png", "/p/b.png", "/p/c.png"}
   files = [image_files.ImageFile(f"/p/{n}.png", n) for n in ["d", "a", "e", "d", "c"]]
   assert [f.relative for f in rows.pending(files, rows.done_files(out))] == ["d", "e"]
@@ -80,7 +80,7 @@ def test_an_output_of_another_run_is_refused(tmp_path):
   out = rows.run_dir.resolve(tmp_path)
   info = {"workdir": "/runs/a", "top_k": 5, "embeddings": False, "accept": None}
   rows.check_info(out, info)
-  assert json.loads((tmp_path / "batch.json").read_text()) == info
+  assert json.loads((tmp_path / "_batch.json").read_text()) == info
   rows.check_info(out, dict(info))  # The same command continues.
   with pytest.raises(rows.BatchOutputError, match=r"workdir='/runs/a'.*workdir='/runs/b'"):
     rows.check_info(out, info | {"workdir": "/runs/b"})

@@ -45,7 +45,7 @@ def test_batch_reads_and_writes_gs(emulator_env, tmp_path):  # noqa: F811
   again = test_gcs._run(command, emulator_env, tmp_path)  # pylint: disable=protected-access
   assert f"{_PICTURES + 1} pictures listed, {_PICTURES + 1} already in" in again, again
   files = test_gcs._listing(emulator_env, answers)  # pylint: disable=protected-access
-  assert any(f.endswith("batch.json") for f in files), files
+  assert any(f.endswith("_batch.json") for f in files), files
   assert sum(1 for f in files if os.path.basename(f).startswith("part-")) >= 1, files
   sorted_out = test_gcs._run(  # pylint: disable=protected-access
     ["-m", "animesion_jax.organize", f"--from_batch={answers}", "--output_dir=sorted"],

@@ -1,6 +1,7 @@
 """Internal: the batch output, a folder of Parquet part files, one row per picture.
 
-  OUT/batch.json                       what made it: run, checkpoint step, top-k, embeddings
+  OUT/_batch.json                      what made it: run, top-k, embeddings, accept (the "_" keeps
+                                       Parquet readers of the folder off it)
   OUT/part-<job>-<n>.parquet           rows, each file written atomically (never half a file)
 
 Each row: `file` (the absolute path or gs:// URI read), `relative` (its name as predict writes
@@ -26,7 +27,7 @@ from animesion_jax import run_dir
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-INFO_FILE = "batch.json"
+INFO_FILE = "_batch.json"
 
 
 class BatchOutputError(ValueError):
@@ -136,7 +137,7 @@ def pending(files: Iterable[Any], done: set[str]) -> list[Any]:
 
 
 def check_info(output_dir: epath.Path, info: dict[str, Any]) -> None:
-  """Writes OUT/batch.json, or checks that the output being continued was made the same way.
+  """Writes OUT/_batch.json, or checks that the output being continued was made the same way.
 
   Raises:
     BatchOutputError: OUT holds another run's (or checkpoint's, top-k's, embeddings') answers.
