@@ -121,3 +121,23 @@ def test_base_install_does_not_pull_ray():
   assert any(r.startswith("ray[data]") for r in lists["RAY_REQUIRES"])
   assert os.path.basename(job.__file__) == "job.py"
   assert "ray" not in dir(job)  # Ray is imported when a job starts, not with the module.
+
+
+def test_blocks_are_written_as_parts_of_at_least_part_rows(tmp_path):
+  out = rows.run_dir.resolve(tmp_path)
+  blocks = []
+  for b in range(5):
+    made = [rows.answer_row(f"/p/{b}-{i}.png", "x", _answer(), None) for i in range(2)]
+    made.append(rows.error_row(f"/p/{b}-bad.png", "x", f"UnreadableImage: {b}", False))
+    blocks.append(rows.to_table(made, False))
+  blocks.insert(2, rows.to_table([], False))  # An empty block writes nothing.
+  summary = job.Summary(15, 0, 0, 0, 0, 0.0, 0.0, 0.0, [])
+  written = []
+  job._write_parts(blocks, out, 4, summary, lambda path, n: written.append(n), 0.0)  # pylint: disable=protected-access
+  assert written == [6, 6, 3]
+  assert [p.name.endswith(f"-{i:06d}.parquet") for i, p in enumerate(rows.part_files(out))] == [
+    True
+  ] * 3
+  assert (summary.answered, summary.errors, summary.parts) == (10, 5, 3)
+  assert summary.unreadable[0] == ("/p/0-bad.png", "UnreadableImage: 0")
+  assert len(rows.done_files(out)) == 15

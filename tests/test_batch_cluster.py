@@ -70,8 +70,10 @@ def test_two_nodes_one_actor_each(two_nodes, pictures, tmp_path):
   assert sum(1 for node in ray.nodes() if node["Alive"]) == 2
   assert job.actor_plan(ray.cluster_resources(), 2, None) == (2, 0.0)
   folder, expected = pictures
-  summary = job.run(trained_run.tiny_trained_workdir(), [str(folder)], tmp_path, batch_size=8)
-  assert (summary.answered, summary.errors, summary.parts) == (_PICTURES, 0, _PICTURES // 8)
+  summary = job.run(
+    trained_run.tiny_trained_workdir(), [str(folder)], tmp_path, batch_size=8, part_rows=16
+  )
+  assert (summary.answered, summary.errors, summary.parts) == (_PICTURES, 0, _PICTURES // 16)
   _check(tmp_path, expected)
 
 
@@ -105,6 +107,7 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(two_nodes, pictures, 
     [str(folder)],
     tmp_path,
     batch_size=4,
+    part_rows=1,
     on_part=kill_one_actor,
   )
   assert killed and summary.answered == _PICTURES

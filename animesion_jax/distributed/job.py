@@ -12,7 +12,7 @@ Answers are the recognizer's own (`Recognizer.embed` then `Recognizer.answer`), 
 predict's. Ray is imported here only, and only when a job starts.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import os
 import time
@@ -20,6 +20,7 @@ from typing import Any
 
 from etils import epath
 import numpy as np
+import pyarrow as pa
 
 from animesion_jax import run_dir
 from animesion_jax.cli import xla_flags
@@ -31,6 +32,9 @@ from animesion_jax.open_set import answering
 # What a worker may raise reading one file: reported in its row, the job goes on. Anything else
 # (a bug) fails the job, as in predict.
 READ_ERRORS = (image_files.UnreadableImage, OSError)
+# Rows per Parquet part: fewer, larger files than one per batch (a million pictures: ~250
+# parts); a crash loses at most this many answers, which the next run gives again.
+PART_ROWS = 4096
 SHOWN_ERRORS = 10  # Unreadable files the command lists (every one has its row).
 
 
@@ -166,11 +170,13 @@ def run(
   actors: int | None = None,
   compilation_cache_dir: str | None = None,
   num_cpus: int | None = None,
+  part_rows: int = PART_ROWS,
   on_part: Callable[[epath.Path, int], None] | None = None,
 ) -> Summary:
   """Answers every listed picture not yet in `output_dir`, writing Parquet parts there.
 
   `accept`: the share of known pictures named (default: the calibration's), as predict's.
+  `on_part(path, rows)` is called after each part is written.
 
   Raises:
     FileNotFoundError: `workdir` is not a training run.
@@ -224,31 +230,53 @@ def run(
       compute=ray.data.ActorPoolStrategy(size=pool),
       num_gpus=gpus or None,
     )
-    first_rows = 0
-    job = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-      if not table.num_rows:
-        continue
-      path = rows.part_path(output, job, summary.parts)
-      rows.write_part(table, path)
-      reasons = table.column("error").to_pylist()
-      failed = [(f, e) for f, e in zip(table.column("file").to_pylist(), reasons) if e]
-      summary.unreadable += failed[: SHOWN_ERRORS - len(summary.unreadable)]
-      failed = len(failed)
-      summary.errors += failed
-      summary.answered += table.num_rows - failed
-      summary.parts += 1
-      if summary.parts == 1:
-        summary.first_part_seconds, first_rows = time.perf_counter() - start, table.num_rows
-      if on_part is not None:
-        on_part(path, table.num_rows)
-    summary.job_seconds = time.perf_counter() - start
-    later = summary.job_seconds - summary.first_part_seconds
-    summary.steady_rate = (summary.answered + summary.errors - first_rows) / later if later else 0.0
+    blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    _write_parts(blocks, output, part_rows, summary, on_part, start)
   finally:
     if started:
       ray.shutdown()
   return summary
+
+
+def _write_parts(
+  blocks: Iterable[pa.Table],
+  output: epath.Path,
+  part_rows: int,
+  summary: Summary,
+  on_part: Callable[[epath.Path, int], None] | None,
+  start: float,
+) -> None:
+  """Writes the blocks as parts of at least `part_rows` rows (the last one: what is left)."""
+  job = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+  waiting, first_rows = [], 0
+
+  def write() -> None:
+    nonlocal first_rows
+    table = pa.concat_tables(waiting)
+    waiting.clear()
+    path = rows.part_path(output, job, summary.parts)
+    rows.write_part(table, path)
+    files, reasons = table.column("file").to_pylist(), table.column("error").to_pylist()
+    failed = [(f, e) for f, e in zip(files, reasons) if e]
+    summary.unreadable += failed[: SHOWN_ERRORS - len(summary.unreadable)]
+    summary.errors += len(failed)
+    summary.answered += table.num_rows - len(failed)
+    summary.parts += 1
+    if summary.parts == 1:
+      summary.first_part_seconds, first_rows = time.perf_counter() - start, table.num_rows
+    if on_part is not None:
+      on_part(path, table.num_rows)
+
+  for block in blocks:
+    if block.num_rows:
+      waiting.append(block)
+    if sum(t.num_rows for t in waiting) >= part_rows:
+      write()
+  if waiting:
+    write()
+  summary.job_seconds = time.perf_counter() - start
+  later = summary.job_seconds - summary.first_part_seconds
+  summary.steady_rate = (summary.answered + summary.errors - first_rows) / later if later else 0.0
 
 
 def describe(summary: Summary, output_dir: Any) -> str:
