@@ -8,8 +8,8 @@ r"""Recognises a whole collection with Ray: Parquet rows of answers, continued a
 Inputs are folders (searched recursively), files and globs, local or gs://. Ray Data reads and
 decodes the files in tasks; an actor pool (one actor per GPU where the cluster has GPUs, else
 one per node) loads the run's best checkpoint, calibration and gallery once per actor and
-answers batches as predict does. Each block of answers is written to --output_dir as one
-Parquet part, atomically; a file that cannot be read gets a row with its `error`. Running the
+answers batches as predict does. The answers are written to --output_dir as Parquet parts of
+--part_rows rows, each atomically; a file that cannot be read gets a row with its `error`. Running the
 same command again answers only the pictures not yet in --output_dir (after a crash, or with new
 pictures), so the output holds each picture once. Without --ray_address a local Ray is started
 (no dashboard); with one (e.g. ray://head:10001 or auto) the job runs on that cluster. Sort the
@@ -51,6 +51,9 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "actors", None, "Recognizer actors (default: one per GPU, or one per node without GPUs)."
   )
+  flags.DEFINE_integer(
+    "part_rows", job.PART_ROWS, "Rows per Parquet part (a crash loses at most one part's answers)."
+  )
   flags.DEFINE_integer("num_cpus", None, "CPUs of a local Ray (default: this machine's).")
 
 
@@ -75,8 +78,8 @@ def main(argv):
     raise app.UsageError("Give --workdir=RUN (a training run directory).")
   if not flag.output_dir:
     raise app.UsageError("Give --output_dir=DIR (where the Parquet parts are written).")
-  if flag.top_k < 1 or flag.batch_size < 1:
-    raise app.UsageError("--top_k and --batch_size must be at least 1.")
+  if min(flag.top_k, flag.batch_size, flag.part_rows) < 1:
+    raise app.UsageError("--top_k, --batch_size and --part_rows must be at least 1.")
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
@@ -91,6 +94,7 @@ def main(argv):
       accept=flag.accept,
       actors=flag.actors,
       compilation_cache_dir=flag.compilation_cache_dir,
+      part_rows=flag.part_rows,
       num_cpus=flag.num_cpus,
     )
   except (*common.USER_ERRORS, rows.BatchOutputError) as error:
@@ -98,6 +102,8 @@ def main(argv):
   print(job.describe(summary, flag.output_dir))
   if summary.listed == 0:
     sys.exit("batch: no picture found (see the messages above).")
+  if summary.errors and not summary.answered and not summary.already_done:
+    sys.exit("batch: no picture could be read (see the messages above).")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,8 @@ def run(
   output = run_dir.resolve(output_dir)
   found, problems = image_files.find_images(list(inputs))
   files = [image_files.ImageFile(rows.local_path(f.path), f.relative) for f in found]
+  if not files:
+    return Summary(0, 0, 0, 0, 0, 0.0, 0.0, 0.0, problems)
   if accept is not None and not 0.0 < accept <= 1.0:
     raise answering.OpenSetError(f"--accept={accept} must be in (0, 1].")
   info = {"workdir": str(run_path), "top_k": top_k, "embeddings": embeddings, "accept": accept}
@@ -291,9 +293,14 @@ def describe(summary: Summary, output_dir: Any) -> str:
   )
   if summary.parts:
     rate = (summary.answered + summary.errors) / max(summary.job_seconds, 1e-9)
-    lines.append(
+    line = (
       f"Ray start {summary.ray_start_seconds:.1f} s; job {summary.job_seconds:.1f} s "
-      f"({rate:.1f} pictures/s); first part after {summary.first_part_seconds:.1f} s "
-      f"(actors starting, loading and compiling), then {summary.steady_rate:.1f} pictures/s."
+      f"({rate:.1f} pictures/s)"
     )
+    if summary.parts > 1:
+      line += (
+        f"; first part after {summary.first_part_seconds:.1f} s (actors starting, loading and "
+        f"compiling), then {summary.steady_rate:.1f} pictures/s"
+      )
+    lines.append(line + ".")
   return "\n".join(lines)
