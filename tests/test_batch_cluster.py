@@ -7,6 +7,8 @@ seconds to start.
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,10 @@ _PICTURES = 48
 
 @pytest.fixture(scope="module")
 def two_nodes():
+  # The nodes' workers import this checkout (on a real cluster: the installed package), also
+  # for a driver that joins from another process.
+  before = os.environ.get("PYTHONPATH")
+  os.environ["PYTHONPATH"] = _REPO
   cluster = cluster_utils.Cluster(
     initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
   )
@@ -39,6 +45,10 @@ def two_nodes():
   yield cluster
   ray.shutdown()
   cluster.shutdown()
+  if before is None:
+    del os.environ["PYTHONPATH"]
+  else:
+    os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +85,25 @@ def test_two_nodes_one_actor_each(two_nodes, pictures, tmp_path):
   )
   assert (summary.answered, summary.errors, summary.parts) == (_PICTURES, 0, _PICTURES // 16)
   _check(tmp_path, expected)
+
+
+def test_the_command_joins_a_cluster_by_address(two_nodes, pictures, tmp_path):
+  folder, expected = pictures
+  command = [
+    sys.executable,
+    "-m",
+    "animesion_jax.batch",
+    f"--workdir={trained_run.tiny_trained_workdir()}",
+    f"--input={folder}",
+    "--output_dir=answers",
+    f"--ray_address={two_nodes.address}",
+  ]
+  env = dict(os.environ, PYTHONPATH=_REPO)
+  done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"answered {_PICTURES}, 0 unreadable" in done.stdout, done.stdout
+  _check(tmp_path / "answers", expected)
+  assert sum(1 for node in ray.nodes() if node["Alive"]) == 2  # The cluster outlives the job.
 
 
 def _answering_actors() -> list[psutil.Process]:
