@@ -161,6 +161,35 @@ def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path, monkeypatc
   assert report["checkpoint"].endswith(os.path.join("checkpoints", str(trained_run.TRAIN_STEPS)))
 
 
+def test_a_calibrated_run_goes_through_the_model_once_per_split(workdir, tmp_path, monkeypatch):
+  """The open-set section reads the logits and embeddings of evaluate's own pass (#25 item 4):
+  the same numbers as a separate embedding pass, with the model run over the split once."""
+  from animesion_jax.open_set import fitting  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  run = recognizer.load_run(workdir, "latest")
+  config = run.config
+  builder = evaluate.datasets.open_dataset(
+    config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
+  )
+  logits, embeddings, labels = fitting.embed_source(
+    run, evaluate.datasets.data_source(builder, "test"), 64
+  )
+  expected = run.answerer.answer(logits, embeddings)
+  passes = []
+  predict_split = evaluation.predict_split
+  monkeypatch.setattr(
+    evaluation, "predict_split", lambda *a, **k: passes.append(1) or predict_split(*a, **k)
+  )
+  monkeypatch.setattr(fitting, "embed_source", lambda *a, **k: pytest.fail("a second pass"))
+  report = evaluate.evaluate_loaded(run, builder, run.config.dataset, "test", tmp_path, 64)
+  assert passes == [1]
+  section = report["open_set"]
+  named = np.mean([a.character == run.class_names[y] for a, y in zip(expected, labels)])
+  assert section["known_named_right"] == pytest.approx(named, abs=1e-9)
+  assert section["known_answered_unknown"] == pytest.approx(np.mean([a.unknown for a in expected]))
+
+
 def test_summary_table(test_report):
   text = evaluate.format_summary(test_report)
   lines = text.splitlines()
