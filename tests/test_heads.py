@@ -5,12 +5,14 @@ import functools
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from animesion_jax import models
 from animesion_jax.models import heads
+from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
 from animesion_jax.training import loop
 from animesion_jax.training import model_setup
@@ -21,7 +23,7 @@ CLASSES = 5
 # (model name, small overrides, image side): one of each family (ViT with both of its heads).
 FAMILIES = [
   ("vit_tiny", {"num_layers": 1}, 16),
-  ("vit_tiny", {"num_layers": 1, "head_type": "intermediate_features"}, 16),
+  ("vit_tiny", {"head_type": "intermediate_features"}, 16),
   ("resnet18", {"base_width": 4, "stage_sizes": (1,)}, 32),
   ("shallow", {"channels": (4, 8), "hidden": 16}, 32),
 ]
@@ -150,6 +152,19 @@ def test_a_linear_checkpoints_bias_leaves_a_cosine_head():
   np.testing.assert_array_equal(flat["head/kernel"], variables["params"]["head"]["kernel"])
   dropped, fresh = model_setup._without_output_layer(config, variables, abstract, keep=False)
   assert fresh == ["head/kernel"] and not np.any(dropped["params"]["head"]["kernel"])
+
+
+def test_a_run_from_before_the_head_option_loads_and_resumes():
+  current = helpers.tiny_config()
+  saved = ml_collections.ConfigDict(current.to_dict())
+  for field in ("head", "cosine_scale", "margin_type", "margin"):
+    del saved.model[field]
+  assert model_setup.build_model(saved, CLASSES).head == "linear"
+  assert checkpointing.config_differences(saved, current) == []
+  current.model.head = "cosine"
+  assert checkpointing.config_differences(saved, current) == [
+    "config.model.head: 'linear' in the run, now 'cosine'"
+  ]
 
 
 @pytest.mark.slow
