@@ -146,6 +146,14 @@ def test_tiny_vit_exports_agree_with_jax_and_model_json_has_the_contract(tmp_pat
   assert hlo["input"] == contents["input"] and hlo["class_names"] == contents["class_names"]
 
 
+def test_a_cosine_head_exports_agree_with_jax(tmp_path):
+  run = tiny_run("vit_b16")
+  model = run.model.clone(head="cosine")
+  run = dataclasses.replace(run, model=model, variables=_random_variables(model, 32))
+  check_onnx(run, tmp_path / "onnx")
+  check_stablehlo(run, tmp_path / "hlo")
+
+
 def test_resnet_contract_has_imagenet_statistics(tmp_path):
   contents = model_json.contract(tiny_run("resnet18"), "onnx", {"model": "model.onnx"})
   assert contents["input"]["mean"] == [0.485, 0.456, 0.406]

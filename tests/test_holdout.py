@@ -133,3 +133,26 @@ def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
   assert bench["held_out"] == section["held_out_classes"]
   assert bench["auroc"] == pytest.approx(section["scores"][bench["score"]]["auroc"], abs=1e-6)
   assert 0 <= bench["shot2_accuracy"] <= 1 and -1 <= bench["organize_ari"] <= 1
+
+
+def _train_labels(source) -> np.ndarray:
+  return np.array([source[i]["label"] for i in range(len(source))])
+
+
+def test_long_tail_losses_see_the_known_classes_only():
+  config = helpers.tiny_config(loss="balanced_softmax")
+  config.open_set.holdout_count = 3
+  data = loop.open_data(config)
+  # One offset per model class (it was one per dataset class: a shape mismatch in the loss), the
+  # log of that known class's training pictures.
+  counts = np.bincount(_train_labels(data.train_source), minlength=len(data.class_names))
+  np.testing.assert_allclose(data.logit_offsets, np.log(counts), rtol=1e-6)
+
+
+def test_class_balanced_sampling_draws_known_records_only():
+  config = helpers.tiny_config(class_balanced_sampling=True)
+  config.open_set.holdout_count = 3
+  data = loop.open_data(config)
+  # One label per record of the known train source, its known class id (the dataset's labels of
+  # every record made the sampler draw indices past the end: IndexError).
+  np.testing.assert_array_equal(data.train_labels, _train_labels(data.train_source))

@@ -24,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from animesion_jax import config_schema
 from animesion_jax import run_dir as run_dir_lib
 
 BEST_METRIC = "validation_top1"  # The checkpoint metric that ranks checkpoints (higher is better).
@@ -355,9 +356,15 @@ _FROM_CHECKPOINT = ("model.layer_norm_epsilon",)
 def config_differences(
   saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
 ) -> list[str]:
-  """'field: saved -> current' for each resume-critical field that changed."""
-  saved_flat = flax.traverse_util.flatten_dict(saved.to_dict(), sep=".")
-  current_flat = flax.traverse_util.flatten_dict(current.to_dict(), sep=".")
+  """'field: saved -> current' for each resume-critical field that changed.
+
+  A field one of them lacks (a run from before the field existed) counts as its schema default
+  (e.g. config.model.head 'linear').
+  """
+  defaults = flax.traverse_util.flatten_dict(config_schema.get_base_config().to_dict(), sep=".")
+  saved_flat, current_flat = (
+    {**defaults, **flax.traverse_util.flatten_dict(c.to_dict(), sep=".")} for c in (saved, current)
+  )
   differences = []
   for key in sorted(set(saved_flat) | set(current_flat)):
     if key in _FROM_CHECKPOINT and saved.init_from.source:

@@ -12,6 +12,7 @@ import optax
 from animesion_jax import models
 from animesion_jax.data import preprocess
 from animesion_jax.models import batch_norm
+from animesion_jax.models import heads
 from animesion_jax.training import losses as losses_lib
 from animesion_jax.training import metrics as metrics_lib
 from animesion_jax.training import optim
@@ -88,7 +89,9 @@ def _loss_and_grads(
     logits, updates = model.apply(
       variables, images, train=model_train_mode, rngs={"dropout": dropout_rng}, mutable=mutable
     )
-    losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing, logit_offsets)
+    # A cosine head's margin on the target logit (CosFace / ArcFace) is part of the loss only.
+    train_logits = heads.margin_logits(logits.astype(jnp.float32), labels, model)
+    losses = cross_entropy(train_logits, labels, label_smoothing, logit_offsets)
     extra = sum(jnp.mean(term * weights) for term in jax.tree.leaves(updates.get("losses", {})))
     return (
       jnp.mean(losses * weights) + extra,
