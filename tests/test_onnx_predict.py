@@ -16,6 +16,7 @@ from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax.data import datasets
 from animesion_jax.export import formats
+from animesion_jax.inference import crops
 from animesion_jax.inference import image_files
 from tests import helpers
 from tests import trained_run
@@ -63,7 +64,7 @@ def test_pixels_and_file_order_are_predicts(tmp_path, size):
   compared = 0
   for file in expected_files:
     try:
-      (crop,) = predict._prepare(file, size, None)  # pylint: disable=protected-access
+      (crop,) = crops.file_crops(file, size)
     except image_files.UnreadableImage as error:
       with pytest.raises(onnx_predict.UnreadableImage) as raised:
         onnx_predict.load_pixels(file.path, size)
