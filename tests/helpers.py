@@ -19,6 +19,9 @@ import pytest
 
 from configs import quickstart
 
+# The repository root: subprocesses import animesion_jax, configs and tests from it.
+REPO = str(pathlib.Path(__file__).resolve().parents[1])
+
 # The session's temporary directory; set by `session_tmp_dir`, inherited by subprocesses.
 SESSION_DIR_ENV = "ANIMESION_JAX_TEST_SESSION_DIR"
 
@@ -64,6 +67,14 @@ def _built(data_dir: str) -> str:
 def synthetic_data_dir() -> str:
   """The 'small' synthetic dataset (560/112/224 images), built once per test session."""
   return _built(session_dir("tfds"))
+
+
+def subprocess_env(*first: str | os.PathLike, **extra: str) -> dict[str, str]:
+  """This process's environment for a subprocess that imports the project: PYTHONPATH is the
+  folders `first`, then the repository root, then the inherited PYTHONPATH; `extra` variables are
+  added (or replace inherited ones)."""
+  paths = [*map(str, first), REPO, os.environ.get("PYTHONPATH", "")]
+  return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **extra}
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(cwd, module, *args):
-  env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = helpers.subprocess_env()
   return subprocess.run(
     [sys.executable, "-m", f"animesion_jax.{module}", *args],
     cwd=cwd,

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.export import formats
 from animesion_jax.export import model_json
+from tests import helpers
 from tests import trained_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_missing_jax2onnx_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _run_export(cwd, *args):
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  env = helpers.subprocess_env()
   return subprocess.run(
     [sys.executable, "-m", "animesion_jax.export", *args],
     cwd=cwd,

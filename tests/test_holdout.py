@@ -110,7 +110,7 @@ def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
   assert all(0 <= row["auroc"] <= 1 for row in section["scores"].values())
   assert "Held out (" in evaluate.format_summary(report)
 
-  env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = helpers.subprocess_env()
   done = subprocess.run(
     [
       sys.executable,

@@ -12,13 +12,14 @@ import pytest
 from animesion_jax.open_set import answering
 from animesion_jax.open_set import calibration
 from animesion_jax.open_set import fitting
+from tests import helpers
 from tests import trained_run
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env():
-  return {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  return helpers.subprocess_env()
 
 
 def _answerer(threshold_score="max_softmax"):
