@@ -69,6 +69,23 @@ def synthetic_data_dir() -> str:
   return _built(session_dir("tfds"))
 
 
+def write_test_pictures(
+  folder: str | os.PathLike, count: int, *, start: int = 0, prefix: str = ""
+) -> list[str]:
+  """Test-split images `start`, ..., `start + count - 1` of the small synthetic dataset (the
+  tiny configs' and the trained run's) as PNG files FOLDER/PREFIX00.png, ...; their paths."""
+  from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
+  builder = datasets.open_dataset("synthetic_characters", synthetic_data_dir(), "small")
+  source = datasets.data_source(builder, "test")
+  os.makedirs(folder, exist_ok=True)
+  paths = [os.path.join(folder, f"{prefix}{i:02d}.png") for i in range(start, start + count)]
+  for i, path in zip(range(start, start + count), paths):
+    with open(path, "wb") as f:
+      f.write(source[i]["image"])
+  return paths
+
+
 def subprocess_env(*first: str | os.PathLike, **extra: str) -> dict[str, str]:
   """This process's environment for a subprocess that imports the project: PYTHONPATH is the
   folders `first`, then the repository root, then the inherited PYTHONPATH; `extra` variables are

@@ -192,7 +192,7 @@ def _run_export(cwd, *args):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_command_line_from_a_relative_workdir(tmp_path):
+def test_command_line_from_a_relative_workdir(trained_workdir, tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "runs" / "quickstart")
   calibration = {"temperature": 1.5, "unknown_threshold": 0.4}
   (tmp_path / "runs" / "quickstart" / "calibration.json").write_text(json.dumps(calibration))

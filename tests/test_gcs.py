@@ -134,10 +134,9 @@ print(json.dumps({"config": run.load_config().seed, "names": run.load_class_name
   assert any("events.out.tfevents" in f for f in files), files
 
 
-def test_predict_writes_its_outputs_to_gs(emulator_env, tmp_path):
-  from tests import trained_run  # pylint: disable=g-import-not-at-top
+def test_predict_writes_its_outputs_to_gs(trained_workdir, emulator_env, tmp_path):
 
-  workdir = trained_run.tiny_trained_workdir()
+  workdir = trained_workdir
   pictures = tmp_path / "pictures"
   pictures.mkdir()
   Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(pictures / "a.png")
