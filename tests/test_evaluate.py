@@ -93,8 +93,8 @@ def test_confused_pairs_order_and_limit():
 
 
 @pytest.fixture(scope="module")
-def workdir():
-  return trained_run.tiny_trained_workdir()
+def workdir(trained_workdir):
+  return trained_workdir
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_unknown_split_is_a_clear_error(workdir):
     evaluate.evaluate(workdir, split="dev")
 
 
-def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
+def test_checkpoint_that_does_not_fit_lists_the_shapes(trained_workdir, tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)

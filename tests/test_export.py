@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.export import formats
 from animesion_jax.export import model_json
+from tests import helpers
 from tests import trained_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_missing_jax2onnx_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _run_export(cwd, *args):
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  env = helpers.subprocess_env()
   return subprocess.run(
     [sys.executable, "-m", "animesion_jax.export", *args],
     cwd=cwd,
@@ -200,7 +200,7 @@ def _run_export(cwd, *args):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_command_line_from_a_relative_workdir(tmp_path):
+def test_command_line_from_a_relative_workdir(trained_workdir, tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "runs" / "quickstart")
   calibration = {"temperature": 1.5, "unknown_threshold": 0.4}
   (tmp_path / "runs" / "quickstart" / "calibration.json").write_text(json.dumps(calibration))
