@@ -1,0 +1,163 @@
+"""One video, streamed: decode -> shots -> sampled frames -> boxes -> embeddings -> tracks.
+
+  found = indexer.index_video(run, "episode.mkv", detector, Settings(), progress=True)
+  found.report (decoding.DecodeReport), found.shots, found.tracks (tracking.Track, with the sums
+  of their frames' logits and embeddings), found.stats
+
+Every decoded frame goes through the shot detector; within a shot a frame is sampled every
+`sample_every` seconds (dark frames of a fade never); a sampled frame almost identical to the
+last answered frame of its shot (mean absolute difference of 32x18 grey thumbnails below
+`duplicate_level`) is not detected or answered again: the tracks on screen are held. The crops of
+the other sampled frames' boxes wait in a batch of `batch_size` for the recognizer. Only the
+current frame, one batch of crops and each track's best thumbnail are held in memory.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+from PIL import Image
+
+from animesion_jax.data import preprocess
+from animesion_jax.video_index import decoding
+from animesion_jax.video_index import shots as shots_lib
+from animesion_jax.video_index import tracking
+
+THUMBNAIL = 96  # Side of the thumbnails kept per track (the page's pictures), in pixels.
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  # Seconds between sampled frames within a shot.
+  sample_every: float = 0.25
+  # Mean absolute difference (0-255) of grey 32x18 thumbnails under which a sampled frame is a
+  # near-duplicate of the last answered one.
+  duplicate_level: float = 2.0
+  # Least IoU for a box to continue a track.
+  min_iou: float = 0.3
+  # Answered frames a track may miss before it ends.
+  max_missed: int = 2
+  # Crops per recognizer call.
+  batch_size: int = 64
+
+
+@dataclasses.dataclass
+class VideoIndex:
+  path: str
+  report: decoding.DecodeReport
+  shots: list[shots_lib.Shot]
+  tracks: list[tracking.Track]
+  stats: dict
+  # Per shot: (first, last) sampled frame time; a track seen at either runs to the shot's edge.
+  samples: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+
+class _Pending:
+  """Crops waiting for the recognizer, with the track and frame each belongs to."""
+
+  def __init__(self, run, batch_size: int):
+    self.run, self.batch_size = run, batch_size
+    self.items: list[tuple[tracking.Track, float, list[int], np.ndarray, np.ndarray]] = []
+
+  def add(self, track, time, box, pixels, thumbnail) -> None:
+    self.items.append((track, time, box, pixels, thumbnail))
+    if len(self.items) >= self.batch_size:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self.items:
+      return
+    batch = np.zeros(
+      (self.batch_size, *self.items[0][3].shape), np.uint8
+    )  # One shape: one compile.
+    batch[: len(self.items)] = [item[3] for item in self.items]
+    logits, embeddings = self.run.embed(batch, self.batch_size)
+    count = len(self.items)
+    answers = self.run.answer(logits[:count], embeddings[:count], top_k=1)
+    for (track, time, box, _, thumbnail), lg, em, answer in zip(
+      self.items, logits, embeddings, answers
+    ):
+      track.add(time, box, lg, em, answer, thumbnail)
+    self.items = []
+
+
+def _crops(frame: np.ndarray, boxes, image_size: int):
+  """(model inputs [n, S, S, 3], thumbnails [n, T, T, 3]) of the boxes, as predict crops."""
+  image = Image.fromarray(frame)
+  inputs, thumbnails = [], []
+  for left, top, right, bottom in boxes:
+    part = image.crop((left, top, right, bottom))
+    inputs.append(np.asarray(preprocess.resize_square(part, image_size)))
+    thumbnails.append(np.asarray(preprocess.resize_square(part, THUMBNAIL)))
+  return inputs, thumbnails
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  small = cv2.resize(pixels, shots_lib.THUMBNAIL, interpolation=cv2.INTER_AREA)
+  return small.astype(np.float32).mean(axis=2)
+
+
+def index_video(run, path: str, detector, settings: Settings = Settings(), progress=False):
+  """The shots and tracks of one video file (see the module docstring).
+
+  Raises (before any frame is read): FileNotFoundError, decoding.NotAVideo.
+  """
+  report = decoding.DecodeReport()
+  frames = decoding.frames(path, report)
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+
+    bar = tqdm.tqdm(
+      total=report.expected_frames or None,
+      unit="frame",
+      desc=os.path.basename(path),
+      dynamic_ncols=True,
+      mininterval=1.0,
+    )
+  detector_shots = shots_lib.ShotDetector()
+  linker = tracking.Linker(settings.min_iou, settings.max_missed)
+  pending = _Pending(run, settings.batch_size)
+  tracks: list[tracking.Track] = []
+  stats = {"frames": 0, "sampled": 0, "near_duplicates": 0, "answered_frames": 0, "boxes": 0}
+  next_sample, last_grey, end = 0.0, None, 0.0
+  samples: dict[int, tuple[float, float]] = {}
+  for frame in frames:
+    stats["frames"] += 1
+    if bar is not None:
+      bar.update(1)
+    end = frame.time + 1.0 / report.fps
+    if detector_shots.update(frame.time, frame.pixels):
+      linker.close_all(next_shot=detector_shots.shot_index)
+      next_sample, last_grey = frame.time, None
+    if detector_shots.dark or frame.time + 1e-6 < next_sample:
+      continue
+    next_sample = frame.time + settings.sample_every
+    stats["sampled"] += 1
+    shot = detector_shots.shot_index
+    samples[shot] = (samples.get(shot, (frame.time,))[0], frame.time)
+    grey = _grey(frame.pixels)
+    if last_grey is not None and float(np.abs(grey - last_grey).mean()) < settings.duplicate_level:
+      stats["near_duplicates"] += 1
+      linker.hold(frame.time)
+      continue
+    last_grey = grey
+    stats["answered_frames"] += 1
+    boxes = [list(map(int, box)) for box in detector(frame.pixels)]
+    stats["boxes"] += len(boxes)
+    inputs, thumbnails = _crops(frame.pixels, boxes, run.config.image_size)
+    for track, box, pixels, thumbnail in zip(
+      linker.link(frame.time, boxes), boxes, inputs, thumbnails
+    ):
+      pending.add(track, frame.time, box, pixels, thumbnail)
+    tracks.extend(linker.take_finished())
+  if bar is not None:
+    bar.close()
+  linker.close_all()
+  pending.flush()
+  tracks.extend(linker.take_finished())
+  tracks = sorted((t for t in tracks if t.frames), key=lambda t: (t.first, t.id))
+  end = max(end, report.expected_duration) if report.complete else end
+  return VideoIndex(path, report, detector_shots.finish(end), tracks, stats, samples)
