@@ -31,6 +31,11 @@ def whole_frame(image: np.ndarray) -> list[Box]:
   return [[0, 0, int(image.shape[1]), int(image.shape[0])]]
 
 
+def marker_width(height: int) -> int:
+  """Line width of the synthetic episodes' tile frames in a picture `height` pixels high."""
+  return max(2, round(height / 90))
+
+
 def synthetic_markers(image: np.ndarray) -> list[Box]:
   """The tiles inside the magenta frames of a synthetic episode, in reading order."""
   import cv2  # pylint: disable=g-import-not-at-top
@@ -39,26 +44,14 @@ def synthetic_markers(image: np.ndarray) -> list[Box]:
   low = np.minimum(r, b)
   mask = (low >= _MARKER_RED_BLUE_MIN) & (g <= _MARKER_GREEN_SHARE * low)
   mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+  thickness = marker_width(image.shape[0])
   count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
   boxes = []
   for x, y, w, h, _ in stats[1:count].tolist():
     if min(w, h) < _MARKER_MIN_SIDE:
       continue
-    thickness = _thickness(mask[y : y + h, x : x + w])
     boxes.append([x + thickness, y + thickness, x + w - thickness, y + h - thickness])
   return sorted(boxes, key=lambda box: (box[1], box[0]))
-
-
-def _thickness(frame: np.ndarray) -> int:
-  """A frame's line width: the shortest run of mask pixels inwards from the middle of a side."""
-  h, w = frame.shape
-  runs = [
-    frame[h // 2, : w // 4],
-    frame[h // 2, ::-1][: w // 4],
-    frame[: h // 4, w // 2],
-    frame[::-1, w // 2][: h // 4],
-  ]
-  return max(1, min(int(np.argmin(run)) if not run.all() else len(run) for run in runs))
 
 
 def face_detector(cascade: str | None = None, margin: float = 0.25, min_size: int = 24) -> Detector:

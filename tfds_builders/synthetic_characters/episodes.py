@@ -150,7 +150,8 @@ def render(
   import cv2  # pylint: disable=g-import-not-at-top
 
   width, height = size
-  side, border = int(round(height * 0.3)), max(2, int(round(height / 90)))
+  side = int(round(height * 0.3))
+  border = max(2, round(height / 90))  # As the detector's detectors.marker_width.
   rng = np.random.default_rng([seed, 0x5E1])
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
   if not writer.isOpened():
