@@ -113,16 +113,19 @@ def measure_episode(run, seed: int, folder: str) -> dict:
   found = [s.start for s in index.shots[1:]]
   true = [s["start"] for s in truth["shots"][1:]]
   indexed = {r["group"]: r["seconds"] for r in rows}
-  errors = {
-    name: abs(indexed.get(name, 0.0) - value) / value
+  timed = {  # name: (true seconds, indexed seconds), characters of the trained classes.
+    name: (value, indexed.get(name, 0.0))
     for name, value in true_screen_time(truth).items()
     if not name.startswith("unseen_")
   }
+  errors = {name: abs(mine - true) / true for name, (true, mine) in timed.items()}
   return {
     "seed": seed,
     "boundaries": boundary_scores(found, true, _TOLERANCE.value),
     "naming": naming_scores(index, appearances, truth, _FPS.value),
     "screen_time_errors": errors,
+    "screen_time": timed,
+    "appearances": appearances,
     "processing_seconds": seconds,
     "video_seconds": truth["duration"],
     "stats": index.stats,

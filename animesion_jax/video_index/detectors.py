@@ -46,12 +46,23 @@ def synthetic_markers(image: np.ndarray) -> list[Box]:
   mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
   thickness = marker_width(image.shape[0])
   count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-  boxes = []
+  found = []
   for x, y, w, h, _ in stats[1:count].tolist():
-    if min(w, h) < _MARKER_MIN_SIDE:
+    # A tile is square: a narrower box is a tile less than half in the picture (not counted
+    # on screen, as in the episodes' truth) or a magenta patch of some drawing.
+    if min(w, h) < _MARKER_MIN_SIDE or min(w, h) < 0.5 * max(w, h):
       continue
-    boxes.append([x + thickness, y + thickness, x + w - thickness, y + h - thickness])
+    found.append([x + thickness, y + thickness, x + w - thickness, y + h - thickness])
+  # A magenta patch inside a tile's drawing is not a tile of its own.
+  boxes = [b for b in found if not any(o is not b and _inside(b, o) for o in found)]
   return sorted(boxes, key=lambda box: (box[1], box[0]))
+
+
+def _inside(box, other) -> bool:
+  """Whether the centre of `box` lies in `other`, which is larger."""
+  cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+  larger = (other[2] - other[0]) * (other[3] - other[1]) > (box[2] - box[0]) * (box[3] - box[1])
+  return larger and other[0] <= cx < other[2] and other[1] <= cy < other[3]
 
 
 def face_detector(cascade: str | None = None, margin: float = 0.25, min_size: int = 24) -> Detector:

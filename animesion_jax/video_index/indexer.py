@@ -50,6 +50,8 @@ class VideoIndex:
   stats: dict
   # Per shot: (first, last) sampled frame time; a track seen at either runs to the shot's edge.
   samples: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  # Per shot: (start, end) of its picture, i.e. without the dark frames of a fade.
+  pictures: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 class _Pending:
@@ -124,6 +126,7 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
   stats = {"frames": 0, "sampled": 0, "near_duplicates": 0, "answered_frames": 0, "boxes": 0}
   next_sample, last_grey, end = 0.0, None, 0.0
   samples: dict[int, tuple[float, float]] = {}
+  pictures: dict[int, tuple[float, float]] = {}
   for frame in frames:
     stats["frames"] += 1
     if bar is not None:
@@ -132,11 +135,14 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
     if detector_shots.update(frame.time, frame.pixels):
       linker.close_all(next_shot=detector_shots.shot_index)
       next_sample, last_grey = frame.time, None
-    if detector_shots.dark or frame.time + 1e-6 < next_sample:
+    if detector_shots.dark:
+      continue
+    shot = detector_shots.shot_index
+    pictures[shot] = (pictures.get(shot, (frame.time,))[0], end)
+    if frame.time + 1e-6 < next_sample:
       continue
     next_sample = frame.time + settings.sample_every
     stats["sampled"] += 1
-    shot = detector_shots.shot_index
     samples[shot] = (samples.get(shot, (frame.time,))[0], frame.time)
     grey = _grey(frame.pixels)
     if last_grey is not None and float(np.abs(grey - last_grey).mean()) < settings.duplicate_level:
@@ -160,4 +166,4 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
   tracks.extend(linker.take_finished())
   tracks = sorted((t for t in tracks if t.frames), key=lambda t: (t.first, t.id))
   end = max(end, report.expected_duration) if report.complete else end
-  return VideoIndex(path, report, detector_shots.finish(end), tracks, stats, samples)
+  return VideoIndex(path, report, detector_shots.finish(end), tracks, stats, samples, pictures)

@@ -9,8 +9,8 @@ of its frames' logits and of their embeddings (re-normalised): a known name, an 
 unknown. Unknown tracks are clustered by their mean embeddings (open_set.grouping, as organize
 does) into unknown-1..N, largest first. A track on screen from its first to its last sampled
 frame is counted from half a sampling interval before to half after (the true entry and exit lie
-somewhere between samples), or from (to) the shot's edge where it is in the shot's first (last)
-sampled frame; a character's screen time is the union of its
+somewhere between samples), or from (to) the edge of the shot's picture (a fade's dark frames
+left out) where it is in the shot's first (last) sampled frame; a character's screen time is the union of its
 tracks' intervals.
 """
 
@@ -69,11 +69,14 @@ def answer_tracks(run, indexes, sample_every: float) -> list[dict]:
 
 def on_screen(track, index, sample_every: float) -> tuple[float, float]:
   """(start, end) seconds of a track: half a sampling interval beyond its first and last
-  sampled frames, or the shot's edge where it was in the shot's first or last sampled frame."""
+  sampled frames, or the edge of its shot's picture (the shot without a fade's dark frames)
+  where it was in the shot's first or last sampled frame."""
   shot = index.shots[track.shot]
   first, last = index.samples.get(track.shot, (None, None))
-  start = shot.start if track.first == first else max(track.first - sample_every / 2, shot.start)
-  end = shot.end if track.last == last else min(track.last + sample_every / 2, shot.end)
+  low, high = index.pictures.get(track.shot, (shot.start, shot.end))
+  low, high = max(low, shot.start), min(high, shot.end)
+  start = low if track.first == first else max(track.first - sample_every / 2, low)
+  end = high if track.last == last else min(track.last + sample_every / 2, high)
   return start, end
 
 
