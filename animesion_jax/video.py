@@ -80,7 +80,7 @@ def main(argv):
     except (FileNotFoundError, IsADirectoryError, decoding.NotAVideo) as error:
       errors.append({"file": path, "error": str(error)})
       print(f"Skipped {path}: {error}")
-  appearances = timeline.answer_tracks(run, indexes, settings.sample_every)
+  appearances = timeline.answer_tracks(run, indexes)
   record = timeline.assemble(indexes, appearances, errors, run, settings)
   output_dir = run_dir.resolve(flag.output_dir)
   timeline.write(record, indexes, str(output_dir))

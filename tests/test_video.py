@@ -131,21 +131,39 @@ def test_one_answer_per_track_from_the_mean_and_screen_time():
   assert np.linalg.norm(embedding) == pytest.approx(1.0)
   index = indexer.VideoIndex(
     "ep.mp4",
-    decoding.DecodeReport(),
+    decoding.DecodeReport(fps=24.0),
     [shots.Shot(0, 0.0, 2.0), shots.Shot(1, 2.0, 4.0)],
     [t0, t1, t2],
     {},
-    samples={0: (0.0, 1.75), 1: (2.0, 3.75)},
+    samples={0: (0.0, 1.75), 1: (2.0, 2.75)},  # First and last sampled frame of each shot.
+    pictures={1: (2.0, 3.5)},  # Shot 1 fades out to black from 3.5 s.
   )
-  appearances = timeline.answer_tracks(_fake_run(["a", "b", "c"]), [index], 0.25)
+  appearances = timeline.answer_tracks(_fake_run(["a", "b", "c"]), [index])
   assert [(a["character"], a["start"], a["end"]) for a in appearances] == [
-    ("b", 0.0, 0.625),  # In the shot's first sample: from the shot's start.
-    ("c", 2.0, 2.875),
-    ("b", 2.375, 2.875),  # Half a sampling interval around its first and last frames.
+    ("b", 0.0, 0.542),  # From its first frame to the end of its last (1/24 s).
+    ("c", 2.0, 3.5),  # In the shot's last sample: to the end of the shot's picture.
+    ("b", 2.5, 3.5),
   ]
   assert timeline.union_seconds([(0, 1), (0.5, 2), (3, 4)]) == 3.0
   rows = timeline.screen_time(appearances, [index])
-  assert [(r["group"], r["seconds"]) for r in rows] == [("b", 1.125), ("c", 0.875)]
+  assert [(r["group"], r["seconds"]) for r in rows] == [("b", 1.542), ("c", 1.5)]
+
+
+def test_edges_of_a_track_found_to_the_frame_by_bisection():
+  # Frames 0-7 since the last sample; the detector finds the box in frames 3-5 only.
+  recent = [decoding.Frame(i, i / FPS, np.full((2, 2, 3), 3 <= i <= 5, np.uint8)) for i in range(8)]
+  calls = []
+
+  def detector(pixels):
+    calls.append(1)
+    return [[0, 0, 10, 10]] if pixels[0, 0, 0] else []
+
+  entering, leaving = recent[:6], recent[3:]  # Absent then present; present then absent.
+  assert indexer._edge(entering, [1, 1, 10, 10], detector, 0.3, True) == 3 / FPS
+  assert indexer._edge(leaving, [1, 1, 10, 10], detector, 0.3, False) == 5 / FPS
+  assert indexer._edge(recent[:3], [1, 1, 10, 10], detector, 0.3, True) is None
+  assert indexer._edge(entering, [50, 50, 60, 60], detector, 0.3, True) is None  # Elsewhere.
+  assert len(calls) <= 4 * 4  # Bisection: about log2(n) detector calls each.
 
 
 def test_page_escapes_names_and_links_timestamps(tmp_path):

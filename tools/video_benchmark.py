@@ -107,7 +107,7 @@ def measure_episode(run, seed: int, folder: str) -> dict:
   settings = indexer.Settings(sample_every=_SAMPLE_EVERY.value)
   started = time.perf_counter()
   index = indexer.index_video(run, path, detectors.make(_DETECTOR.value), settings)
-  appearances = timeline.answer_tracks(run, [index], settings.sample_every)
+  appearances = timeline.answer_tracks(run, [index])
   rows = timeline.screen_time(appearances, [index])
   seconds = time.perf_counter() - started
   found = [s.start for s in index.shots[1:]]

@@ -7,11 +7,15 @@
 Every decoded frame goes through the shot detector; within a shot a frame is sampled every
 `sample_every` seconds (dark frames of a fade never); a sampled frame almost identical to the
 last answered frame of its shot (mean absolute difference of 32x18 grey thumbnails below
-`duplicate_level`) is not detected or answered again: the tracks on screen are held. The crops of
-the other sampled frames' boxes wait in a batch of `batch_size` for the recognizer. Only the
-current frame, one batch of crops and each track's best thumbnail are held in memory.
+`duplicate_level`) is not detected or answered again: the tracks on screen are held. Where a
+track starts (ends) at a sampled frame, the frames since the previous sample (at most
+`edge_frames`) are searched by bisection for the first (last) one the detector finds it in, so
+its start and end are to the frame. The crops of
+the other sampled frames' boxes wait in a batch of `batch_size` for the recognizer. Only those
+frames, one batch of crops and each track's best thumbnail are held in memory.
 """
 
+import collections
 import dataclasses
 import os
 
@@ -39,6 +43,8 @@ class Settings:
   max_missed: int = 2
   # Crops per recognizer call.
   batch_size: int = 64
+  # Frames kept since the last sampled frame, to find the frame where a track starts or ends.
+  edge_frames: int = 16
 
 
 @dataclasses.dataclass
@@ -101,6 +107,26 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
   return small.astype(np.float32).mean(axis=2)
 
 
+def _edge(recent, box, detector, min_iou: float, first: bool) -> float | None:
+  """The time of the first (`first`) or last frame in `recent` with a box overlapping `box`,
+  by bisection (the character is taken to be absent then present, or present then absent, over
+  these few frames); None where it is in none of them."""
+
+  def present(i: int) -> bool:
+    return any(tracking.iou(b, box) >= min_iou for b in detector(recent[i].pixels))
+
+  low, high = 0, len(recent)
+  while low < high:
+    middle = (low + high) // 2
+    if present(middle) == first:
+      high = middle
+    else:
+      low = middle + 1
+  if first:
+    return recent[low].time if low < len(recent) else None
+  return recent[low - 1].time if low > 0 else None
+
+
 def index_video(run, path: str, detector, settings: Settings = Settings(), progress=False):
   """The shots and tracks of one video file (see the module docstring).
 
@@ -124,9 +150,11 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
   pending = _Pending(run, settings.batch_size)
   tracks: list[tracking.Track] = []
   stats = {"frames": 0, "sampled": 0, "near_duplicates": 0, "answered_frames": 0, "boxes": 0}
+  stats["edge_detections"] = 0
   next_sample, last_grey, end = 0.0, None, 0.0
   samples: dict[int, tuple[float, float]] = {}
   pictures: dict[int, tuple[float, float]] = {}
+  recent = collections.deque(maxlen=settings.edge_frames)  # Frames since the last sample.
   for frame in frames:
     stats["frames"] += 1
     if bar is not None:
@@ -135,11 +163,13 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
     if detector_shots.update(frame.time, frame.pixels):
       linker.close_all(next_shot=detector_shots.shot_index)
       next_sample, last_grey = frame.time, None
+      recent.clear()
     if detector_shots.dark:
       continue
     shot = detector_shots.shot_index
     pictures[shot] = (pictures.get(shot, (frame.time,))[0], end)
     if frame.time + 1e-6 < next_sample:
+      recent.append(frame)
       continue
     next_sample = frame.time + settings.sample_every
     stats["sampled"] += 1
@@ -148,16 +178,27 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
     if last_grey is not None and float(np.abs(grey - last_grey).mean()) < settings.duplicate_level:
       stats["near_duplicates"] += 1
       linker.hold(frame.time)
+      recent.clear()
       continue
     last_grey = grey
     stats["answered_frames"] += 1
     boxes = [list(map(int, box)) for box in detector(frame.pixels)]
     stats["boxes"] += len(boxes)
     inputs, thumbnails = _crops(frame.pixels, boxes, run.config.image_size)
-    for track, box, pixels, thumbnail in zip(
-      linker.link(frame.time, boxes), boxes, inputs, thumbnails
-    ):
+    before, born_from = linker.on_screen(), linker.next_id
+    linked = linker.link(frame.time, boxes)
+    for track, box, pixels, thumbnail in zip(linked, boxes, inputs, thumbnails):
       pending.add(track, frame.time, box, pixels, thumbnail)
+    # Where tracks started or ended between the last sample and this one, to the frame.
+    for track in linked:
+      if track.id >= born_from and recent:
+        track.first = _edge(recent, track.box, detector, settings.min_iou, True) or track.first
+        stats["edge_detections"] += 1
+    for track in before:
+      if track not in linked and recent:
+        track.last = _edge(recent, track.box, detector, settings.min_iou, False) or track.last
+        stats["edge_detections"] += 1
+    recent.clear()
     tracks.extend(linker.take_finished())
   if bar is not None:
     bar.close()

@@ -1,16 +1,15 @@
 """The timeline: one answer per track, unknown tracks grouped, screen time; JSON, CSV and HTML.
 
-  appearances = timeline.answer_tracks(run, indexes, sample_every)
+  appearances = timeline.answer_tracks(run, indexes)
   record = timeline.assemble(indexes, appearances, errors, run)
   timeline.write(record, thumbnails, output_dir)   # timeline.json, timeline.csv, index.html
 
 Each track's answer is the recognizer's (`Recognizer.answer`, the one decision rule) for the mean
 of its frames' logits and of their embeddings (re-normalised): a known name, an enrolled name or
 unknown. Unknown tracks are clustered by their mean embeddings (open_set.grouping, as organize
-does) into unknown-1..N, largest first. A track on screen from its first to its last sampled
-frame is counted from half a sampling interval before to half after (the true entry and exit lie
-somewhere between samples), or from (to) the edge of the shot's picture (a fade's dark frames
-left out) where it is in the shot's first (last) sampled frame; a character's screen time is the union of its
+does) into unknown-1..N, largest first. A track is on screen from its first frame to the end
+of its last (indexer.py finds both to the frame), or to the end of the shot's picture (a fade's
+dark frames left out) where it is in the shot's last sampled frame; a character's screen time is the union of its
 tracks' intervals.
 """
 
@@ -26,7 +25,7 @@ from PIL import Image
 from animesion_jax.open_set import grouping
 
 
-def answer_tracks(run, indexes, sample_every: float) -> list[dict]:
+def answer_tracks(run, indexes) -> list[dict]:
   """One appearance per track of every video (in `indexes` order), answered by `run`."""
   tracks = [(v, t) for v, index in enumerate(indexes) for t in index.tracks]
   if not tracks:
@@ -44,7 +43,7 @@ def answer_tracks(run, indexes, sample_every: float) -> list[dict]:
   groups = grouping.group_names(answers, embeddings, distance)
   appearances = []
   for (v, track), answer, group in zip(tracks, answers, groups):
-    start, end = on_screen(track, indexes[v], sample_every)
+    start, end = on_screen(track, indexes[v])
     appearances.append(
       {
         "video": v,
@@ -67,17 +66,17 @@ def answer_tracks(run, indexes, sample_every: float) -> list[dict]:
   return appearances
 
 
-def on_screen(track, index, sample_every: float) -> tuple[float, float]:
-  """(start, end) seconds of a track: half a sampling interval beyond its first and last
-  sampled frames, or the edge of its shot's picture (the shot without a fade's dark frames)
-  where it was in the shot's first or last sampled frame."""
+def on_screen(track, index) -> tuple[float, float]:
+  """(start, end) seconds of a track: from its first frame to the end of its last one, or to
+  the end of its shot's picture (the shot without a fade's dark frames) where it was in the
+  shot's last sampled frame."""
   shot = index.shots[track.shot]
-  first, last = index.samples.get(track.shot, (None, None))
+  last_sample = index.samples.get(track.shot, (None, None))[1]
   low, high = index.pictures.get(track.shot, (shot.start, shot.end))
   low, high = max(low, shot.start), min(high, shot.end)
-  start = low if track.first == first else max(track.first - sample_every / 2, low)
-  end = high if track.last == last else min(track.last + sample_every / 2, high)
-  return start, end
+  step = 1.0 / index.report.fps if index.report.fps else 0.0
+  end = high if track.last == last_sample else min(track.last + step, high)
+  return max(track.first, low), end
 
 
 def union_seconds(intervals) -> float:

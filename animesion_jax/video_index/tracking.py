@@ -114,6 +114,15 @@ class Linker:
     self._seen_last = result
     return result
 
+  @property
+  def next_id(self) -> int:
+    """The id the next new track gets."""
+    return self._next_id
+
+  def on_screen(self) -> list[Track]:
+    """The tracks of the last answered frame."""
+    return list(self._seen_last)
+
   def hold(self, time: float) -> None:
     """A frame like the last answered one: its tracks are still on screen at `time`."""
     for track in self._seen_last:
