@@ -75,7 +75,7 @@ def test_synthetic_markers_boxes_the_inside_of_magenta_frames():
   # Frames 2 px wide at 180p, as episodes.render draws them.
   image[50:110, 40:100] = (255, 0, 255)
   image[52:108, 42:98] = (250, 0, 250)  # A magenta inside does not widen or hide the box.
-  image[60:124, 200:264] = (128, 10, 128)  # Dimmed (a fade).
+  image[60:124, 200:264] = (140, 10, 140)  # Dimmed (a fade).
   image[62:122, 202:262] = (30, 90, 60)
   image[10:20, 10:20] = (255, 0, 255)  # Too small to be a tile.
   assert detectors.marker_width(180) == 2
@@ -139,14 +139,16 @@ def test_one_answer_per_track_from_the_mean_and_screen_time():
     pictures={1: (2.0, 3.5)},  # Shot 1 fades out to black from 3.5 s.
   )
   appearances = timeline.answer_tracks(_fake_run(["a", "b", "c"]), [index])
+  t1.last = 3.9  # Found in frames beyond the picture's end: clipped to it.
   assert [(a["character"], a["start"], a["end"]) for a in appearances] == [
     ("b", 0.0, 0.542),  # From its first frame to the end of its last (1/24 s).
-    ("c", 2.0, 3.5),  # In the shot's last sample: to the end of the shot's picture.
-    ("b", 2.5, 3.5),
+    ("c", 2.0, 2.792),
+    ("b", 2.5, 2.792),
   ]
+  assert timeline.on_screen(t1, index) == (2.0, 3.5)
   assert timeline.union_seconds([(0, 1), (0.5, 2), (3, 4)]) == 3.0
   rows = timeline.screen_time(appearances, [index])
-  assert [(r["group"], r["seconds"]) for r in rows] == [("b", 1.542), ("c", 1.5)]
+  assert [(r["group"], r["seconds"]) for r in rows] == [("b", 0.834), ("c", 0.792)]
 
 
 def test_edges_of_a_track_found_to_the_frame_by_bisection():

@@ -21,8 +21,9 @@ Box = list[int]  # [left, top, right, bottom] in pixels, right and bottom exclus
 Detector = Callable[[np.ndarray], list[Box]]
 
 # The synthetic episodes' tile frames are magenta (episodes.MARKER), dimmed in fades and moved
-# by lossy coding: red and blue at least this, green at most this share of them.
-_MARKER_RED_BLUE_MIN = 80
+# by lossy coding: red and blue at least this (a tile is found until a fade has dimmed it to
+# half, where the episodes' truth stops counting it), green at most this share of them.
+_MARKER_RED_BLUE_MIN = 120
 _MARKER_GREEN_SHARE = 0.35
 _MARKER_MIN_SIDE = 32  # Pixels; the episodes' tiles are 30% of the picture's height (54 at 180p).
 

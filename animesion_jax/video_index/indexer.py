@@ -8,9 +8,9 @@ Every decoded frame goes through the shot detector; within a shot a frame is sam
 `sample_every` seconds (dark frames of a fade never); a sampled frame almost identical to the
 last answered frame of its shot (mean absolute difference of 32x18 grey thumbnails below
 `duplicate_level`) is not detected or answered again: the tracks on screen are held. Where a
-track starts (ends) at a sampled frame, the frames since the previous sample (at most
-`edge_frames`) are searched by bisection for the first (last) one the detector finds it in, so
-its start and end are to the frame. The crops of
+track starts (ends) between two sampled frames, or at a shot's end, the frames since the last
+sample (at most `edge_frames`) are searched by bisection for the first (last) one the detector
+finds it in, so its start and end are to the frame. The crops of
 the other sampled frames' boxes wait in a batch of `batch_size` for the recognizer. Only those
 frames, one batch of crops and each track's best thumbnail are held in memory.
 """
@@ -127,6 +127,15 @@ def _edge(recent, box, detector, min_iou: float, first: bool) -> float | None:
   return recent[low - 1].time if low > 0 else None
 
 
+def _find_ends(ending, recent, detector, min_iou: float, stats: dict) -> None:
+  """Sets the last frame of each track in `ending` (on screen at the last sample, not now) from
+  the frames since that sample."""
+  for track in ending:
+    if recent:
+      track.last = _edge(recent, track.box, detector, min_iou, False) or track.last
+      stats["edge_detections"] += 1
+
+
 def index_video(run, path: str, detector, settings: Settings = Settings(), progress=False):
   """The shots and tracks of one video file (see the module docstring).
 
@@ -161,6 +170,7 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
       bar.update(1)
     end = frame.time + 1.0 / report.fps
     if detector_shots.update(frame.time, frame.pixels):
+      _find_ends(linker.on_screen(), recent, detector, settings.min_iou, stats)
       linker.close_all(next_shot=detector_shots.shot_index)
       next_sample, last_grey = frame.time, None
       recent.clear()
@@ -194,14 +204,12 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
       if track.id >= born_from and recent:
         track.first = _edge(recent, track.box, detector, settings.min_iou, True) or track.first
         stats["edge_detections"] += 1
-    for track in before:
-      if track not in linked and recent:
-        track.last = _edge(recent, track.box, detector, settings.min_iou, False) or track.last
-        stats["edge_detections"] += 1
+    _find_ends([t for t in before if t not in linked], recent, detector, settings.min_iou, stats)
     recent.clear()
     tracks.extend(linker.take_finished())
   if bar is not None:
     bar.close()
+  _find_ends(linker.on_screen(), recent, detector, settings.min_iou, stats)
   linker.close_all()
   pending.flush()
   tracks.extend(linker.take_finished())

@@ -8,8 +8,8 @@ Each track's answer is the recognizer's (`Recognizer.answer`, the one decision r
 of its frames' logits and of their embeddings (re-normalised): a known name, an enrolled name or
 unknown. Unknown tracks are clustered by their mean embeddings (open_set.grouping, as organize
 does) into unknown-1..N, largest first. A track is on screen from its first frame to the end
-of its last (indexer.py finds both to the frame), or to the end of the shot's picture (a fade's
-dark frames left out) where it is in the shot's last sampled frame; a character's screen time is the union of its
+of its last (indexer.py finds both to the frame), within its shot's picture (a fade's dark
+frames left out); a character's screen time is the union of its
 tracks' intervals.
 """
 
@@ -67,16 +67,13 @@ def answer_tracks(run, indexes) -> list[dict]:
 
 
 def on_screen(track, index) -> tuple[float, float]:
-  """(start, end) seconds of a track: from its first frame to the end of its last one, or to
-  the end of its shot's picture (the shot without a fade's dark frames) where it was in the
-  shot's last sampled frame."""
+  """(start, end) seconds of a track: from its first frame to the end of its last, within its
+  shot's picture (the shot without a fade's dark frames)."""
   shot = index.shots[track.shot]
-  last_sample = index.samples.get(track.shot, (None, None))[1]
   low, high = index.pictures.get(track.shot, (shot.start, shot.end))
   low, high = max(low, shot.start), min(high, shot.end)
   step = 1.0 / index.report.fps if index.report.fps else 0.0
-  end = high if track.last == last_sample else min(track.last + step, high)
-  return max(track.first, low), end
+  return max(track.first, low), min(track.last + step, high)
 
 
 def union_seconds(intervals) -> float:
