@@ -6,8 +6,8 @@
 
 Every decoded frame goes through the shot detector; within a shot a frame is sampled every
 `sample_every` seconds (dark frames of a fade never); a sampled frame almost identical to the
-last answered frame of its shot (mean absolute difference of 32x18 grey thumbnails below
-`duplicate_level`) is not detected or answered again: the tracks on screen are held. Where a
+last answered frame of its shot (no cell of their 32x18 grey thumbnails differs by
+`duplicate_level` or more) is not detected or answered again: the tracks on screen are held. Where a
 track starts (ends) between two sampled frames, or at a shot's end, the frames since the last
 sample (at most `edge_frames`) are searched by bisection for the first (last) one the detector
 finds it in, so its start and end are to the frame. The crops of
@@ -34,9 +34,10 @@ THUMBNAIL = 96  # Side of the thumbnails kept per track (the page's pictures), i
 class Settings:
   # Seconds between sampled frames within a shot.
   sample_every: float = 0.25
-  # Mean absolute difference (0-255) of grey 32x18 thumbnails under which a sampled frame is a
-  # near-duplicate of the last answered one.
-  duplicate_level: float = 2.0
+  # Largest absolute difference (0-255) between the cells of grey 32x18 thumbnails under which
+  # a sampled frame is a near-duplicate of the last answered one (the largest, not the mean: a
+  # small head entering changes a few cells only).
+  duplicate_level: float = 6.0
   # Least IoU for a box to continue a track.
   min_iou: float = 0.3
   # Answered frames a track may miss before it ends.
@@ -185,7 +186,7 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
     stats["sampled"] += 1
     samples[shot] = (samples.get(shot, (frame.time,))[0], frame.time)
     grey = _grey(frame.pixels)
-    if last_grey is not None and float(np.abs(grey - last_grey).mean()) < settings.duplicate_level:
+    if last_grey is not None and float(np.abs(grey - last_grey).max()) < settings.duplicate_level:
       stats["near_duplicates"] += 1
       linker.hold(frame.time)
       recent.clear()
