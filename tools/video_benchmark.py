@@ -12,7 +12,9 @@ shots, tracking and naming, not detection), and prints:
   naming accuracy of the answered boxes: each box's own answer (per frame) against its track's
     answer (one per track, from the mean of its frames), a never-seen character counting right
     when answered unknown; boxes matched to the truth by IoU >= 0.5;
-  per-character screen-time error |indexed - true| / true (characters of the trained classes);
+  per-character screen-time error |indexed - true| / true (characters of the trained classes),
+    and the same with each track given its true character (timing alone: shots, tracks, edges;
+    never-seen characters included);
   seconds of processing per minute of video (decode, shots, detection, recognizer, tracks; the
     drawing of the episodes not included) and the real-time factor, on this machine.
 """
@@ -74,7 +76,9 @@ def naming_scores(index, appearances, truth, fps: int) -> dict:
   true character (IoU >= 0.5); a never-seen character's right answer is unknown (None)."""
   by_track = {a["track"]: a["character"] for a in appearances}
   frame_right, track_right, unmatched = [], [], 0
+  truth_of_track = {}  # Track id -> the true character most of its boxes show.
   for track in index.tracks:
+    votes = {}
     for moment, box, own in track.per_frame:
       frame = min(int(round(moment * fps)), len(truth["frames"]) - 1)
       overlaps = [(tracking.iou(box, t["box"]), t) for t in truth["frames"][frame]]
@@ -83,9 +87,17 @@ def naming_scores(index, appearances, truth, fps: int) -> dict:
         unmatched += 1
         continue
       expected = best[1]["character"] if best[1]["known"] else None
+      votes[best[1]["character"]] = votes.get(best[1]["character"], 0) + 1
       frame_right.append(own == expected)
       track_right.append(by_track[track.id] == expected)
-  return {"frame": frame_right, "track": track_right, "unmatched": unmatched}
+    if votes:
+      truth_of_track[track.id] = max(votes, key=votes.get)
+  return {
+    "frame": frame_right,
+    "track": track_right,
+    "unmatched": unmatched,
+    "truth_of_track": truth_of_track,
+  }
 
 
 def true_screen_time(truth) -> dict[str, float]:
@@ -113,16 +125,29 @@ def measure_episode(run, seed: int, folder: str) -> dict:
   found = [s.start for s in index.shots[1:]]
   true = [s["start"] for s in truth["shots"][1:]]
   indexed = {r["group"]: r["seconds"] for r in rows}
+  naming = naming_scores(index, appearances, truth, _FPS.value)
+  # Timing alone: each track given the character most of its boxes truly show.
+  truly: dict[str, list] = {}
+  for a in appearances:
+    name = naming["truth_of_track"].get(a["track"])
+    if name is not None:
+      truly.setdefault(name, []).append((a["start"], a["end"]))
+  timed_alone = {name: timeline.union_seconds(spans) for name, spans in truly.items()}
   timed = {  # name: (true seconds, indexed seconds), characters of the trained classes.
     name: (value, indexed.get(name, 0.0))
     for name, value in true_screen_time(truth).items()
     if not name.startswith("unseen_")
   }
   errors = {name: abs(mine - true) / true for name, (true, mine) in timed.items()}
+  timing_errors = {
+    name: abs(timed_alone.get(name, 0.0) - true) / true
+    for name, true in true_screen_time(truth).items()
+  }
   return {
     "seed": seed,
     "boundaries": boundary_scores(found, true, _TOLERANCE.value),
-    "naming": naming_scores(index, appearances, truth, _FPS.value),
+    "naming": naming,
+    "timing_errors": timing_errors,
     "screen_time_errors": errors,
     "screen_time": timed,
     "appearances": appearances,
@@ -140,6 +165,7 @@ def summarise(results) -> dict:
   frame = np.concatenate([r["naming"]["frame"] for r in results]).astype(float)
   track = np.concatenate([r["naming"]["track"] for r in results]).astype(float)
   errors = [e for r in results for e in r["screen_time_errors"].values()]
+  timing = [e for r in results for e in r["timing_errors"].values()]
   processing = sum(r["processing_seconds"] for r in results)
   video = sum(r["video_seconds"] for r in results)
   return {
@@ -158,6 +184,9 @@ def summarise(results) -> dict:
     "mean_screen_time_error": float(np.mean(errors)) if errors else 0.0,
     "max_screen_time_error": float(np.max(errors)) if errors else 0.0,
     "characters_within_5_percent": float(np.mean(np.array(errors) <= 0.05)) if errors else 0.0,
+    "timing_only_mean_error": float(np.mean(timing)) if timing else 0.0,
+    "timing_only_max_error": float(np.max(timing)) if timing else 0.0,
+    "timing_only_within_5_percent": float(np.mean(np.array(timing) <= 0.05)) if timing else 0.0,
     "seconds_per_video_minute": 60.0 * processing / video,
     "realtime_factor": video / processing,
   }
