@@ -75,7 +75,7 @@ def naming_scores(index, appearances, truth, fps: int) -> dict:
   """Per answered box: (own answer right, its track's answer right), over boxes matched to a
   true character (IoU >= 0.5); a never-seen character's right answer is unknown (None)."""
   by_track = {a["track"]: a["character"] for a in appearances}
-  frame_right, track_right, unmatched = [], [], 0
+  frame_right, track_right, unmatched, never_seen = [], [], 0, []
   truth_of_track = {}  # Track id -> the true character most of its boxes show.
   for track in index.tracks:
     votes = {}
@@ -90,12 +90,14 @@ def naming_scores(index, appearances, truth, fps: int) -> dict:
       votes[best[1]["character"]] = votes.get(best[1]["character"], 0) + 1
       frame_right.append(own == expected)
       track_right.append(by_track[track.id] == expected)
+      never_seen.append(expected is None)
     if votes:
       truth_of_track[track.id] = max(votes, key=votes.get)
   return {
     "frame": frame_right,
     "track": track_right,
     "unmatched": unmatched,
+    "never_seen": never_seen,
     "truth_of_track": truth_of_track,
   }
 
@@ -164,6 +166,7 @@ def summarise(results) -> dict:
   precision, recall = matched / max(found, 1), matched / max(true, 1)
   frame = np.concatenate([r["naming"]["frame"] for r in results]).astype(float)
   track = np.concatenate([r["naming"]["track"] for r in results]).astype(float)
+  unseen = np.concatenate([r["naming"]["never_seen"] for r in results]).astype(bool)
   errors = [e for r in results for e in r["screen_time_errors"].values()]
   timing = [e for r in results for e in r["timing_errors"].values()]
   processing = sum(r["processing_seconds"] for r in results)
@@ -180,6 +183,11 @@ def summarise(results) -> dict:
     "frame_accuracy": float(frame.mean()) if len(frame) else 0.0,
     "track_accuracy": float(track.mean()) if len(track) else 0.0,
     "track_minus_frame_accuracy": float(track.mean() - frame.mean()) if len(frame) else 0.0,
+    "boxes_of_never_seen": int(unseen.sum()),
+    "frame_accuracy_trained": float(frame[~unseen].mean()) if (~unseen).any() else 0.0,
+    "track_accuracy_trained": float(track[~unseen].mean()) if (~unseen).any() else 0.0,
+    "frame_unknown_never_seen": float(frame[unseen].mean()) if unseen.any() else 0.0,
+    "track_unknown_never_seen": float(track[unseen].mean()) if unseen.any() else 0.0,
     "characters_timed": len(errors),
     "mean_screen_time_error": float(np.mean(errors)) if errors else 0.0,
     "max_screen_time_error": float(np.max(errors)) if errors else 0.0,
