@@ -230,3 +230,52 @@ def test_files_that_are_not_videos_get_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError):
     decoding.frames(str(tmp_path / "missing.mp4"))
   assert len(list(decoding.frames(str(tmp_path / "whole.mp4")))) == 48
+
+
+class _ColourRun:
+  """A stand-in recognizer: class 0/1/2 = red/green/blue by the crop's mean colour."""
+
+  def __init__(self):
+    self.config = types.SimpleNamespace(image_size=8)
+    self.answerer = answering.Answerer(["red", "green", "blue"])
+    self.calls = 0
+
+  def embed(self, pixels, batch_size):
+    self.calls += 1
+    logits = pixels.reshape(len(pixels), -1, 3).mean(axis=1).astype(np.float32) / 10
+    norms = np.maximum(np.linalg.norm(logits, axis=1, keepdims=True), 1e-6)
+    return logits, logits / norms
+
+  def answer(self, logits, embeddings, top_k=5):
+    return self.answerer.answer(logits, embeddings, top_k)
+
+
+def test_indexer_samples_holds_and_finds_edges_to_the_frame(tmp_path):
+  """A 4 s clip: a red tile on screen from frame 0 to 59, a blue one from frame 29 to 95, a cut
+  at frame 72 (the background changes). Sampled every 0.25 s (6 frames), yet the blue track
+  starts at frame 29 exactly, and still frames are held, not answered again."""
+  path = str(tmp_path / "clip.mkv")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (320, 180))
+  for i in range(96):
+    frame = np.full((180, 320, 3), (90, 140, 120) if i < 72 else (150, 120, 200), np.uint8)
+    for first, last, left, colour in ((0, 59, 30, (240, 20, 20)), (29, 95, 200, (20, 20, 240))):
+      if first <= i <= last:
+        frame[40:100, left : left + 60] = (255, 0, 255)  # The tile's 2 px magenta frame.
+        frame[42:98, left + 2 : left + 58] = colour
+    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  writer.release()
+  run = _ColourRun()
+  settings = indexer.Settings(sample_every=0.25, batch_size=4)
+  found = indexer.index_video(run, path, detectors.synthetic_markers, settings)
+  assert [round(s.start * FPS) for s in found.shots] == [0, 72]
+  assert found.stats["sampled"] == 16 and found.stats["near_duplicates"] >= 8
+  appearances = timeline.answer_tracks(run, [found])
+  spans = [
+    (a["character"], a["shot"], round(a["start"] * FPS), round(a["end"] * FPS)) for a in appearances
+  ]
+  # Frames are to the frame: red 0-59 (ends at 60), blue 29 until the cut, then blue again.
+  assert spans == [("red", 0, 0, 60), ("blue", 0, 29, 72), ("blue", 1, 72, 96)]
+  rows = timeline.screen_time(appearances, [found])
+  assert [r["group"] for r in rows] == ["blue", "red"]
+  assert [r["seconds"] for r in rows] == pytest.approx([67 / FPS, 60 / FPS], abs=1e-3)
+  assert run.calls == -(-found.stats["boxes"] // 4)  # Batches of 4 crops, the last padded.

@@ -60,6 +60,10 @@ class DecodeReport:
       "height": self.height,
       "expected_frames": self.expected_frames,
       "decoded_frames": self.decoded_frames,
+      # Frames the container announced but that did not decode (its count is an estimate in
+      # some containers; in AVI, whose timestamps count frames, a damaged stretch shows here
+      # and not as a gap).
+      "missing_frames": max(self.expected_frames - self.decoded_frames, 0),
       "duration": round(self.expected_duration, 3),
       "complete": self.complete,
       "gaps": [{"start": round(a, 3), "end": round(b, 3), "why": why} for a, b, why in self.gaps],
