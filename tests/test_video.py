@@ -6,8 +6,10 @@ import types
 
 import cv2
 import numpy as np
+from PIL import Image
 import pytest
 
+from animesion_jax.inference import faces
 from animesion_jax.open_set import answering
 from animesion_jax.video_index import decoding
 from animesion_jax.video_index import detectors
@@ -83,6 +85,8 @@ def test_synthetic_markers_boxes_the_inside_of_magenta_frames():
   assert detectors.whole_frame(image) == [[0, 0, 320, 180]]
   with pytest.raises(ValueError, match="choose one of"):
     detectors.make("heads_v9")
+  with pytest.raises(faces.CascadeNotFound, match="does not exist"):
+    detectors.make("faces", cascade="missing/cascade.xml")
 
 
 def test_linker_follows_moving_boxes_and_splits_new_ones():
@@ -239,6 +243,9 @@ class _ColourRun:
     self.config = types.SimpleNamespace(image_size=8)
     self.answerer = answering.Answerer(["red", "green", "blue"])
     self.calls = 0
+
+  def pixels(self, image):
+    return np.asarray(Image.fromarray(image).resize((8, 8)))
 
   def embed(self, pixels, batch_size):
     self.calls += 1

@@ -90,13 +90,14 @@ class _Pending:
     self.items = []
 
 
-def _crops(frame: np.ndarray, boxes, image_size: int):
-  """(model inputs [n, S, S, 3], thumbnails [n, T, T, 3]) of the boxes, as predict crops."""
+def _crops(run, frame: np.ndarray, boxes):
+  """(model inputs [n, S, S, 3] by `Recognizer.pixels`, as predict makes them; thumbnails
+  [n, T, T, 3]) of the boxes."""
   image = Image.fromarray(frame)
   inputs, thumbnails = [], []
   for left, top, right, bottom in boxes:
     part = image.crop((left, top, right, bottom))
-    inputs.append(np.asarray(preprocess.resize_square(part, image_size)))
+    inputs.append(run.pixels(np.asarray(part)))
     thumbnails.append(np.asarray(preprocess.resize_square(part, THUMBNAIL)))
   return inputs, thumbnails
 
@@ -195,7 +196,7 @@ def index_video(run, path: str, detector, settings: Settings = Settings(), progr
     stats["answered_frames"] += 1
     boxes = [list(map(int, box)) for box in detector(frame.pixels)]
     stats["boxes"] += len(boxes)
-    inputs, thumbnails = _crops(frame.pixels, boxes, run.config.image_size)
+    inputs, thumbnails = _crops(run, frame.pixels, boxes)
     before, born_from = linker.on_screen(), linker.next_id
     linked = linker.link(frame.time, boxes)
     for track, box, pixels, thumbnail in zip(linked, boxes, inputs, thumbnails):
