@@ -77,7 +77,7 @@ def main(argv):
   for path in files:
     try:
       indexes.append(indexer.index_video(run, path, detector, settings, progress=flag.progress))
-    except (FileNotFoundError, IsADirectoryError, decoding.NotAVideo) as error:
+    except (FileNotFoundError, decoding.NotAVideo) as error:
       errors.append({"file": path, "error": str(error)})
       print(f"Skipped {path}: {error}")
   appearances = timeline.answer_tracks(run, indexes)

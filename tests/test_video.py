@@ -233,6 +233,8 @@ def test_files_that_are_not_videos_get_clear_errors(tmp_path):
     decoding.frames(str(tmp_path / "cut.mp4"))
   with pytest.raises(FileNotFoundError):
     decoding.frames(str(tmp_path / "missing.mp4"))
+  with pytest.raises(decoding.NotAVideo, match="is a folder"):
+    decoding.frames(str(tmp_path))
   assert len(list(decoding.frames(str(tmp_path / "whole.mp4")))) == 48
 
 

@@ -84,6 +84,8 @@ def open_video(path: str, report: DecodeReport):
     NotAVideo: OpenCV cannot open it, or it has no frame rate (e.g. a still image).
   """
   cv2 = _import_cv2()
+  if os.path.isdir(path):
+    raise NotAVideo(f"{path} is a folder: give the video files in it.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist.")
   still = _still_image(path)
