@@ -288,3 +288,27 @@ def test_indexer_samples_holds_and_finds_edges_to_the_frame(tmp_path):
   assert [r["group"] for r in rows] == ["blue", "red"]
   assert [r["seconds"] for r in rows] == pytest.approx([67 / FPS, 60 / FPS], abs=1e-3)
   assert run.calls == -(-found.stats["boxes"] // 4)  # Batches of 4 crops, the last padded.
+
+
+def test_whole_frame_gives_one_track_per_shot(tmp_path):
+  path = str(tmp_path / "clip.mkv")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (160, 96))
+  for i in range(48):  # Red for 1 s, then a cut to blue.
+    writer.write(np.full((96, 160, 3), (30, 30, 220) if i < 24 else (220, 40, 40), np.uint8))
+  writer.release()
+  run = _ColourRun()
+  found = indexer.index_video(run, path, detectors.whole_frame)
+  appearances = timeline.answer_tracks(run, [found])
+  assert [(a["character"], a["start"], a["end"], a["box"]) for a in appearances] == [
+    ("red", 0.0, 1.0, [0, 0, 160, 96]),
+    ("blue", 1.0, 2.0, [0, 0, 160, 96]),
+  ]
+
+
+def test_benchmark_matches_boundaries_within_the_tolerance():
+  from tools import video_benchmark  # pylint: disable=g-import-not-at-top
+
+  assert video_benchmark.boundary_scores([1.0, 2.1, 5.0], [1.05, 2.0, 3.0], 0.25) == (2, 3, 3)
+  assert video_benchmark.boundary_scores([1.0, 1.1], [1.05], 0.25) == (1, 2, 1)  # Once each.
+  truth = {"fps": 4, "frames": [[{"character": "a"}], [{"character": "a"}, {"character": "b"}]]}
+  assert video_benchmark.true_screen_time(truth) == {"a": 0.5, "b": 0.25}
