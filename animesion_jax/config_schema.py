@@ -56,6 +56,16 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # Key of animesion_jax.models.MODELS.
   config.model.name = "vit_b16"
+  # Output layer: 'linear' (the paper's) or 'cosine' (NormFace: L2-normalised features and class
+  # weights, times config.model.cosine_scale; the embedding is the normalised feature it reads).
+  config.model.head = "linear"
+  # 'cosine' head: the scale s of the cosine logits (softmax over s * cos).
+  config.model.cosine_scale = 16.0
+  # 'cosine' head: a margin on the target class's cosine, in training only: 'none', 'additive'
+  # (CosFace: s * (cos - m)) or 'angular' (ArcFace: s * cos(theta + m)).
+  config.model.margin_type = "none"
+  # The margin m of config.model.margin_type (cosine units, or radians for 'angular').
+  config.model.margin = 0.0
   # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
   config.dtype = "float32"
 

@@ -22,8 +22,7 @@ from absl import logging
 
 from animesion_jax import run_dir
 from animesion_jax.cli import common
-from animesion_jax.inference import faces
-from animesion_jax.inference import file_embeddings
+from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import image_files
 from animesion_jax.open_set import answering
 from animesion_jax.open_set import gallery
@@ -37,10 +36,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("list", False, "List the enrolled characters.")
   flags.DEFINE_string("remove", None, "Remove this enrolled character.")
   flags.DEFINE_bool("refine", False, "Add the pictures to a name the model or gallery has.")
-  flags.DEFINE_bool("detect_faces", False, "Find the largest anime face in each picture.")
-  flags.DEFINE_string("cascade", None, "Face detector cascade file (see predict --help).")
-  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
-  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+  common.define_face_flags("Find the largest anime face in each picture.")
 
 
 def _gallery_dir(run, given):
@@ -67,11 +63,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   common.start_jax(flag)
   try:
-    detector = None
-    if flag.detect_faces:
-      detector = faces.FaceDetector(
-        faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
-      )
+    detector = common.face_detector(flag)
     run = common.load_from_flags(flag, read_open_set=False)  # Its gallery is read below.
     directory = _gallery_dir(run, flag.gallery)
     provenance = answering.provenance(run)
@@ -87,7 +79,7 @@ def main(argv):
       print(f"Removed {flag.remove!r} from {directory}")
       return
     files, problems = image_files.find_images(inputs)
-    crops = file_embeddings.read_crops(
+    crops = crops_lib.read_crops(
       files, run.config.image_size, detector, require_face=True, largest_face_only=True
     )
     skipped = [{"file": given, "error": why} for given, why in problems] + crops.problems

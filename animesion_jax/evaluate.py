@@ -59,10 +59,13 @@ def train_class_counts(builder: Any, train_split: str, num_classes: int) -> np.n
 def split_outputs(
   run: recognizer.Recognizer, builder: Any, split: str, batch_size: int, source: Any = None
 ) -> dict[str, Any]:
-  """{'index', 'label', 'top5'} of every example in record order, and exact 'metrics'."""
+  """{'index', 'label', 'top5'} of every example in record order (with 'logits' and
+  'embedding' for a calibrated model), and exact 'metrics'."""
+  # A calibrated model's open-set section reads the logits and embeddings of the same pass.
+  with_outputs = run.answerer.calibration is not None
   return evaluation.predict_split(
     run.variables,
-    evaluation.make_eval_fn(run.model, run.config.normalization),
+    evaluation.make_eval_fn(run.model, run.config.normalization, with_outputs),
     builder,
     split,
     batch_size=batch_size,
@@ -132,7 +135,7 @@ def evaluate_loaded(
     "tau_norm": tau_norm,
     "loss": outputs["metrics"]["loss"],
     **report,
-    "open_set": split_report.report(run, builder, split, batch_size),
+    "open_set": split_report.report(run, builder, split, batch_size, outputs),
   }
   if output_dir is None:
     output_dir = (

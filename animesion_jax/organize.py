@@ -35,8 +35,7 @@ from animesion_jax import run_dir
 from animesion_jax.cli import common
 from animesion_jax.distributed import rows
 from animesion_jax.distributed import sorting
-from animesion_jax.inference import faces
-from animesion_jax.inference import file_embeddings
+from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import image_files
 from animesion_jax.open_set import grouping
 
@@ -48,7 +47,7 @@ def organize(run, files, detector=None, batch_size=256):
 
   Answers come from the recognizer's calibration and gallery (`run.answer`).
   """
-  crops = file_embeddings.read_crops(files, run.config.image_size, detector)
+  crops = crops_lib.read_crops(files, run.config.image_size, detector)
   logits, embeddings = run.embed(crops.pixels, batch_size)
   answers = run.answer(logits, embeddings, top_k=1)
   answerer = run.answerer
@@ -181,10 +180,7 @@ def define_flags() -> None:
   flags.DEFINE_string("output_dir", None, "Where to write the groups (required).")
   flags.DEFINE_bool("link", False, "Also make a folder per group with links to its pictures.")
   flags.DEFINE_bool("copy", False, "Also make a folder per group with copies of its pictures.")
-  flags.DEFINE_bool("detect_faces", False, "Find anime faces first and group each face.")
-  flags.DEFINE_string("cascade", None, "Face detector cascade file (see predict --help).")
-  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
-  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+  common.define_face_flags("Find anime faces first and group each face.")
   flags.DEFINE_integer("batch_size", 256, "Pictures per device call.")
   flags.DEFINE_string(
     "from_batch", None, "Sort the Parquet output of python -m animesion_jax.batch (no model run)."
@@ -221,11 +217,7 @@ def main(argv):
   files, problems = image_files.find_images(inputs)
   problems = [{"file": given, "error": why} for given, why in problems]
   try:
-    detector = None
-    if flag.detect_faces:
-      detector = faces.FaceDetector(
-        faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
-      )
+    detector = common.face_detector(flag)
     run = common.load_from_flags(flag)  # With its calibration and gallery.
   except common.USER_ERRORS as error:
     common.exit_with_user_error("organize", error)

@@ -18,7 +18,6 @@ predictions/ in the current directory) and prints a table. Exits non-zero when n
 classified.
 """
 
-import collections
 from collections.abc import Callable, Iterator, Sequence
 import concurrent.futures
 import csv
@@ -34,13 +33,13 @@ from absl import flags
 from absl import logging
 from etils import epath
 import numpy as np
-import tqdm
 
 from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.cli import common
 from animesion_jax.inference import annotate
+from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
 from animesion_jax.inference import longtail
@@ -48,66 +47,9 @@ from animesion_jax.open_set import answering
 from animesion_jax.training import evaluation
 
 
-@dataclasses.dataclass
-class Crop:
-  """One thing to classify: a whole image, or one face in it."""
-
-  file: image_files.ImageFile
-  face: int | None  # Index of the face in its image (reading order); None for the whole image.
-  box: faces.Box | None
-  pixels: np.ndarray  # uint8 [S, S, 3]
-  note: str = ""
-
-
-def _prepare(
-  file: image_files.ImageFile, image_size: int, detector: faces.FaceDetector | None
-) -> list[Crop]:
-  """Decodes one file into the crops to classify (runs in a worker thread)."""
-  image = image_files.load_image(file.path, min_size=None if detector else image_size)
-  boxes = detector.detect(image) if detector else []
-  pixels = faces.square_crops(image, boxes, image_size)
-  if not boxes:
-    note = "no face found; whole image classified" if detector else ""
-    return [Crop(file, None, None, pixels[0], note=note)]
-  return [Crop(file, i, box, pixels[i]) for i, box in enumerate(boxes)]
-
-
-def _crops(
-  files: Sequence[image_files.ImageFile],
-  image_size: int,
-  detector: faces.FaceDetector | None,
-  pool: concurrent.futures.Executor,
-  errors: list[dict[str, str]],
-  in_flight: int,
-) -> Iterator[Crop]:
-  """Crops of all files in order, decoding up to `in_flight` files ahead in the pool.
-
-  Files that cannot be decoded are recorded in `errors` and skipped; any other exception of a
-  worker (a bug) is raised here.
-  """
-  pending = collections.deque()
-  queue = iter(files)
-  with tqdm.tqdm(total=len(files), unit="image", disable=None) as progress:
-    while True:
-      while len(pending) < in_flight:
-        file = next(queue, None)
-        if file is None:
-          break
-        pending.append((file, pool.submit(_prepare, file, image_size, detector)))
-      if not pending:
-        break
-      file, future = pending.popleft()
-      progress.update(1)
-      try:
-        crops = future.result()
-      except (image_files.UnreadableImage, FileNotFoundError) as error:
-        errors.append({"file": file.path, "error": str(error)})
-        logging.warning("Skipping %s: %s", file.path, error)
-        continue
-      yield from crops
-
-
-def _batches(crops: Iterator[Crop], batch_size: int) -> Iterator[tuple[list[Crop], np.ndarray]]:
+def _batches(
+  crops: Iterator[crops_lib.Crop], batch_size: int
+) -> Iterator[tuple[list[crops_lib.Crop], np.ndarray]]:
   batch = []
   for crop in crops:
     batch.append(crop)
@@ -128,7 +70,7 @@ def predict_files(
   batch_size: int = 256,
   detector: faces.FaceDetector | None = None,
   workers: int | None = None,
-  each_batch: Callable[[list[Crop], np.ndarray], None] | None = None,
+  each_batch: Callable[[list[crops_lib.Crop], np.ndarray], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Classifies every file (or every face in it).
 
@@ -148,7 +90,9 @@ def predict_files(
   results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     batches = _batches(
-      _crops(files, run.config.image_size, detector, pool, errors, in_flight=2 * batch_size),
+      crops_lib.read_ahead(
+        files, run.config.image_size, detector, pool, errors, 2 * batch_size, verbose=True
+      ),
       batch_size,
     )
 
@@ -277,18 +221,9 @@ def define_flags() -> None:
     "ViTs: also write the class token's attention per "
     "layer and its rollout over each input (OUTPUT_DIR/attention/).",
   )
-  flags.DEFINE_bool(
-    "detect_faces",
-    False,
-    "Find anime faces first and classify each face (for whole illustrations).",
+  common.define_face_flags(
+    "Find anime faces first and classify each face (for whole illustrations)."
   )
-  flags.DEFINE_string(
-    "cascade",
-    None,
-    f"Face detector cascade file (default: the {faces.CASCADE_FILE} of an installed package).",
-  )
-  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
-  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
   flags.DEFINE_integer(
     "batch_size",
     256,
@@ -317,11 +252,7 @@ def main(argv):
   for given, problem in problems:
     print(f"Skipping {given}: {problem}")
   try:
-    detector = None
-    if flag.detect_faces:
-      detector = faces.FaceDetector(
-        faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
-      )
+    detector = common.face_detector(flag)
     run = common.load_from_flags(flag)
     tau_norm = run.config.get("tau_norm", 0.0) if flag.tau_norm is None else flag.tau_norm
     if tau_norm:

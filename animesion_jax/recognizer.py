@@ -145,9 +145,11 @@ class Recognizer:
       return np.zeros((0, self.num_classes), np.float32), np.zeros((0, 0), np.float32)
     return np.concatenate(logits), np.concatenate(embeddings)
 
-  def answer(self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5) -> list[dict]:
-    """Open-set answers (a known name, an enrolled name or unknown) of `embed`'s rows, by the
-    calibration and gallery: see answering.Answerer.answer."""
+  def answer(
+    self, logits: np.ndarray, embeddings: np.ndarray, top_k: int = 5
+  ) -> list[answering.Answer]:
+    """The answers (a known name, an enrolled name or unknown) of `embed`'s rows, by the
+    calibration and gallery: see answering.decide, the one decision rule."""
     return self.answerer.answer(logits, embeddings, top_k)
 
   def pixels(self, image: ImageLike) -> np.ndarray:

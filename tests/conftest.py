@@ -52,3 +52,15 @@ def paper_smoke(fresh_copy):
   copy, env = fresh_copy
   readme_commands.run(readme_commands.paper_smoke_command(), copy, env)
   return copy / "runs" / "paper" / "smoke"
+
+
+@pytest.fixture(scope="session")
+def trained_workdir():
+  """The tiny trained run of tests/trained_run.py, trained once per session (do not modify it).
+
+  Tests that use the run (directly or through trained_run's helpers) ask for this fixture, so
+  `--durations` lists its training as a setup, not as any test's own time.
+  """
+  from tests import trained_run  # pylint: disable=g-import-not-at-top
+
+  return trained_run.tiny_trained_workdir()

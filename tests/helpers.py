@@ -19,6 +19,9 @@ import pytest
 
 from configs import quickstart
 
+# The repository root: subprocesses import animesion_jax, configs and tests from it.
+REPO = str(pathlib.Path(__file__).resolve().parents[1])
+
 # The session's temporary directory; set by `session_tmp_dir`, inherited by subprocesses.
 SESSION_DIR_ENV = "ANIMESION_JAX_TEST_SESSION_DIR"
 
@@ -64,6 +67,31 @@ def _built(data_dir: str) -> str:
 def synthetic_data_dir() -> str:
   """The 'small' synthetic dataset (560/112/224 images), built once per test session."""
   return _built(session_dir("tfds"))
+
+
+def write_test_pictures(
+  folder: str | os.PathLike, count: int, *, start: int = 0, prefix: str = ""
+) -> list[str]:
+  """Test-split images `start`, ..., `start + count - 1` of the small synthetic dataset (the
+  tiny configs' and the trained run's) as PNG files FOLDER/PREFIX00.png, ...; their paths."""
+  from animesion_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
+  builder = datasets.open_dataset("synthetic_characters", synthetic_data_dir(), "small")
+  source = datasets.data_source(builder, "test")
+  os.makedirs(folder, exist_ok=True)
+  paths = [os.path.join(folder, f"{prefix}{i:02d}.png") for i in range(start, start + count)]
+  for i, path in zip(range(start, start + count), paths):
+    with open(path, "wb") as f:
+      f.write(source[i]["image"])
+  return paths
+
+
+def subprocess_env(*first: str | os.PathLike, **extra: str) -> dict[str, str]:
+  """This process's environment for a subprocess that imports the project: PYTHONPATH is the
+  folders `first`, then the repository root, then the inherited PYTHONPATH; `extra` variables are
+  added (or replace inherited ones)."""
+  paths = [*map(str, first), REPO, os.environ.get("PYTHONPATH", "")]
+  return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **extra}
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -101,8 +101,6 @@ def test_fit_keeps_the_best_separating_score_and_accepts_the_share():
   fitted = calibration.fit(
     logits, embeddings, labels, protos, (8 * empty_emb @ protos.T, empty_emb), accept=0.9
   )
-  best = max(calibration.SCORES, key=lambda s: fitted.metrics["scores"][s]["selection"])
-  assert fitted.score == best
   known = calibration.score(fitted.score, logits, embeddings, protos, fitted.temperature)
   rejected = fitted.no_character_rejects(embeddings)
   assert np.mean(rejected) <= calibration.NO_CHARACTER_BUDGET
@@ -119,6 +117,54 @@ def test_fit_keeps_the_best_separating_score_and_accepts_the_share():
   np.testing.assert_array_equal(
     restored.no_character_rejects(near), fitted.no_character_rejects(near)
   )
+
+
+def test_fit_keeps_the_cosine_when_only_the_embeddings_separate():
+  """Embeddings cluster by class, no-character ones are random; the logits are noise for both,
+  so the cosine score is kept."""
+  rng = _rng(6)
+  k, d, n = 5, 16, 300
+  centres = rng.normal(size=(k, d))
+  labels = rng.integers(0, k, n)
+  embeddings = centres[labels] + 0.3 * rng.normal(size=(n, d))
+  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+  empty_emb = rng.normal(size=(60, d))
+  empty_emb /= np.linalg.norm(empty_emb, axis=1, keepdims=True)
+  protos = calibration.prototypes(embeddings, labels, k)
+  fitted = calibration.fit(
+    3 * rng.normal(size=(n, k)),
+    embeddings,
+    labels,
+    protos,
+    (3 * rng.normal(size=(60, k)), empty_emb),
+    accept=0.9,
+  )
+  assert fitted.score == "cosine"
+  scores = fitted.metrics["scores"]
+  assert scores["cosine"]["auroc_no_character"] > 0.99
+  assert scores["max_softmax"]["auroc_no_character"] < 0.75
+
+
+def test_fit_keeps_a_logit_score_when_only_the_logits_separate():
+  """Known pictures have confident logits, no-character ones flat logits; the embeddings of both
+  are random (no class structure), so a score of the logits is kept, not the cosine."""
+  rng = _rng(5)
+  k, d, n = 5, 16, 300
+  labels = rng.integers(0, k, n)
+  logits = rng.normal(size=(n, k))
+  logits[np.arange(n), labels] += 8.0
+  embeddings = rng.normal(size=(n, d))
+  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+  empty_emb = rng.normal(size=(60, d))
+  empty_emb /= np.linalg.norm(empty_emb, axis=1, keepdims=True)
+  protos = calibration.prototypes(embeddings, labels, k)
+  fitted = calibration.fit(
+    logits, embeddings, labels, protos, (rng.normal(size=(60, k)), empty_emb), accept=0.9
+  )
+  assert fitted.score in ("max_softmax", "max_logit", "energy")
+  scores = fitted.metrics["scores"]
+  assert scores[fitted.score]["auroc_no_character"] > 0.99
+  assert scores["cosine"]["auroc_no_character"] < 0.75
 
 
 def test_no_character_pictures_are_noise_flat_and_gradients():
@@ -146,8 +192,22 @@ def test_enrolment_thresholds_fit_the_number_of_pictures():
   assert set(quantiles) == {"1", "2", "3", "5", "10", "20", "50"}
   medians = [quantiles[str(n)][100] for n in calibration.ENROL_SIZES]
   assert medians[0] < medians[3] < medians[-1]  # More pictures, a truer prototype.
-  # The 1-shot quantiles are those of the cosine to one training picture of the same class.
-  assert quantiles["1"][0] >= -1 and quantiles["1"][-1] <= 1
+  # With one training picture per class, the 1-shot prototype is that picture: the quantiles are
+  # those of every validation picture's cosine to its class's one picture (no larger sizes).
+  one = np.arange(k)
+  single = calibration.enrolment_quantiles(train[one * 60], one, val, val_labels)
+  assert set(single) == {"1"}
+  cosines = np.concatenate([val[val_labels == c] @ train[c * 60] for c in range(k)])
+  np.testing.assert_allclose(single["1"], np.quantile(cosines, np.linspace(0, 1, 201)))
+  # With two per class, the 2-picture prototype is their normalised sum.
+  two = np.repeat(np.arange(k), 2)
+  pairs = train[np.stack([one * 60, one * 60 + 1], axis=1).reshape(-1)]
+  double = calibration.enrolment_quantiles(pairs, two, val, val_labels)
+  assert set(double) == {"1", "2"}
+  summed = pairs[0::2] + pairs[1::2]
+  summed /= np.linalg.norm(summed, axis=1, keepdims=True)
+  cosines = np.concatenate([val[val_labels == c] @ summed[c] for c in range(k)])
+  np.testing.assert_allclose(double["2"], np.quantile(cosines, np.linspace(0, 1, 201)))
   fitted = calibration.Calibration(
     1.0,
     1.0,

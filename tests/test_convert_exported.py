@@ -228,7 +228,7 @@ def test_cli_writes_a_checkpoint_that_loads_directly(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_exports_a_training_run(tmp_path):
+def test_cli_exports_a_training_run(trained_workdir, tmp_path):
   """--source=run: the trained model, its class names and normalisation, typed relative."""
   from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
   from tests import trained_run  # pylint: disable=g-import-not-at-top

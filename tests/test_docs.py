@@ -39,3 +39,23 @@ def test_ci_runs_the_readmes_test_command_then_the_slow_tiers():
   ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
   assert line in ci, line
   assert ci.index(line) < ci.index("python -m pytest -q tests -m slow")
+
+
+def _code_map() -> str:
+  text = (ROOT / "README.md").read_text(encoding="utf-8")
+  section = text[text.index("## Code map") :]
+  start = section.index("```\nanimesion_jax/\n")
+  return section[start : section.index("\n```\n", start)]
+
+
+def test_code_map_names_every_folder_and_top_level_module():
+  package = ROOT / "animesion_jax"
+  code_map = _code_map()
+  named = set(re.findall(r"[\w.]+/|\w+\.py", code_map))
+  folders = {p.name + "/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+  modules = {p.name for p in package.glob("*.py")}
+  assert folders <= named, f"folders missing from the README's code map: {folders - named}"
+  assert modules <= named, f"modules missing from the README's code map: {modules - named}"
+  # And the map names nothing that is gone.
+  every_module = {p.name for folder in (package, ROOT / "configs") for p in folder.rglob("*.py")}
+  assert {n for n in named if n.endswith(".py")} <= every_module

@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from animesion_jax.data import datasets
 from tests import helpers
 from tests import trained_run
 
@@ -18,7 +17,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(cwd, module, *args):
-  env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = helpers.subprocess_env()
   return subprocess.run(
     [sys.executable, "-m", f"animesion_jax.{module}", *args],
     cwd=cwd,
@@ -27,16 +26,6 @@ def _command(cwd, module, *args):
     text=True,
     timeout=600,
   )
-
-
-def _pictures(folder, count):
-  """The first `count` synthetic test pictures as PNG files."""
-  builder = datasets.open_dataset("synthetic_characters", helpers.synthetic_data_dir(), "small")
-  source = datasets.data_source(builder, "test")
-  folder.mkdir(parents=True, exist_ok=True)
-  for i in range(count):
-    (folder / f"{i:02d}.png").write_bytes(source[i]["image"])
-  return folder
 
 
 def _check_contact_sheet_in_a_browser(tmp_path, record):
@@ -61,9 +50,10 @@ def _check_contact_sheet_in_a_browser(tmp_path, record):
 
 @pytest.mark.browser
 @pytest.mark.timeout(900)
-def test_enrol_then_predict_and_organize(tmp_path):
+def test_enrol_then_predict_and_organize(trained_workdir, tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "run")
-  pictures = _pictures(tmp_path / "pics", 6)
+  pictures = tmp_path / "pics"
+  helpers.write_test_pictures(pictures, 6)
   (tmp_path / "pics" / "broken.png").write_bytes(b"not a picture")
   known = json.loads((tmp_path / "run" / "class_names.json").read_text())[0]
 
@@ -128,11 +118,13 @@ def test_enrol_then_predict_and_organize(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_checkpoint_without_run_files_keeps_calibration_and_gallery_in_a_given_dir(tmp_path):
+def test_checkpoint_without_run_files_keeps_calibration_and_gallery_in_a_given_dir(
+  trained_workdir, tmp_path
+):
   """--checkpoint/--source: calibrate --output_dir=DIR, then enroll and predict with --gallery=DIR."""
   trained_run.copy_of_trained_workdir(tmp_path / "run")
   os.remove(tmp_path / "run" / "calibration.json")  # The run's own files are not used.
-  _pictures(tmp_path / "pics", 2)
+  helpers.write_test_pictures(tmp_path / "pics", 2)
   model = ["--checkpoint=run", "--source=run"]
   data = [
     "--dataset=synthetic_characters",

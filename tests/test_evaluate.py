@@ -93,8 +93,8 @@ def test_confused_pairs_order_and_limit():
 
 
 @pytest.fixture(scope="module")
-def workdir():
-  return trained_run.tiny_trained_workdir()
+def workdir(trained_workdir):
+  return trained_workdir
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,35 @@ def test_other_split_checkpoint_and_odd_batch_size(workdir, tmp_path, monkeypatc
   assert report["top1"] == pytest.approx(results["top1"], abs=1e-6)
   assert report["loss"] == pytest.approx(results["loss"], rel=1e-5)
   assert report["checkpoint"].endswith(os.path.join("checkpoints", str(trained_run.TRAIN_STEPS)))
+
+
+def test_a_calibrated_run_goes_through_the_model_once_per_split(workdir, tmp_path, monkeypatch):
+  """The open-set section reads the logits and embeddings of evaluate's own pass (#25 item 4):
+  the same numbers as a separate embedding pass, with the model run over the split once."""
+  from animesion_jax.open_set import fitting  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  run = recognizer.load_run(workdir, "latest")
+  config = run.config
+  builder = evaluate.datasets.open_dataset(
+    config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
+  )
+  logits, embeddings, labels = fitting.embed_source(
+    run, evaluate.datasets.data_source(builder, "test"), 64
+  )
+  expected = run.answerer.answer(logits, embeddings)
+  passes = []
+  predict_split = evaluation.predict_split
+  monkeypatch.setattr(
+    evaluation, "predict_split", lambda *a, **k: passes.append(1) or predict_split(*a, **k)
+  )
+  monkeypatch.setattr(fitting, "embed_source", lambda *a, **k: pytest.fail("a second pass"))
+  report = evaluate.evaluate_loaded(run, builder, run.config.dataset, "test", tmp_path, 64)
+  assert passes == [1]
+  section = report["open_set"]
+  named = np.mean([a.character == run.class_names[y] for a, y in zip(expected, labels)])
+  assert section["known_named_right"] == pytest.approx(named, abs=1e-9)
+  assert section["known_answered_unknown"] == pytest.approx(np.mean([a.unknown for a in expected]))
 
 
 def test_summary_table(test_report):
@@ -228,7 +257,7 @@ def test_unknown_split_is_a_clear_error(workdir):
     evaluate.evaluate(workdir, split="dev")
 
 
-def test_checkpoint_that_does_not_fit_lists_the_shapes(tmp_path):
+def test_checkpoint_that_does_not_fit_lists_the_shapes(trained_workdir, tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)

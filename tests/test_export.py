@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.export import formats
 from animesion_jax.export import model_json
+from tests import helpers
 from tests import trained_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -146,6 +146,14 @@ def test_tiny_vit_exports_agree_with_jax_and_model_json_has_the_contract(tmp_pat
   assert hlo["input"] == contents["input"] and hlo["class_names"] == contents["class_names"]
 
 
+def test_a_cosine_head_exports_agree_with_jax(tmp_path):
+  run = tiny_run("vit_b16")
+  model = run.model.clone(head="cosine")
+  run = dataclasses.replace(run, model=model, variables=_random_variables(model, 32))
+  check_onnx(run, tmp_path / "onnx")
+  check_stablehlo(run, tmp_path / "hlo")
+
+
 def test_resnet_contract_has_imagenet_statistics(tmp_path):
   contents = model_json.contract(tiny_run("resnet18"), "onnx", {"model": "model.onnx"})
   assert contents["input"]["mean"] == [0.485, 0.456, 0.406]
@@ -178,7 +186,7 @@ def test_missing_jax2onnx_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _run_export(cwd, *args):
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  env = helpers.subprocess_env()
   return subprocess.run(
     [sys.executable, "-m", "animesion_jax.export", *args],
     cwd=cwd,
@@ -192,7 +200,7 @@ def _run_export(cwd, *args):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_command_line_from_a_relative_workdir(tmp_path):
+def test_command_line_from_a_relative_workdir(trained_workdir, tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "runs" / "quickstart")
   calibration = {"temperature": 1.5, "unknown_threshold": 0.4}
   (tmp_path / "runs" / "quickstart" / "calibration.json").write_text(json.dumps(calibration))

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "animesion-test"
 
@@ -60,15 +62,13 @@ def emulator_env():
         break
     time.sleep(0.2)
   url = f"http://127.0.0.1:{port}"
-  env = {
-    **os.environ,
-    "STORAGE_EMULATOR_HOST": url,
-    "TENSORSTORE_GCS_HTTP_URL": url,
-    "EPATH_USE_TF": "false",
-    "GOOGLE_CLOUD_PROJECT": "test",
-    "PYTHONPATH": REPO,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-  }
+  env = helpers.subprocess_env(
+    STORAGE_EMULATOR_HOST=url,
+    TENSORSTORE_GCS_HTTP_URL=url,
+    EPATH_USE_TF="false",
+    GOOGLE_CLOUD_PROJECT="test",
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  )
   yield env
   server.terminate()
   server.wait(timeout=30)
@@ -107,7 +107,8 @@ def test_run_files_and_summaries_land_in_a_gs_run_directory(emulator_env, tmp_pa
   script = """
 import json, sys
 import ml_collections
-from animesion_jax import run_dir, summaries
+from animesion_jax import run_dir
+from animesion_jax.training import summaries
 run = run_dir.RunDir(sys.argv[1])
 config = ml_collections.ConfigDict({"model": {"name": "vit_tiny"}, "seed": 3})
 run.save_config(config)
@@ -133,10 +134,9 @@ print(json.dumps({"config": run.load_config().seed, "names": run.load_class_name
   assert any("events.out.tfevents" in f for f in files), files
 
 
-def test_predict_writes_its_outputs_to_gs(emulator_env, tmp_path):
-  from tests import trained_run  # pylint: disable=g-import-not-at-top
+def test_predict_writes_its_outputs_to_gs(trained_workdir, emulator_env, tmp_path):
 
-  workdir = trained_run.tiny_trained_workdir()
+  workdir = trained_workdir
   pictures = tmp_path / "pictures"
   pictures.mkdir()
   Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(pictures / "a.png")

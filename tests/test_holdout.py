@@ -107,10 +107,16 @@ def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
   section = report["open_set"]
   assert len(section["held_out_classes"]) == 2 and section["held_out_pictures"] > 0
   assert set(section["scores"]) == {"max_softmax", "max_logit", "energy", "cosine"}
-  assert all(0 <= row["auroc"] <= 1 for row in section["scores"].values())
+  # The held-out classes are exactly the dataset's classes the model lacks, and their test
+  # pictures are the unknown set.
+  full = loop.open_data(helpers.tiny_config())
+  assert set(section["held_out_classes"]) == set(full.class_names) - set(names)
+  test = full.eval_sources["test"]
+  test_names = [full.class_names[test[i]["label"]] for i in range(len(test))]
+  assert section["held_out_pictures"] == sum(n in section["held_out_classes"] for n in test_names)
   assert "Held out (" in evaluate.format_summary(report)
 
-  env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = helpers.subprocess_env()
   done = subprocess.run(
     [
       sys.executable,
@@ -132,4 +138,33 @@ def test_held_out_run_calibrates_evaluates_and_benchmarks(tmp_path):
   bench = json.loads((tmp_path / "bench.json").read_text())
   assert bench["held_out"] == section["held_out_classes"]
   assert bench["auroc"] == pytest.approx(section["scores"][bench["score"]]["auroc"], abs=1e-6)
-  assert 0 <= bench["shot2_accuracy"] <= 1 and -1 <= bench["organize_ari"] <= 1
+  # The tool and evaluate answer the same pictures the same way.
+  assert bench["held_out_test_pictures"] == section["held_out_pictures"]
+  assert bench["held_out_unknown"] == pytest.approx(section["held_out_answered_unknown"])
+  assert bench["known_rejected"] == pytest.approx(section["known_answered_unknown"])
+  # A 2-shot accuracy is a share of the held-out pictures, averaged over the 2 draws.
+  right = bench["shot2_accuracy"] * 2 * bench["held_out_test_pictures"]
+  assert right == pytest.approx(round(right), abs=1e-6)
+
+
+def _train_labels(source) -> np.ndarray:
+  return np.array([source[i]["label"] for i in range(len(source))])
+
+
+def test_long_tail_losses_see_the_known_classes_only():
+  config = helpers.tiny_config(loss="balanced_softmax")
+  config.open_set.holdout_count = 3
+  data = loop.open_data(config)
+  # One offset per model class (it was one per dataset class: a shape mismatch in the loss), the
+  # log of that known class's training pictures.
+  counts = np.bincount(_train_labels(data.train_source), minlength=len(data.class_names))
+  np.testing.assert_allclose(data.logit_offsets, np.log(counts), rtol=1e-6)
+
+
+def test_class_balanced_sampling_draws_known_records_only():
+  config = helpers.tiny_config(class_balanced_sampling=True)
+  config.open_set.holdout_count = 3
+  data = loop.open_data(config)
+  # One label per record of the known train source, its known class id (the dataset's labels of
+  # every record made the sampler draw indices past the end: IndexError).
+  np.testing.assert_array_equal(data.train_labels, _train_labels(data.train_source))

@@ -20,6 +20,7 @@ CLI_MODULES = {
   "animesion_jax.enroll",
   "animesion_jax.organize",
   "animesion_jax.batch",
+  "animesion_jax.video",
   "animesion_jax.cli.common",
   "animesion_jax.serve.__main__",
   "animesion_jax.export.__main__",

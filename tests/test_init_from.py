@@ -91,12 +91,12 @@ def test_missing_init_from_file_fails_before_compiling(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [28, 10])
-def test_init_from_another_run(num_classes):
+def test_init_from_another_run(trained_workdir, num_classes):
   """The original's DAF:re -> moeImouto transfer: start from a run; a new class count gets a
   new classifier, everything else is the run's."""
   from tests import trained_run  # pylint: disable=g-import-not-at-top
 
-  workdir = trained_run.tiny_trained_workdir()
+  workdir = trained_workdir
   config = helpers.tiny_config(num_train_steps=trained_run.TRAIN_STEPS)
   config.model.num_layers = 1
   trained = checkpointing.restore(

@@ -53,7 +53,7 @@ def _start(cwd, workdir: str) -> subprocess.Popen:
         f"from tests import helpers\n\ndef get_config():\n"
         f"  return helpers.tiny_config(**{OVERRIDES!r})\n"
       )
-  env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
   return subprocess.Popen(
     [sys.executable, "-m", "animesion_jax.main", "--config=kill_config.py", f"--workdir={workdir}"],
     cwd=cwd,

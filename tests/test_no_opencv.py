@@ -7,7 +7,6 @@ answers None, as for a package that is not installed).
 
 import io
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -49,10 +48,7 @@ print(json.dumps(out))
 def _env(root: pathlib.Path) -> dict[str, str]:
   (root / "site").mkdir(exist_ok=True)
   (root / "site" / "sitecustomize.py").write_text(helpers.hiding_sitecustomize("cv2"))
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(root / "site"), str(REPO)])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  return env
+  return helpers.subprocess_env(root / "site", XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 
 def _run(argv, env, cwd) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ and the benchmark must succeed there, with no attempt recorded: so on a machine 
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -39,14 +38,13 @@ def no_tf(tmp_path_factory):
     helpers.hiding_sitecustomize("tensorflow", "NO_TF_ATTEMPTS")
   )
   attempts = root / "attempts.txt"
-  env = {
-    **os.environ,
-    "PYTHONPATH": f"{root / 'site'}{os.pathsep}{REPO}",
-    "NO_TF_ATTEMPTS": str(attempts),
+  env = helpers.subprocess_env(
+    root / "site",
+    NO_TF_ATTEMPTS=str(attempts),
     # Its own session directory: the synthetic dataset is built here, without TensorFlow.
-    "ANIMESION_JAX_TEST_SESSION_DIR": str(root / "session"),
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-  }
+    ANIMESION_JAX_TEST_SESSION_DIR=str(root / "session"),
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  )
 
   def run(*args: str) -> str:
     result = subprocess.run(

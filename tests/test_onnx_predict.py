@@ -16,9 +16,9 @@ from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax.data import datasets
 from animesion_jax.export import formats
+from animesion_jax.inference import crops
 from animesion_jax.inference import image_files
 from tests import helpers
-from tests import trained_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "onnx_predict.py"
@@ -63,7 +63,7 @@ def test_pixels_and_file_order_are_predicts(tmp_path, size):
   compared = 0
   for file in expected_files:
     try:
-      (crop,) = predict._prepare(file, size, None)  # pylint: disable=protected-access
+      (crop,) = crops.file_crops(file, size)
     except image_files.UnreadableImage as error:
       with pytest.raises(onnx_predict.UnreadableImage) as raised:
         onnx_predict.load_pixels(file.path, size)
@@ -100,16 +100,15 @@ def _csv_rows(path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_same_table_and_files_as_predict_without_jax(tmp_path):
+def test_same_table_and_files_as_predict_without_jax(trained_workdir, tmp_path):
   # onnx_predict applies no calibration: compared with predict's uncalibrated answers.
-  run = recognizer.load_run(trained_run.tiny_trained_workdir(), "latest", read_open_set=False)
+  run = recognizer.load_run(trained_workdir, "latest", read_open_set=False)
   formats.export(run, "onnx", tmp_path / "export")
   builder = datasets.open_dataset("synthetic_characters", run.config.data_dir, "small")
   source = datasets.data_source(builder, "test")
   folder = tmp_path / "pictures"
   _pictures(folder, Image.open(io.BytesIO(source[0]["image"])).convert("RGB"))
-  for i in range(1, 11):
-    (folder / f"test_{i:02d}.png").write_bytes(source[i]["image"])
+  helpers.write_test_pictures(folder, 10, start=1, prefix="test_")
   inputs = [str(folder), str(tmp_path / "missing.png")]
 
   files, problems = image_files.find_images(inputs)

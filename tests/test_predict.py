@@ -27,6 +27,7 @@ from animesion_jax.inference import attention
 from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
 from animesion_jax.open_set import answering
+from tests import helpers
 from tests import test_convert_torch
 from tests import trained_run
 from tfds_builders.synthetic_characters import drawing
@@ -113,15 +114,15 @@ def test_find_images(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run():
-  return recognizer.load_run(trained_run.tiny_trained_workdir(), "latest")
+def run(trained_workdir):
+  return recognizer.load_run(trained_workdir, "latest")
 
 
 @pytest.fixture(scope="module")
-def user_files(run, tmp_path_factory):
+def user_files(trained_workdir, run, tmp_path_factory):
   """The first test images as PNG, lossless WebP and opaque RGBA PNG, plus broken files."""
   folder = tmp_path_factory.mktemp("user_images")
-  trained_run.write_test_pictures(folder, _RECORDS)
+  helpers.write_test_pictures(folder, _RECORDS)
   first = Image.open(folder / "00.png").convert("RGB")
   first.save(folder / "variant_webp.webp", lossless=True)
   first.convert("RGBA").save(folder / "variant_rgba.png")
@@ -141,7 +142,7 @@ def _jpeg_bytes(image: Image.Image) -> bytes:
   return buffer.getvalue()
 
 
-def test_predictions_match_the_evaluation_pipeline(user_files):
+def test_predictions_match_the_evaluation_pipeline(trained_workdir, user_files):
   by_name = {os.path.basename(r["file"]): r for r in user_files["results"]}
   for i in range(_RECORDS):
     predictions = by_name[f"{i:02d}.png"]["predictions"]
@@ -155,7 +156,7 @@ def test_predictions_match_the_evaluation_pipeline(user_files):
     assert by_name[variant]["predictions"] == by_name["00.png"]["predictions"]
   assert (
     by_name["variant_gray.png"]["predictions"][0]["name"]
-    in run_dir.RunDir(trained_run.tiny_trained_workdir()).load_class_names()
+    in run_dir.RunDir(trained_workdir).load_class_names()
   )
 
 
@@ -286,7 +287,7 @@ def test_missing_cascade_is_a_clear_error(tmp_path, monkeypatch):
     faces.FaceDetector(str(tmp_path / "bad.xml"))
 
 
-def test_class_names_file_and_missing_dataset(tmp_path):
+def test_class_names_file_and_missing_dataset(trained_workdir, tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   names = [f"character_{i}" for i in range(28)]
   run_dir.RunDir(workdir).save_class_names(names)
@@ -306,7 +307,7 @@ def test_class_names_file_and_missing_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_command_line(tmp_path):
+def test_command_line(trained_workdir, tmp_path):
   """The CLI end to end: faces found and drawn, a table printed, bad inputs reported."""
   _illustration().save(tmp_path / "group.png")
   (tmp_path / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
@@ -315,7 +316,7 @@ def test_command_line(tmp_path):
     sys.executable,
     "-m",
     "animesion_jax.predict",
-    f"--workdir={trained_run.tiny_trained_workdir()}",
+    f"--workdir={trained_workdir}",
     "--top_k=2",
     "--annotate",
     "--detect_faces",
@@ -452,7 +453,7 @@ def test_predict_straight_from_an_original_vit_checkpoint(tmp_path, monkeypatch)
   )
 
 
-def test_load_checkpoint_class_names_and_sources(tmp_path):
+def test_load_checkpoint_class_names_and_sources(trained_workdir, tmp_path):
   """A torchvision ResNet with a JSON list of names (ImageNet inputs); names that do not fit."""
   model = test_convert_torch.tiny_torch_resnet(tv_resnet.BasicBlock)  # 5 classes.
   test_convert_torch.save(model, tmp_path / "resnet.pth")
@@ -499,7 +500,7 @@ def test_load_checkpoint_class_names_and_sources(tmp_path):
     recognizer.load_checkpoint(tmp_path / "resnet.pth", "torchvision_resnet", None)
 
   # source 'run': a run directory (its best checkpoint) or one of its step directories.
-  workdir = trained_run.tiny_trained_workdir()
+  workdir = trained_workdir
   whole = recognizer.load_checkpoint(workdir, "run", None)
   assert (whole.step, whole.num_classes) == (trained_run.TRAIN_STEPS, 28)
   second = recognizer.load_checkpoint(os.path.join(workdir, "checkpoints", "2"), "run", None)
@@ -526,7 +527,7 @@ def test_worker_bugs_are_not_reported_as_unreadable_files(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
+def test_damaged_checkpoint_is_named_in_a_few_lines(trained_workdir, tmp_path):
   workdir = trained_run.copy_of_trained_workdir(tmp_path / "run")
   state = os.path.join(workdir, "checkpoints", str(trained_run.TRAIN_STEPS), "state")
   # The merged OCDBT data files (what a restore reads), as a half-copied bucket would leave them.
@@ -550,7 +551,7 @@ def test_damaged_checkpoint_is_named_in_a_few_lines(tmp_path):
   )
   assert done.returncode != 0
   # Nothing besides absl log lines: in particular none of the dozens of "Event loop is closed"
-  # tracebacks the other arrays' late reads used to print (checkpointing._silence_late_reads).
+  # tracebacks the other arrays' late reads used to print (orbax_workarounds.silence_late_reads).
   message = [line for line in done.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", line)]
   assert len(message) == 2, done.stderr
   assert message[0].startswith(

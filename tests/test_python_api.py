@@ -11,32 +11,32 @@ import pytest
 from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax.inference import image_files
-from tests import trained_run
+from tests import helpers
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
 
 
 @pytest.fixture(scope="module")
-def model():
-  return recognizer.load_run(trained_run.tiny_trained_workdir(), "latest")
+def model(trained_workdir):
+  return recognizer.load_run(trained_workdir, "latest")
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
+def pictures(trained_workdir, tmp_path_factory):
   """Four test-split images of the tiny run's dataset as PNG files."""
-  return trained_run.write_test_pictures(tmp_path_factory.mktemp("pictures"), 4)
+  return helpers.write_test_pictures(tmp_path_factory.mktemp("pictures"), 4)
 
 
-def test_the_documented_example_runs_as_written(pictures):
+def test_the_documented_example_runs_as_written(trained_workdir, pictures):
   (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)[:1]
   assert "from animesion_jax import load_run" in code and '"picture.png"' in code
-  code = code.replace("runs/quickstart", trained_run.tiny_trained_workdir())
+  code = code.replace("runs/quickstart", trained_workdir)
   code = code.replace("picture.png", pictures[0])
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
     exec(compile(code, str(DOC), "exec"), {})  # pylint: disable=exec-used
   lines = printed.getvalue().splitlines()
-  best = recognizer.load_run(trained_run.tiny_trained_workdir(), "best")
+  best = recognizer.load_run(trained_workdir, "best")
   (expected,) = best.predict([pictures[0]], top_k=3)
   assert lines == [expected.describe()] + [
     f"{n}: {p:.1%}" for n, p in zip(expected.names, expected.probabilities)
@@ -73,8 +73,10 @@ def test_the_forward_function_is_built_once_and_shared(model, pictures):
   assert forward._cache_size() == compiled  # pylint: disable=protected-access
 
 
-def test_a_step_number_names_a_checkpoint_and_bad_images_are_refused(model, tmp_path):
-  second = recognizer.load_run(trained_run.tiny_trained_workdir(), 2)
+def test_a_step_number_names_a_checkpoint_and_bad_images_are_refused(
+  trained_workdir, model, tmp_path
+):
+  second = recognizer.load_run(trained_workdir, 2)
   assert second.step == 2 and second.checkpoint.endswith("checkpoints/2")
   with pytest.raises(TypeError, match=r"pass \[image\] for one"):
     model.predict("picture.png")

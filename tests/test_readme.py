@@ -122,3 +122,32 @@ def test_reproduce_paper_smoke_default_output_folder(fresh_copy, paper_smoke):
   assert paper_smoke == copy / "runs" / "paper" / "smoke"
   written = list(paper_smoke.rglob("results.json"))
   assert written, "the smoke run wrote no results under its default runs/paper folder"
+
+
+def test_video_command_indexes_an_episode(quickstart_run):
+  """docs/video.md's line, verbatim, on the quick-start run and an episode drawn where it says."""
+  from tfds_builders.synthetic_characters import episodes  # pylint: disable=g-import-not-at-top
+
+  copy, env, workdir, _ = quickstart_run
+  (command,) = readme_commands.readme_commands("# Who appears when", "docs/video.md")
+  assert f"--workdir={workdir}" in command and command.split()[3] == "episode.mp4"
+  truth = episodes.render(episodes.scripted(), str(copy / "episode.mp4"))
+  out = readme_commands.run(command, copy, env)
+  assert "1 videos, 7 appearances" in out, out
+  index = copy / re.search(r"--output_dir=(\S+)", command).group(1)
+  record = json.loads((index / "timeline.json").read_text())
+  assert [s["start"] for s in record["shots"]] == pytest.approx(
+    [s["start"] for s in truth["shots"]], abs=0.1
+  )
+  named = [a["character"] for a in record["appearances"]]
+  # The trained characters of the scripted episode, in order (the fourth track is a character no
+  # trained class has: any answer).
+  assert [n for i, n in enumerate(named) if i != 4] == [
+    "kuro_long",
+    "hikari_twintails",
+    "kuro_long",
+    "sora_spiky",
+    "kuro_long",
+    "hikari_twintails",
+  ]
+  assert (index / "index.html").is_file() and (index / "timeline.csv").is_file()

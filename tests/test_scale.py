@@ -177,7 +177,20 @@ def test_step_loop_has_no_hidden_host_device_transfers(tmp_path, data_on_device)
   assert results["steps"] == 6
 
 
-def test_transfer_guard_catches_a_hidden_sync():
-  with pytest.raises(Exception, match="Disallowed"):
-    with jax.transfer_guard("disallow"):
-      float(jnp.ones(3).sum() + 1)  # A device->host read inside the loop would be this.
+def test_transfer_guard_catches_a_hidden_transfer_in_the_step_loop(tmp_path, monkeypatch):
+  """An implicit transfer between log steps (here a host array mixed into a device computation
+  in the batch hand-over) stops a run whose config.transfer_guard is 'disallow'. (On the CPU
+  backend a float() of a device value here was not caught, so the injected one is host-to-device.)"""
+  original = sharding.to_global_batch
+  on_device = jnp.ones(3)
+
+  def with_a_hidden_transfer(*args, **kwargs):
+    jnp.add(on_device, np.ones(3, np.float32)).block_until_ready()
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(sharding, "to_global_batch", with_a_hidden_transfer)
+  config = helpers.tiny_config(
+    num_train_steps=3, log_every_steps=3, checkpoint_every_steps=3, transfer_guard="disallow"
+  )
+  with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+    loop.train_and_evaluate(config, str(tmp_path))

@@ -115,7 +115,7 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(trained_workdir, tmp_path_factory):
   started = _Server(tmp_path_factory)
   yield started
   started.stop()
@@ -457,7 +457,7 @@ def test_enrolment_is_off_unless_allowed(server):
 
 
 @pytest.fixture(scope="module")
-def enroll_server(tmp_path_factory):
+def enroll_server(trained_workdir, tmp_path_factory):
   started = _Server(tmp_path_factory, "--allow_enroll")
   yield started
   started.stop()

@@ -141,3 +141,30 @@ def test_flag_leaves_a_cnns_loss_and_gradients_unchanged():
     a, b = np.asarray(values), np.asarray(with_flag["grads"][key])
     scale = max(np.abs(a).max(), 1e-3)
     assert np.abs(a - b).max() <= 1e-4 * scale, key
+
+
+def test_every_command_starts_jax_the_same_way():
+  """Each `python -m animesion_jax.X` command defines the runtime flags and calls start_jax (XLA
+  flags, compilation cache) before it loads a model."""
+  package = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "animesion_jax"
+  )
+  commands = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(package)
+    for name in names
+    if (root == package and name.endswith(".py")) or name == "__main__.py"
+  ]
+  checked = []
+  for path in commands:
+    with open(path) as f:
+      source = f.read()
+    if "def main(" not in source:
+      continue
+    checked.append(os.path.relpath(path, package))
+    assert "common.define_runtime_flags(" in source, path
+    assert "common.start_jax(" in source, path
+    load = source.find("load_from_flags(")
+    if load >= 0:
+      assert source.find("common.start_jax(") < load, f"{path} loads a model before start_jax"
+  assert {"export/__main__.py", "serve/__main__.py", "predict.py", "main.py"} <= set(checked)

@@ -31,9 +31,11 @@ from animesion_jax import convert
 from animesion_jax import recognizer
 from animesion_jax.cli import xla_flags
 from animesion_jax.data import datasets
+from animesion_jax.inference import faces
 from animesion_jax.open_set import answering
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
+from animesion_jax.training import orbax_workarounds
 
 # Errors in what the user gave (paths, files, configs): the CLIs print the message, no traceback.
 USER_ERRORS = (
@@ -49,16 +51,10 @@ USER_ERRORS = (
 
 
 def exit_with_user_error(program: str, error: BaseException) -> NoReturn:
-  """Prints '<program>: <message>' and exits 1 at once.
-
-  Immediately (os._exit): after a failed restore, Orbax's background reads of the other arrays
-  may still be scheduled, and an ordinary interpreter shutdown prints their 'Event loop is
-  closed' tracebacks under the message. Nothing is being written at this point.
-  """
+  """Prints '<program>: <message>' and exits 1 at once (orbax_workarounds.exit_now: after a
+  failed restore, Orbax's late reads would print tracebacks at an ordinary shutdown)."""
   sys.stderr.write(f"{program}: {error}\n")
-  sys.stderr.flush()
-  sys.stdout.flush()
-  os._exit(1)  # pylint: disable=protected-access
+  orbax_workarounds.exit_now(1)
 
 
 def define_model_flags(class_names_help: str) -> None:
@@ -135,6 +131,33 @@ def load_from_flags(flag: Any, read_open_set: bool = True) -> recognizer.Recogni
     gallery=flag.gallery,
     read_open_set=read_open_set,
   )
+
+
+def define_face_flags(detect_faces_help: str | None, cascade_default: str = "") -> None:
+  """--cascade, --face_margin, --min_face and, unless `detect_faces_help` is None (the program
+  always looks for faces), --detect_faces with that help; `cascade_default` ends --cascade's help
+  (what happens without one)."""
+  if detect_faces_help is not None:
+    flags.DEFINE_bool("detect_faces", False, detect_faces_help)
+  flags.DEFINE_string(
+    "cascade",
+    None,
+    f"Face detector cascade file (default: the {faces.CASCADE_FILE} of an installed package"
+    f"{cascade_default}).",
+  )
+  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
+  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+
+
+def face_detector(flag: Any) -> faces.FaceDetector | None:
+  """The detector the flags of `define_face_flags` ask for: None without --detect_faces.
+
+  Raises:
+    faces.CascadeNotFound: (a user error) the cascade or OpenCV is missing.
+  """
+  if not flag.detect_faces:
+    return None
+  return faces.create_detector(flag.cascade, margin=flag.face_margin, min_size=flag.min_face)
 
 
 def define_runtime_flags(*, distributed: bool) -> None:

@@ -133,6 +133,18 @@ def unknown_source(source: Any, labels: np.ndarray, held: Holdout) -> Relabeled:
   return Relabeled(source, keep, labels[keep])
 
 
+def known_counts(counts: np.ndarray, held: Holdout) -> np.ndarray:
+  """Per-class counts of the dataset's classes -> those of the known classes (known id order)."""
+  return np.asarray(counts)[held.new_ids >= 0]
+
+
+def known_labels(labels: np.ndarray, held: Holdout) -> np.ndarray:
+  """Dataset labels of a split's records -> the known class ids of the records `known_source`
+  keeps, in its order."""
+  new = held.new_ids[np.asarray(labels, np.int64)]
+  return new[new >= 0]
+
+
 def known_sources(
   builder: Any, config: ml_collections.ConfigDict, sources: dict[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:

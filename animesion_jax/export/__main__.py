@@ -32,6 +32,7 @@ def define_flags() -> None:
   common.define_model_flags(
     "With --source: the dataset's classid_classname.csv (id,name rows) or a JSON list of names."
   )
+  common.define_runtime_flags(distributed=False)
   flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_enum("format", "onnx", sorted(formats.WRITERS), "What to write.")
   flags.DEFINE_string("output_dir", None, "Folder to write into (created if missing).")
@@ -65,6 +66,7 @@ def main(argv):
   flag = flags.FLAGS
   if not flag["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  common.start_jax(flag)
   try:
     run = common.load_from_flags(flag)
     output_dir = run_dir.resolve(flag.output_dir)

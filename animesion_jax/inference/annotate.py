@@ -102,7 +102,7 @@ class AttentionWriter:
     self.written: dict[tuple[str, int | None], str] = {}  # (file, face) -> folder.
 
   def __call__(self, crops: Sequence[Any], images: np.ndarray) -> None:
-    """`crops`: predict.Crop rows of one batch (file, face, pixels); `images` their inputs."""
+    """`crops`: crops.Crop rows of one batch (file, face, pixels); `images` their inputs."""
     result = self.run.attention_maps(images)
     for row, crop in enumerate(crops):
       stem = os.path.splitext(crop.file.relative)[0]

@@ -166,3 +166,14 @@ class FaceDetector:
         )
       )
     return sorted(boxes, key=lambda box: (box.top, box.left))
+
+
+def create_detector(
+  cascade: str | None = None, *, margin: float = 0.25, min_size: int = 24
+) -> FaceDetector:
+  """The detector of `cascade` (default: the one an installed package ships; see `find_cascade`).
+
+  Raises:
+    CascadeNotFound: no cascade file, not a cascade file, or no usable OpenCV.
+  """
+  return FaceDetector(find_cascade(cascade), margin=margin, min_size=min_size)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from animesion_jax.models import embedding
+from animesion_jax.models import heads
 from animesion_jax.models.resnet import ResNet
 from animesion_jax.models.shallow import ShallowNet
 from animesion_jax.models.vit import VisionTransformer
@@ -173,9 +174,10 @@ def logits_and_embedding(
   """(float32 logits [N, classes], L2-normalised float32 embedding [N, D]) in one eval forward.
 
   The embedding is what the model's output layer reads (see models/embedding.py), for every
-  family; `images` are normalised as for `model.apply`.
+  family, normalised as a cosine head normalises it (so with `head='cosine'` the logits are
+  `cosine_scale` times its dot products with the normalised class weights); `images` are
+  normalised as for `model.apply`.
   """
   logits, sown = model.apply(variables, images, train=False, mutable=[embedding.COLLECTION])
-  features = sown[embedding.COLLECTION][embedding.NAME][-1].astype(jnp.float32)
-  norm = jnp.linalg.norm(features, axis=-1, keepdims=True)
-  return logits.astype(jnp.float32), features / jnp.maximum(norm, 1e-12)
+  features = sown[embedding.COLLECTION][embedding.NAME][-1]
+  return logits.astype(jnp.float32), heads.l2_normalize(features)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from animesion_jax.models import batch_norm
 from animesion_jax.models import embedding
+from animesion_jax.models import heads
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -144,6 +145,10 @@ class ResNet(nn.Module):
     init_scheme: One of INIT_SCHEMES: how a ResNet trained from scratch starts.
     dtype: Compute dtype; parameters and batch statistics stay float32 and
       logits are float32.
+    head: One of models.heads.HEADS: 'linear' (the paper's) or 'cosine' (NormFace).
+    cosine_scale: The cosine head's logit scale s.
+    margin_type: One of models.heads.MARGIN_TYPES, on the target logit in training only.
+    margin: The margin m ('additive': cosine units; 'angular': radians).
   """
 
   num_classes: int
@@ -152,6 +157,10 @@ class ResNet(nn.Module):
   base_width: int = 64
   init_scheme: str = "torchvision"
   dtype: Dtype = jnp.float32
+  head: str = "linear"
+  cosine_scale: float = 16.0
+  margin_type: str = "none"
+  margin: float = 0.0
 
   def check_fields(self) -> None:
     """Raises ValueError for field values the model cannot be built with."""
@@ -161,6 +170,7 @@ class ResNet(nn.Module):
       raise ValueError(
         f"Unknown ResNet init_scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}."
       )
+    heads.check_fields(self)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -194,12 +204,6 @@ class ResNet(nn.Module):
       if self.init_scheme == "animesion"
       else nn.initializers.zeros
     )
-    x = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=initializers.TORCH_DEFAULT_KERNEL,
-      bias_init=bias_init,
-      name="fc",
-    )(x)
-    return x.astype(jnp.float32)
+    return heads.output_layer(
+      self, x, "fc", kernel_init=initializers.TORCH_DEFAULT_KERNEL, bias_init=bias_init
+    )

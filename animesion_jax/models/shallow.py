@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from animesion_jax.models import batch_norm
 from animesion_jax.models import embedding
+from animesion_jax.models import heads
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -42,6 +43,10 @@ class ShallowNet(nn.Module):
     dropout_rate: Dropout before the classifier, train mode only (the original: 0.2).
     dtype: Compute dtype; parameters and batch statistics stay float32 and
       logits are float32.
+    head: One of models.heads.HEADS: 'linear' (the paper's) or 'cosine' (NormFace).
+    cosine_scale: The cosine head's logit scale s.
+    margin_type: One of models.heads.MARGIN_TYPES, on the target logit in training only.
+    margin: The margin m ('additive': cosine units; 'angular': radians).
   """
 
   num_classes: int
@@ -49,6 +54,14 @@ class ShallowNet(nn.Module):
   hidden: int = 512
   dropout_rate: float = 0.2
   dtype: Dtype = jnp.float32
+  head: str = "linear"
+  cosine_scale: float = 16.0
+  margin_type: str = "none"
+  margin: float = 0.0
+
+  def check_fields(self) -> None:
+    """Raises ValueError for field values the model cannot be built with."""
+    heads.check_fields(self)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -56,6 +69,7 @@ class ShallowNet(nn.Module):
     if images.ndim != 4:
       raise ValueError(f"Expected NHWC images of rank 4, got shape {images.shape}.")
     _check_image_size(images.shape[1], images.shape[2], len(self.channels))
+    self.check_fields()
 
     x = images.astype(self.dtype)
     for i, features in enumerate(self.channels):
@@ -86,15 +100,13 @@ class ShallowNet(nn.Module):
     x = nn.relu(x)
     embedding.sow(self, x)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    x = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
+    return heads.output_layer(
+      self,
+      x,
+      "fc2",
       kernel_init=initializers.TORCH_DEFAULT_KERNEL,
       bias_init=initializers.torch_default_bias(self.hidden),
-      name="fc2",
-    )(x)
-    return x.astype(jnp.float32)
+    )
 
 
 def _check_image_size(height: int, width: int, num_stages: int) -> None:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from animesion_jax.models import embedding
+from animesion_jax.models import heads
 from animesion_jax.models import initializers
 
 Dtype = Any
@@ -230,6 +231,10 @@ class VisionTransformer(nn.Module):
     patch_embedding_init: One of PATCH_EMBEDDING_INITS (training from scratch).
     layer_norm_epsilon: Epsilon of every LayerNorm.
     dtype: Compute dtype; parameters stay float32 and logits are float32.
+    head: One of models.heads.HEADS: 'linear' (the paper's) or 'cosine' (NormFace).
+    cosine_scale: The cosine head's logit scale s.
+    margin_type: One of models.heads.MARGIN_TYPES, on the target logit in training only.
+    margin: The margin m ('additive': cosine units; 'angular': radians).
   """
 
   num_classes: int
@@ -250,6 +255,10 @@ class VisionTransformer(nn.Module):
   patch_embedding_init: str = "vit_jax"
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  head: str = "linear"
+  cosine_scale: float = 16.0
+  margin_type: str = "none"
+  margin: float = 0.0
 
   def check_fields(self) -> None:
     """Raises ValueError for field values the model cannot be built with."""
@@ -289,6 +298,7 @@ class VisionTransformer(nn.Module):
         )
       if self.exclusion_temperature <= 0:
         raise ValueError(f"exclusion_temperature={self.exclusion_temperature} must be > 0.")
+    heads.check_fields(self)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -351,16 +361,9 @@ class VisionTransformer(nn.Module):
       )(x)
       x = jnp.tanh(x)
     embedding.sow(self, x)
-    # A zero head makes fine-tuning start from uniform predictions.
-    x = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.zeros,
-      name="head",
-    )(x)
-    return x.astype(jnp.float32)
+    # A zero linear head makes fine-tuning start from uniform predictions.
+    zeros = nn.initializers.zeros
+    return heads.output_layer(self, x, "head", kernel_init=zeros, bias_init=zeros)
 
   def _intermediate_head(self, class_tokens: jax.Array) -> jax.Array:
     """Dense(layers -> 1) across layers -> ReLU -> LayerNorm -> Dense; torch-default inits."""
@@ -385,12 +388,10 @@ class VisionTransformer(nn.Module):
       epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name="interm_norm"
     )(x)
     embedding.sow(self, x)
-    x = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
+    return heads.output_layer(
+      self,
+      x,
+      "head",
       kernel_init=initializers.TORCH_DEFAULT_KERNEL,
       bias_init=initializers.torch_default_bias(self.hidden_size),
-      name="head",
-    )(x)
-    return x.astype(jnp.float32)
+    )

@@ -35,20 +35,23 @@ def known_split(run: Any, builder: Any, split: str) -> tuple[Any, np.ndarray | N
   return source, np.flatnonzero(held.new_ids >= 0)
 
 
-def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any]:
-  """The open-set section of an evaluation report, by the model's calibration (`run.answerer`)."""
+def report(
+  run: Any, builder: Any, split: str, batch_size: int, known_outputs: dict[str, np.ndarray]
+) -> dict[str, Any]:
+  """The open-set section of an evaluation report, by the model's calibration (`run.answerer`).
+
+  known_outputs: {'logits', 'embedding', 'label'} of the split's known-class pictures in record
+  order, from evaluate's one pass over the split (evaluation.make_eval_fn with_outputs). Only
+  held-out classes' pictures, which that pass leaves out, are run through the model here.
+  """
   fitted = run.answerer.calibration
   if fitted is None:
     return {"calibrated": False, "note": run.answerer.note}
   # The split's classes are the model's own: enrolled characters are left out.
   answerer = dataclasses.replace(run.answerer, gallery=None)
   held = held_out(run, builder)
-  source = datasets.data_source(builder, split)
-  labels = (
-    holdout.split_labels(builder, split, run.config.dataset) if held.held_out else np.asarray([0])
-  )
-  known = holdout.known_source(source, labels, held) if held.held_out else source
-  logits, embeddings, y = fitting.embed_source(run, known, batch_size, f"{split} (open set)")
+  logits, embeddings = known_outputs["logits"], known_outputs["embedding"]
+  y = np.asarray(known_outputs["label"], np.int64)
   answers = answerer.answer(logits, embeddings)
   result: dict[str, Any] = {
     "calibrated": True,
@@ -66,6 +69,8 @@ def report(run: Any, builder: Any, split: str, batch_size: int) -> dict[str, Any
     result[f"ece_{when}"] = calibration.ece(p.max(1), p.argmax(1) == y)
     result[f"nll_{when}"] = calibration.nll(logits, y, t)
   if held.held_out:
+    source = datasets.data_source(builder, split)
+    labels = holdout.split_labels(builder, split, run.config.dataset)
     unknown = holdout.unknown_source(source, labels, held)
     u_logits, u_embeddings, _ = fitting.embed_source(run, unknown, batch_size, "held out")
     result["held_out_classes"] = list(held.held_out)

@@ -18,7 +18,6 @@ from absl import logging
 import uvicorn
 
 from animesion_jax.cli import common
-from animesion_jax.inference import faces
 from animesion_jax.serve import app
 from animesion_jax.serve import model
 from animesion_jax.serve import pictures
@@ -31,15 +30,7 @@ def define_flags() -> None:
   flags.adopt_module_key_flags(common)  # --help lists them with this program's own.
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
-  flags.DEFINE_string(
-    "cascade",
-    None,
-    f"Face detector cascade file (default: the "
-    f"{faces.CASCADE_FILE} of an installed package; none found: whole "
-    "pictures are classified).",
-  )
-  flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
-  flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+  common.define_face_flags(None, "; none found: whole pictures are classified")
   flags.DEFINE_integer("max_batch", 32, "Most crops per device call.")
   flags.DEFINE_float("max_wait_ms", 5.0, "Longest a request waits to share a device call.")
   flags.DEFINE_integer("queue_size", 64, "Pictures that may wait; more are answered 503.")

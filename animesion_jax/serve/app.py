@@ -180,194 +180,217 @@ def _data_url(image: Image.Image) -> str:
   return "data:image/png;base64," + base64.b64encode(pictures.png_bytes(image)).decode("ascii")
 
 
+def _service(request: Request) -> Service:
+  return request.app.state.service
+
+
+def _attention_overlays(state: Any, picture: pictures.Picture) -> list[str]:
+  """PNG data URLs of each crop's attention overlay (one computation at a time)."""
+  from animesion_jax.inference import attention  # pylint: disable=g-import-not-at-top
+
+  with state.attention_lock:
+    heatmaps = state.service.attention(picture.crops)
+  return [
+    _data_url(attention.overlay(Image.fromarray(crop), heatmap))
+    for crop, heatmap in zip(picture.crops, heatmaps)
+  ]
+
+
+async def _read_picture(request: Request, data: bytes) -> pictures.Picture:
+  """Decodes an upload in a worker thread (at most `decode_threads` at once)."""
+  service = _service(request)
+  return await anyio.to_thread.run_sync(
+    pictures.read_picture,
+    data,
+    service.image_size,
+    service.detector,
+    service.limits,
+    limiter=request.app.state.decode_limiter,
+  )
+
+
+def page_file(request: Request) -> Response:
+  content, media = request.app.state.page[request.url.path]
+  return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+def healthz(request: Request) -> JSONResponse:
+  service = _service(request)
+  batcher = service.batcher
+  return JSONResponse(
+    {
+      "status": "ok",
+      "model": service.model,
+      "waiting": batcher.waiting,
+      "batches": batcher.batches,
+      "crops": batcher.crops,
+    }
+  )
+
+
+def info(request: Request) -> JSONResponse:
+  service = _service(request)
+  answerer = service.answerer  # Read once: an enrolment may swap in another.
+  limits = service.limits
+  return JSONResponse(
+    {
+      "model": service.model,
+      "num_classes": len(service.class_names),
+      "face_detection": service.detector is not None,
+      "face_note": service.face_note,
+      "attention": service.attention is not None,
+      "calibrated": answerer.calibration is not None,
+      "calibration_note": answerer.note,
+      "enroll": service.enroll is not None,
+      "enrolled": answerer.gallery.names if answerer.gallery else [],
+      "max_upload_mb": limits.max_upload_bytes / 2**20,
+      "max_megapixels": limits.max_pixels / 1e6,
+      "max_faces": limits.max_faces,
+      "examples": [
+        {"name": name, "url": f"/api/examples/{i}"} for i, (name, _) in enumerate(service.examples)
+      ],
+    }
+  )
+
+
+def example(request: Request) -> Response:
+  examples = _service(request).examples
+  index = request.path_params["index"]
+  if not 0 <= index < len(examples):
+    return JSONResponse({"error": f"No example {index}."}, 404)
+  return Response(
+    examples[index][1], media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+  )
+
+
+async def predict(request: Request) -> Response:
+  started = time.perf_counter()
+  service = _service(request)
+  want_attention = request.query_params.get("attention", "") in ("1", "true", "on")
+  try:
+    if want_attention and service.attention is None:
+      raise _Refusal(400, "Attention maps are only available for ViT models.")
+    if service.batcher.waiting >= service.batcher.queue_size:
+      raise _busy()  # Refused before the upload is read or decoded.
+    picture = await _read_picture(request, await _upload(request, service.limits))
+    try:
+      future = service.batcher.submit(picture.crops)
+    except batcher_lib.QueueFull:
+      raise _busy() from None
+    logits, embeddings = await asyncio.wrap_future(future)
+    overlays = None
+    if want_attention:
+      overlays = await anyio.to_thread.run_sync(
+        _attention_overlays, request.app.state, picture, limiter=request.app.state.decode_limiter
+      )
+  except _Refusal as refusal:
+    return refusal.response
+  except pictures.BadPicture as bad:
+    return JSONResponse({"error": bad.message}, bad.status)
+  answers = service.answerer.answer(logits, embeddings, service.top_k)  # The answerer, read once.
+  found = []
+  for i, box in enumerate(picture.boxes):
+    face: dict[str, Any] = {"box": box, "whole_image": picture.whole, **_answer_face(answers[i])}
+    if overlays is not None:
+      face["attention"] = overlays[i]
+    found.append(face)
+  elapsed_ms = 1000 * (time.perf_counter() - started)
+  logging.info(
+    "Classified %d crop(s) of a %dx%d picture in %.1f ms.",
+    len(found),
+    picture.image.width,
+    picture.image.height,
+    elapsed_ms,
+  )
+  return JSONResponse(
+    {
+      "faces": found,
+      "model": service.model,
+      "elapsed_ms": elapsed_ms,
+      "width": picture.image.width,
+      "height": picture.image.height,
+      "notes": picture.notes,
+    }
+  )
+
+
+def _enroll_and_swap(service: Service, name: str, embeddings: np.ndarray, names: list[str]):
+  """Adds the character and swaps in an answerer with the updated gallery; that gallery."""
+  with service.enroll_lock:
+    updated = service.enroll(name, embeddings, names)
+    # Requests read service.answerer once: they see the old gallery or the new one.
+    service.answerer = service.answerer.with_gallery(updated)
+  return updated
+
+
+async def enroll(request: Request) -> Response:
+  service = _service(request)
+  if service.enroll is None:
+    return JSONResponse(
+      {"error": "Adding characters is off on this server (start it with --allow_enroll)."}, 403
+    )
+  try:
+    if service.batcher.waiting >= service.batcher.queue_size:
+      raise _busy()
+    name, uploads = await _enroll_upload(request, service.limits)
+    crops, names, skipped = [], [], []
+    for filename, data in uploads:
+      try:
+        picture = await _read_picture(request, data)
+      except pictures.BadPicture as bad:
+        skipped.append({"file": filename, "error": bad.message})
+        continue
+      largest = max(
+        range(len(picture.boxes)), key=lambda i: picture.boxes[i][2] * picture.boxes[i][3]
+      )
+      crops.append(picture.crops[largest])
+      names.append(filename)
+    if not crops:
+      raise _Refusal(
+        400,
+        "None of the pictures could be read: "
+        + "; ".join(f"{s['file']}: {s['error']}" for s in skipped),
+      )
+    try:
+      future = service.batcher.submit(np.stack(crops))
+    except batcher_lib.QueueFull:
+      raise _busy() from None
+    _, embeddings = await asyncio.wrap_future(future)
+    updated = await anyio.to_thread.run_sync(_enroll_and_swap, service, name, embeddings, names)
+  except _Refusal as refusal:
+    return refusal.response
+  except gallery.GalleryError as error:
+    return JSONResponse({"error": str(error)}, 409)
+  logging.info("Enrolled %r from %d pictures.", name, len(crops))
+  return JSONResponse(
+    {"name": name, "pictures": len(crops), "enrolled": updated.names, "skipped": skipped}
+  )
+
+
+ROUTES = [Route(url, page_file) for url in _PAGE_FILES] + [
+  Route("/healthz", healthz),
+  Route("/api/info", info),
+  Route("/api/examples/{index:int}", example),
+  Route("/api/predict", predict, methods=["POST"]),
+  Route("/api/enroll", enroll, methods=["POST"]),
+]
+
+
 def create_app(service: Service) -> Starlette:
-  """The web app around a ready Service (the caller owns the batcher's lifetime)."""
-  page = {
+  """The web app around a ready Service (the caller owns the batcher's lifetime).
+
+  The endpoints read what they serve with from `app.state`: the service, the page's files (read
+  once), the limiter of picture decoding threads and the attention lock.
+  """
+  web_app = Starlette(routes=ROUTES)
+  web_app.state.service = service
+  web_app.state.page = {
     url: (
       importlib.resources.files("animesion_jax.serve").joinpath("static", name).read_bytes(),
       media,
     )
     for url, (name, media) in _PAGE_FILES.items()
   }
-  limiter = anyio.CapacityLimiter(service.decode_threads)
-  attention_lock = threading.Lock()  # One attention computation at a time.
-
-  def attention_overlays(picture: pictures.Picture) -> list[str]:
-    from animesion_jax.inference import attention  # pylint: disable=g-import-not-at-top
-
-    with attention_lock:
-      heatmaps = service.attention(picture.crops)
-    return [
-      _data_url(attention.overlay(Image.fromarray(crop), heatmap))
-      for crop, heatmap in zip(picture.crops, heatmaps)
-    ]
-
-  def page_file(request: Request) -> Response:
-    content, media = page[request.url.path]
-    return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
-
-  def healthz(request: Request) -> JSONResponse:
-    del request
-    batcher = service.batcher
-    return JSONResponse(
-      {
-        "status": "ok",
-        "model": service.model,
-        "waiting": batcher.waiting,
-        "batches": batcher.batches,
-        "crops": batcher.crops,
-      }
-    )
-
-  def info(request: Request) -> JSONResponse:
-    del request
-    limits = service.limits
-    return JSONResponse(
-      {
-        "model": service.model,
-        "num_classes": len(service.class_names),
-        "face_detection": service.detector is not None,
-        "face_note": service.face_note,
-        "attention": service.attention is not None,
-        "calibrated": service.answerer.calibration is not None,
-        "calibration_note": service.answerer.note,
-        "enroll": service.enroll is not None,
-        "enrolled": service.answerer.gallery.names if service.answerer.gallery else [],
-        "max_upload_mb": limits.max_upload_bytes / 2**20,
-        "max_megapixels": limits.max_pixels / 1e6,
-        "max_faces": limits.max_faces,
-        "examples": [
-          {"name": name, "url": f"/api/examples/{i}"}
-          for i, (name, _) in enumerate(service.examples)
-        ],
-      }
-    )
-
-  def example(request: Request) -> Response:
-    index = request.path_params["index"]
-    if not 0 <= index < len(service.examples):
-      return JSONResponse({"error": f"No example {index}."}, 404)
-    return Response(
-      service.examples[index][1], media_type="image/png", headers={"Cache-Control": "max-age=3600"}
-    )
-
-  async def predict(request: Request) -> Response:
-    started = time.perf_counter()
-    want_attention = request.query_params.get("attention", "") in ("1", "true", "on")
-    try:
-      if want_attention and service.attention is None:
-        raise _Refusal(400, "Attention maps are only available for ViT models.")
-      if service.batcher.waiting >= service.batcher.queue_size:
-        raise _busy()  # Refused before the upload is read or decoded.
-      data = await _upload(request, service.limits)
-      picture = await anyio.to_thread.run_sync(
-        pictures.read_picture,
-        data,
-        service.image_size,
-        service.detector,
-        service.limits,
-        limiter=limiter,
-      )
-      try:
-        future = service.batcher.submit(picture.crops)
-      except batcher_lib.QueueFull:
-        raise _busy() from None
-      logits, embeddings = await asyncio.wrap_future(future)
-      overlays = None
-      if want_attention:
-        overlays = await anyio.to_thread.run_sync(attention_overlays, picture, limiter=limiter)
-    except _Refusal as refusal:
-      return refusal.response
-    except pictures.BadPicture as bad:
-      return JSONResponse({"error": bad.message}, bad.status)
-    answers = service.answerer.answer(logits, embeddings, service.top_k)
-    found = []
-    for i, box in enumerate(picture.boxes):
-      face: dict[str, Any] = {"box": box, "whole_image": picture.whole, **_answer_face(answers[i])}
-      if overlays is not None:
-        face["attention"] = overlays[i]
-      found.append(face)
-    elapsed_ms = 1000 * (time.perf_counter() - started)
-    logging.info(
-      "Classified %d crop(s) of a %dx%d picture in %.1f ms.",
-      len(found),
-      picture.image.width,
-      picture.image.height,
-      elapsed_ms,
-    )
-    return JSONResponse(
-      {
-        "faces": found,
-        "model": service.model,
-        "elapsed_ms": elapsed_ms,
-        "width": picture.image.width,
-        "height": picture.image.height,
-        "notes": picture.notes,
-      }
-    )
-
-  async def enroll(request: Request) -> Response:
-    if service.enroll is None:
-      return JSONResponse(
-        {"error": "Adding characters is off on this server (start it with --allow_enroll)."}, 403
-      )
-    try:
-      if service.batcher.waiting >= service.batcher.queue_size:
-        raise _busy()
-      name, uploads = await _enroll_upload(request, service.limits)
-      crops, names, skipped = [], [], []
-      for filename, data in uploads:
-        try:
-          picture = await anyio.to_thread.run_sync(
-            pictures.read_picture,
-            data,
-            service.image_size,
-            service.detector,
-            service.limits,
-            limiter=limiter,
-          )
-        except pictures.BadPicture as bad:
-          skipped.append({"file": filename, "error": bad.message})
-          continue
-        largest = max(
-          range(len(picture.boxes)), key=lambda i: picture.boxes[i][2] * picture.boxes[i][3]
-        )
-        crops.append(picture.crops[largest])
-        names.append(filename)
-      if not crops:
-        raise _Refusal(
-          400,
-          "None of the pictures could be read: "
-          + "; ".join(f"{s['file']}: {s['error']}" for s in skipped),
-        )
-      try:
-        future = service.batcher.submit(np.stack(crops))
-      except batcher_lib.QueueFull:
-        raise _busy() from None
-      _, embeddings = await asyncio.wrap_future(future)
-
-      def enroll_and_swap():
-        with service.enroll_lock:
-          updated = service.enroll(name, embeddings, names)
-          # Requests read service.answerer once: they see the old gallery or the new one.
-          service.answerer = service.answerer.with_gallery(updated)
-        return updated
-
-      updated = await anyio.to_thread.run_sync(enroll_and_swap)
-    except _Refusal as refusal:
-      return refusal.response
-    except gallery.GalleryError as error:
-      return JSONResponse({"error": str(error)}, 409)
-    logging.info("Enrolled %r from %d pictures.", name, len(crops))
-    return JSONResponse(
-      {"name": name, "pictures": len(crops), "enrolled": updated.names, "skipped": skipped}
-    )
-
-  routes = [Route(url, page_file) for url in _PAGE_FILES] + [
-    Route("/healthz", healthz),
-    Route("/api/info", info),
-    Route("/api/examples/{index:int}", example),
-    Route("/api/predict", predict, methods=["POST"]),
-    Route("/api/enroll", enroll, methods=["POST"]),
-  ]
-  return Starlette(routes=routes)
+  web_app.state.decode_limiter = anyio.CapacityLimiter(service.decode_threads)
+  web_app.state.attention_lock = threading.Lock()  # One attention computation at a time.
+  return web_app

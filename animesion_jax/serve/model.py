@@ -19,7 +19,7 @@ def face_detector(
 ) -> tuple[faces.FaceDetector | None, str]:
   """(detector, "") when a cascade is found, else (None, why face detection is off)."""
   try:
-    return faces.FaceDetector(faces.find_cascade(cascade), margin=margin, min_size=min_size), ""
+    return faces.create_detector(cascade, margin=margin, min_size=min_size), ""
   except faces.CascadeNotFound as error:
     if cascade:  # Asked for by name: a mistake to report, not to work around.
       raise

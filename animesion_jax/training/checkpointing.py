@@ -11,7 +11,6 @@ mid-write leaves the previous checkpoints intact; a damaged complete checkpoint 
 missing array file) is moved aside and the previous one is used.
 """
 
-import sys
 import time
 from typing import Any
 
@@ -24,7 +23,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from animesion_jax import config_schema
 from animesion_jax import run_dir as run_dir_lib
+from animesion_jax.training import orbax_workarounds
 
 BEST_METRIC = "validation_top1"  # The checkpoint metric that ranks checkpoints (higher is better).
 DAMAGED_DIR = "damaged_checkpoints"  # Where damaged checkpoints are moved, beside checkpoints/.
@@ -36,14 +37,6 @@ class DamagedCheckpoint(RuntimeError):
 
 class IncompatibleCheckpoint(RuntimeError):
   """A readable checkpoint whose arrays do not fit the train state the config builds."""
-
-
-def _is_structure_mismatch(error: BaseException) -> bool:
-  # What Orbax raises when the saved tree differs from the one asked for (not damage).
-  text = str(error)
-  return isinstance(error, ValueError) and (
-    "tree structures do not match" in text or "shape" in text.split("\n")[0].lower()
-  )
 
 
 def _step_args(state: Any, data_iterator: Any, meta: dict[str, Any]) -> ocp.args.Composite:
@@ -80,36 +73,6 @@ def _reader(directory: epath.Path) -> ocp.CheckpointManager:
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
-
-
-def _is_late_read(unraisable: Any) -> bool:
-  # A failed restore leaves Orbax's asyncio loop closed while tensorstore still finishes the other
-  # arrays' reads; each finished read then reports to the closed loop ("Event loop is closed",
-  # raised in call_soon_threadsafe) through sys.unraisablehook: dozens of tracebacks, no harm.
-  if not isinstance(unraisable.exc_value, RuntimeError):
-    return False
-  if str(unraisable.exc_value) != "Event loop is closed":
-    return False
-  frame = unraisable.exc_traceback
-  while frame is not None:
-    if frame.tb_frame.f_code.co_name == "call_soon_threadsafe":
-      return True
-    frame = frame.tb_next
-  return False
-
-
-def _silence_late_reads() -> None:
-  """Keeps a failed restore's late-read tracebacks off stderr (see `_is_late_read`); idempotent."""
-  previous = sys.unraisablehook
-  if getattr(previous, "silences_late_reads", False):
-    return
-
-  def hook(unraisable: Any) -> None:
-    if not _is_late_read(unraisable):
-      previous(unraisable)
-
-  hook.silences_late_reads = True
-  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -201,12 +164,13 @@ class Checkpoints:
     A damaged one is moved to `DAMAGED_DIR` with a warning and the previous one is tried.
     The data iterator is moved to the saved position in place.
     """
-    _silence_late_reads()
+    orbax_workarounds.silence_late_reads()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=_restore_args(abstract_state, data_iterator))
       except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
-        if _is_structure_mismatch(error):  # Readable, but another model or optimizer wrote it.
+        # Readable, but another model or optimizer wrote it.
+        if orbax_workarounds.is_structure_mismatch(error):
           raise IncompatibleCheckpoint(
             f"Checkpoint {self.run.checkpoints_dir / str(step)} holds a different train state "
             "than this code and config build (written by another version of animesion_jax or "
@@ -296,11 +260,11 @@ def restore(
   """
   path = resolve(run, which)
   manager = _reader(path.parent)
-  _silence_late_reads()
+  orbax_workarounds.silence_late_reads()
   try:
     restored = manager.restore(int(path.name), args=_restore_args(abstract_state))
   except Exception as error:  # pylint: disable=broad-except  # Any unreadable file.
-    if _is_structure_mismatch(error):
+    if orbax_workarounds.is_structure_mismatch(error):
       raise IncompatibleCheckpoint(
         f"{path} does not hold the train state this config builds: {_first_line(error)}"
       ) from None
@@ -336,7 +300,7 @@ def saved_shape_mismatches(checkpoint: epath.Path, abstract_state: Any) -> list[
 
   Reads only the arrays' metadata; an unreadable checkpoint gives [] (its restore names the damage).
   """
-  _silence_late_reads()
+  orbax_workarounds.silence_late_reads()
   try:
     saved = ocp.StandardCheckpointHandler().metadata(checkpoint / "state")
   except Exception:  # pylint: disable=broad-except  # Unreadable: restore names the damage.
@@ -355,9 +319,15 @@ _FROM_CHECKPOINT = ("model.layer_norm_epsilon",)
 def config_differences(
   saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
 ) -> list[str]:
-  """'field: saved -> current' for each resume-critical field that changed."""
-  saved_flat = flax.traverse_util.flatten_dict(saved.to_dict(), sep=".")
-  current_flat = flax.traverse_util.flatten_dict(current.to_dict(), sep=".")
+  """'field: saved -> current' for each resume-critical field that changed.
+
+  A field one of them lacks (a run from before the field existed) counts as its schema default
+  (e.g. config.model.head 'linear').
+  """
+  defaults = flax.traverse_util.flatten_dict(config_schema.get_base_config().to_dict(), sep=".")
+  saved_flat, current_flat = (
+    {**defaults, **flax.traverse_util.flatten_dict(c.to_dict(), sep=".")} for c in (saved, current)
+  )
   differences = []
   for key in sorted(set(saved_flat) | set(current_flat)):
     if key in _FROM_CHECKPOINT and saved.init_from.source:

@@ -169,6 +169,11 @@ def validate(
       f"config.logit_adjust_tau={config.logit_adjust_tau} and config.tau_norm="
       f"{config.tau_norm} must be >= 0."
     )
+  if config.model.get("head", "linear") == "cosine" and config.tau_norm:
+    raise ConfigError(
+      f"config.tau_norm={config.tau_norm} changes nothing with config.model.head='cosine' (its "
+      "class weights are normalised already); set config.tau_norm=0."
+    )
   if not 0 < config.few_shot_below <= config.many_shot_above + 1:
     raise ConfigError(
       f"Shot groups: config.few_shot_below={config.few_shot_below} must be > 0 and at most "

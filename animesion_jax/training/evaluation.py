@@ -21,13 +21,22 @@ from animesion_jax.data import datasets
 from animesion_jax.data import pipeline
 from animesion_jax.training import steps
 
-# (state or variables, global batch) -> (EvalMetrics, top-5 class ids); see steps.eval_step.
-EvalFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, jax.Array]]
+# (state or variables, global batch) -> (EvalMetrics, top-5 class ids, or a dict of per-example
+# outputs that holds them as 'top5'); see steps.eval_step.
+EvalFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]]
 
 
-def make_eval_fn(model: Any, normalization: str) -> EvalFn:
-  """steps.eval_step for `model`, jitted (takes a TrainState or the model's variables)."""
-  return jax.jit(functools.partial(steps.eval_step, model=model, normalization=normalization))
+def make_eval_fn(model: Any, normalization: str, with_outputs: bool = False) -> EvalFn:
+  """steps.eval_step for `model`, jitted (takes a TrainState or the model's variables).
+
+  with_outputs: each example's logits and embedding come back too, from the same forward pass
+  (evaluate's open-set section reads them: the split is run through the model once).
+  """
+  return jax.jit(
+    functools.partial(
+      steps.eval_step, model=model, normalization=normalization, with_outputs=with_outputs
+    )
+  )
 
 
 def host_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -77,25 +86,27 @@ def evaluate_batches(
 
   Returns:
     The metrics ({'loss', 'top1', 'top5', 'num_examples'}, exact over the real examples) and,
-    with keep_rows, {'index', 'label', 'top5'} of every process's real examples in record order
-    ({} otherwise).
+    with keep_rows, {'index', 'label', 'top5'} (and the eval function's other outputs, e.g.
+    'logits' and 'embedding') of every process's real examples in record order ({} otherwise).
   """
 
   def dispatch():
     for local in local_batches:
       index = local.pop("index")
-      batch_metrics, top5 = eval_fn(state, sharding.to_global_batch(local, mesh))
+      batch_metrics, outputs = eval_fn(state, sharding.to_global_batch(local, mesh))
       # Padding rows (index -1) are kept until after the gather, so every process
       # contributes the same shape.
-      yield (batch_metrics, index, local["label"]), top5
+      yield (batch_metrics, index, local["label"]), outputs
 
-  totals, parts = None, {"index": [], "label": [], "top5": []}
-  for (batch_metrics, index, label), top5 in lagged(dispatch(), mesh) if keep_rows else dispatch():
+  totals, parts = None, {"index": [], "label": []}
+  for (batch_metrics, index, label), outputs in (
+    lagged(dispatch(), mesh) if keep_rows else dispatch()
+  ):
     totals = batch_metrics if totals is None else totals.merge(batch_metrics)
     if keep_rows:
-      parts["index"].append(index)
-      parts["label"].append(label)
-      parts["top5"].append(top5)
+      outputs = outputs if isinstance(outputs, dict) else {"top5": outputs}
+      for name, value in {"index": index, "label": label, **outputs}.items():
+        parts.setdefault(name, []).append(value)
   if totals is None:
     raise ValueError("No batches to evaluate: the split is empty.")
   metrics = {name: float(value) for name, value in totals.compute().items()}

@@ -70,10 +70,16 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   # The short last batch is trained on (padded and masked), as the original DataLoader did.
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
   carve = dict(dataset=config.dataset, validation_fraction=config.validation_fraction)
+  # The counts and labels are the dataset's; held-out classes leave them as they left the splits.
+  held = holdout.from_config(config, list(builder.info.features["label"].names))
   offsets = None
   if config.loss != "softmax":
-    offsets = losses.config_offsets(config, datasets.stored_train_counts(builder, **carve))
+    counts = holdout.known_counts(datasets.stored_train_counts(builder, **carve), held)
+    offsets = losses.config_offsets(config, counts)
     logging.info("Loss %s: logit offsets %.3f..%.3f.", config.loss, offsets.min(), offsets.max())
+  train_labels = None
+  if config.class_balanced_sampling:
+    train_labels = holdout.known_labels(datasets.train_labels(builder, **carve), held)
   return Data(
     train_source=train_source,
     eval_sources={split: sources[split] for split in eval_splits},
@@ -83,9 +89,7 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
       config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     ),
     logit_offsets=offsets,
-    train_labels=(
-      datasets.train_labels(builder, **carve) if config.class_balanced_sampling else None
-    ),
+    train_labels=train_labels,
   )
 
 

@@ -193,6 +193,11 @@ def load_initial_variables(
     and getattr(loaded_model, "head_type", "") == "class_token"
   ):
     variables, fresh_keys = _backbone_only(variables, abstract_variables)
+  if getattr(model, "head", "linear") == "cosine":
+    # The converters' checkpoints end in a linear layer (or a new one at zero, which a cosine
+    # head cannot start from): the cosine head starts at the model's own initialisation.
+    variables, own = _without_output_layer(config, variables, abstract_variables, keep=False)
+    fresh_keys = sorted(set(fresh_keys) | set(own))
   numerics = {
     name: getattr(loaded_model, name)
     for name in _CHECKPOINT_NUMERICS
@@ -254,6 +259,8 @@ def _from_run(
   ]
   have.update({key: np.zeros(wanted[key].shape, wanted[key].dtype) for key in fresh})
   variables = {**variables, "params": flax.traverse_util.unflatten_dict(have, sep="/")}
+  # A linear run's bias has no place in a cosine head (a missing bias is in `fresh` above).
+  variables, _ = _without_output_layer(config, variables, abstract_variables, keep=True)
   if fresh:
     logging.info(
       "init_from run %s (%d classes): new classifier %s.",
@@ -267,6 +274,20 @@ def _from_run(
     if hasattr(source.model, name) and hasattr(model, name)
   }
   return _fitted(config, model, numerics, variables, abstract_variables), variables, fresh
+
+
+def _without_output_layer(
+  config: ml_collections.ConfigDict, variables: Any, abstract_variables: Any, keep: bool
+) -> tuple[Any, list[str]]:
+  """`variables` with the output layer's parameters the model does not have dropped (all of them
+  unless `keep`), filled with zero placeholders; and the paths that need the model's own init."""
+  head = models.spec(config.model.name).family.head + "/"
+  flat = flax.traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+  wanted = flax.traverse_util.flatten_dict(dict(abstract_variables["params"]), sep="/")
+  flat = {k: v for k, v in flat.items() if not k.startswith(head) or (keep and k in wanted)}
+  fresh = [k for k in wanted if k.startswith(head) and k not in flat]
+  flat.update({k: np.zeros(wanted[k].shape, wanted[k].dtype) for k in fresh})
+  return {**variables, "params": flax.traverse_util.unflatten_dict(flat, sep="/")}, fresh
 
 
 def _backbone_only(variables: Any, abstract_variables: Any) -> tuple[Any, list[str]]:

@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from animesion_jax import models
 from animesion_jax.data import preprocess
 from animesion_jax.models import batch_norm
+from animesion_jax.models import heads
 from animesion_jax.training import losses as losses_lib
 from animesion_jax.training import metrics as metrics_lib
 from animesion_jax.training import optim
@@ -87,7 +89,9 @@ def _loss_and_grads(
     logits, updates = model.apply(
       variables, images, train=model_train_mode, rngs={"dropout": dropout_rng}, mutable=mutable
     )
-    losses = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing, logit_offsets)
+    # A cosine head's margin on the target logit (CosFace / ArcFace) is part of the loss only.
+    train_logits = heads.margin_logits(logits.astype(jnp.float32), labels, model)
+    losses = cross_entropy(train_logits, labels, label_smoothing, logit_offsets)
     extra = sum(jnp.mean(term * weights) for term in jax.tree.leaves(updates.get("losses", {})))
     return (
       jnp.mean(losses * weights) + extra,
@@ -209,17 +213,25 @@ def eval_step(
   *,
   model: nn.Module,
   normalization: str,
-) -> tuple[metrics_lib.EvalMetrics, jnp.ndarray]:
+  with_outputs: bool = False,
+) -> tuple[metrics_lib.EvalMetrics, Any]:
   """Masked metrics of one eval batch, and each example's top-5 class ids (best first).
 
-  `state` is the TrainState, or (for inference) the model's variables themselves.
+  `state` is the TrainState, or (for inference) the model's variables themselves. With
+  `with_outputs` the second result is {'top5', 'logits', 'embedding'} (the L2-normalised
+  embedding of models.logits_and_embedding) from the same forward pass.
   """
   images = preprocess.normalize(batch["image"], normalization, model.dtype)
   variables = model_variables(state) if isinstance(state, TrainState) else state
-  logits = model.apply(variables, images, train=False).astype(jnp.float32)
+  if with_outputs:
+    logits, embedding = models.logits_and_embedding(model, variables, images)
+  else:
+    logits = model.apply(variables, images, train=False).astype(jnp.float32)
   loss = cross_entropy(logits, batch["label"])
   step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
     loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
   )
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  if with_outputs:
+    return step_metrics, {"top5": top5, "logits": logits, "embedding": embedding}
   return step_metrics, top5
