@@ -19,6 +19,7 @@ from animesion_jax import recognizer
 from animesion_jax.distributed import job
 from animesion_jax.distributed import rows
 from animesion_jax.inference import image_files
+from tests import helpers
 from tests import trained_run
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def two_nodes():
 def pictures(tmp_path_factory):
   folder = tmp_path_factory.mktemp("cluster") / "pictures"
   folder.mkdir()
-  trained_run.write_test_pictures(folder, _PICTURES)
+  helpers.write_test_pictures(folder, _PICTURES)
   run = recognizer.load_run(trained_run.tiny_trained_workdir())
   found, _ = image_files.find_images([str(folder)])
   results, _ = predict.predict_files(run, found, top_k=5, batch_size=8)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests import helpers
 from tests import test_gcs
 from tests import trained_run
 from tests.test_gcs import emulator_env  # noqa: F401  pylint: disable=unused-import
@@ -21,7 +22,7 @@ _PICTURES = 6
 def test_batch_reads_and_writes_gs(emulator_env, tmp_path):  # noqa: F811
   local = tmp_path / "pictures"
   local.mkdir()
-  trained_run.write_test_pictures(local, _PICTURES)
+  helpers.write_test_pictures(local, _PICTURES)
   (local / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
   pictures, answers = f"gs://{test_gcs.BUCKET}/batch/pictures", f"gs://{test_gcs.BUCKET}/batch/out"
   upload = (

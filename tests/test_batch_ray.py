@@ -22,6 +22,7 @@ from animesion_jax.distributed import rows
 from animesion_jax.distributed import sorting
 from animesion_jax.inference import image_files
 from animesion_jax.open_set import grouping
+from tests import helpers
 from tests import trained_run
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def pictures(tmp_path_factory):
   """Test pictures, a file that is not an image, and predict's answers for the pictures."""
   folder = tmp_path_factory.mktemp("collection") / "pictures"
   folder.mkdir()
-  trained_run.write_test_pictures(folder, _PICTURES - _NOISE)
+  helpers.write_test_pictures(folder, _PICTURES - _NOISE)
   rng = np.random.default_rng(0)
   for i in range(_NOISE):
     side = 2 ** (1 + i % 4)  # Blocks of noise, from 2x2 to 16x16 over the picture.
