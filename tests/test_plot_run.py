@@ -111,7 +111,7 @@ def test_command_line(tmp_path):
       sys.executable,
       "-c",
       "import sys; import matplotlib; backend = matplotlib.rcParams."
-      "_get('backend'); from animesion_jax import evaluate, plots, predict; "
+      "_get('backend'); from animesion_jax import evaluate, predict; from animesion_jax.inference import plots; "
       "assert matplotlib.rcParams._get('backend') == backend, backend; "
       "assert 'matplotlib.pyplot' not in sys.modules; print('clean')",
     ],

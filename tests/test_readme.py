@@ -22,7 +22,8 @@ import pytest
 from tests import readme_commands
 
 # Every test here runs the real command lines (trains, starts a server): the e2e tier.
-pytestmark = pytest.mark.e2e
+# The module's quick-start training (its fixture) is charged to the first test's time limit.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")

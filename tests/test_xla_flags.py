@@ -74,7 +74,7 @@ def test_real_jaxlib_refuses_an_unknown_flag_and_the_run_goes_on(tmp_path):
   assert not xla_flags.jaxlib_accepts("--xla_animesion_no_such_flag=1")
   bogus = (("xla_animesion_no_such_flag", "1"),)
   code = (
-    "import os, sys; from animesion_jax import xla_flags; "
+    "import os, sys; from animesion_jax.cli import xla_flags; "
     f"added = xla_flags.apply_default_flags(cache_path=sys.argv[1], defaults={bogus!r}); "
     "import jax, jax.numpy as jnp; "
     "print(added, repr(os.environ.get('XLA_FLAGS')), float(jnp.ones(3).sum()))"
