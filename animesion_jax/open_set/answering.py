@@ -34,6 +34,12 @@ UNCALIBRATED_NOTE = (
 )
 
 
+# How an unknown answer begins wherever it is shown (`Answer.describe`, the web page).
+UNKNOWN_TEXT = "unknown (not sure enough to name"
+# Beside the top-k of an unknown answer (predict's table, the web page).
+GUESSES_NOTE = "guesses among the known characters only; none was sure enough to name"
+
+
 class OpenSetError(ValueError):
   """A bad open-set request (e.g. an --accept outside (0, 1])."""
 
@@ -190,10 +196,16 @@ class Answer:
     )
 
   def describe(self) -> str:
-    """'NAME', 'NAME (enrolled)' or 'unknown (closest: NAME 23%)', as the table and the page
-    show answers."""
+    """'NAME', 'NAME (enrolled)' or 'unknown (not sure enough to name; nearest: NAME)', as the
+    table and the page show answers.
+
+    An unknown answer shows no percentage: the classifier's probability of its nearest name is
+    often high for pictures it must refuse (91% for random noise), and next to 'unknown' it
+    reads as a confident name. The top-k of an unknown answer are guesses among the known
+    characters only (predict's table puts them in parentheses, the page under "guesses").
+    """
     if self.unknown:
-      return f"unknown (closest: {self.closest} {100 * self.confidence:.0f}%)"
+      return f"{UNKNOWN_TEXT}; nearest: {self.closest})"
     return self.character + (" (enrolled)" if self.enrolled else "")
 
 
@@ -218,6 +230,8 @@ def decide(
      prototype, it replaces the known name; accepted when the cosine reaches the threshold of a
      character enrolled from that many pictures and the no-character margin holds.
   """
+  if not len(logits):  # No picture (e.g. an empty folder): embeddings may be shaped (0, 0).
+    return []
   cal = calibration
   temperature = cal.temperature if cal is not None else 1.0
   probabilities = calibration_lib.softmax(logits, temperature)

@@ -173,6 +173,9 @@ def _answer_face(answer: answering.Answer) -> dict[str, Any]:
     "enrolled": answer.enrolled,
     "calibrated": answer.calibrated,
     "top5": [{"name": r.name, "probability": r.probability} for r in answer.top_k],
+    # The answer as the printed table words it; a refused face's top 5 are only guesses.
+    "text": answer.describe(),
+    "guesses_note": answering.GUESSES_NOTE if answer.unknown else "",
   }
 
 
