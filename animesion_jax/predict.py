@@ -42,7 +42,6 @@ from animesion_jax.inference import annotate
 from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
-from animesion_jax.inference import longtail
 from animesion_jax.open_set import answering
 from animesion_jax.training import evaluation
 
@@ -262,10 +261,7 @@ def main(argv):
     print(f"Skipping {given}: {problem}")
   try:
     detector = common.face_detector(flag)
-    run = common.load_from_flags(flag)
-    tau_norm = run.config.get("tau_norm", 0.0) if flag.tau_norm is None else flag.tau_norm
-    if tau_norm:
-      run = longtail.tau_normalized_run(run, tau_norm)
+    run = common.load_from_flags(flag)  # Tau-normalised as --tau_norm or the run's config say.
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
     elif run.workdir is not None:

@@ -3,15 +3,22 @@ tau-normalisation, checkpoint fingerprints, refining a known class, a server see
 
 import dataclasses
 
+from etils import epath
+import ml_collections
 import numpy as np
+import pytest
 
+from animesion_jax import models
 from animesion_jax import organize
 from animesion_jax import predict
+from animesion_jax import recognizer
+from animesion_jax import run_dir
 from animesion_jax.inference import crops as crops_lib
 from animesion_jax.open_set import answering
 from animesion_jax.open_set import calibration
 from animesion_jax.open_set import gallery
 from animesion_jax.open_set import grouping
+from animesion_jax.training import model_setup
 
 
 def _calibration(classes=3, dim=6):
@@ -112,3 +119,104 @@ def test_an_unknown_answer_is_worded_with_no_percentage_and_its_top_k_as_guesses
   assert table[3].split()[:4] == ["a.png", "1", "kin_long", "91.2%"]
   assert table[-1] == f"(Probabilities in parentheses: {answering.GUESSES_NOTE}.)"
   assert "(" not in predict.format_table(rows[1:])  # Named pictures: plain percentages.
+
+
+def _restored(tmp_path, tau_norm, step=4, seed=0):
+  """What model_setup.restore_run gives for a run whose config says `tau_norm` (random
+  variables of a tiny ShallowNet: no checkpoint on disk)."""
+  from tests import test_export  # pylint: disable=g-import-not-at-top
+
+  tiny = test_export.tiny_run("shallow")
+  config = ml_collections.ConfigDict(dict(tiny.config))
+  config.tau_norm = tau_norm
+  variables = test_export._random_variables(tiny.model, tiny.config.image_size, seed)  # pylint: disable=protected-access
+  return model_setup.RestoredRun(
+    run_dir.RunDir(tmp_path),
+    config,
+    tiny.model,
+    variables,
+    tiny.class_names,
+    epath.Path(tmp_path) / "checkpoints" / str(step),
+    step,
+  )
+
+
+@pytest.fixture
+def restore(monkeypatch, tmp_path):
+  """restore(tau_norm, step=4, seed=0): what load_run restores next."""
+  found = {}
+
+  def restore(tau_norm, step=4, seed=0):
+    found["run"] = _restored(tmp_path, tau_norm, step, seed)
+
+  monkeypatch.setattr(model_setup, "restore_run", lambda *_: found["run"])
+  return restore
+
+
+def test_the_runs_tau_norm_is_applied_by_load_run_and_recorded(restore, tmp_path):
+  restore(tau_norm=1.0)
+  plain = recognizer.load_run(tmp_path, tau_norm=0.0)
+  loaded = recognizer.load_run(tmp_path)  # Every command and the Python API load this way.
+  assert (plain.tau_norm, loaded.tau_norm) == (0.0, 1.0)
+  head = models.family_of(loaded.model).head
+  kernel = np.asarray(loaded.variables["params"][head]["kernel"])
+  np.testing.assert_allclose(
+    np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), axis=0), 1.0, rtol=1e-6
+  )
+  assert not np.allclose(kernel, np.asarray(plain.variables["params"][head]["kernel"]))
+  pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), np.uint8)
+  assert not np.allclose(loaded.embed(pixels)[0], plain.embed(pixels)[0])
+  assert answering.provenance(loaded)["tau_norm"] == 1.0
+  assert loaded.fingerprint != plain.fingerprint  # The parameters as answered differ.
+
+
+def _save(provenance, tmp_path):
+  fitted = dataclasses.replace(
+    _calibration(classes=7, dim=4), provenance=provenance, no_character=np.zeros((2, 4), np.float32)
+  )
+  answering.save_calibration(fitted, epath.Path(tmp_path))
+
+
+def test_a_calibration_is_used_only_by_the_parameters_it_was_fitted_with(restore, tmp_path):
+  restore(tau_norm=1.0)
+  _save(answering.provenance(recognizer.load_run(tmp_path, tau_norm=0.0)), tmp_path)
+  # Fitted on the untouched classifier: refused by the tau-normalised one the run names.
+  refused = recognizer.load_run(tmp_path)
+  assert refused.answerer.calibration is None
+  assert "fingerprint=" in refused.answerer.note
+  assert recognizer.load_run(tmp_path, tau_norm=0.0).answerer.calibration is not None
+  # Same parameters under another step (a copied or renamed checkpoint): the fingerprint decides.
+  restore(tau_norm=0.0, step=9)
+  assert recognizer.load_run(tmp_path).answerer.calibration is not None
+  # Other parameters at the same step: refused.
+  restore(tau_norm=0.0, seed=1)
+  assert recognizer.load_run(tmp_path).answerer.calibration is None
+
+
+def test_a_calibration_made_before_fingerprints_keeps_working(restore, tmp_path):
+  restore(tau_norm=0.0)
+  old = {"model": "shallow", "step": 4, "checkpoint": None, "num_classes": 7}
+  _save(old, tmp_path)
+  assert recognizer.load_run(tmp_path).answerer.calibration is not None
+  restore(tau_norm=1.0)  # It was fitted untouched by tau_norm (calibrate never applied it).
+  refused = recognizer.load_run(tmp_path)
+  assert refused.answerer.calibration is None and "tau_norm=0.0" in refused.answerer.note
+  restore(tau_norm=0.0, step=9)  # Without a fingerprint, today's check: the step.
+  assert "step=4" in recognizer.load_run(tmp_path).answerer.note
+
+
+def test_a_gallery_is_tied_to_the_parameters_and_an_old_one_gets_a_fingerprint(restore, tmp_path):
+  restore(tau_norm=0.0)
+  run = recognizer.load_run(tmp_path, read_open_set=False)
+  directory = epath.Path(tmp_path) / run_dir.GALLERY_DIR
+  old = {"model": "shallow", "step": 4, "checkpoint": None, "num_classes": 7}
+  gallery.enroll(directory, old, "newbie", np.eye(1, 4), ["n.png"], run.class_names)
+  assert recognizer.load_run(tmp_path).answerer.gallery.names == ["newbie"]
+  gallery.enroll(
+    directory, answering.provenance(run), "other", np.eye(1, 4), ["o.png"], run.class_names
+  )
+  stored = gallery.load(directory, answering.provenance(run)).provenance
+  assert stored["fingerprint"] == run.fingerprint
+  restore(tau_norm=0.0, seed=1)
+  with pytest.raises(gallery.GalleryMismatch, match="fingerprint"):
+    recognizer.load_run(tmp_path)

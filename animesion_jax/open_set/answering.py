@@ -49,12 +49,17 @@ USER_ERRORS = (OpenSetError, gallery_lib.GalleryError)
 
 
 def provenance(run: Any) -> dict[str, Any]:
-  """What a calibration or gallery belongs to: model, checkpoint step (or file), classes."""
+  """What a calibration or gallery belongs to: the fingerprint of the checkpoint's parameters
+  as answered (recognizer.Recognizer.fingerprint), and, checked where a stored one has no
+  fingerprint, the model, checkpoint step (or file), classes and the tau-normalisation of the
+  classifier (recognizer.load_run). See gallery.provenance_differences."""
   return {
+    "fingerprint": getattr(run, "fingerprint", None),
     "model": str(run.config.model.name),
     "step": run.step,
     "checkpoint": None if run.step is not None else os.path.basename(str(run.checkpoint)),
     "num_classes": int(run.num_classes),
+    "tau_norm": float(getattr(run, "tau_norm", 0.0)),
   }
 
 
@@ -100,13 +105,13 @@ def load_calibration(
       "calibrate again (python -m animesion_jax.calibrate)"
     )
   found = fitted.provenance
-  differ = [k for k in expected if found.get(k) != expected[k]]
+  differ = gallery_lib.provenance_differences(found, expected)
   if differ:
     return None, (
       f"uncalibrated: {path} was fitted for "
-      + ", ".join(f"{k}={found.get(k)!r}" for k in differ)
+      + ", ".join(f"{k}={gallery_lib.stored(found, k)!r}" for k in differ)
       + " but this model has "
-      + ", ".join(f"{k}={expected[k]!r}" for k in differ)
+      + ", ".join(f"{k}={expected.get(k)!r}" for k in differ)
       + "; calibrate this checkpoint (python -m animesion_jax.calibrate)"
     )
   return fitted, ""
@@ -358,11 +363,14 @@ def for_run(
   if accept is not None and not 0.0 < accept <= 1.0:
     raise OpenSetError(f"--accept={accept} must be in (0, 1] (the share of known pictures named).")
   directory = store_dir(run, store)
-  expected = provenance(run)
+  if directory is None or not (
+    (directory / run_dir.CALIBRATION_FILE).exists()
+    or (directory / run_dir.GALLERY_DIR / gallery_lib.GALLERY_FILE).exists()
+  ):
+    return Answerer(list(run.class_names), None, None, accept, UNCALIBRATED_NOTE, directory)
+  expected = provenance(run)  # Fingerprints the parameters: only where something is stored.
   fitted, note = load_calibration(directory, expected)
-  gallery = None
-  if directory is not None:
-    gallery = gallery_lib.load(directory / run_dir.GALLERY_DIR, expected)
+  gallery = gallery_lib.load(directory / run_dir.GALLERY_DIR, expected)
   if gallery is not None and gallery.characters and fitted is None:
     note += "; enrolled characters need a calibration and are not answered"
   return Answerer(list(run.class_names), fitted, gallery, accept, note, directory)

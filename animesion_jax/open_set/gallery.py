@@ -6,8 +6,9 @@
                               enrolments at once both land
 
 A character's prototype is the normalised sum of its pictures' L2-normalised embeddings. The
-gallery belongs to the model (and checkpoint step) whose embeddings it holds: loading it for
-another model is refused with a message saying which.
+gallery belongs to the checkpoint whose embeddings it holds (a fingerprint of its parameters;
+galleries made before fingerprints: its model, step and class count): loading it for another
+model is refused with a message saying which (`provenance_differences`).
 """
 
 from collections.abc import Callable
@@ -81,11 +82,34 @@ class Gallery:
     )
 
 
+# What a provenance stored before a key existed meant by its absence: tau_norm was never applied.
+_BEFORE = {"tau_norm": 0.0}
+
+
+def provenance_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+  """The keys whose stored value (`found`, of a calibration or gallery) differs from the model's.
+
+  Where both hold a `fingerprint` (of the checkpoint's parameters, as answered), it alone
+  decides: the same parameters answer the same, whatever the step, path or model label. Where the
+  stored one has none (made before fingerprints), the other keys decide, as they did then (a
+  missing tau_norm meaning 0).
+  """
+  if found.get("fingerprint") and expected.get("fingerprint"):
+    keys = ["fingerprint"]
+  else:
+    keys = sorted((set(found) | set(expected)) - {"fingerprint"})
+  return [key for key in keys if stored(found, key) != expected.get(key)]
+
+
+def stored(found: dict[str, Any], key: str) -> Any:
+  """A stored provenance's value of `key` (what its absence meant, for one stored before it)."""
+  return found.get(key, _BEFORE.get(key))
+
+
 def _mismatch(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
   return [
-    f"{key}: gallery {found.get(key)!r}, model {expected.get(key)!r}"
-    for key in sorted(set(found) | set(expected))
-    if found.get(key) != expected.get(key)
+    f"{key}: gallery {stored(found, key)!r}, model {expected.get(key)!r}"
+    for key in provenance_differences(found, expected)
   ]
 
 
@@ -137,6 +161,7 @@ def update(
   directory = epath.Path(directory)
   with _locked(directory):
     gallery = load(directory, provenance) or Gallery(provenance=dict(provenance))
+    gallery.provenance = dict(provenance)  # A gallery made before fingerprints gets one.
     change(gallery)
     data = json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
     run_dir.write_atomic(directory / GALLERY_FILE, data)
