@@ -220,3 +220,23 @@ def test_a_gallery_is_tied_to_the_parameters_and_an_old_one_gets_a_fingerprint(r
   restore(tau_norm=0.0, seed=1)
   with pytest.raises(gallery.GalleryMismatch, match="fingerprint"):
     recognizer.load_run(tmp_path)
+
+
+def test_refining_a_known_class_moves_its_prototype_and_adds_no_second_name():
+  fitted = dataclasses.replace(_calibration(), class_counts=[3, 3, 3])
+  # Three pictures of class 'b' drawn along e3: 'b' refined, no 'b' enrolled beside it.
+  added = gallery.Gallery({}, {"b": gallery.Character(3, 3 * np.eye(6)[3], ["b.png"] * 3)})
+  embedding = 0.6 * np.eye(6)[1] + 0.8 * np.eye(6)[3]  # Nearer the added pictures than b's.
+  logits = np.array([[0.0, 8.0, 0.0]])
+  (answer,) = answering.decide(logits, embedding[None], ["a", "b", "c"], fitted, added)
+  assert (answer.character, answer.closest, answer.enrolled) == ("b", "b", False)
+  # The prototype moved halfway (3 training pictures, 3 added).
+  moved = answering.refined(fitted, added, ["a", "b", "c"]).prototypes[1]
+  np.testing.assert_allclose(moved, (np.eye(6)[1] + np.eye(6)[3]) / np.sqrt(2), atol=1e-6)
+  # Without class counts (older calibrations) the added pictures weigh as much: the same here.
+  equal = answering.refined(_calibration(), added, ["a", "b", "c"]).prototypes[1]
+  np.testing.assert_allclose(equal, moved, atol=1e-6)
+  assert answering.enrolled_names(added, ["a", "b", "c"]) == []
+  assert answering.Answerer(["a", "b", "c"], fitted, added).names == ["a", "b", "c"]
+  # The untouched classes keep theirs; the calibration given is not changed.
+  np.testing.assert_array_equal(fitted.prototypes, np.eye(3, 6))

@@ -231,13 +231,15 @@ def decide(
   2. Known name: accepted when the calibration's score (calibration.score) reaches its threshold
      (at `accept`, the share of known pictures named, when given) and the no-character rule
      does not reject the embedding. Uncalibrated: always accepted (the top-1 name).
+  Pictures added to a known class (`enroll --refine`) move its prototype (`refined`) before
+  any of this; they make no second, enrolled copy of it.
   3. Enrolled name: when an enrolled prototype is nearer (cosine) than every known class
      prototype, it replaces the known name; accepted when the cosine reaches the threshold of a
      character enrolled from that many pictures and the no-character margin holds.
   """
   if not len(logits):  # No picture (e.g. an empty folder): embeddings may be shaped (0, 0).
     return []
-  cal = calibration
+  cal = refined(calibration, gallery, class_names)
   temperature = cal.temperature if cal is not None else 1.0
   probabilities = calibration_lib.softmax(logits, temperature)
   k = min(top_k, probabilities.shape[1])
@@ -248,7 +250,7 @@ def decide(
     scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
     accepted = (scores >= threshold) & ~cal.no_character_rejects(embeddings)
   enrolled_name, enrolled_probability, enrolled_ok = _nearest_enrolled(
-    embeddings, cal, gallery, accept
+    embeddings, cal, gallery, accept, class_names
   )
   answers = []
   for i in range(len(logits)):
@@ -275,23 +277,63 @@ def decide(
   return answers
 
 
+def enrolled_names(gallery: gallery_lib.Gallery | None, class_names: Sequence[str]) -> list[str]:
+  """The gallery's new characters (names the model's classes do not have), in name order."""
+  if gallery is None:
+    return []
+  known = set(class_names)
+  return [n for n in gallery.names if n not in known]
+
+
+def refined(
+  cal: calibration_lib.Calibration | None,
+  gallery: gallery_lib.Gallery | None,
+  class_names: Sequence[str],
+) -> calibration_lib.Calibration | None:
+  """The calibration with the prototypes of known classes that `enroll --refine` added pictures
+  to (gallery entries under a known class's name) moved by those pictures.
+
+  A refined prototype is the normalised weighted sum of the class's training prototype and the
+  added pictures' embeddings, the prototype weighing as many pictures as it was made from
+  (`class_counts`; as many as were added for calibrations without them). The class keeps its
+  name and the classifier's rule: nothing becomes a second, enrolled copy of it.
+  """
+  if cal is None or gallery is None or cal.prototypes is None:
+    return cal
+  rows = {n: i for i, n in enumerate(class_names)}
+  added = [n for n in gallery.names if n in rows]
+  if not added:
+    return cal
+  prototypes = np.asarray(cal.prototypes, np.float64).copy()
+  for name in added:
+    character, row = gallery.characters[name], rows[name]
+    if character.sum.shape != prototypes.shape[1:]:
+      continue  # Another model's embeddings (the gallery check refuses those first).
+    weight = cal.class_counts[row] if len(cal.class_counts) == len(prototypes) else character.count
+    moved = weight * prototypes[row] + character.sum
+    prototypes[row] = moved / max(float(np.linalg.norm(moved)), 1e-12)
+  return dataclasses.replace(cal, prototypes=prototypes.astype(np.float32))
+
+
 def _nearest_enrolled(
   embeddings: np.ndarray,
   cal: calibration_lib.Calibration | None,
   gallery: gallery_lib.Gallery | None,
   accept: float | None,
+  class_names: Sequence[str],
 ):
   """Per picture: the enrolled name nearer than every known class prototype (or None), its
   calibrated probability, and whether it passes the threshold of a character enrolled from that
   many pictures and the no-character rule. (None, None, None) without enrolled characters."""
-  if cal is None or gallery is None or not gallery.characters:
+  names = enrolled_names(gallery, class_names)
+  if cal is None or not names:
     return None, None, None
-  every = np.concatenate([cal.prototypes, gallery.prototypes()])
+  enrolled = np.stack([gallery.characters[n].prototype for n in names])
+  every = np.concatenate([cal.prototypes, enrolled])
   cosines = np.asarray(embeddings, np.float64) @ every.T.astype(np.float64)
   probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
   best = cosines.argmax(axis=1)
   known = len(cal.prototypes)
-  names = gallery.names
   # Each character's threshold fits how many pictures it was enrolled from.
   thresholds = np.array(
     [cal.enrolled_threshold(gallery.characters[n].count, accept or cal.accept) for n in names]

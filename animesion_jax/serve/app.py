@@ -245,7 +245,7 @@ def info(request: Request) -> JSONResponse:
       "calibrated": answerer.calibration is not None,
       "calibration_note": answerer.note,
       "enroll": service.enroll is not None,
-      "enrolled": answerer.gallery.names if answerer.gallery else [],
+      "enrolled": answering.enrolled_names(answerer.gallery, answerer.class_names),
       "max_upload_mb": limits.max_upload_bytes / 2**20,
       "max_megapixels": limits.max_pixels / 1e6,
       "max_faces": limits.max_faces,
@@ -366,7 +366,12 @@ async def enroll(request: Request) -> Response:
     return JSONResponse({"error": str(error)}, 409)
   logging.info("Enrolled %r from %d pictures.", name, len(crops))
   return JSONResponse(
-    {"name": name, "pictures": len(crops), "enrolled": updated.names, "skipped": skipped}
+    {
+      "name": name,
+      "pictures": len(crops),
+      "enrolled": answering.enrolled_names(updated, service.class_names),
+      "skipped": skipped,
+    }
   )
 
 
