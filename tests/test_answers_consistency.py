@@ -240,3 +240,45 @@ def test_refining_a_known_class_moves_its_prototype_and_adds_no_second_name():
   assert answering.Answerer(["a", "b", "c"], fitted, added).names == ["a", "b", "c"]
   # The untouched classes keep theirs; the calibration given is not changed.
   np.testing.assert_array_equal(fitted.prototypes, np.eye(3, 6))
+
+
+def test_a_running_server_answers_a_character_enrolled_from_the_command_line(tmp_path):
+  from animesion_jax.serve import app  # pylint: disable=g-import-not-at-top
+
+  provenance = {"fingerprint": "f00d"}
+  directory = epath.Path(tmp_path) / run_dir.GALLERY_DIR
+  asked = []
+  watch = gallery.Watch(directory, lambda: asked.append(1) or provenance, every_s=0.0)
+  service = app.Service(
+    batcher=None,
+    class_names=["a", "b", "c"],
+    model="tiny",
+    image_size=8,
+    detector=None,
+    face_note="",
+    answerer=answering.Answerer(["a", "b", "c"], _calibration()),
+    gallery_watch=watch,
+  )
+  picture = np.eye(6)[3][None]  # Far from a, b and c: unknown until 'newbie' is enrolled.
+  logits = np.array([[0.0, 8.0, 0.0]])
+  assert app.current_answerer(service).answer(logits, picture)[0].unknown
+  assert asked == []  # Nothing stored yet: no fingerprint computed.
+  # What python -m animesion_jax.enroll does, from another process.
+  gallery.enroll(directory, provenance, "newbie", np.eye(6)[3:4], ["n.png"], ["a", "b", "c"])
+  (answer,) = app.current_answerer(service).answer(logits, picture)
+  assert (answer.character, answer.enrolled) == ("newbie", True)
+  # A second change straight after (the same second, the same size) is seen too.
+  gallery.remove(directory, provenance, "newbie")
+  gallery.enroll(directory, provenance, "newbee", np.eye(6)[3:4], ["n.png"], ["a", "b", "c"])
+  assert app.current_answerer(service).answer(logits, picture)[0].character == "newbee"
+  # A gallery of another model written there: refused, the answers so far kept.
+  (directory / gallery.GALLERY_FILE).write_text(
+    (directory / gallery.GALLERY_FILE).read_text().replace("f00d", "beef")
+  )
+  assert app.current_answerer(service).answer(logits, picture)[0].character == "newbee"
+  # While an enrolment through the page holds the lock, requests do not wait for it.
+  (directory / gallery.GALLERY_FILE).unlink()  # The gallery moved away.
+  with service.enroll_lock:
+    assert app.current_answerer(service).gallery.names == ["newbee"]
+  assert app.current_answerer(service).gallery is None
+  assert asked == [1]

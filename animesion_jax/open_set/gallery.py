@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import time
 from typing import Any
 
 from etils import epath
@@ -135,6 +136,63 @@ def load(directory: str | os.PathLike, provenance: dict[str, Any]) -> Gallery | 
       "characters again for this one (move the gallery away first)."
     )
   return gallery
+
+
+def stamp(directory: str | os.PathLike) -> tuple[Any, ...] | None:
+  """What changes whenever the gallery file under `directory` is written (None: no file).
+
+  Local files: inode, modification time (ns) and size; `update` replaces the file by a rename,
+  so each write has a new inode. Object stores: modification time and size.
+  """
+  path = os.path.join(os.fspath(directory), GALLERY_FILE)
+  try:
+    if "://" in path:
+      found = epath.Path(path).stat()
+      return (found.mtime, found.length)
+    found = os.stat(path)
+  except FileNotFoundError:
+    return None
+  return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+
+class Watch:
+  """Notices a gallery written by another process (python -m animesion_jax.enroll while a web
+  server runs): `poll` re-reads it when its `stamp` changed, at most once per `every_s`."""
+
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    provenance: Callable[[], dict[str, Any]],
+    every_s: float = 1.0,
+  ):
+    self.directory = directory
+    self._provenance = provenance  # Called once, when a gallery is first read.
+    self._expected: dict[str, Any] | None = None
+    self._every_s = every_s
+    self._stamp = stamp(directory)
+    self._checked = time.monotonic()
+
+  def due(self) -> bool:
+    return time.monotonic() - self._checked >= self._every_s
+
+  def poll(self) -> tuple[bool, "Gallery | None"]:
+    """(True, the gallery as stored now) when the file changed since the last poll (a removed
+    file: (True, None)); else (False, None).
+
+    Raises:
+      GalleryError: the new file is not a gallery, or one of another model (then the next
+        change is looked at again).
+    """
+    self._checked = time.monotonic()
+    now = stamp(self.directory)
+    if now == self._stamp:
+      return False, None
+    self._stamp = now
+    if now is None:
+      return True, None
+    if self._expected is None:
+      self._expected = self._provenance()
+    return True, load(self.directory, self._expected)
 
 
 @contextlib.contextmanager
