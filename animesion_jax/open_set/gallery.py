@@ -3,7 +3,8 @@
   RUN/gallery/gallery.json   {"provenance": {...}, "characters": {name: {"count", "sum",
                               "pictures"}}}; written atomically (temporary file + rename)
   RUN/gallery/.lock          held (fcntl) while a change reads, edits and writes the file, so two
-                              enrolments at once both land
+                              enrolments at once both land; on gs:// (no locks) each write is
+                              conditional on the generation read (`_update_object`)
 
 A character's prototype is the normalised sum of its pictures' L2-normalised embeddings. The
 gallery belongs to the checkpoint whose embeddings it holds (a fingerprint of its parameters;
@@ -17,6 +18,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import time
 from typing import Any
 
@@ -123,8 +125,12 @@ def load(directory: str | os.PathLike, provenance: dict[str, Any]) -> Gallery | 
   path = epath.Path(directory) / GALLERY_FILE
   if not path.exists():
     return None
+  return _parsed(path.read_bytes(), path, provenance)
+
+
+def _parsed(data: bytes, path: epath.Path, provenance: dict[str, Any]) -> Gallery:
   try:
-    gallery = Gallery.from_json(json.loads(path.read_text(encoding="utf-8")))
+    gallery = Gallery.from_json(json.loads(data.decode("utf-8")))
   except (ValueError, KeyError, TypeError) as error:
     raise GalleryError(f"{path} is not a gallery file ({error}).") from None
   differences = _mismatch(gallery.provenance, provenance)
@@ -198,9 +204,6 @@ class Watch:
 @contextlib.contextmanager
 def _locked(directory: epath.Path):
   directory.mkdir(parents=True, exist_ok=True)
-  if "://" in os.fspath(directory):  # Object stores have no locks: last writer wins.
-    yield
-    return
   with open(directory / _LOCK_FILE, "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
@@ -217,13 +220,59 @@ def update(
   If `change` raises, nothing is written: the gallery stays as it was.
   """
   directory = epath.Path(directory)
+  if "://" in os.fspath(directory):
+    return _update_object(directory / GALLERY_FILE, provenance, change)
   with _locked(directory):
     gallery = load(directory, provenance) or Gallery(provenance=dict(provenance))
-    gallery.provenance = dict(provenance)  # A gallery made before fingerprints gets one.
-    change(gallery)
-    data = json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
+    data = _changed(gallery, provenance, change)
     run_dir.write_atomic(directory / GALLERY_FILE, data)
   return gallery
+
+
+def _changed(gallery: Gallery, provenance: dict[str, Any], change) -> bytes:
+  gallery.provenance = dict(provenance)  # A gallery made before fingerprints gets one.
+  change(gallery)
+  return json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
+
+
+_OBJECT_TRIES = 50  # Writers racing for one gallery object: each try loses only to a new write.
+
+
+def _update_object(path: epath.Path, provenance: dict[str, Any], change) -> Gallery:
+  """`update` for an object store (gs://), which has no locks: read the object and its
+  generation, change it, and write it only if its generation is still that one (Cloud Storage's
+  ifGenerationMatch; 0: only if it does not exist). A writer that lost to another reads again
+  and re-applies its change, so two enrolments at once both land."""
+  import fsspec  # pylint: disable=g-import-not-at-top  # gcsfs: what epath reads gs:// with.
+
+  fs = fsspec.filesystem("gs")
+  bucket, key = os.fspath(path).split("://", 1)[1].split("/", 1)
+  for attempt in range(_OBJECT_TRIES):
+    try:
+      generation = int(fs.info(os.fspath(path), refresh=True)["generation"])
+      # Read after the generation: a newer content than it makes the conditional write fail.
+      data = fs.cat_file(os.fspath(path))
+      gallery = _parsed(data, path, provenance)
+    except FileNotFoundError:
+      generation, gallery = 0, Gallery(provenance=dict(provenance))
+    data = _changed(gallery, provenance, change)
+    try:
+      fs.call(
+        "POST",
+        f"{fs._location}/upload/storage/v1/b/{bucket}/o",  # pylint: disable=protected-access
+        uploadType="media",
+        name=key,
+        ifGenerationMatch=str(generation),
+        headers={"Content-Type": "application/octet-stream"},
+        data=data,
+        json_out=True,
+      )
+    except FileExistsError:  # 412: another writer came first.
+      time.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
+      continue
+    fs.invalidate_cache(os.fspath(path))
+    return gallery
+  raise GalleryError(f"{path}: {_OBJECT_TRIES} other writes came first; try again.")
 
 
 def enroll(
