@@ -231,11 +231,11 @@ def decide(
   2. Known name: accepted when the calibration's score (calibration.score) reaches its threshold
      (at `accept`, the share of known pictures named, when given) and the no-character rule
      does not reject the embedding. Uncalibrated: always accepted (the top-1 name).
-  Pictures added to a known class (`enroll --refine`) move its prototype (`refined`) before
-  any of this; they make no second, enrolled copy of it.
   3. Enrolled name: when an enrolled prototype is nearer (cosine) than every known class
      prototype, it replaces the known name; accepted when the cosine reaches the threshold of a
      character enrolled from that many pictures and the no-character margin holds.
+  Pictures added to a known class (`enroll --refine`) move its prototype (`refined`) before
+  steps 2 and 3; they make no second, enrolled copy of it. No picture: no answer.
   """
   if not len(logits):  # No picture (e.g. an empty folder): embeddings may be shaped (0, 0).
     return []
