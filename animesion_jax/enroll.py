@@ -73,8 +73,10 @@ def main(argv):
       found = gallery.load(directory, provenance)
       characters = found.characters if found else {}
       for name in sorted(characters):
-        print(f"{name}: {characters[name].count} pictures")
-      print(f"{len(characters)} enrolled characters in {directory}")
+        added = " (added to the model's class)" if name in run.class_names else ""
+        print(f"{name}: {characters[name].count} pictures{added}")
+      new = answering.enrolled_names(found, run.class_names)
+      print(f"{len(new)} enrolled characters in {directory}")
       return
     if flag.remove is not None:
       gallery.remove(directory, provenance, flag.remove)
