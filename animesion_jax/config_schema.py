@@ -141,8 +141,8 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0
   # Global batch size for evaluation.
   config.eval_batch_size = 256
-  # Evaluate/predict: classifier weights of each class divided by their norm to this power, bias
-  # dropped (tau-normalisation, Kang et al. 2020); 0 = off.
+  # Inference: classifier weights of each class divided by their norm to this power, bias
+  # dropped (tau-normalisation, Kang et al. 2020), wherever the run is loaded (load_run); 0 = off.
   config.tau_norm = 0.0
   # Evaluate: many-shot classes have more training images than this (DAF:re's groups: 100).
   config.many_shot_above = 100

@@ -13,7 +13,9 @@ evaluate, organize and the web page answer that name, with the same "unknown" ru
 trained characters (which needs the model's calibration: python -m animesion_jax.calibrate).
 One face per picture: with --detect_faces the largest face found, and pictures without a face are
 skipped. Unreadable pictures are reported and skipped; nothing is written when none is usable.
-A name the model already has is refused unless --refine (then the pictures are added to it).
+A name the model already has is refused unless --refine: then the pictures are added to it (to an
+enrolled character's prototype, or to a trained class's prototype, which moves towards them: the
+class keeps its one name, see answering.refined).
 """
 
 from absl import app
@@ -71,8 +73,10 @@ def main(argv):
       found = gallery.load(directory, provenance)
       characters = found.characters if found else {}
       for name in sorted(characters):
-        print(f"{name}: {characters[name].count} pictures")
-      print(f"{len(characters)} enrolled characters in {directory}")
+        added = " (added to the model's class)" if name in run.class_names else ""
+        print(f"{name}: {characters[name].count} pictures{added}")
+      new = answering.enrolled_names(found, run.class_names)
+      print(f"{len(new)} enrolled characters in {directory}")
       return
     if flag.remove is not None:
       gallery.remove(directory, provenance, flag.remove)
@@ -98,11 +102,19 @@ def main(argv):
     fitted, note = answering.load_calibration(answering.store_dir(run, flag.gallery), provenance)
   except common.USER_ERRORS as error:
     common.exit_with_user_error("enroll", error)
-  character = updated.characters[flag.name.strip()]
-  print(
-    f"Enrolled {flag.name.strip()!r} from {len(crops.files)} pictures "
-    f"({character.count} in all); {len(updated.characters)} characters in {directory}"
-  )
+  name = flag.name.strip()
+  character = updated.characters[name]
+  if name in run.class_names:  # --refine of a trained class: its prototype moves, no new name.
+    print(
+      f"Added {len(crops.files)} pictures to the model's class {name!r} ({character.count} "
+      f"added in all; its prototype now includes them); kept in {directory}"
+    )
+  else:
+    new = answering.enrolled_names(updated, run.class_names)
+    print(
+      f"Enrolled {name!r} from {len(crops.files)} pictures "
+      f"({character.count} in all); {len(new)} characters in {directory}"
+    )
   if fitted is None:
     print(f"Note: {note}; enrolled characters are answered once the model is calibrated.")
 

@@ -84,15 +84,14 @@ def evaluate_loaded(
   output_dir: epath.Path | None = None,
   batch_size: int = 256,
   confused_limit: int = 20,
-  tau_norm: float = 0.0,
   many_shot_above: int = longtail.MANY_SHOT_ABOVE,
   few_shot_below: int = longtail.FEW_SHOT_BELOW,
 ) -> dict[str, Any]:
   """Evaluates a loaded model on `split` of `builder`, writes the report files, returns it.
 
   The model's calibration (`run.answerer`, see recognizer.Recognizer.with_open_set) shapes the
-  open-set section (#18). tau_norm > 0 evaluates the tau-normalised classifier
-  (longtail.tau_normalized); the shot groups are split at many_shot_above and few_shot_below
+  open-set section (#18). A model loaded tau-normalised (`run.tau_norm`, see
+  recognizer.load_run) is evaluated and reported as such; the shot groups are split at many_shot_above and few_shot_below
   training images.
   """
   if split not in builder.info.splits:
@@ -108,8 +107,7 @@ def evaluate_loaded(
       f"{run.description} has {run.num_classes} classes but dataset {dataset!r} has {len(names)}."
     )
   batch_size = sharding.round_up_batch(batch_size, run.mesh.size)
-  if tau_norm:
-    run = longtail.tau_normalized_run(run, tau_norm)
+  tau_norm = run.tau_norm
   outputs = split_outputs(run, builder, split, batch_size, known)
   train_counts = train_class_counts(
     builder, datasets.get_spec(dataset).train_split, len(builder.info.features["label"].names)
@@ -169,7 +167,9 @@ def evaluate(
   `accept` and `gallery` (the calibration's directory) shape the open-set section (#18);
   tau_norm, many_shot_above and few_shot_below default to the run's config.
   """
-  run = recognizer.load_run(workdir, checkpoint, accept=accept, gallery=gallery)
+  run = recognizer.load_run(
+    workdir, checkpoint, accept=accept, gallery=gallery, tau_norm=tau_norm
+  )  # tau_norm None: the run's config.tau_norm.
   config = run.config
   pick = lambda given, field: config.get(field) if given is None else given
   builder = datasets.open_dataset(
@@ -183,7 +183,6 @@ def evaluate(
     None if output_dir is None else run_dir.resolve(output_dir),
     batch_size or config.eval_batch_size,
     confused_limit,
-    pick(tau_norm, "tau_norm"),
     pick(many_shot_above, "many_shot_above"),
     pick(few_shot_below, "few_shot_below"),
   )
@@ -201,14 +200,15 @@ def evaluate_checkpoint(
   image_size: int | None = None,
   accept: float | None = None,
   gallery: str | os.PathLike | None = None,
+  tau_norm: float = 0.0,
   **kwargs,
 ) -> dict[str, Any]:
   """Evaluates a checkpoint with no training run (see recognizer.load_checkpoint).
 
   The class names default to the dataset's; given ones must be the dataset's, in its order.
-  `accept` and `gallery` as for `evaluate` (a checkpoint file is calibrated only where `gallery`
-  names its calibration's directory). `kwargs` are those of `evaluate_loaded` (split,
-  output_dir, batch_size, confused_limit, tau_norm, many_shot_above, few_shot_below).
+  `accept`, `gallery` and `tau_norm` as for `evaluate` (a checkpoint file is calibrated only
+  where `gallery` names its calibration's directory). `kwargs` are those of `evaluate_loaded`
+  (split, output_dir, batch_size, confused_limit, many_shot_above, few_shot_below).
   """
   builder = datasets.open_dataset(
     dataset, os.fspath(run_dir.resolve(data_dir)) if data_dir else "", dataset_config
@@ -237,6 +237,7 @@ def evaluate_checkpoint(
     image_size=image_size,
     accept=accept,
     gallery=gallery,
+    tau_norm=tau_norm,
   )
   if kwargs.get("output_dir") is not None:
     kwargs["output_dir"] = run_dir.resolve(kwargs["output_dir"])

@@ -48,6 +48,8 @@ def organize(run, files, detector=None, batch_size=256):
   Answers come from the recognizer's calibration and gallery (`run.answer`).
   """
   crops = crops_lib.read_crops(files, run.config.image_size, detector)
+  if not crops.files:  # An empty or all-unreadable folder: nothing to answer or group.
+    return [], crops
   logits, embeddings = run.embed(crops.pixels, batch_size)
   answers = run.answer(logits, embeddings, top_k=1)
   answerer = run.answerer
@@ -216,6 +218,10 @@ def main(argv):
   common.start_jax(flag)
   files, problems = image_files.find_images(inputs)
   problems = [{"file": given, "error": why} for given, why in problems]
+  if not files:
+    for problem in problems:
+      print(f"Could not read {problem['file']}: {problem['error']}")
+    raise SystemExit(f"organize: no pictures found in {', '.join(inputs)}; nothing written.")
   try:
     detector = common.face_detector(flag)
     run = common.load_from_flags(flag)  # With its calibration and gallery.
@@ -223,6 +229,12 @@ def main(argv):
     common.exit_with_user_error("organize", error)
   groups, crops = organize(run, files, detector, flag.batch_size)
   problems += crops.problems
+  if not crops.files:
+    for problem in problems:
+      print(f"Could not read {problem['file']}: {problem['error']}")
+    raise SystemExit(
+      "organize: no picture could be read (see the messages above); nothing written."
+    )
   output_dir = run_dir.resolve(flag.output_dir)
   write_outputs(groups, crops, problems, run, run.answerer.note, output_dir)
   if flag.link or flag.copy:
@@ -234,8 +246,6 @@ def main(argv):
   if run.answerer.note:
     print(f"Note: {run.answerer.note}.")
   print(f"{len(crops.files)} pictures in {len(groups)} groups; wrote {output_dir}")
-  if not len(crops.files):
-    raise SystemExit("organize: no picture could be read (see the messages above).")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ from animesion_jax.inference import annotate
 from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
-from animesion_jax.inference import longtail
 from animesion_jax.open_set import answering
 from animesion_jax.training import evaluation
 
@@ -120,21 +119,30 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   shown = results if limit <= 0 else results[:limit]
   width = max([len(r["file"]) for r in shown] + [4])
   names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
-  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>7}   answer"]
+  refused = False
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
     answer = answering.Answer.from_json(result).describe() if "unknown" in result else ""
+    guesses = bool(result.get("unknown"))  # Top-k of a refused picture: guesses, in parentheses.
+    refused = refused or guesses
     for p in result["predictions"]:
       first = p["rank"] == 1
+      probability = f"{100 * p['probability']:.1f}%"
       lines.append(
-        f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
-        f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
-        + (f"  {answer}" if first else "")
+        (
+          f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
+          f"{p['rank']:>2}  {p['name']:{names}}  "
+          + (f"({probability})" if guesses else f"{probability} ").rjust(8)
+          + (f"  {answer}" if first else "")
+        ).rstrip()
       )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")
   if len(shown) < len(results):
     lines.append(f"... and {len(results) - len(shown)} more (see predictions.csv).")
+  if refused:
+    lines.append(f"(Probabilities in parentheses: {answering.GUESSES_NOTE}.)")
   return "\n".join(lines)
 
 
@@ -253,10 +261,7 @@ def main(argv):
     print(f"Skipping {given}: {problem}")
   try:
     detector = common.face_detector(flag)
-    run = common.load_from_flags(flag)
-    tau_norm = run.config.get("tau_norm", 0.0) if flag.tau_norm is None else flag.tau_norm
-    if tau_norm:
-      run = longtail.tau_normalized_run(run, tau_norm)
+    run = common.load_from_flags(flag)  # Tau-normalised as --tau_norm or the run's config say.
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)
     elif run.workdir is not None:

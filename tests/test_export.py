@@ -202,8 +202,8 @@ def _run_export(cwd, *args):
 @pytest.mark.timeout(600)
 def test_command_line_from_a_relative_workdir(trained_workdir, tmp_path):
   trained_run.copy_of_trained_workdir(tmp_path / "runs" / "quickstart")
-  calibration = {"temperature": 1.5, "unknown_threshold": 0.4}
-  (tmp_path / "runs" / "quickstart" / "calibration.json").write_text(json.dumps(calibration))
+  # The run's own calibration (fitted for this checkpoint: exports carry only one that fits).
+  calibration = json.loads((tmp_path / "runs" / "quickstart" / "calibration.json").read_text())
   run = run_dir.RunDir(tmp_path / "runs" / "quickstart")
   for format_name, output_dir, model_file in (
     ("onnx", "exported", "model.onnx"),
@@ -226,6 +226,7 @@ def test_command_line_from_a_relative_workdir(trained_workdir, tmp_path):
     assert contents["calibration"] == calibration
     assert contents["source"]["run"] == str(run.path)
     assert contents["source"]["step"] == trained_run.TRAIN_STEPS
+    assert contents["source"]["fingerprint"] == calibration["provenance"]["fingerprint"]
     assert contents["input"]["size"] == [16, 16]
 
 

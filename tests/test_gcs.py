@@ -222,3 +222,43 @@ def test_train_resume_evaluate_predict_in_a_gs_workdir(emulator_env, tmp_path):
     ["-m", "animesion_jax.predict", f"--workdir={workdir}", "pictures/"], emulator_env, tmp_path
   )
   assert "1 predictions for 1 of 1 images" in out, out
+
+
+_ENROLMENTS = 20  # Per writer.
+_ENROL_MANY = """
+import sys
+import time
+import numpy as np
+from animesion_jax.open_set import gallery
+directory, who, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))  # Both writers start together, once imported.
+for i in range(int(sys.argv[4])):
+  embedding = np.random.default_rng(i).normal(size=(1, 4))
+  gallery.enroll(directory, {"fingerprint": "f"}, f"{who}-{i}", embedding, [f"{i}.png"], [])
+"""
+
+
+def test_two_writers_of_one_gs_gallery_both_land(emulator_env):
+  directory = f"gs://{BUCKET}/race/gallery"
+  start = time.time() + 15
+  writers = [
+    subprocess.Popen(
+      [sys.executable, "-c", _ENROL_MANY, directory, who, str(start), str(_ENROLMENTS)],
+      cwd=REPO,
+      env=emulator_env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for who in ("first", "second")
+  ]
+  for writer in writers:
+    output = writer.communicate(timeout=300)[0]
+    assert writer.returncode == 0, output[-3000:]
+  script = (
+    "import sys\nfrom animesion_jax.open_set import gallery\n"
+    "print(' '.join(gallery.load(sys.argv[1], {'fingerprint': 'f'}).names))"
+  )
+  names = _run(["-c", script, directory], emulator_env, REPO).splitlines()[-1].split()
+  expected = [f"{who}-{i}" for who in ("first", "second") for i in range(_ENROLMENTS)]
+  assert names == sorted(expected)  # Last writer wins would lose some.

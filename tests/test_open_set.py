@@ -55,7 +55,7 @@ def test_answers_say_unknown_below_the_threshold_with_the_closest_name():
   assert second.names == ["b", "a"] and second.probabilities == pytest.approx(
     sorted(p[1])[::-1][:2]
   )
-  assert second.describe() == f"unknown (closest: b {100 * p[1].max():.0f}%)"
+  assert second.describe() == "unknown (not sure enough to name; nearest: b)"
   assert answering.Answer.from_json(second.to_json()) == second
   # --accept overrides the share of known pictures named: 0.5 -> threshold 0.6 (the median known
   # score), still unknown; 1.0 -> 0.3 (the lowest known score), named.
@@ -134,7 +134,7 @@ def test_enrolled_names_pass_or_fail_the_threshold_of_their_picture_count():
   expected = np.exp(10 * cosines)[3] / np.exp(10 * cosines).sum()
   assert answers[0].confidence == pytest.approx(expected)
   assert answers[0].describe() == "newbie (enrolled)"
-  assert answers[2].describe() == f"unknown (closest: rare {100 * answers[2].confidence:.0f}%)"
+  assert answers[2].describe() == "unknown (not sure enough to name; nearest: rare)"
   # The classifier's top-k is still the known classes'.
   assert answers[0].names == ["a", "b"]
   # --accept lowers a character's bar too: at 0.5 the 5-picture one needs 0.6, so 0.4 fails.

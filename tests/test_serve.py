@@ -436,7 +436,7 @@ def test_browser_names_the_characters(server, tmp_path):
 
 def _answer_text(face) -> str:
   if face["unknown"]:
-    return f"unknown (closest: {face['closest']} {100 * face['confidence']:.0f}%)"
+    return f"unknown (not sure enough to name; nearest: {face['closest']})"
   added = " (added)" if face["enrolled"] else ""
   return f"{face['character']}{added} · {100 * face['confidence']:.1f}%"
 

@@ -93,10 +93,11 @@ def load_run(
   """A training run's model as a conversion (with the run's class names)."""
   resolved = run_dir.resolve(path)
   run = run_dir.RunDir(resolved)
+  # The trained weights as stored: a conversion carries no inference-time tau-normalisation.
   if run.exists():
-    loaded = recognizer.load_run(run, checkpoint, read_open_set=False)
+    loaded = recognizer.load_run(run, checkpoint, read_open_set=False, tau_norm=0.0)
   else:  # A checkpoint step directory of a run.
-    loaded = recognizer.load_checkpoint(resolved, RUN, None, read_open_set=False)
+    loaded = recognizer.load_checkpoint(resolved, RUN, None, read_open_set=False, tau_norm=0.0)
   summary = conversion_lib.new_summary(RUN, loaded.checkpoint)
   summary["notes"].append(f"step {loaded.step} of the training run {loaded.description}")
   summary["normalization"] = loaded.config.normalization

@@ -216,15 +216,18 @@ def format_table(results, limit=50):
   shown = results if limit <= 0 else results[:limit]
   width = max([len(r["file"]) for r in shown] + [4])
   names = max([len(p["name"]) for r in shown for p in r["predictions"]] + [9])
-  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
+  lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>7}   answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
     for p in result["predictions"]:
       first = p["rank"] == 1
+      probability = f"{100 * p['probability']:.1f}%"
       lines.append(
-        f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
-        f"{p['rank']:>2}  {p['name']:{names}}  {100 * p['probability']:5.1f}%"
-        + (f"  {result['character']}" if first else "")
+        (
+          f"{result['file'] if first else '':{width}}  {face if first else '':>4}  "
+          f"{p['rank']:>2}  {p['name']:{names}}  {probability:>7}"
+          + (f"   {result['character']}" if first else "")
+        ).rstrip()
       )
     if result["note"]:
       lines.append(f"{'':{width}}  ({result['note']})")

@@ -109,8 +109,12 @@ def check_model_flags(flag: Any) -> None:
 
 def load_from_flags(flag: Any, read_open_set: bool = True) -> recognizer.Recognizer:
   """The model the flags of `define_model_flags` name, on this process's devices, with its
-  calibration and gallery (--accept, --gallery) unless `read_open_set` is False."""
+  calibration and gallery (--accept, --gallery) unless `read_open_set` is False.
+
+  The classifier is tau-normalised as the run's config says (recognizer.load_run), or as
+  --tau_norm says where the command has that flag (predict, evaluate)."""
   check_model_flags(flag)
+  tau_norm = flag.tau_norm if "tau_norm" in flag else None
   if flag.workdir is not None:
     return recognizer.load_run(
       flag.workdir,
@@ -119,6 +123,7 @@ def load_from_flags(flag: Any, read_open_set: bool = True) -> recognizer.Recogni
       accept=flag.accept,
       gallery=flag.gallery,
       read_open_set=read_open_set,
+      tau_norm=tau_norm,
     )
   return recognizer.load_checkpoint(
     flag.checkpoint,
@@ -130,6 +135,7 @@ def load_from_flags(flag: Any, read_open_set: bool = True) -> recognizer.Recogni
     accept=flag.accept,
     gallery=flag.gallery,
     read_open_set=read_open_set,
+    tau_norm=tau_norm,
   )
 
 

@@ -45,9 +45,9 @@ RESIZE = {
 
 def _calibration(run: recognizer.Recognizer) -> dict[str, Any] | None:
   """The model's calibration.json, from where its open-set answerer reads it (the run
-  directory or --gallery), if there is one."""
+  directory or --gallery), if there is one and it fits this checkpoint (its answerer uses it)."""
   directory = run.answerer.directory
-  if directory is None:
+  if directory is None or run.answerer.calibration is None:
     return None
   path = directory / run_dir.CALIBRATION_FILE
   return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
@@ -92,6 +92,10 @@ def contract(run: recognizer.Recognizer, format_name: str, files: dict[str, str]
     "module": type(run.model).__name__,
     "normalization": run.config.normalization,
     "trained_dtype": run.config.get("dtype", "float32"),
+    # The exported classifier is tau-normalised by this much (the run's config.tau_norm).
+    "tau_norm": run.tau_norm,
+    # Of the parameters exported (recognizer.Recognizer.fingerprint), as the calibration's.
+    "fingerprint": run.fingerprint,
     "jax_version": jax.__version__,
   }
   return contents

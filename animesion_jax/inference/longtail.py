@@ -214,5 +214,5 @@ def tau_normalized_run(run: Any, tau: float) -> Any:
   """A copy of a loaded run (inference.LoadedRun) with its classifier tau-normalised."""
   if tau < 0:
     raise ValueError(f"tau_norm={tau} must be >= 0.")
-  head = models.spec(run.config.model.name).family.head
+  head = models.family_of(run.model).head
   return dataclasses.replace(run, variables=tau_normalized(run.variables, head, tau))

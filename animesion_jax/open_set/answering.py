@@ -34,6 +34,12 @@ UNCALIBRATED_NOTE = (
 )
 
 
+# How an unknown answer begins wherever it is shown (`Answer.describe`, the web page).
+UNKNOWN_TEXT = "unknown (not sure enough to name"
+# Beside the top-k of an unknown answer (predict's table, the web page).
+GUESSES_NOTE = "guesses among the known characters only; none was sure enough to name"
+
+
 class OpenSetError(ValueError):
   """A bad open-set request (e.g. an --accept outside (0, 1])."""
 
@@ -43,12 +49,17 @@ USER_ERRORS = (OpenSetError, gallery_lib.GalleryError)
 
 
 def provenance(run: Any) -> dict[str, Any]:
-  """What a calibration or gallery belongs to: model, checkpoint step (or file), classes."""
+  """What a calibration or gallery belongs to: the fingerprint of the checkpoint's parameters
+  as answered (recognizer.Recognizer.fingerprint), and, checked where a stored one has no
+  fingerprint, the model, checkpoint step (or file), classes and the tau-normalisation of the
+  classifier (recognizer.load_run). See gallery.provenance_differences."""
   return {
+    "fingerprint": getattr(run, "fingerprint", None),
     "model": str(run.config.model.name),
     "step": run.step,
     "checkpoint": None if run.step is not None else os.path.basename(str(run.checkpoint)),
     "num_classes": int(run.num_classes),
+    "tau_norm": float(getattr(run, "tau_norm", 0.0)),
   }
 
 
@@ -94,13 +105,13 @@ def load_calibration(
       "calibrate again (python -m animesion_jax.calibrate)"
     )
   found = fitted.provenance
-  differ = [k for k in expected if found.get(k) != expected[k]]
+  differ = gallery_lib.provenance_differences(found, expected)
   if differ:
     return None, (
       f"uncalibrated: {path} was fitted for "
-      + ", ".join(f"{k}={found.get(k)!r}" for k in differ)
+      + ", ".join(f"{k}={gallery_lib.stored(found, k)!r}" for k in differ)
       + " but this model has "
-      + ", ".join(f"{k}={expected[k]!r}" for k in differ)
+      + ", ".join(f"{k}={expected.get(k)!r}" for k in differ)
       + "; calibrate this checkpoint (python -m animesion_jax.calibrate)"
     )
   return fitted, ""
@@ -190,10 +201,16 @@ class Answer:
     )
 
   def describe(self) -> str:
-    """'NAME', 'NAME (enrolled)' or 'unknown (closest: NAME 23%)', as the table and the page
-    show answers."""
+    """'NAME', 'NAME (enrolled)' or 'unknown (not sure enough to name; nearest: NAME)', as the
+    table and the page show answers.
+
+    An unknown answer shows no percentage: the classifier's probability of its nearest name is
+    often high for pictures it must refuse (91% for random noise), and next to 'unknown' it
+    reads as a confident name. The top-k of an unknown answer are guesses among the known
+    characters only (predict's table puts them in parentheses, the page under "guesses").
+    """
     if self.unknown:
-      return f"unknown (closest: {self.closest} {100 * self.confidence:.0f}%)"
+      return f"{UNKNOWN_TEXT}; nearest: {self.closest})"
     return self.character + (" (enrolled)" if self.enrolled else "")
 
 
@@ -217,8 +234,12 @@ def decide(
   3. Enrolled name: when an enrolled prototype is nearer (cosine) than every known class
      prototype, it replaces the known name; accepted when the cosine reaches the threshold of a
      character enrolled from that many pictures and the no-character margin holds.
+  Pictures added to a known class (`enroll --refine`) move its prototype (`refined`) before
+  steps 2 and 3; they make no second, enrolled copy of it. No picture: no answer.
   """
-  cal = calibration
+  if not len(logits):  # No picture (e.g. an empty folder): embeddings may be shaped (0, 0).
+    return []
+  cal = refined(calibration, gallery, class_names)
   temperature = cal.temperature if cal is not None else 1.0
   probabilities = calibration_lib.softmax(logits, temperature)
   k = min(top_k, probabilities.shape[1])
@@ -229,7 +250,7 @@ def decide(
     scores = calibration_lib.score(cal.score, logits, embeddings, cal.prototypes, cal.temperature)
     accepted = (scores >= threshold) & ~cal.no_character_rejects(embeddings)
   enrolled_name, enrolled_probability, enrolled_ok = _nearest_enrolled(
-    embeddings, cal, gallery, accept
+    embeddings, cal, gallery, accept, class_names
   )
   answers = []
   for i in range(len(logits)):
@@ -256,23 +277,63 @@ def decide(
   return answers
 
 
+def enrolled_names(gallery: gallery_lib.Gallery | None, class_names: Sequence[str]) -> list[str]:
+  """The gallery's new characters (names the model's classes do not have), in name order."""
+  if gallery is None:
+    return []
+  known = set(class_names)
+  return [n for n in gallery.names if n not in known]
+
+
+def refined(
+  cal: calibration_lib.Calibration | None,
+  gallery: gallery_lib.Gallery | None,
+  class_names: Sequence[str],
+) -> calibration_lib.Calibration | None:
+  """The calibration with the prototypes of known classes that `enroll --refine` added pictures
+  to (gallery entries under a known class's name) moved by those pictures.
+
+  A refined prototype is the normalised weighted sum of the class's training prototype and the
+  added pictures' embeddings, the prototype weighing as many pictures as it was made from
+  (`class_counts`; as many as were added for calibrations without them). The class keeps its
+  name and the classifier's rule: nothing becomes a second, enrolled copy of it.
+  """
+  if cal is None or gallery is None or cal.prototypes is None:
+    return cal
+  rows = {n: i for i, n in enumerate(class_names)}
+  added = [n for n in gallery.names if n in rows]
+  if not added:
+    return cal
+  prototypes = np.asarray(cal.prototypes, np.float64).copy()
+  for name in added:
+    character, row = gallery.characters[name], rows[name]
+    if character.sum.shape != prototypes.shape[1:]:
+      continue  # Another model's embeddings (the gallery check refuses those first).
+    weight = cal.class_counts[row] if len(cal.class_counts) == len(prototypes) else character.count
+    moved = weight * prototypes[row] + character.sum
+    prototypes[row] = moved / max(float(np.linalg.norm(moved)), 1e-12)
+  return dataclasses.replace(cal, prototypes=prototypes.astype(np.float32))
+
+
 def _nearest_enrolled(
   embeddings: np.ndarray,
   cal: calibration_lib.Calibration | None,
   gallery: gallery_lib.Gallery | None,
   accept: float | None,
+  class_names: Sequence[str],
 ):
   """Per picture: the enrolled name nearer than every known class prototype (or None), its
   calibrated probability, and whether it passes the threshold of a character enrolled from that
   many pictures and the no-character rule. (None, None, None) without enrolled characters."""
-  if cal is None or gallery is None or not gallery.characters:
+  names = enrolled_names(gallery, class_names)
+  if cal is None or not names:
     return None, None, None
-  every = np.concatenate([cal.prototypes, gallery.prototypes()])
+  enrolled = np.stack([gallery.characters[n].prototype for n in names])
+  every = np.concatenate([cal.prototypes, enrolled])
   cosines = np.asarray(embeddings, np.float64) @ every.T.astype(np.float64)
   probabilities = calibration_lib.softmax(cosines * cal.cosine_scale)
   best = cosines.argmax(axis=1)
   known = len(cal.prototypes)
-  names = gallery.names
   # Each character's threshold fits how many pictures it was enrolled from.
   thresholds = np.array(
     [cal.enrolled_threshold(gallery.characters[n].count, accept or cal.accept) for n in names]
@@ -344,11 +405,14 @@ def for_run(
   if accept is not None and not 0.0 < accept <= 1.0:
     raise OpenSetError(f"--accept={accept} must be in (0, 1] (the share of known pictures named).")
   directory = store_dir(run, store)
-  expected = provenance(run)
+  if directory is None or not (
+    (directory / run_dir.CALIBRATION_FILE).exists()
+    or (directory / run_dir.GALLERY_DIR / gallery_lib.GALLERY_FILE).exists()
+  ):
+    return Answerer(list(run.class_names), None, None, accept, UNCALIBRATED_NOTE, directory)
+  expected = provenance(run)  # Fingerprints the parameters: only where something is stored.
   fitted, note = load_calibration(directory, expected)
-  gallery = None
-  if directory is not None:
-    gallery = gallery_lib.load(directory / run_dir.GALLERY_DIR, expected)
+  gallery = gallery_lib.load(directory / run_dir.GALLERY_DIR, expected)
   if gallery is not None and gallery.characters and fitted is None:
     note += "; enrolled characters need a calibration and are not answered"
   return Answerer(list(run.class_names), fitted, gallery, accept, note, directory)

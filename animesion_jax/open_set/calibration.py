@@ -193,6 +193,9 @@ class Calibration:
   no_character_margin: float | None = None
   # Share of known validation pictures the no-character rule keeps (`quantiles` are over those).
   no_character_kept: float = 1.0
+  # Training pictures per class behind `prototypes` (what pictures added to a known class with
+  # enroll --refine are weighed against). Empty (calibrations before it): weighed equally.
+  class_counts: list[int] = dataclasses.field(default_factory=list)
   prototypes: np.ndarray | None = None  # [classes, D] (not in the JSON).
   no_character: np.ndarray | None = None  # [M, D] no-character embeddings (not in the JSON).
 
@@ -239,6 +242,7 @@ class Calibration:
       "no_character_margin",
       "no_character_kept",
       "enrolled_quantiles",
+      "class_counts",
     }
     fields = {f.name for f in dataclasses.fields(cls)} - arrays
     missing = fields - set(record) - optional

@@ -86,6 +86,7 @@ def fit_for_run(
     provenance=answering.provenance(run),
   )
   fitted.cluster_distance = grouping.fit_cluster_distance(embeddings, labels)
+  fitted.class_counts = [int(n) for n in np.bincount(train_labels, minlength=run.num_classes)]
   fitted.enrolled_quantiles = calibration_lib.enrolment_quantiles(
     train_embeddings, train_labels, embeddings, labels
   )

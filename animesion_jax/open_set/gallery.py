@@ -3,11 +3,13 @@
   RUN/gallery/gallery.json   {"provenance": {...}, "characters": {name: {"count", "sum",
                               "pictures"}}}; written atomically (temporary file + rename)
   RUN/gallery/.lock          held (fcntl) while a change reads, edits and writes the file, so two
-                              enrolments at once both land
+                              enrolments at once both land; on gs:// (no locks) each write is
+                              conditional on the generation read (`_update_object`)
 
 A character's prototype is the normalised sum of its pictures' L2-normalised embeddings. The
-gallery belongs to the model (and checkpoint step) whose embeddings it holds: loading it for
-another model is refused with a message saying which.
+gallery belongs to the checkpoint whose embeddings it holds (a fingerprint of its parameters;
+galleries made before fingerprints: its model, step and class count): loading it for another
+model is refused with a message saying which (`provenance_differences`).
 """
 
 from collections.abc import Callable
@@ -16,6 +18,8 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
+import time
 from typing import Any
 
 from etils import epath
@@ -81,11 +85,34 @@ class Gallery:
     )
 
 
+# What a provenance stored before a key existed meant by its absence: tau_norm was never applied.
+_BEFORE = {"tau_norm": 0.0}
+
+
+def provenance_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+  """The keys whose stored value (`found`, of a calibration or gallery) differs from the model's.
+
+  Where both hold a `fingerprint` (of the checkpoint's parameters, as answered), it alone
+  decides: the same parameters answer the same, whatever the step, path or model label. Where the
+  stored one has none (made before fingerprints), the other keys decide, as they did then (a
+  missing tau_norm meaning 0).
+  """
+  if found.get("fingerprint") and expected.get("fingerprint"):
+    keys = ["fingerprint"]
+  else:
+    keys = sorted((set(found) | set(expected)) - {"fingerprint"})
+  return [key for key in keys if stored(found, key) != expected.get(key)]
+
+
+def stored(found: dict[str, Any], key: str) -> Any:
+  """A stored provenance's value of `key` (what its absence meant, for one stored before it)."""
+  return found.get(key, _BEFORE.get(key))
+
+
 def _mismatch(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
   return [
-    f"{key}: gallery {found.get(key)!r}, model {expected.get(key)!r}"
-    for key in sorted(set(found) | set(expected))
-    if found.get(key) != expected.get(key)
+    f"{key}: gallery {stored(found, key)!r}, model {expected.get(key)!r}"
+    for key in provenance_differences(found, expected)
   ]
 
 
@@ -98,8 +125,12 @@ def load(directory: str | os.PathLike, provenance: dict[str, Any]) -> Gallery | 
   path = epath.Path(directory) / GALLERY_FILE
   if not path.exists():
     return None
+  return _parsed(path.read_bytes(), path, provenance)
+
+
+def _parsed(data: bytes, path: epath.Path, provenance: dict[str, Any]) -> Gallery:
   try:
-    gallery = Gallery.from_json(json.loads(path.read_text(encoding="utf-8")))
+    gallery = Gallery.from_json(json.loads(data.decode("utf-8")))
   except (ValueError, KeyError, TypeError) as error:
     raise GalleryError(f"{path} is not a gallery file ({error}).") from None
   differences = _mismatch(gallery.provenance, provenance)
@@ -113,12 +144,66 @@ def load(directory: str | os.PathLike, provenance: dict[str, Any]) -> Gallery | 
   return gallery
 
 
+def stamp(directory: str | os.PathLike) -> tuple[Any, ...] | None:
+  """What changes whenever the gallery file under `directory` is written (None: no file).
+
+  Local files: inode, modification time (ns) and size; `update` replaces the file by a rename,
+  so each write has a new inode. Object stores: modification time and size.
+  """
+  path = os.path.join(os.fspath(directory), GALLERY_FILE)
+  try:
+    if "://" in path:
+      found = epath.Path(path).stat()
+      return (found.mtime, found.length)
+    found = os.stat(path)
+  except FileNotFoundError:
+    return None
+  return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+
+class Watch:
+  """Notices a gallery written by another process (python -m animesion_jax.enroll while a web
+  server runs): `poll` re-reads it when its `stamp` changed, at most once per `every_s`."""
+
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    provenance: Callable[[], dict[str, Any]],
+    every_s: float = 1.0,
+  ):
+    self.directory = directory
+    self._provenance = provenance  # Called once, when a gallery is first read.
+    self._expected: dict[str, Any] | None = None
+    self._every_s = every_s
+    self._stamp = stamp(directory)
+    self._checked = time.monotonic()
+
+  def due(self) -> bool:
+    return time.monotonic() - self._checked >= self._every_s
+
+  def poll(self) -> tuple[bool, "Gallery | None"]:
+    """(True, the gallery as stored now) when the file changed since the last poll (a removed
+    file: (True, None)); else (False, None).
+
+    Raises:
+      GalleryError: the new file is not a gallery, or one of another model (then the next
+        change is looked at again).
+    """
+    self._checked = time.monotonic()
+    now = stamp(self.directory)
+    if now == self._stamp:
+      return False, None
+    self._stamp = now
+    if now is None:
+      return True, None
+    if self._expected is None:
+      self._expected = self._provenance()
+    return True, load(self.directory, self._expected)
+
+
 @contextlib.contextmanager
 def _locked(directory: epath.Path):
   directory.mkdir(parents=True, exist_ok=True)
-  if "://" in os.fspath(directory):  # Object stores have no locks: last writer wins.
-    yield
-    return
   with open(directory / _LOCK_FILE, "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
@@ -135,12 +220,59 @@ def update(
   If `change` raises, nothing is written: the gallery stays as it was.
   """
   directory = epath.Path(directory)
+  if "://" in os.fspath(directory):
+    return _update_object(directory / GALLERY_FILE, provenance, change)
   with _locked(directory):
     gallery = load(directory, provenance) or Gallery(provenance=dict(provenance))
-    change(gallery)
-    data = json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
+    data = _changed(gallery, provenance, change)
     run_dir.write_atomic(directory / GALLERY_FILE, data)
   return gallery
+
+
+def _changed(gallery: Gallery, provenance: dict[str, Any], change) -> bytes:
+  gallery.provenance = dict(provenance)  # A gallery made before fingerprints gets one.
+  change(gallery)
+  return json.dumps(gallery.to_json(), ensure_ascii=False).encode("utf-8")
+
+
+_OBJECT_TRIES = 50  # Writers racing for one gallery object: each try loses only to a new write.
+
+
+def _update_object(path: epath.Path, provenance: dict[str, Any], change) -> Gallery:
+  """`update` for an object store (gs://), which has no locks: read the object and its
+  generation, change it, and write it only if its generation is still that one (Cloud Storage's
+  ifGenerationMatch; 0: only if it does not exist). A writer that lost to another reads again
+  and re-applies its change, so two enrolments at once both land."""
+  import fsspec  # pylint: disable=g-import-not-at-top  # gcsfs: what epath reads gs:// with.
+
+  fs = fsspec.filesystem("gs")
+  bucket, key = os.fspath(path).split("://", 1)[1].split("/", 1)
+  for attempt in range(_OBJECT_TRIES):
+    try:
+      generation = int(fs.info(os.fspath(path), refresh=True)["generation"])
+      # Read after the generation: a newer content than it makes the conditional write fail.
+      data = fs.cat_file(os.fspath(path))
+      gallery = _parsed(data, path, provenance)
+    except FileNotFoundError:
+      generation, gallery = 0, Gallery(provenance=dict(provenance))
+    data = _changed(gallery, provenance, change)
+    try:
+      fs.call(
+        "POST",
+        f"{fs._location}/upload/storage/v1/b/{bucket}/o",  # pylint: disable=protected-access
+        uploadType="media",
+        name=key,
+        ifGenerationMatch=str(generation),
+        headers={"Content-Type": "application/octet-stream"},
+        data=data,
+        json_out=True,
+      )
+    except FileExistsError:  # 412: another writer came first.
+      time.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
+      continue
+    fs.invalidate_cache(os.fspath(path))
+    return gallery
+  raise GalleryError(f"{path}: {_OBJECT_TRIES} other writes came first; try again.")
 
 
 def enroll(

@@ -15,6 +15,9 @@ from scipy.spatial import distance as scipy_distance
 DEFAULT_CLUSTER_DISTANCE = 0.5  # Cosine distance cut when the calibration has none.
 DUPLICATE_COSINE = 0.995  # Embeddings this close: the same picture (resized, re-encoded).
 _CUTS = np.linspace(0.05, 1.0, 39)
+# Most pictures clustered exactly (average linkage keeps their N x N distances: 4000 -> 64 MB).
+MAX_LINKAGE = 4000
+_BLOCK = 256  # Pictures compared at a time with the others (a block x N product: 100 MB at 100k).
 
 
 def adjusted_rand_index(a: Sequence[Any], b: Sequence[Any]) -> float:
@@ -36,14 +39,52 @@ def adjusted_rand_index(a: Sequence[Any], b: Sequence[Any]) -> float:
   return float((index - expected) / (maximum - expected))
 
 
-def cluster(embeddings: np.ndarray, distance: float) -> np.ndarray:
-  """Cluster ids 0..C-1 of L2-normalised embeddings (average linkage, cosine, cut at distance)."""
+def cluster(
+  embeddings: np.ndarray, distance: float, max_linkage: int = MAX_LINKAGE, seed: int = 0
+) -> np.ndarray:
+  """Cluster ids 0..C-1 of L2-normalised embeddings (average linkage, cosine, cut at distance).
+
+  Up to `max_linkage` pictures: exact average linkage (its N x N distances fit in memory).
+  Beyond, memory stays linear in the pictures: average linkage on a random sample of
+  `max_linkage`, then every other picture joins the nearest cluster mean within `distance`
+  (compared in blocks); the pictures none is near are clustered the same way, round after round
+  (each round clusters at least `max_linkage` of them).
+  """
   embeddings = np.asarray(embeddings, np.float64)
+  ids = np.full(len(embeddings), -1, np.int64)
+  rng = np.random.default_rng(seed)
+  left, found = np.arange(len(embeddings)), 0
+  while len(left):
+    if len(left) <= max_linkage:
+      ids[left] = _linkage(embeddings[left], distance) + found
+      break
+    sample = np.sort(rng.choice(len(left), max_linkage, replace=False))
+    sample_ids = _linkage(embeddings[left[sample]], distance)
+    count = int(sample_ids.max()) + 1
+    ids[left[sample]] = sample_ids + found
+    means = np.zeros((count, embeddings.shape[1]))
+    np.add.at(means, sample_ids, embeddings[left[sample]])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    rest = np.setdiff1d(np.arange(len(left)), sample)
+    for start in range(0, len(rest), _BLOCK):
+      block = left[rest[start : start + _BLOCK]]
+      cosines = embeddings[block] @ means.T
+      best = cosines.argmax(axis=1)
+      near = 1.0 - cosines[np.arange(len(block)), best] <= distance
+      ids[block[near]] = best[near] + found
+    found += count
+    left = left[ids[left] < 0]
+  return ids
+
+
+def _linkage(embeddings: np.ndarray, distance: float) -> np.ndarray:
+  """Exact average-linkage cluster ids 0..C-1 (memory quadratic in the pictures)."""
   if len(embeddings) < 2:
     return np.zeros(len(embeddings), np.int64)
   condensed = np.clip(scipy_distance.pdist(embeddings, "cosine"), 0.0, 2.0)
   tree = hierarchy.linkage(condensed, method="average")
-  return hierarchy.fcluster(tree, t=distance, criterion="distance").astype(np.int64) - 1
+  ids = hierarchy.fcluster(tree, t=distance, criterion="distance").astype(np.int64) - 1
+  return np.unique(ids, return_inverse=True)[1].astype(np.int64)
 
 
 def fit_cluster_distance(
@@ -65,17 +106,24 @@ def fit_cluster_distance(
 
 
 def near_duplicates(embeddings: np.ndarray, threshold: float = DUPLICATE_COSINE) -> list[int]:
-  """For each picture, the index of an earlier near-identical one, or -1."""
-  embeddings = np.asarray(embeddings, np.float64)
-  found = []
-  for i in range(len(embeddings)):
-    if i == 0:
-      found.append(-1)
+  """For each picture, the index of an earlier near-identical one, or -1.
+
+  Compared a block of pictures at a time with the earlier ones: memory linear in the pictures.
+  """
+  embeddings = np.asarray(embeddings, np.float32)
+  found = np.full(len(embeddings), -1, np.int64)
+  for start in range(0, len(embeddings), _BLOCK):
+    block = embeddings[start : start + _BLOCK]
+    similar = block @ embeddings[: start + len(block)].T  # [block, earlier and block]
+    rows = np.arange(len(block))
+    # Only earlier pictures count: the picture itself and the later ones in its block are out.
+    similar[rows[:, None] + start <= np.arange(start + len(block))[None, :]] = -np.inf
+    if start + len(block) < 2:
       continue
-    similar = embeddings[:i] @ embeddings[i]
-    j = int(np.argmax(similar))
-    found.append(j if similar[j] >= threshold else -1)
-  return found
+    best = similar.argmax(axis=1)
+    keep = similar[rows, best] >= threshold
+    found[start + rows[keep]] = best[keep]
+  return [int(v) for v in found]
 
 
 def group_names(answers: Sequence[Any], embeddings: np.ndarray, distance: float) -> list[str]:

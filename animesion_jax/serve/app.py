@@ -74,6 +74,9 @@ class Service:
   top_k: int = 5
   # Held while a character is enrolled and the new answerer swapped in (one enrolment at a time).
   enroll_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+  # gallery.Watch of the answerer's gallery: an enrolment from the command line is answered
+  # within its poll interval (`current_answerer`); None: not watched.
+  gallery_watch: Any = None
 
 
 class _Refusal(Exception):
@@ -173,6 +176,9 @@ def _answer_face(answer: answering.Answer) -> dict[str, Any]:
     "enrolled": answer.enrolled,
     "calibrated": answer.calibrated,
     "top5": [{"name": r.name, "probability": r.probability} for r in answer.top_k],
+    # The answer as the printed table words it; a refused face's top 5 are only guesses.
+    "text": answer.describe(),
+    "guesses_note": answering.GUESSES_NOTE if answer.unknown else "",
   }
 
 
@@ -230,7 +236,7 @@ def healthz(request: Request) -> JSONResponse:
 
 def info(request: Request) -> JSONResponse:
   service = _service(request)
-  answerer = service.answerer  # Read once: an enrolment may swap in another.
+  answerer = current_answerer(service)  # Read once: an enrolment may swap in another.
   limits = service.limits
   return JSONResponse(
     {
@@ -242,7 +248,7 @@ def info(request: Request) -> JSONResponse:
       "calibrated": answerer.calibration is not None,
       "calibration_note": answerer.note,
       "enroll": service.enroll is not None,
-      "enrolled": answerer.gallery.names if answerer.gallery else [],
+      "enrolled": answering.enrolled_names(answerer.gallery, answerer.class_names),
       "max_upload_mb": limits.max_upload_bytes / 2**20,
       "max_megapixels": limits.max_pixels / 1e6,
       "max_faces": limits.max_faces,
@@ -287,7 +293,8 @@ async def predict(request: Request) -> Response:
     return refusal.response
   except pictures.BadPicture as bad:
     return JSONResponse({"error": bad.message}, bad.status)
-  answers = service.answerer.answer(logits, embeddings, service.top_k)  # The answerer, read once.
+  answerer = current_answerer(service)  # Read once: an enrolment may swap in another.
+  answers = answerer.answer(logits, embeddings, service.top_k)
   found = []
   for i, box in enumerate(picture.boxes):
     face: dict[str, Any] = {"box": box, "whole_image": picture.whole, **_answer_face(answers[i])}
@@ -312,6 +319,28 @@ async def predict(request: Request) -> Response:
       "notes": picture.notes,
     }
   )
+
+
+def current_answerer(service: Service) -> Any:
+  """service.answerer, first swapped for one with the gallery as stored now where another
+  process changed it (python -m animesion_jax.enroll; polled at most once per interval).
+
+  Swapped under enroll_lock, as enrolment through the page swaps it; while that lock is held
+  (an enrolment underway here) the answerer is left as it is, and the next request polls.
+  """
+  watch = service.gallery_watch
+  if watch is None or not watch.due() or not service.enroll_lock.acquire(blocking=False):
+    return service.answerer
+  try:
+    changed, found = watch.poll()
+    if changed:
+      service.answerer = service.answerer.with_gallery(found)
+      logging.info("Gallery changed on disk: %d characters.", len(found.names) if found else 0)
+  except gallery.GalleryError as error:
+    logging.warning("Kept the gallery answered so far: %s", error)
+  finally:
+    service.enroll_lock.release()
+  return service.answerer
 
 
 def _enroll_and_swap(service: Service, name: str, embeddings: np.ndarray, names: list[str]):
@@ -363,7 +392,12 @@ async def enroll(request: Request) -> Response:
     return JSONResponse({"error": str(error)}, 409)
   logging.info("Enrolled %r from %d pictures.", name, len(crops))
   return JSONResponse(
-    {"name": name, "pictures": len(crops), "enrolled": updated.names, "skipped": skipped}
+    {
+      "name": name,
+      "pictures": len(crops),
+      "enrolled": answering.enrolled_names(updated, service.class_names),
+      "skipped": skipped,
+    }
   )
 
 

@@ -105,7 +105,16 @@ def build_service(
     attention=_attention_fn(run, batcher.sizes) if attention else None,
     answerer=run.answerer,  # Answers say unknown or name enrolled characters.
     enroll=enroll,
+    gallery_watch=_gallery_watch(run),
   )
+
+
+def _gallery_watch(run: recognizer.Recognizer) -> gallery.Watch | None:
+  """Watches the gallery the run's answerer reads (enrolments from the command line)."""
+  directory = run.answerer.directory
+  if directory is None:
+    return None
+  return gallery.Watch(directory / run_dir.GALLERY_DIR, lambda: answering.provenance(run))
 
 
 def _enroller(run: recognizer.Recognizer):

@@ -86,11 +86,11 @@ function drawBoxes(frame, result) {
   });
 }
 
-// "NAME · 87.0%", or "unknown (closest: NAME 23%)" when the model does not know the face.
+// "NAME · 87.0%", or "unknown (not sure enough to name; nearest: NAME)" when the model does
+// not know the face: the server's wording (Answer.describe), with no percentage beside it.
 function answerLine(face) {
   if (face.unknown) {
-    return element("p", "answer unknown",
-                   `unknown (closest: ${face.closest} ${(100 * face.confidence).toFixed(0)}%)`);
+    return element("p", "answer unknown", face.text);
   }
   const name = `${face.character}${face.enrolled ? " (added)" : ""}`;
   return element("p", "answer known", `${name} · ${percent(face.confidence)}`);
@@ -135,9 +135,13 @@ function faceList(result) {
     item.append(element("h3", "", face.whole_image ? "Whole picture" : `Face ${i + 1}`));
     item.append(answerLine(face));
     const body = element("div", "face-body");
-    const names = element("table", "top5");
+    const names = element("table", face.unknown ? "top5 guesses" : "top5");
+    if (face.unknown) {
+      // A refused face's top 5 are guesses, not answers: said so, and none shown as the best.
+      names.append(element("caption", "muted", `Guesses: ${face.guesses_note}`));
+    }
     face.top5.forEach((guess, rank) => {
-      const row = element("tr", rank === 0 ? "best" : "");
+      const row = element("tr", rank === 0 && !face.unknown ? "best" : "");
       row.append(element("td", "rank", `${rank + 1}.`), element("td", "name", guess.name));
       const bar = element("td", "bar");
       const fill = element("span");
