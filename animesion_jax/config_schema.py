@@ -78,9 +78,12 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.fsdp_size = 1
   # Split each batch into this many microbatches (same update, less memory).
   config.grad_accumulation_steps = 1
-  # Update the train state in place (donated to the step): one copy of parameters and optimizer
-  # state in memory instead of two (ViT-B/16 on CPU: peak host memory 0.85x PyTorch's, not 1.08x).
-  config.donate_state = True
+  # Update the train state in place (donated to the step): True, False, or None (unset) for the
+  # platform's choice: donated on accelerators (one copy of parameters and optimizer state in
+  # memory instead of two), not on CPU, where XLA copies each donated momentum buffer every step
+  # (ViT-B/16 train step ~10% slower, peak host memory 0.85x PyTorch's instead of 1.08x; see
+  # docs/recipe_differences.md).
+  config.donate_state = ml_collections.config_dict.placeholder(bool)
   paper_epochs = 200 if dataset == "moeimouto" else 50  # Table 2 (moeImouto) / Table 1 (DAF:re).
   # Training length in epochs (ignored when num_train_steps > 0).
   config.num_epochs = paper_epochs

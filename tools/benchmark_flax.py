@@ -147,7 +147,9 @@ def benchmark_jax(
     jax.block_until_ready((state, step_metrics))
     return time.perf_counter() - start
 
-  facts.update(compile_s=compile_s, first_step_s=first_step_s)
+  facts.update(
+    compile_s=compile_s, first_step_s=first_step_s, donated_state=loop.donates_state(config)
+  )
   return facts, window
 
 

@@ -101,6 +101,14 @@ def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) 
       )
 
 
+def donates_state(config: ml_collections.ConfigDict) -> bool:
+  """Whether the train step updates the state in place: config.donate_state, or where it is None
+  (the default), on accelerators but not on CPU (docs/recipe_differences.md has the numbers)."""
+  if config.donate_state is None:
+    return jax.default_backend() != "cpu"
+  return bool(config.donate_state)
+
+
 def jit_train_step(
   setup: model_setup.Setup,
   config: ml_collections.ConfigDict,
@@ -108,7 +116,7 @@ def jit_train_step(
   model_train_mode: bool = True,
   logit_offsets: np.ndarray | None = None,
 ):
-  """The configured train step, jitted over the mesh with the state donated."""
+  """The configured train step, jitted over the mesh (the state donated per donates_state)."""
   return jax.jit(
     functools.partial(
       steps.train_step,
@@ -123,7 +131,7 @@ def jit_train_step(
     in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
     out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
     # Donating the state lets the step update it in place (see config.donate_state).
-    donate_argnums=(0,) if config.donate_state else (),
+    donate_argnums=(0,) if donates_state(config) else (),
   )
 
 
