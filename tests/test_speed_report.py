@@ -1,5 +1,6 @@
 """tools/speed_report.py: every figure with its goal and verdict, ratios last."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -173,6 +174,41 @@ def _worktrees() -> str:
   ).stdout
 
 
+def test_the_comparison_table_from_fake_runs():
+  def runs(*ratios):
+    return [{"ratio_jax_over_torch": r, "memory": {"ratio_jax_over_torch": 0.85}} for r in ratios]
+
+  table, worse = speed_report.comparison_table(
+    {"against": {"vit_b16_train_memory": runs(1.0, 1.02)},
+     "current": {"vit_b16_train_memory": runs(0.9, 0.91)}},
+    ["vit_b16_train_memory", "pipeline"], "61bf3ad", min_margin=0.0,
+  )  # fmt: skip
+  rows = {label: rest for label, *rest in _rows_of(table)}
+  assert table.splitlines()[0].split(" | ")[1] == "61bf3ad"
+  assert rows["ViT-B/16 train step, jax/torch"] == ["1.01", "0.91", "0.896", "2.0%", "worse"]
+  assert rows["ViT-B/16 train step peak host memory, jax/torch"][2:] == [
+    "1.000",
+    "0.0%",
+    "within noise",
+  ]
+  # The pipeline was chosen but no tree has its runs: n/a, no verdict.
+  assert rows["pipeline, 0 workers: per CPU-second, of the plain loop"] == [
+    "n/a",
+    "n/a",
+    "n/a",
+    "n/a",
+    "",
+  ]
+  assert worse
+  _, worse = speed_report.comparison_table(
+    {"against": {"vit_b16_train_memory": runs(1.0, 1.02)},
+     "current": {"vit_b16_train_memory": runs(1.0, 1.01)}},
+    ["vit_b16_train_memory"], "HEAD", min_margin=0.0,
+  )  # fmt: skip
+  assert not worse
+
+
+@pytest.mark.slow  # Starts git (a worktree of HEAD); the benchmark runs are fakes.
 @pytest.mark.parametrize(("current_ratio", "status", "verdict"), [(0.8, 1, "worse"), (1.0, 0, "")])
 def test_against_runs_both_trees_alternately_in_a_worktree_removed_after(
   monkeypatch, capsys, current_ratio, status, verdict
@@ -210,3 +246,45 @@ def test_against_an_unknown_revision_or_one_repeat_is_a_usage_error(capsys):
   with pytest.raises(SystemExit):
     speed_report.main(["--against=HEAD", "--repeats=1"])
   assert "--repeats must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_against_head_on_a_tiny_figure_reads_near_one(tmp_path):
+  """Four real runs (ResNet-18 eval at 32 px, batch 2): HEAD's tree and this one, alternating."""
+  before = _worktrees()
+  done = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "tools" / "speed_report.py"),
+      "--against=HEAD",
+      "--figures=resnet18_eval",
+      "--repeats=2",
+      "--windows=1",
+      "--benchmark_flags=--config.image_size=32 --config.batch_size=2 --predict_images=4",
+      f"--json_out={tmp_path / 'speed.json'}",
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=1400,
+  )
+  assert done.returncode in (0, 1), done.stderr[-3000:]
+  assert "Failed runs" not in done.stdout and _worktrees() == before
+  rows = _rows_of(done.stdout.split("medians of 2 runs each:\n")[1])
+  assert [label for label, *_ in rows] == [
+    "ResNet-18 eval step, jax/torch",
+    "ResNet-18 predict on a folder, jax/torch",
+  ]
+  for _, against, current, ratio, margin, verdict in rows:
+    assert float(against) > 0 and float(current) > 0 and 0.25 < float(ratio) < 4.0
+    assert margin.endswith("%") and verdict in ("worse", "better", "within noise")
+  runs = json.loads((tmp_path / "speed.json").read_text())["runs"]
+  # Each tree ran its own tools/benchmark.py (and so its own package: PYTHONPATH is the tree).
+  scripts = {
+    tree: {result["setup"]["command"].split()[0] for result in runs[tree]["resnet18_eval"]}
+    for tree in ("against", "current")
+  }
+  assert scripts["current"] == {str(ROOT / "tools" / "benchmark.py")}
+  (other,) = scripts["against"]
+  assert other.endswith("/against/tools/benchmark.py") and not other.startswith(str(ROOT))
