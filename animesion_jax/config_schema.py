@@ -78,11 +78,10 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.fsdp_size = 1
   # Split each batch into this many microbatches (same update, less memory).
   config.grad_accumulation_steps = 1
-  # Update the train state in place (donated to the step): True, False, or None (unset) for the
-  # platform's choice: donated on accelerators (one copy of parameters and optimizer state in
-  # memory instead of two), not on CPU, where XLA copies each donated momentum buffer every step
-  # (ViT-B/16 train step ~10% slower, peak host memory 0.85x PyTorch's instead of 1.08x; see
-  # docs/recipe_differences.md).
+  # Update the train state in place (donated to the step): True (all of it), False (none), or
+  # None for the platform's choice: all on accelerators (one copy of parameters and optimizer
+  # state in memory instead of two); the parameters alone on CPU, where XLA would copy every
+  # donated momentum buffer each step (see docs/recipe_differences.md).
   config.donate_state = ml_collections.config_dict.placeholder(bool)
   paper_epochs = 200 if dataset == "moeimouto" else 50  # Table 2 (moeImouto) / Table 1 (DAF:re).
   # Training length in epochs (ignored when num_train_steps > 0).

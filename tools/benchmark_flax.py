@@ -119,14 +119,14 @@ def benchmark_jax(
 ) -> tuple[dict[str, Any], Callable]:
   """Builds, compiles and warms up the train step; returns its facts and a window timer."""
   # Not at the top: train imports tensorflow (through clu), and torch must be imported first.
-  from animesion_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import jit_step  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000, total_steps=10**6)
   batch = _global_batch(images, labels, mesh)
   batch.pop("mask")
-  train_fn = loop.jit_train_step(setup, config, mesh)
+  train_fn = jit_step.jit_train_step(setup, config, mesh)
   start = time.perf_counter()
   compiled = train_fn.lower(setup.state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -148,7 +148,7 @@ def benchmark_jax(
     return time.perf_counter() - start
 
   facts.update(
-    compile_s=compile_s, first_step_s=first_step_s, donated_state=loop.donates_state(config)
+    compile_s=compile_s, first_step_s=first_step_s, donated=jit_step.donated(config) or "nothing"
   )
   return facts, window
 
