@@ -250,7 +250,7 @@ def test_against_an_unknown_revision_or_one_repeat_is_a_usage_error(capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_against_head_on_a_tiny_figure_reads_near_one(tmp_path):
+def test_against_head_on_a_tiny_figure(tmp_path):
   """Four real runs (ResNet-18 eval at 32 px, batch 2): HEAD's tree and this one, alternating."""
   before = _worktrees()
   done = subprocess.run(

@@ -3,6 +3,7 @@ model, timed in windows between device synchronisations, with FLOPs and the devi
 """
 
 from collections.abc import Callable
+import re
 import resource
 import sys
 import time
@@ -66,6 +67,24 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     if name.lower() in device_kind.lower():
       return bf16 if dtype == "bfloat16" else fp32
   return None
+
+
+_COPY = re.compile(r"^\s*(?:ROOT )?%\S+ = (\w+)\[([\d,]*)\]\S* copy\(", re.MULTILINE)
+_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "u8": 1, "s8": 1}
+
+
+def entry_copies(hlo_text: str) -> tuple[int, int]:
+  """(copies, their bytes) in the entry computation of an optimized HLO module's text: what XLA
+  copies at the top level of a step (every donated momentum buffer, when it cannot update in
+  place; docs/recipe_differences.md)."""
+  entry = hlo_text[hlo_text.find("\nENTRY") :]
+  entry = entry[: entry.find("\n}")]
+  copies = _COPY.findall(entry)
+  size = sum(
+    _BYTES.get(dtype, 4) * int(np.prod([int(n) for n in dims.split(",") if n]))
+    for dtype, dims in copies
+  )
+  return len(copies), size
 
 
 def _jax_facts(
@@ -147,8 +166,13 @@ def benchmark_jax(
     jax.block_until_ready((state, step_metrics))
     return time.perf_counter() - start
 
+  copies, copy_bytes = entry_copies(compiled.as_text())
   facts.update(
-    compile_s=compile_s, first_step_s=first_step_s, donated=jit_step.donated(config) or "nothing"
+    compile_s=compile_s,
+    first_step_s=first_step_s,
+    donated=jit_step.donated(config) or "nothing",
+    step_copies=copies,
+    step_copy_bytes=copy_bytes,
   )
   return facts, window
 
