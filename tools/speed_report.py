@@ -285,12 +285,15 @@ def _report_against(args, chosen: list[str], extra: tuple[str, ...], commit: str
   failed = []
   with tempfile.TemporaryDirectory(prefix="speed_report_") as folder:
     worktree = pathlib.Path(folder) / "against"
-    subprocess.run(
+    added = subprocess.run(
       ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), commit],
       capture_output=True,
       text=True,
-      check=True,
+      check=False,
     )
+    if added.returncode != 0:
+      print(f"git worktree add of {args.against} failed:\n{added.stderr}", file=sys.stderr)
+      return 1
     trees = {"against": worktree, "current": REPO}
     try:
       for step, (repeat, name, tree) in enumerate(schedule(chosen, args.repeats)):
