@@ -88,9 +88,11 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.fsdp_size = 1
   # Split each batch into this many microbatches (same update, less memory).
   config.grad_accumulation_steps = 1
-  # Update the train state in place (donated to the step): one copy of parameters and optimizer
-  # state in memory instead of two (ViT-B/16 on CPU: peak host memory 0.85x PyTorch's, not 1.08x).
-  config.donate_state = True
+  # Update the train state in place (donated to the step): True (all of it), False (none), or
+  # None for the platform's choice: all on accelerators (one copy of parameters and optimizer
+  # state in memory instead of two); the parameters alone on CPU, where XLA would copy every
+  # donated momentum buffer each step (see docs/recipe_differences.md).
+  config.donate_state = ml_collections.config_dict.placeholder(bool)
   paper_epochs = 200 if dataset == "moeimouto" else 50  # Table 2 (moeImouto) / Table 1 (DAF:re).
   # Training length in epochs (ignored when num_train_steps > 0).
   config.num_epochs = paper_epochs

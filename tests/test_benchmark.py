@@ -78,6 +78,10 @@ def test_main_tiny_vit_with_torch_and_pipeline(tmp_path, capsys):
     assert numbers["images_per_s"] == pytest.approx(8 * numbers["steps_per_s"])
     assert numbers["steps_per_s"] > 0 and numbers["first_step_s"] > 0
   assert jax_results["compile_s"] > 0
+  # On CPU the step donates the parameters alone, and XLA copies no momentum buffer at its top
+  # (donating the whole state, it copies every one: 4 bytes a parameter).
+  assert jax_results["donated"] == "params" and "donated: params (" in "\n".join(lines)
+  assert jax_results["step_copy_bytes"] < 0.1 * 4 * jax_results["params"]
   # Same model size on both sides: 2 blocks of width 32 on 16 patches of 4x4, 173 classes.
   assert jax_results["params"] == torch_results["params"] > 10_000
   assert torch_results["model"] == "timm VisionTransformer"
@@ -339,3 +343,25 @@ def test_cpu_rate_of_windows_below_the_clock_tick_is_unknown():
   per_cpu_second = benchmark.benchmark_input._per_cpu_second  # pylint: disable=protected-access
   assert per_cpu_second(10, [0.0, 0.0, 0.01]) is None
   assert per_cpu_second(10, [0.5, 0.25, 1.0]) == 20.0
+
+
+def test_entry_copies_counts_the_top_level_copies_and_their_bytes():
+  hlo = """HloModule m
+
+%fused (p: f32[1000]) -> f32[1000] {
+  %p = f32[1000]{0} parameter(0)
+  ROOT %copy.9 = f32[1000]{0} copy(%p)
+}
+
+ENTRY %main (a: f32[2,3], b: s32[]) -> (f32[2,3], s32[], bf16[4]) {
+  %a = f32[2,3]{1,0} parameter(0)
+  %b = s32[] parameter(1)
+  %copy.1 = f32[2,3]{1,0} copy(%a)
+  %copy.2 = s32[] copy(%b)
+  %c = bf16[4]{0} constant({1, 2, 3, 4})
+  %copy.3 = bf16[4]{0} copy(%c)
+  ROOT %t = (f32[2,3]{1,0}, s32[], bf16[4]{0}) tuple(%copy.1, %copy.2, %copy.3)
+}
+"""
+  # 6 floats, one int, 4 bfloat16; the fused computation's copy is not at the top level.
+  assert benchmark.benchmark_flax.entry_copies(hlo) == (3, 6 * 4 + 4 + 4 * 2)

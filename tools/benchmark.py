@@ -404,7 +404,13 @@ def format_report(results: dict[str, Any]) -> str:
       f"jax   {jx['params']:,} params on {jx['devices']} x {jx['device_kind']}: "
       f"{jx['steps_per_s']:.3f} steps/s, {jx['images_per_s']:.2f} img/s (median of "
       f"{setup['windows']} x {setup['steps_per_window']} steps); compile "
-      f"{jx['compile_s']:.2f} s, first step {jx['first_step_s']:.2f} s",
+      f"{jx['compile_s']:.2f} s, first step {jx['first_step_s']:.2f} s"
+      + (
+        ""
+        if evaluating
+        else f"; donated: {jx.get('donated', 'n/a')} ({jx.get('step_copies')} copies, "
+        f"{_fmt(jx.get('step_copy_bytes'), 2**20, '.0f', ' MiB')} at the top of the step)"
+      ),
       f"      FLOPs/step {_fmt(jx['flops_per_step_xla'], 1e9, '.1f', ' G')} (xla), "
       f"{_fmt(jx['flops_per_step_analytic'], 1e9, '.1f', ' G')} (analytic); achieved "
       f"{_fmt(jx['achieved_flops_per_s'], 1e12, '.3f', ' TFLOP/s')}; MFU "

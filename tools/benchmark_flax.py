@@ -3,6 +3,7 @@ model, timed in windows between device synchronisations, with FLOPs and the devi
 """
 
 from collections.abc import Callable
+import re
 import resource
 import sys
 import time
@@ -68,6 +69,24 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+_COPY = re.compile(r"^\s*(?:ROOT )?%\S+ = (\w+)\[([\d,]*)\]\S* copy\(", re.MULTILINE)
+_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "u8": 1, "s8": 1}
+
+
+def entry_copies(hlo_text: str) -> tuple[int, int]:
+  """(copies, their bytes) in the entry computation of an optimized HLO module's text: what XLA
+  copies at the top level of a step (every donated momentum buffer, when it cannot update in
+  place; docs/recipe_differences.md)."""
+  entry = hlo_text[hlo_text.find("\nENTRY") :]
+  entry = entry[: entry.find("\n}")]
+  copies = _COPY.findall(entry)
+  size = sum(
+    _BYTES.get(dtype, 4) * int(np.prod([int(n) for n in dims.split(",") if n]))
+    for dtype, dims in copies
+  )
+  return len(copies), size
+
+
 def _jax_facts(
   compiled: Any, mesh: Any, model: Any, params: Any, images: int, image_size: int, passes: int
 ) -> dict[str, Any]:
@@ -119,14 +138,14 @@ def benchmark_jax(
 ) -> tuple[dict[str, Any], Callable]:
   """Builds, compiles and warms up the train step; returns its facts and a window timer."""
   # Not at the top: train imports tensorflow (through clu), and torch must be imported first.
-  from animesion_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from animesion_jax.training import jit_step  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config, num_devices=jax.device_count())
   mesh = sharding.create_mesh(fsdp_size=config.fsdp_size)
   setup = model_setup.create(config, num_classes, mesh, steps_per_epoch=1000, total_steps=10**6)
   batch = _global_batch(images, labels, mesh)
   batch.pop("mask")
-  train_fn = loop.jit_train_step(setup, config, mesh)
+  train_fn = jit_step.jit_train_step(setup, config, mesh)
   start = time.perf_counter()
   compiled = train_fn.lower(setup.state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -147,7 +166,14 @@ def benchmark_jax(
     jax.block_until_ready((state, step_metrics))
     return time.perf_counter() - start
 
-  facts.update(compile_s=compile_s, first_step_s=first_step_s)
+  copies, copy_bytes = entry_copies(compiled.as_text())
+  facts.update(
+    compile_s=compile_s,
+    first_step_s=first_step_s,
+    donated=jit_step.donated(config) or "nothing",
+    step_copies=copies,
+    step_copy_bytes=copy_bytes,
+  )
   return facts, window
 
 

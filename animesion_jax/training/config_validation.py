@@ -102,6 +102,10 @@ def validate(
       raise ConfigError(
         f"config.{key}={config[key]!r} should be of type {type(known[key]).__name__}."
       )
+  if config.donate_state not in (None, True, False):  # None (the default): per platform.
+    raise ConfigError(
+      f"config.donate_state={config.donate_state!r}: choose True, False or None (per platform)."
+    )
   for field, choices in _CHOICES.items():
     if config[field] not in choices:
       raise ConfigError(f"config.{field}={config[field]!r}: choose one of {list(choices)}.")

@@ -19,6 +19,7 @@ from animesion_jax.data import pipeline
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
 from animesion_jax.training import evaluation
+from animesion_jax.training import jit_step
 from animesion_jax.training import losses
 from animesion_jax.training import model_setup
 from animesion_jax.training import preemption
@@ -103,32 +104,6 @@ def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) 
         + "\n  ".join(differences)
         + "\nUse another --workdir or the run's original settings."
       )
-
-
-def jit_train_step(
-  setup: model_setup.Setup,
-  config: ml_collections.ConfigDict,
-  mesh,
-  model_train_mode: bool = True,
-  logit_offsets: np.ndarray | None = None,
-):
-  """The configured train step, jitted over the mesh with the state donated."""
-  return jax.jit(
-    functools.partial(
-      steps.train_step,
-      model=setup.model,
-      tx=setup.tx,
-      normalization=config.normalization,
-      label_smoothing=config.label_smoothing,
-      accumulation_steps=config.grad_accumulation_steps,
-      model_train_mode=model_train_mode,
-      logit_offsets=logit_offsets,
-    ),
-    in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
-    out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
-    # Donating the state lets the step update it in place (see config.donate_state).
-    donate_argnums=(0,) if config.donate_state else (),
-  )
 
 
 def train_batches(
@@ -274,7 +249,7 @@ def train_and_evaluate(
     eval_fn=evaluation.make_eval_fn(setup.model, config.normalization),
   )
   train_fns = {
-    mode: functools.partial(jit_train_step, setup, config, mesh, mode, data.logit_offsets)
+    mode: functools.partial(jit_step.jit_train_step, setup, config, mesh, mode, data.logit_offsets)
     for mode in (True, False)
   }  # Compiled on first use.
   try:
