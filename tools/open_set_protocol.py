@@ -264,6 +264,12 @@ def main(argv):
       f"fold {fold.index}: tune {', '.join(fold.tune)}; report enrolled "
       f"{', '.join(fold.report_enrolled)}, never enrolled {', '.join(fold.report_never)}"
     )
+  for r in results:
+    tuned = r["tuned"]
+    print(
+      f"fold {r['fold']} seed {r['seed']} (step {r['step']}): tuned score {tuned['score']}, "
+      f"known acceptance {tuned['accept']}, enrolled-name cosine {tuned['enrolled']}"
+    )
   print(format_tables(results, shots))
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
