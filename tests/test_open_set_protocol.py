@@ -135,8 +135,11 @@ def test_tuning_never_sees_report_classes():
   moved_emb[report] = pics["val"].embeddings[on_known]
   moved = protocol.Pictures(held.logits.copy(), moved_emb, held.names)
   moved.logits[report] = pics["val"].logits[on_known]
+  # Report classes' enrolment pictures moved onto a tune never-enrolled class: were they enrolled
+  # while tuning, its pictures would take their names.
+  decoy = held.embeddings[held.names == "t1"]
   moved_draws = {
-    k: [{c: (e if c in fold.tune else -e) for c, e in d.items()} for d in ds]
+    k: [{c: (e if c in fold.tune else decoy[: len(e)]) for c, e in d.items()} for d in ds]
     for k, ds in draws.items()
   }
   assert protocol.tune(fitted, known, pics["val"], moved, moved_draws, fold) == chosen
