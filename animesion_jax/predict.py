@@ -1,7 +1,8 @@
 r"""Names the characters in people's own pictures, with a trained run or a checkpoint file.
 
   python -m animesion_jax.predict --workdir=runs/b16_dafre my_pictures/ art.png [--top_k=5]
-      [--annotate] [--attention_maps] [--detect_faces [--cascade=PATH]] [--output_dir=DIR]
+      [--annotate] [--attention_maps] [--detector=RUN | --detect_faces [--cascade=PATH]]
+      [--output_dir=DIR]
   python -m animesion_jax.predict --checkpoint=b16_dafre.pth --source=pytorch_vit \
       --class_names=classid_classname.csv [--num_heads=N] [--image_size=S] my_pictures/
 
@@ -9,8 +10,9 @@ SOURCE is pytorch_vit, torchvision_resnet, animesion, vit_npz or run; the archit
 from the checkpoint. Inputs are image files and folders (searched recursively): JPEG, PNG,
 WebP, GIF (first frame), BMP, TIFF, of any size and mode (grayscale, palette, RGBA composited on
 white). Files that cannot be decoded are reported and skipped; any other error stops the run.
-Each image (or, with --detect_faces, each anime face found in it) is resized to the model's
-image size and classified; batches run jitted on all local devices while the next batch is
+Each image (or, with --detector, each head the detector run finds in it, or with --detect_faces,
+each face the OpenCV cascade finds) is resized to the model's image size and classified; with
+--detector a picture where no head is found gets no box and no answer, only a note; batches run jitted on all local devices while the next batch is
 decoded on the host. Writes predictions.json and predictions.csv (with --annotate, copies of the
 images with the predictions drawn; with --attention_maps, for ViTs, the class token's attention
 per layer and its rollout over each input) to --output_dir (default WORKDIR/predictions, or
@@ -42,6 +44,7 @@ from animesion_jax import sharding
 from animesion_jax.cli import common
 from animesion_jax.inference import annotate
 from animesion_jax.inference import faces
+from animesion_jax.inference import head_detector
 from animesion_jax.inference import image_files
 from animesion_jax.inference import longtail
 from animesion_jax.open_set import answering
@@ -55,16 +58,21 @@ class Crop:
   file: image_files.ImageFile
   face: int | None  # Index of the face in its image (reading order); None for the whole image.
   box: faces.Box | None
-  pixels: np.ndarray  # uint8 [S, S, 3]
+  pixels: np.ndarray | None  # uint8 [S, S, 3]; None: nothing to classify (no head found).
   note: str = ""
 
 
-def _prepare(
-  file: image_files.ImageFile, image_size: int, detector: faces.FaceDetector | None
-) -> list[Crop]:
+# A head detector (inference/head_detector.py) or the OpenCV face cascade (faces.py).
+Detector = faces.FaceDetector | head_detector.HeadDetector
+NO_HEAD = "no character found by the head detector"
+
+
+def _prepare(file: image_files.ImageFile, image_size: int, detector: Detector | None) -> list[Crop]:
   """Decodes one file into the crops to classify (runs in a worker thread)."""
   image = image_files.load_image(file.path, min_size=None if detector else image_size)
   boxes = detector.detect(image) if detector else []
+  if not boxes and isinstance(detector, head_detector.HeadDetector):
+    return [Crop(file, None, None, None, note=NO_HEAD)]
   pixels = faces.square_crops(image, boxes, image_size)
   if not boxes:
     note = "no face found; whole image classified" if detector else ""
@@ -75,7 +83,7 @@ def _prepare(
 def _crops(
   files: Sequence[image_files.ImageFile],
   image_size: int,
-  detector: faces.FaceDetector | None,
+  detector: Detector | None,
   pool: concurrent.futures.Executor,
   errors: list[dict[str, str]],
   in_flight: int,
@@ -126,7 +134,7 @@ def predict_files(
   *,
   top_k: int = 5,
   batch_size: int = 256,
-  detector: faces.FaceDetector | None = None,
+  detector: Detector | None = None,
   workers: int | None = None,
   each_batch: Callable[[list[Crop], np.ndarray], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -141,16 +149,15 @@ def predict_files(
     of the run's calibration and gallery (`run.answer`: 'character' or None, 'unknown',
     'confidence', 'closest', 'enrolled', 'calibrated') and 'predictions':
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
-    not be decoded.
+    not be decoded. With a head detector, a picture where no head is found has one result with
+    'box' None, the note NO_HEAD and no answer ('predictions' empty).
   """
   batch_size = sharding.round_up_batch(batch_size, len(run.mesh.local_devices))
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    batches = _batches(
-      _crops(files, run.config.image_size, detector, pool, errors, in_flight=2 * batch_size),
-      batch_size,
-    )
+    crops = _crops(files, run.config.image_size, detector, pool, errors, in_flight=2 * batch_size)
+    batches = _batches(_answered_or_noted(crops, results), batch_size)
 
     def dispatch():
       for crops, images in batches:
@@ -171,7 +178,28 @@ def predict_files(
             **answer,
           }
         )
+  order = {file.path: i for i, file in enumerate(files)}
+  results.sort(key=lambda result: order[result["file"]])  # Noted pictures came in early.
   return results, errors
+
+
+def _answered_or_noted(crops: Iterator[Crop], results: list[dict[str, Any]]) -> Iterator[Crop]:
+  """The crops to classify; pictures with nothing to classify go straight into `results`."""
+  for crop in crops:
+    if crop.pixels is not None:
+      yield crop
+      continue
+    results.append(
+      {
+        "file": crop.file.path,
+        "relative": crop.file.relative,
+        "face": None,
+        "box": None,
+        "note": crop.note,
+        "character": None,
+        "predictions": [],
+      }
+    )
 
 
 def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
@@ -182,6 +210,8 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   lines = [f"{'file':{width}}  {'face':>4}  {'#':>2}  {'character':{names}}  {'prob':>6}  answer"]
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
+    if not result["predictions"]:  # Nothing classified (no head found): the note says why.
+      lines.append(f"{result['file']:{width}}  {'':>4}  {'':>2}  {'-':{names}}  {'':>6}  -")
     answer = answering.describe(result) if "unknown" in result else ""
     for p in result["predictions"]:
       first = p["rank"] == 1
@@ -290,6 +320,12 @@ def define_flags() -> None:
     None,
     f"Face detector cascade file (default: the {faces.CASCADE_FILE} of an installed package).",
   )
+  flags.DEFINE_string(
+    "detector",
+    None,
+    "A head detector run (trained with configs/detector_quickstart.py): answer every head it "
+    "finds in each picture (docs/detector.md).",
+  )
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
   flags.DEFINE_integer(
@@ -321,7 +357,11 @@ def main(argv):
     print(f"Skipping {given}: {problem}")
   try:
     detector = None
-    if flag.detect_faces:
+    if flag.detector and flag.detect_faces:
+      raise app.UsageError("Give --detector or --detect_faces, not both.")
+    if flag.detector:
+      detector = head_detector.HeadDetector(run_dir.resolve(flag.detector))
+    elif flag.detect_faces:
       detector = faces.FaceDetector(
         faces.find_cascade(flag.cascade), margin=flag.face_margin, min_size=flag.min_face
       )

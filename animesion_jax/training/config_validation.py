@@ -21,6 +21,7 @@ _CHOICES = {
   "transfer_guard": ("allow", "log", "disallow"),
   "normalization": tuple(preprocess.NORMALIZATIONS),
   "loss": losses.LOSSES,
+  "task": ("classify", "detect"),
 }
 
 
@@ -80,6 +81,35 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """The model and dataset must be of the config's task (a detector on scenes, or a classifier)."""
+  model_task = models.spec(config.model.name).family.task
+  if model_task != config.task:
+    raise ConfigError(
+      f"config.model.name={config.model.name!r} is a {model_task!r} model, but "
+      f"config.task={config.task!r}; detectors: "
+      f"{sorted(n for n in models.MODELS if models.spec(n).family.task == 'detect')}."
+    )
+  scenes = config.dataset == "synthetic_scenes"
+  if scenes != (config.task == "detect"):
+    raise ConfigError(
+      f"config.task={config.task!r} cannot train on config.dataset={config.dataset!r}: the "
+      "detector trains on 'synthetic_scenes' (pictures with head boxes), the classifiers on crops."
+    )
+  if config.task == "detect":
+    side = models.centernet.SIDE_MULTIPLE
+    if config.image_size % side:
+      raise ConfigError(
+        f"config.image_size={config.image_size}: the detector's input side must be a multiple "
+        f"of {side}."
+      )
+    if config.grad_accumulation_steps != 1 or config.data_on_device:
+      raise ConfigError(
+        "config.task='detect' trains without grad_accumulation_steps or data_on_device (set "
+        "them to 1 and False)."
+      )
+
+
 def validate(
   config: ml_collections.ConfigDict,
   num_devices: int | None = None,
@@ -120,6 +150,7 @@ def validate(
       f"config.resize_margin={config.resize_margin} >= 0."
     )
   _validate_model(config)
+  _validate_task(config)
   patch = patch_size_of(config)
   if patch and config.image_size % patch:
     raise ConfigError(

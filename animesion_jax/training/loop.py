@@ -16,6 +16,8 @@ from animesion_jax.data import datasets
 from animesion_jax.data import device_cache
 from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
+from animesion_jax.detection import evaluation as detection_evaluation
+from animesion_jax.detection import pipeline as detection_pipeline
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
 from animesion_jax.training import evaluation
@@ -49,6 +51,8 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   builder = datasets.open_dataset(
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
   )
+  if config.task == "detect":
+    return _open_scenes(config, builder)
   source = functools.partial(
     datasets.split_source,
     builder,
@@ -89,6 +93,26 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   )
 
 
+def _open_scenes(config: ml_collections.ConfigDict, builder: Any) -> Data:
+  """The detector's data: pictures with head boxes; one heatmap class, 'head'."""
+  train_source = datasets.data_source(builder, datasets.get_spec(config.dataset).train_split)
+  eval_splits = datasets.available_eval_splits(builder, tuple(config.eval_splits))
+  steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
+  return Data(
+    train_source=train_source,
+    eval_sources={split: datasets.data_source(builder, split) for split in eval_splits},
+    class_names=list(DETECTOR_CLASSES),
+    steps_per_epoch=steps_per_epoch,
+    total_steps=(
+      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    ),
+  )
+
+
+# The detector's heatmap classes (saved as the run's class names).
+DETECTOR_CLASSES = ("head",)
+
+
 def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) -> None:
   """A run directory with checkpoints must be resumed with a config that fits them."""
   if run.exists() and checkpointing.step_dirs(run):
@@ -109,8 +133,12 @@ def jit_train_step(
   logit_offsets: np.ndarray | None = None,
 ):
   """The configured train step, jitted over the mesh with the state donated."""
-  return jax.jit(
-    functools.partial(
+  if config.task == "detect":
+    step_fn = functools.partial(
+      steps.detection_train_step, model=setup.model, tx=setup.tx, normalization=config.normalization
+    )
+  else:
+    step_fn = functools.partial(
       steps.train_step,
       model=setup.model,
       tx=setup.tx,
@@ -119,7 +147,9 @@ def jit_train_step(
       accumulation_steps=config.grad_accumulation_steps,
       model_train_mode=model_train_mode,
       logit_offsets=logit_offsets,
-    ),
+    )
+  return jax.jit(
+    step_fn,
     in_shardings=(setup.state_sharding, sharding.batch_sharding(mesh)),
     out_shardings=(setup.state_sharding, sharding.replicated(mesh)),
     # Donating the state lets the step update it in place (see config.donate_state).
@@ -131,6 +161,20 @@ def train_batches(
   config: ml_collections.ConfigDict, data: Data, mesh
 ) -> tuple[Any, Callable[[int], dict[str, jax.Array]]]:
   """(checkpointable iterator or None, step -> global batch)."""
+  if config.task == "detect":
+    iterator = iter(
+      detection_pipeline.train_loader(
+        data.train_source,
+        global_batch_size=config.batch_size,
+        image_size=config.image_size,
+        max_boxes=config.detection.max_boxes,
+        min_zoom=config.detection.min_zoom,
+        horizontal_flip=config.horizontal_flip,
+        seed=config.seed,
+        workers=config.data_workers,
+      )
+    )
+    return iterator, lambda _: sharding.to_global_batch(next(iterator), mesh)
   augment = dict(
     global_batch_size=config.batch_size,
     image_size=config.image_size,
@@ -171,6 +215,8 @@ class Loop:
     self.summaries.write(step, "train", values, epoch=self.epoch(step))
 
   def evaluate(self, state: steps.TrainState, step: int) -> dict[str, dict[str, float]]:
+    if self.config.task == "detect":
+      return self.evaluate_detector(state, step)
     results = {}
     with self.progress.evaluating():
       for split in self.data.eval_sources:
@@ -189,6 +235,35 @@ class Loop:
           results[split]["top1"],
           results[split]["top5"],
           results[split]["loss"],
+          results[split]["num_examples"],
+        )
+    return results
+
+  def evaluate_detector(self, state: steps.TrainState, step: int) -> dict[str, dict[str, float]]:
+    """COCO AP50, AP50:95, recall and precision at the threshold of every eval split."""
+    results = {}
+    with self.progress.evaluating():
+      for split, source in self.data.eval_sources.items():
+        results[split] = detection_evaluation.evaluate_split(
+          self.eval_fn,
+          steps.model_variables(state),
+          source,
+          batch_size=self.config.eval_batch_size,
+          image_size=self.config.image_size,
+          threshold=self.config.detection.score_threshold,
+        )
+        self.summaries.write(step, split, results[split], epoch=self.epoch(step))
+        logging.info(
+          "step %d %s: AP50 %.4f AP50:95 %.4f recall %.4f precision %.4f at score %.2f, "
+          "no box on %.1f%% of empty pictures (%d pictures)",
+          step,
+          split,
+          results[split]["ap50"],
+          results[split]["ap"],
+          results[split]["recall"],
+          results[split]["precision"],
+          self.config.detection.score_threshold,
+          100 * results[split]["empty_clean"],
           results[split]["num_examples"],
         )
     return results
@@ -267,7 +342,13 @@ def train_and_evaluate(
     checkpoints=checkpoints,
     summaries=summaries_lib.Summaries(run),
     progress=summaries_lib.Progress(data.total_steps, start_step, config.batch_size),
-    eval_fn=evaluation.make_eval_fn(setup.model, config.normalization),
+    eval_fn=(
+      detection_evaluation.make_detect_fn(
+        setup.model, config.normalization, config.detection.max_detections
+      )
+      if config.task == "detect"
+      else evaluation.make_eval_fn(setup.model, config.normalization)
+    ),
   )
   train_fns = {
     mode: functools.partial(jit_train_step, setup, config, mesh, mode, data.logit_offsets)
@@ -332,7 +413,9 @@ def run_steps(
       if step % eval_every == 0 or step == total_steps:
         eval_results = loop.evaluate(state, step)
         if "validation" in eval_results:  # Never select a model on the test split.
-          metrics = {checkpointing.BEST_METRIC: eval_results["validation"]["top1"]}
+          # The detector is ranked by its validation AP50, under the same key.
+          key = "ap50" if config.task == "detect" else "top1"
+          metrics = {checkpointing.BEST_METRIC: eval_results["validation"][key]}
       stopping = stop.should_stop(step)
       halting = 0 < config.halt_after_steps <= step - start_step
       loop.save(
