@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow_datasets as tfds
 
 from animesion_jax.data import datasets
 from tfds_builders.synthetic_scenes import composer
@@ -103,3 +104,23 @@ def test_dafre_crops_are_pasted_with_their_class_ids():
 def test_dafre_scenes_without_the_download_say_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="classid_classname.csv is missing"):
     sprites.dafre_sprites(tmp_path, "train")
+
+
+def test_dafre_config_builds_scenes_of_the_fixture_crops(tmp_path):
+  config = ssb.SyntheticScenesConfig(
+    name="dafre_tiny",
+    sprites="dafre",
+    train_pictures=3,
+    validation_pictures=2,
+    test_pictures=2,
+    layout=composer.Layout(min_side=96, max_side=128, min_head=24, max_head=64),
+  )
+  builder = ssb.Builder(config=config, data_dir=str(tmp_path))
+  builder.download_and_prepare(
+    file_format="array_record",
+    download_config=tfds.download.DownloadConfig(manual_dir=str(_DAFRE_FIXTURE)),
+  )
+  test_crops = sprites.dafre_sprites(_DAFRE_FIXTURE, "test")
+  source = datasets.data_source(builder, "test")
+  labels = [int(x) for i in range(len(source)) for x in source[i]["objects"]["label"]]
+  assert labels and set(labels) <= set(test_crops.labels)  # Test scenes paste test crops.
