@@ -101,3 +101,14 @@ def test_detect_many_maps_boxes_onto_each_picture(detector_run):
     assert len(boxes) == len(scores) > 0 and np.all(np.diff(scores) <= 0)
     assert (boxes[:, 0] + boxes[:, 2] <= picture.width + 1e-3).all()
     assert (boxes[:, 1] + boxes[:, 3] <= picture.height + 1e-3).all()
+
+
+def test_evaluate_gives_the_metrics_training_reported(detector_run):
+  workdir, results = detector_run
+  assert head_detector.is_detector_run(workdir)
+  assert not head_detector.is_detector_run(trained_run.tiny_trained_workdir())
+  final = head_detector.HeadDetector(f"{workdir}/checkpoints/6")
+  report = final.evaluate("test", batch_size=8)
+  for key in ("ap50", "ap", "recall", "precision", "empty_clean"):
+    assert report[key] == pytest.approx(results["test"][key], abs=1e-6)
+  assert "AP50" in head_detector.format_report(report)

@@ -7,6 +7,7 @@ Each box is the region a training crop covers, so cropping it and resizing to th
 input is how the training crops were made.
 """
 
+import json
 import os
 from typing import Any
 
@@ -15,7 +16,10 @@ import numpy as np
 from PIL import Image
 
 from animesion_jax import config_schema
+from animesion_jax import run_dir as run_dir_lib
+from animesion_jax.data import datasets
 from animesion_jax.detection import boxes as boxes_lib
+from animesion_jax.detection import coco
 from animesion_jax.detection import evaluation as detection_evaluation
 from animesion_jax.inference import faces
 from animesion_jax.training import model_setup
@@ -47,6 +51,7 @@ class HeadDetector:
         "one with configs/detector_quickstart.py (docs/detector.md)."
       )
     restored = model_setup.restore_run(run, which)
+    self.run, self.step = run, restored.step
     self.description = os.fspath(workdir)
     self.config = restored.config
     self.image_size = int(self.config.image_size)
@@ -85,3 +90,43 @@ class HeadDetector:
       if round(w) >= 1 and round(h) >= 1
     ]
     return sorted(boxes, key=lambda box: (box.top, box.left))
+
+  def evaluate(self, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
+    """COCO AP50, AP50:95, recall and precision at the threshold (coco.metrics) on a split of
+    the scenes the detector was trained on; also written to the run's evaluation directory."""
+    config = self.config
+    builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
+    if split not in builder.info.splits:
+      raise FileNotFoundError(f"{builder.info.full_name} has no split {split!r}.")
+    results, _ = detection_evaluation.detect_split(
+      self._detect,
+      self._variables,
+      datasets.data_source(builder, split),
+      batch_size=batch_size,
+      image_size=self.image_size,
+    )
+    report = {**coco.metrics(results, self.threshold), "threshold": self.threshold}
+    report.update(split=split, step=self.step, workdir=self.description)
+    output_dir = self.run.evaluation_dir(split, self.step)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "detection.json").write_text(json.dumps(report, indent=1))
+    report["output_dir"] = os.fspath(output_dir)
+    return report
+
+
+def is_detector_run(workdir: str | os.PathLike) -> bool:
+  """Whether `workdir` is a run directory trained with config.task='detect'."""
+  run = run_dir_lib.RunDir(run_dir_lib.resolve(workdir))
+  return run.exists() and run.load_config().get("task", "classify") == "detect"
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The evaluate command's lines for a detector run."""
+  return (
+    f"{report['workdir']} (step {report['step']}), {report['split']}: "
+    f"{int(report['num_examples'])} pictures, {int(report['num_boxes'])} heads\n"
+    f"  AP50 {report['ap50']:.4f}  AP50:95 {report['ap']:.4f}  (COCO, pycocotools)\n"
+    f"  recall {report['recall']:.4f}  precision {report['precision']:.4f}  at score "
+    f"{report['threshold']:.2f} (IoU 0.5)\n"
+    f"  no box on {100 * report['empty_clean']:.1f}% of pictures without a character"
+  )
