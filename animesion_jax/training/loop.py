@@ -16,10 +16,9 @@ from animesion_jax.data import datasets
 from animesion_jax.data import device_cache
 from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
-from animesion_jax.detection import evaluation as detection_evaluation
-from animesion_jax.detection import pipeline as detection_pipeline
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
+from animesion_jax.training import detector_task
 from animesion_jax.training import evaluation
 from animesion_jax.training import losses
 from animesion_jax.training import model_setup
@@ -52,7 +51,19 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
   )
   if config.task == "detect":
-    return _open_scenes(config, builder)
+    train_source, eval_sources = detector_task.scene_sources(config, builder)
+    steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
+    return Data(
+      train_source=train_source,
+      eval_sources=eval_sources,
+      class_names=list(detector_task.CLASSES),
+      steps_per_epoch=steps_per_epoch,
+      total_steps=(
+        config.num_train_steps
+        if config.num_train_steps > 0
+        else config.num_epochs * steps_per_epoch
+      ),
+    )
   source = functools.partial(
     datasets.split_source,
     builder,
@@ -93,26 +104,6 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   )
 
 
-def _open_scenes(config: ml_collections.ConfigDict, builder: Any) -> Data:
-  """The detector's data: pictures with head boxes; one heatmap class, 'head'."""
-  train_source = datasets.data_source(builder, datasets.get_spec(config.dataset).train_split)
-  eval_splits = datasets.available_eval_splits(builder, tuple(config.eval_splits))
-  steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
-  return Data(
-    train_source=train_source,
-    eval_sources={split: datasets.data_source(builder, split) for split in eval_splits},
-    class_names=list(DETECTOR_CLASSES),
-    steps_per_epoch=steps_per_epoch,
-    total_steps=(
-      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    ),
-  )
-
-
-# The detector's heatmap classes (saved as the run's class names).
-DETECTOR_CLASSES = ("head",)
-
-
 def check_resumable(run: run_dir_lib.RunDir, config: ml_collections.ConfigDict) -> None:
   """A run directory with checkpoints must be resumed with a config that fits them."""
   if run.exists() and checkpointing.step_dirs(run):
@@ -134,9 +125,7 @@ def jit_train_step(
 ):
   """The configured train step, jitted over the mesh with the state donated."""
   if config.task == "detect":
-    step_fn = functools.partial(
-      steps.detection_train_step, model=setup.model, tx=setup.tx, normalization=config.normalization
-    )
+    step_fn = detector_task.train_step(setup.model, setup.tx, config)
   else:
     step_fn = functools.partial(
       steps.train_step,
@@ -162,18 +151,7 @@ def train_batches(
 ) -> tuple[Any, Callable[[int], dict[str, jax.Array]]]:
   """(checkpointable iterator or None, step -> global batch)."""
   if config.task == "detect":
-    iterator = iter(
-      detection_pipeline.train_loader(
-        data.train_source,
-        global_batch_size=config.batch_size,
-        image_size=config.image_size,
-        max_boxes=config.detection.max_boxes,
-        min_zoom=config.detection.min_zoom,
-        horizontal_flip=config.horizontal_flip,
-        seed=config.seed,
-        workers=config.data_workers,
-      )
-    )
+    iterator = iter(detector_task.train_loader(config, data.train_source))
     return iterator, lambda _: sharding.to_global_batch(next(iterator), mesh)
   augment = dict(
     global_batch_size=config.batch_size,
@@ -240,32 +218,13 @@ class Loop:
     return results
 
   def evaluate_detector(self, state: steps.TrainState, step: int) -> dict[str, dict[str, float]]:
-    """COCO AP50, AP50:95, recall and precision at the threshold of every eval split."""
     results = {}
     with self.progress.evaluating():
       for split, source in self.data.eval_sources.items():
-        results[split] = detection_evaluation.evaluate_split(
-          self.eval_fn,
-          steps.model_variables(state),
-          source,
-          batch_size=self.config.eval_batch_size,
-          image_size=self.config.image_size,
-          threshold=self.config.detection.score_threshold,
+        results[split] = detector_task.evaluate_split(
+          self.config, self.eval_fn, state, split, source, step
         )
         self.summaries.write(step, split, results[split], epoch=self.epoch(step))
-        logging.info(
-          "step %d %s: AP50 %.4f AP50:95 %.4f recall %.4f precision %.4f at score %.2f, "
-          "no box on %.1f%% of empty pictures (%d pictures)",
-          step,
-          split,
-          results[split]["ap50"],
-          results[split]["ap"],
-          results[split]["recall"],
-          results[split]["precision"],
-          self.config.detection.score_threshold,
-          100 * results[split]["empty_clean"],
-          results[split]["num_examples"],
-        )
     return results
 
   def save(
@@ -343,9 +302,7 @@ def train_and_evaluate(
     summaries=summaries_lib.Summaries(run),
     progress=summaries_lib.Progress(data.total_steps, start_step, config.batch_size),
     eval_fn=(
-      detection_evaluation.make_detect_fn(
-        setup.model, config.normalization, config.detection.max_detections
-      )
+      detector_task.make_detect_fn(setup.model, config)
       if config.task == "detect"
       else evaluation.make_eval_fn(setup.model, config.normalization)
     ),
