@@ -17,8 +17,9 @@ def get_config():
   config.dataset_config = "small"
   # The scenes are drawn locally, so build them on first use.
   config.build_dataset_if_missing = True
-  # Side of the detector's square input: pictures are letterboxed into it.
-  config.image_size = 160
+  # Side of the detector's square input: pictures are letterboxed into it (160 px: test AP50 0.960
+  # in twice the time; docs/detector.md).
+  config.image_size = 128
   # Anchor-free CenterNet on a 4-stage BasicBlock backbone (models/centernet.py).
   config.model.name = "centernet"
   # Channels of the stem and the 3 stages (strides 2, 4, 8, 16).
@@ -29,8 +30,8 @@ def get_config():
   config.horizontal_flip = True
   # Global batch size.
   config.batch_size = 32
-  # Epochs over the 3000 training scenes.
-  config.num_epochs = 4
+  # Epochs over the 3000 training scenes (4: test AP50 0.935 at 160 px).
+  config.num_epochs = 6
   # AdamW trains this small detector from scratch faster than SGD.
   config.optimizer = "adamw"
   # Peak learning rate (warm-up then cosine).
@@ -49,6 +50,9 @@ def get_config():
   config.eval_every_epochs = 2
   # Pictures per evaluation batch.
   config.eval_batch_size = 50
+  # A detection scoring at least this is a head. Chosen on validation: at 0.3, 82% of its
+  # pictures without a character had no box, at 0.4 94% (recall 0.960, precision 0.945).
+  config.detection.score_threshold = 0.4
   # Latest checkpoint every 100 steps.
   config.checkpoint_every_steps = 100
   return config

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 import concurrent.futures
 import dataclasses
-import functools
 import io
 import multiprocessing
 import os
@@ -166,15 +165,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, sprites: Any) -> Iterator[tuple[str, dict]]:
     config = self.builder_config
     jobs = [(config.seed, _SPLIT_STREAMS[split], i) for i in range(config.pictures(split))]
-    draw = functools.partial(_draw_scene, sprites=sprites, layout=config.layout)
+    # The forked workers inherit the sprites and layout (DAF:re's list of crops is too large to
+    # send with every chunk of jobs).
+    _DRAWING["sprites"], _DRAWING["layout"] = sprites, config.layout
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 16:
       context = multiprocessing.get_context("fork")
       with concurrent.futures.ProcessPoolExecutor(workers, context) as pool:
-        scenes = pool.map(draw, jobs, chunksize=16)
+        scenes = pool.map(_draw_scene, jobs, chunksize=16)
         yield from _examples(split, scenes)
     else:
-      yield from _examples(split, map(draw, jobs))
+      yield from _examples(split, map(_draw_scene, jobs))
 
 
 def _examples(split: str, scenes) -> Iterator[tuple[str, dict]]:
@@ -191,11 +192,14 @@ def scene_rng(seed: int, stream: int, index: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
 
 
-def _draw_scene(
-  job: tuple[int, int, int], sprites: Any, layout: composer.Layout
-) -> tuple[bytes, np.ndarray, np.ndarray]:
+# What _draw_scene draws with: set by the builder before it forks its workers.
+_DRAWING: dict[str, Any] = {}
+
+
+def _draw_scene(job: tuple[int, int, int]) -> tuple[bytes, np.ndarray, np.ndarray]:
   seed, stream, index = job
-  scene = composer.compose(scene_rng(seed, stream, index), sprites, layout)
+  rng = scene_rng(seed, stream, index)
+  scene = composer.compose(rng, _DRAWING["sprites"], _DRAWING["layout"])
   buffer = io.BytesIO()
   Image.fromarray(scene.image).save(buffer, format="PNG")
   return buffer.getvalue(), scene.boxes, scene.labels
