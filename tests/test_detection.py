@@ -161,3 +161,19 @@ def test_centernet_output_shape_and_size():
     jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 100, 100, 3)), train=False)
     )
+
+
+def test_config_validation_ties_task_model_and_dataset():
+  from animesion_jax.training import config_validation  # pylint: disable=g-import-not-at-top
+  from configs import detector_quickstart  # pylint: disable=g-import-not-at-top
+
+  config_validation.validate(detector_quickstart.get_config(), num_devices=1, num_processes=1)
+  for field, value, message in (
+    ("task", "classify", "'centernet' is a 'detect' model"),
+    ("dataset", "synthetic_characters", "cannot train on config.dataset='synthetic_characters'"),
+    ("image_size", 100, "multiple of 16"),
+  ):
+    config = detector_quickstart.get_config()
+    config[field] = value
+    with pytest.raises(config_validation.ConfigError, match=message):
+      config_validation.validate(config, num_devices=1, num_processes=1)
