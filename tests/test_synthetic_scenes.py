@@ -124,3 +124,9 @@ def test_dafre_config_builds_scenes_of_the_fixture_crops(tmp_path):
   source = datasets.data_source(builder, "test")
   labels = [int(x) for i in range(len(source)) for x in source[i]["objects"]["label"]]
   assert labels and set(labels) <= set(test_crops.labels)  # Test scenes paste test crops.
+
+
+def test_dafre_config_without_a_manual_dir_says_where_to_get_it(tmp_path):
+  builder = ssb.Builder(config="dafre", data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="(?s)DAF:re's download.*--config=dafre --manual_dir"):
+    builder.download_and_prepare(file_format="array_record")

@@ -156,7 +156,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = None
     if self.builder_config.sprites != "synthetic":
-      manual_dir, _ = manual_data.manual_dir(dl_manager)
+      manual_dir, looked_in = manual_data.manual_dir(dl_manager)
+      if manual_dir is None:
+        raise manual_data.missing_data_error(
+          "synthetic_scenes",
+          looked_in,
+          "DAF:re's download (see tfds_builders/dafre: dafre_faces.tar.gz and labels.tar.gz)",
+          "  DIR/faces/<NNNN>/<id>.jpg\n  DIR/labels/classid_classname.csv, train.csv, val.csv, "
+          "test.csv",
+          config=self.builder_config.name,
+        )
     return {
       split: self._generate_examples(split, _sprite_source(self.builder_config, split, manual_dir))
       for split in _SPLIT_STREAMS
