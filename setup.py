@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
   "tqdm>=4.60",
   # tfds 4.9.10 imports it to build datasets but declares it only for Python < 3.9.
   "importlib_resources>=5",
+  # The head detector's COCO AP (animesion_jax/detection/coco.py): the maintained implementation.
+  "pycocotools>=2.0.8",
   # Face detection for `predict --detect_faces`; OpenCV 5.x has no CascadeClassifier.
   "opencv-python-headless>=4.8,<5",
 ]

@@ -96,7 +96,7 @@ def train_and_calibrate(
   """What `python -m animesion_jax.main` does: train (resuming), then, once the run is complete,
   fit its confidence and "unknown" threshold on the validation split. Returns the results."""
   results = loop.train_and_evaluate(config, os.fspath(workdir), devices)
-  if results["completed"]:
+  if results["completed"] and config.task == "classify":  # A detector has nothing to calibrate.
     calibrate_trained_run(config, workdir, devices)
   return results
 

@@ -16,8 +16,13 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   learning rate x1/3 every 20 of 50 epochs on DAF:re, every 50 of 200 epochs on moeImouto."""
   config = ml_collections.ConfigDict()
 
+  # What the run trains: 'classify' (head crops -> characters) or 'detect' (pictures -> head
+  # boxes: config.model.name 'centernet' on config.dataset 'synthetic_scenes'; see docs/detector.md).
+  config.task = "classify"
+
   # Data.
-  # TFDS name: 'synthetic_characters', 'moeimouto' or 'dafre'.
+  # TFDS name: 'synthetic_characters', 'moeimouto', 'dafre' or (config.task='detect')
+  # 'synthetic_scenes'.
   config.dataset = dataset
   # TFDS builder config ('' = the builder's default, e.g. dafre 'faces').
   config.dataset_config = ""
@@ -51,6 +56,17 @@ def get_base_config(dataset: str = "moeimouto") -> ml_collections.ConfigDict:
   config.open_set.holdout_classes = ""
   # This many more classes left out the same way, chosen with config.seed.
   config.open_set.holdout_count = 0
+
+  # The head detector (config.task='detect'); config.image_size is the side of its square input.
+  config.detection = ml_collections.ConfigDict()
+  # Most boxes per training picture (when a picture has more, the largest are kept).
+  config.detection.max_boxes = 8
+  # Detections decoded per picture (the highest heatmap peaks).
+  config.detection.max_detections = 32
+  # Operating threshold: a detection with at least this score is a head (predict, recall/precision).
+  config.detection.score_threshold = 0.3
+  # Train: each picture letterboxed at a random zoom in [min_zoom, 1] at a random place.
+  config.detection.min_zoom = 0.6
 
   # Model.
   config.model = ml_collections.ConfigDict()

@@ -6,6 +6,10 @@ r"""Evaluates a model on a whole split: top-1/top-5, loss and long-tail metrics.
       --dataset=dafre --data_dir=DIR [--class_names=classid_classname.csv] [--num_heads=N] \
       [--image_size=S] [--output_dir=DIR]
 
+A head detector run (config.task='detect', docs/detector.md) gets its COCO AP50, AP50:95 and
+recall and precision at its threshold on the split instead (written to
+WORKDIR/evaluation/<split>_step<N>/detection.json).
+
 The second form evaluates a checkpoint with no training run (SOURCE: pytorch_vit,
 torchvision_resnet, animesion, vit_npz or run; the architecture is read from the file); the
 class names default to the dataset's and must match them if given. Every example of the split
@@ -39,6 +43,7 @@ from animesion_jax import run_dir
 from animesion_jax import sharding
 from animesion_jax.cli import common
 from animesion_jax.data import datasets
+from animesion_jax.inference import head_detector
 from animesion_jax.inference import longtail
 from animesion_jax.inference import plots
 from animesion_jax.open_set import split_report
@@ -378,6 +383,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the summary.
   common.start_jax(flag)
   try:
+    if flag.workdir is not None and head_detector.is_detector_run(flag.workdir):
+      detector = head_detector.HeadDetector(run_dir.resolve(flag.workdir))
+      print(head_detector.format_report(detector.evaluate(flag.split, flag.batch_size or 32)))
+      return
     if flag.workdir is not None:
       report = evaluate(
         flag.workdir,

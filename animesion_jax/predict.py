@@ -1,7 +1,8 @@
 r"""Names the characters in people's own pictures, with a trained run or a checkpoint file.
 
   python -m animesion_jax.predict --workdir=runs/b16_dafre my_pictures/ art.png [--top_k=5]
-      [--annotate] [--attention_maps] [--detect_faces [--cascade=PATH]] [--output_dir=DIR]
+      [--annotate] [--attention_maps] [--detector=RUN | --detect_faces [--cascade=PATH]]
+      [--output_dir=DIR]
   python -m animesion_jax.predict --checkpoint=b16_dafre.pth --source=pytorch_vit \
       --class_names=classid_classname.csv [--num_heads=N] [--image_size=S] my_pictures/
 
@@ -9,8 +10,9 @@ SOURCE is pytorch_vit, torchvision_resnet, animesion, vit_npz or run; the archit
 from the checkpoint. Inputs are image files and folders (searched recursively): JPEG, PNG,
 WebP, GIF (first frame), BMP, TIFF, of any size and mode (grayscale, palette, RGBA composited on
 white). Files that cannot be decoded are reported and skipped; any other error stops the run.
-Each image (or, with --detect_faces, each anime face found in it) is resized to the model's
-image size and classified; batches run jitted on all local devices while the next batch is
+Each image (or, with --detector, each head the detector run finds in it, or with --detect_faces,
+each face the OpenCV cascade finds) is resized to the model's image size and classified; with
+--detector a picture where no head is found gets no box and no answer, only a note; batches run jitted on all local devices while the next batch is
 decoded on the host. Writes predictions.json and predictions.csv (with --annotate, copies of the
 images with the predictions drawn; with --attention_maps, for ViTs, the class token's attention
 per layer and its rollout over each input) to --output_dir (default WORKDIR/predictions, or
@@ -41,9 +43,13 @@ from animesion_jax.cli import common
 from animesion_jax.inference import annotate
 from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import faces
+from animesion_jax.inference import head_detector
 from animesion_jax.inference import image_files
 from animesion_jax.open_set import answering
 from animesion_jax.training import evaluation
+
+# A head detector (inference/head_detector.py) or the OpenCV face cascade (faces.py).
+Detector = faces.FaceDetector | head_detector.HeadDetector
 
 
 def _batches(
@@ -67,7 +73,7 @@ def predict_files(
   *,
   top_k: int = 5,
   batch_size: int = 256,
-  detector: faces.FaceDetector | None = None,
+  detector: Detector | None = None,
   workers: int | None = None,
   each_batch: Callable[[list[crops_lib.Crop], np.ndarray], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -82,15 +88,19 @@ def predict_files(
     of the run's calibration and gallery (`run.answer`: 'character' or None, 'unknown',
     'confidence', 'closest', 'enrolled', 'calibrated') and 'predictions':
     [{'rank', 'class_id', 'name', 'probability'}]}, and {'file', 'error'} for files that could
-    not be decoded.
+    not be decoded. With a head detector, a picture where no head is found has one result with
+    'box' None, the note crops.NO_CHARACTER and no answer ('predictions' empty).
   """
   batch_size = sharding.round_up_batch(batch_size, len(run.mesh.local_devices))
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   results, errors = [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     batches = _batches(
-      crops_lib.read_ahead(
-        files, run.config.image_size, detector, pool, errors, 2 * batch_size, verbose=True
+      _answered_or_noted(
+        crops_lib.read_ahead(
+          files, run.config.image_size, detector, pool, errors, 2 * batch_size, verbose=True
+        ),
+        results,
       ),
       batch_size,
     )
@@ -111,7 +121,31 @@ def predict_files(
           {"file": crop.file.path, "relative": crop.file.relative, "face": crop.face}
           | answer.to_json()
         )
+  order = {file.path: i for i, file in enumerate(files)}
+  results.sort(key=lambda result: order[result["file"]])  # Noted pictures came in early.
   return results, errors
+
+
+def _answered_or_noted(
+  crops: Iterator[crops_lib.Crop], results: list[dict[str, Any]]
+) -> Iterator[crops_lib.Crop]:
+  """The crops to classify; pictures with nothing to classify (a head detector found no
+  character) go straight into `results`, with their note and no answer."""
+  for crop in crops:
+    if crop.pixels is not None:
+      yield crop
+      continue
+    results.append(
+      {
+        "file": crop.file.path,
+        "relative": crop.file.relative,
+        "face": None,
+        "box": None,
+        "note": crop.note,
+        "character": None,
+        "predictions": [],
+      }
+    )
 
 
 def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
@@ -123,7 +157,9 @@ def format_table(results: Sequence[dict[str, Any]], limit: int = 50) -> str:
   refused = False
   for result in shown:
     face = "" if result["face"] is None else str(result["face"])
-    answer = answering.Answer.from_json(result).describe() if "unknown" in result else ""
+    if not result["predictions"]:  # Nothing classified (no head found): the note says why.
+      lines.append(f"{result['file']:{width}}  {'':>4}  {'':>2}  {'-':{names}}  {'':>7}   -")
+    answer = answering.Answer.from_json(result).describe() if result["predictions"] else ""
     guesses = bool(result.get("unknown"))  # Top-k of a refused picture: guesses, in parentheses.
     refused = refused or guesses
     for p in result["predictions"]:
@@ -232,6 +268,12 @@ def define_flags() -> None:
   common.define_face_flags(
     "Find anime faces first and classify each face (for whole illustrations)."
   )
+  flags.DEFINE_string(
+    "detector",
+    None,
+    "A head detector run (trained with configs/detector_quickstart.py): answer every head it "
+    "finds in each picture (docs/detector.md).",
+  )
   flags.DEFINE_integer(
     "batch_size",
     256,
@@ -260,7 +302,12 @@ def main(argv):
   for given, problem in problems:
     print(f"Skipping {given}: {problem}")
   try:
-    detector = common.face_detector(flag)
+    if flag.detector and flag.detect_faces:
+      raise app.UsageError("Give --detector or --detect_faces, not both.")
+    if flag.detector:
+      detector = head_detector.HeadDetector(run_dir.resolve(flag.detector))
+    else:
+      detector = common.face_detector(flag)
     run = common.load_from_flags(flag)  # Tau-normalised as --tau_norm or the run's config say.
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)

@@ -213,9 +213,7 @@ def start_jax(flag: Any) -> None:
   on its own process's devices. First of all, XLA's default flags (xla_flags: only where the
   installed jaxlib accepts them; the user's XLA_FLAGS win), before the backend starts.
   """
-  xla_flags.apply_default_flags()
-  if flag.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(flag.compilation_cache_dir))
+  xla_flags.prepare(flag.compilation_cache_dir)
   if "distributed" not in flag or not wants_distributed(flag.distributed, flag.coordinator_address):
     return
   # Cross-process collectives of the CPU backend need gloo; GPUs and TPUs ignore this.

@@ -131,3 +131,14 @@ def apply_default_flags(
     else:
       logging.info("jaxlib %s does not accept %s; left out.", _jaxlib_version(), flag)
   return added
+
+
+def prepare(compilation_cache_dir: str | None) -> None:
+  """What every process that runs JAX does first (a command's start_jax, a Ray actor): XLA's
+  default flags, before the backend starts, then the compilation cache (unless
+  JAX_COMPILATION_CACHE_DIR is set), so a repeated run does not compile again."""
+  apply_default_flags()
+  if compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import jax  # pylint: disable=g-import-not-at-top  # After the flags.
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache_dir))

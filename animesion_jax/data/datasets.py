@@ -35,6 +35,14 @@ DATASETS: dict[str, DatasetSpec] = {
     needs_download=False,
     build_command="tfds build tfds_builders/synthetic_characters",
   ),
+  # Pictures with head boxes, for the detector (config.task='detect'); its 'dafre' config pastes
+  # DAF:re's crops and needs the download (--manual_dir).
+  "synthetic_scenes": DatasetSpec(
+    builder_module="tfds_builders.synthetic_scenes",
+    train_split="train",
+    needs_download=False,
+    build_command="tfds build tfds_builders/synthetic_scenes",
+  ),
   "moeimouto": DatasetSpec(
     builder_module="tfds_builders.moeimouto",
     train_split="train",

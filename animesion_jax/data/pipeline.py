@@ -29,7 +29,7 @@ from animesion_jax.data import color_jitter as color_jitter_lib
 from animesion_jax.data import preprocess
 
 # Steps the train stream can run: far beyond any training run (the stream is "endless").
-_MAX_STEPS = 2**40
+MAX_STEPS = 2**40
 # Worker processes hand over arrays of at least this many bytes in shared memory, smaller ones
 # pickled through the worker's pipe. A new shared-memory segment per array (create, register with
 # the resource tracker, fault its pages in twice, unlink) cost a few milliseconds each: with
@@ -56,7 +56,7 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def _epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_records)
 
 
@@ -87,7 +87,7 @@ class TrainBatch(grain.MapTransform):
     if self.sampler is not None:  # Every row real: no short last batch.
       real = self.sampler.sample(np.random.default_rng([self.seed, int(step), 0xBA1]), batch)
     else:
-      real = _epoch_order(num_records, self.seed, epoch)[position * batch : (position + 1) * batch]
+      real = epoch_order(num_records, self.seed, epoch)[position * batch : (position + 1) * batch]
     # Global rows: real examples, then repeats of them (padding; masked out of the loss).
     rows = np.arange(batch)
     indices = real[rows % len(real)]
@@ -163,14 +163,14 @@ def train_loader(
   # One background thread decodes the next batch while the caller uses this one (decoding
   # releases the GIL); more parallelism comes from worker processes.
   batches = (
-    grain.MapDataset.range(_MAX_STEPS)
+    grain.MapDataset.range(MAX_STEPS)
     .map(transform)
     .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   )
-  return _prefetch_in_workers(batches, workers)
+  return prefetch_in_workers(batches, workers)
 
 
-def _prefetch_in_workers(batches: grain.IterDataset, workers: int) -> grain.IterDataset:
+def prefetch_in_workers(batches: grain.IterDataset, workers: int) -> grain.IterDataset:
   """`batches` computed in `workers` processes (none: in this one), handed over as above."""
   if workers <= 0:
     return batches
@@ -199,7 +199,7 @@ def eval_batches(
     .batch(batch_size)
     .to_iter_dataset()
   )
-  batches = _prefetch_in_workers(batches, workers)
+  batches = prefetch_in_workers(batches, workers)
   emitted = 0
   for batch in batches:
     yield _pad(batch, batch_size, image_size, first_index=start + emitted * batch_size)

@@ -69,15 +69,12 @@ class Answering:
     accept: float | None,
     compilation_cache_dir: str | None,
   ):
-    import jax  # pylint: disable=g-import-not-at-top
 
     from animesion_jax import recognizer  # pylint: disable=g-import-not-at-top
 
-    # As the commands start JAX (cli/common.start_jax): XLA's defaults, then the cache, so a
-    # repeated job (or a restarted actor) does not compile again.
-    xla_flags.apply_default_flags()
-    if compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache_dir))
+    # As the commands start JAX (cli/common.start_jax), so a repeated job (or a restarted
+    # actor) does not compile again.
+    xla_flags.prepare(compilation_cache_dir)
 
     self.run = recognizer.load_run(workdir, accept=accept)
     self.top_k, self.batch_size, self.embeddings = top_k, batch_size, embeddings

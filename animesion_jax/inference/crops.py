@@ -26,6 +26,8 @@ class NoFace(Exception):
   """The detector found no face in a file that needs one."""
 
 
+NO_CHARACTER = "no character found by the head detector"
+
 # What skips a file (reported) rather than stopping the run.
 SKIPPED = (image_files.UnreadableImage, FileNotFoundError, NoFace)
 
@@ -37,7 +39,7 @@ class Crop:
   file: image_files.ImageFile
   face: int | None  # Index of the face in its image (reading order); None for the whole image.
   box: faces.Box | None
-  pixels: np.ndarray  # uint8 [S, S, 3]
+  pixels: np.ndarray | None  # uint8 [S, S, 3]; None: nothing to classify (no head found).
   note: str = ""
 
 
@@ -61,6 +63,9 @@ def file_crops(
     raise NoFace("no face found")
   if largest_face_only and len(boxes) > 1:
     boxes = [max(boxes, key=lambda b: (b.right - b.left) * (b.bottom - b.top))]
+  if detector and not boxes and not getattr(detector, "whole_image_fallback", True):
+    # A head detector that finds no character: nothing to classify, the note says so.
+    return [Crop(file, None, None, None, note=NO_CHARACTER)]
   pixels = faces.square_crops(image, boxes, image_size)
   if not boxes:
     note = "no face found; whole image classified" if detector else ""

@@ -1,7 +1,8 @@
 """Internal: the model table: every architecture by name and every per-model fact, in one place.
 
 Each model is a Flax Linen module called as `model(images, train=...)` on NHWC
-float images and returning float32 logits [N, num_classes]. Dropout draws from
+float images and returning float32 logits [N, num_classes] (the detector, whose family's task is
+'detect': float32 [N, H/4, W/4, num_classes + 4], see models/centernet.py). Dropout draws from
 the 'dropout' rng collection; BatchNorm statistics live in 'batch_stats'.
 
 `MODELS[name]` is a `ModelSpec`: how to build it, which top-level parameters
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 from animesion_jax.models import embedding
 from animesion_jax.models import heads
+from animesion_jax.models.centernet import CenterNet
 from animesion_jax.models.resnet import ResNet
 from animesion_jax.models.shallow import ShallowNet
 from animesion_jax.models.vit import VisionTransformer
@@ -39,6 +41,9 @@ class Family:
   normalization: str
   # animesion_jax.convert sources whose checkpoints load into this family.
   checkpoint_sources: tuple[str, ...]
+  # 'classify': returns logits [N, classes]; 'detect': a heatmap and boxes per cell (a detector;
+  # see models/centernet.py and config.task).
+  task: str = "classify"
 
   @property
   def head(self) -> str:
@@ -59,7 +64,8 @@ VIT = Family(
 )
 RESNET = Family(ResNet, ("fc",), "imagenet", ("torchvision_resnet", "animesion"))
 SHALLOW = Family(ShallowNet, ("fc2",), "half", ("pytorch_shallownet", "animesion"))
-FAMILIES = (VIT, RESNET, SHALLOW)
+CENTERNET = Family(CenterNet, ("heatmap_out", "box_out"), "half", (), task="detect")
+FAMILIES = (VIT, RESNET, SHALLOW, CENTERNET)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +114,9 @@ MODELS: dict[str, ModelSpec] = {
   "resnet101": _resnet("bottleneck", (3, 4, 23, 3)),
   "resnet152": _resnet("bottleneck", (3, 8, 36, 3)),
   "shallow": ModelSpec(SHALLOW),
+  # The head detector (config.task='detect'): CenterNet on a 4-stage BasicBlock backbone; its
+  # fields (widths, blocks, head_width) size it.
+  "centernet": ModelSpec(CENTERNET),
 }
 
 
@@ -138,6 +147,21 @@ def check_fields(model: nn.Module) -> None:
   check = getattr(model, "check_fields", None)
   if check is not None:
     check()
+
+
+# The classifier head's options (models/heads.py), which every config carries (config_schema): a
+# model without a classifier (the head detector) takes none of them.
+HEAD_OPTIONS = ("head", "cosine_scale", "margin_type", "margin")
+
+
+def overrides_of(name: str, model_config: dict[str, Any]) -> dict[str, Any]:
+  """config.model's fields as `create_model` overrides of model `name`: without 'name', and
+  without the classifier head's options where the model has no classifier."""
+  overrides = {k: v for k, v in model_config.items() if k != "name"}
+  if overrides.get("representation_size") == 0:
+    overrides["representation_size"] = None
+  fields = spec(name).family.fields
+  return {k: v for k, v in overrides.items() if k in fields or k not in HEAD_OPTIONS}
 
 
 def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:

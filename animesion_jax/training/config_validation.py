@@ -21,6 +21,7 @@ _CHOICES = {
   "transfer_guard": ("allow", "log", "disallow"),
   "normalization": tuple(preprocess.NORMALIZATIONS),
   "loss": losses.LOSSES,
+  "task": ("classify", "detect"),
 }
 
 
@@ -50,7 +51,14 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   """config.model's fields and the model-dependent options, against the model table."""
   name = config.model.name
   family = models.spec(name).family
-  overrides = {k: v for k, v in config.model.items() if k != "name"}
+  defaults = base_config.get_base_config().model
+  for field in models.HEAD_OPTIONS:
+    if field not in family.fields and config.model.get(field) != defaults[field]:
+      raise ConfigError(
+        f"config.model.{field}={config.model[field]!r}: model {name!r} has no classifier head "
+        "(the head options apply to classifiers only); leave it at its default."
+      )
+  overrides = models.overrides_of(name, config.model.to_dict())
   for field in sorted(set(overrides) - family.fields):
     owners = sorted(f.module.__name__ for f in models.FAMILIES if field in f.fields)
     where = f"an option of {' and '.join(owners)} models only" if owners else "not a model option"
@@ -60,8 +68,6 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
       f"{family.module.__name__}). Remove it; its fields: "
       f"{sorted(family.fields - {'num_classes', 'dtype'})}."
     )
-  if overrides.get("representation_size") == 0:
-    overrides["representation_size"] = None
   try:
     models.check_fields(models.create_model(name, num_classes=2, **overrides))
   except (TypeError, ValueError) as error:
@@ -78,6 +84,35 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
       f"(config.model.name={name!r}); sources for it: "
       f"{list(family.checkpoint_sources)}."
     )
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """The model and dataset must be of the config's task (a detector on scenes, or a classifier)."""
+  model_task = models.spec(config.model.name).family.task
+  if model_task != config.task:
+    raise ConfigError(
+      f"config.model.name={config.model.name!r} is a {model_task!r} model, but "
+      f"config.task={config.task!r}; detectors: "
+      f"{sorted(n for n in models.MODELS if models.spec(n).family.task == 'detect')}."
+    )
+  scenes = config.dataset == "synthetic_scenes"
+  if scenes != (config.task == "detect"):
+    raise ConfigError(
+      f"config.task={config.task!r} cannot train on config.dataset={config.dataset!r}: the "
+      "detector trains on 'synthetic_scenes' (pictures with head boxes), the classifiers on crops."
+    )
+  if config.task == "detect":
+    side = models.centernet.SIDE_MULTIPLE
+    if config.image_size % side:
+      raise ConfigError(
+        f"config.image_size={config.image_size}: the detector's input side must be a multiple "
+        f"of {side}."
+      )
+    if config.grad_accumulation_steps != 1 or config.data_on_device:
+      raise ConfigError(
+        "config.task='detect' trains without grad_accumulation_steps or data_on_device (set "
+        "them to 1 and False)."
+      )
 
 
 def validate(
@@ -124,6 +159,7 @@ def validate(
       f"config.resize_margin={config.resize_margin} >= 0."
     )
   _validate_model(config)
+  _validate_task(config)
   patch = patch_size_of(config)
   if patch and config.image_size % patch:
     raise ConfigError(

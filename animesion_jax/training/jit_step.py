@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from animesion_jax import sharding
+from animesion_jax.training import detector_task
 from animesion_jax.training import model_setup
 from animesion_jax.training import steps
 
@@ -62,16 +63,19 @@ def jit_train_step(
 ):
   """The configured train step, jitted over the mesh, called as step(state, batch); what it
   updates in place (donated) is `donated(config)`."""
-  step = functools.partial(
-    steps.train_step,
-    model=setup.model,
-    tx=setup.tx,
-    normalization=config.normalization,
-    label_smoothing=config.label_smoothing,
-    accumulation_steps=config.grad_accumulation_steps,
-    model_train_mode=model_train_mode,
-    logit_offsets=logit_offsets,
-  )
+  if config.task == "detect":
+    step = detector_task.train_step(setup.model, setup.tx, config)
+  else:
+    step = functools.partial(
+      steps.train_step,
+      model=setup.model,
+      tx=setup.tx,
+      normalization=config.normalization,
+      label_smoothing=config.label_smoothing,
+      accumulation_steps=config.grad_accumulation_steps,
+      model_train_mode=model_train_mode,
+      logit_offsets=logit_offsets,
+    )
   outputs = (setup.state_sharding, sharding.replicated(mesh))
   part = donated(config)
   if part != "params":

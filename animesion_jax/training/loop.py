@@ -18,6 +18,7 @@ from animesion_jax.data import holdout
 from animesion_jax.data import pipeline
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
+from animesion_jax.training import detector_task
 from animesion_jax.training import evaluation
 from animesion_jax.training import jit_step
 from animesion_jax.training import losses
@@ -50,6 +51,20 @@ def open_data(config: ml_collections.ConfigDict) -> Data:
   builder = datasets.open_dataset(
     config.dataset, config.data_dir, config.dataset_config, config.build_dataset_if_missing
   )
+  if config.task == "detect":
+    train_source, eval_sources = detector_task.scene_sources(config, builder)
+    steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
+    return Data(
+      train_source=train_source,
+      eval_sources=eval_sources,
+      class_names=list(detector_task.CLASSES),
+      steps_per_epoch=steps_per_epoch,
+      total_steps=(
+        config.num_train_steps
+        if config.num_train_steps > 0
+        else config.num_epochs * steps_per_epoch
+      ),
+    )
   source = functools.partial(
     datasets.split_source,
     builder,
@@ -110,6 +125,9 @@ def train_batches(
   config: ml_collections.ConfigDict, data: Data, mesh
 ) -> tuple[Any, Callable[[int], dict[str, jax.Array]]]:
   """(checkpointable iterator or None, step -> global batch)."""
+  if config.task == "detect":
+    iterator = iter(detector_task.train_loader(config, data.train_source))
+    return iterator, lambda _: sharding.to_global_batch(next(iterator), mesh)
   augment = dict(
     global_batch_size=config.batch_size,
     image_size=config.image_size,
@@ -150,6 +168,8 @@ class Loop:
     self.summaries.write(step, "train", values, epoch=self.epoch(step))
 
   def evaluate(self, state: steps.TrainState, step: int) -> dict[str, dict[str, float]]:
+    if self.config.task == "detect":
+      return self.evaluate_detector(state, step)
     results = {}
     with self.progress.evaluating():
       for split in self.data.eval_sources:
@@ -170,6 +190,16 @@ class Loop:
           results[split]["loss"],
           results[split]["num_examples"],
         )
+    return results
+
+  def evaluate_detector(self, state: steps.TrainState, step: int) -> dict[str, dict[str, float]]:
+    results = {}
+    with self.progress.evaluating():
+      for split, source in self.data.eval_sources.items():
+        results[split] = detector_task.evaluate_split(
+          self.config, self.eval_fn, state, split, source, step
+        )
+        self.summaries.write(step, split, results[split], epoch=self.epoch(step))
     return results
 
   def save(
@@ -246,7 +276,11 @@ def train_and_evaluate(
     checkpoints=checkpoints,
     summaries=summaries_lib.Summaries(run),
     progress=summaries_lib.Progress(data.total_steps, start_step, config.batch_size),
-    eval_fn=evaluation.make_eval_fn(setup.model, config.normalization),
+    eval_fn=(
+      detector_task.make_detect_fn(setup.model, config)
+      if config.task == "detect"
+      else evaluation.make_eval_fn(setup.model, config.normalization)
+    ),
   )
   train_fns = {
     mode: functools.partial(jit_step.jit_train_step, setup, config, mesh, mode, data.logit_offsets)
@@ -311,7 +345,9 @@ def run_steps(
       if step % eval_every == 0 or step == total_steps:
         eval_results = loop.evaluate(state, step)
         if "validation" in eval_results:  # Never select a model on the test split.
-          metrics = {checkpointing.BEST_METRIC: eval_results["validation"]["top1"]}
+          # The detector is ranked by its validation AP50, under the same key.
+          key = "ap50" if config.task == "detect" else "top1"
+          metrics = {checkpointing.BEST_METRIC: eval_results["validation"][key]}
       stopping = stop.should_stop(step)
       halting = 0 < config.halt_after_steps <= step - start_step
       loop.save(

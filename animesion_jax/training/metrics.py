@@ -61,6 +61,17 @@ class TrainMetrics(metrics.Collection):
 
 
 @flax.struct.dataclass
+class DetectionTrainMetrics(metrics.Collection):
+  """The detector's loss and its terms (detection/heads.py)."""
+
+  loss: metrics.Average.from_output("loss")
+  heatmap: metrics.Average.from_output("heatmap")
+  size: metrics.Average.from_output("size")
+  offset: metrics.Average.from_output("offset")
+  learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
 class EvalMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   top1: Top1

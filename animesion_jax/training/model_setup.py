@@ -47,9 +47,7 @@ class Setup:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The model named by config.model.name with the config's overrides."""
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  if overrides.get("representation_size") == 0:
-    overrides["representation_size"] = None
+  overrides = models.overrides_of(config.model.name, config.model.to_dict())
   return models.create_model(
     config.model.name, num_classes=num_classes, dtype=_DTYPES[config.dtype], **overrides
   )

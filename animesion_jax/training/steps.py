@@ -11,6 +11,7 @@ import optax
 
 from animesion_jax import models
 from animesion_jax.data import preprocess
+from animesion_jax.detection import heads as detection_heads
 from animesion_jax.models import batch_norm
 from animesion_jax.models import heads
 from animesion_jax.training import losses as losses_lib
@@ -235,3 +236,61 @@ def eval_step(
   if with_outputs:
     return step_metrics, {"top5": top5, "logits": logits, "embedding": embedding}
   return step_metrics, top5
+
+
+def detection_train_step(
+  state: TrainState,
+  batch: dict[str, jnp.ndarray],
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  normalization: str,
+) -> tuple[TrainState, metrics_lib.DetectionTrainMetrics]:
+  """One optimizer step of the head detector (config.task='detect') on a batch of letterboxed
+  pictures with 'boxes' [N, K, 4] and 'box_mask' [N, K]; the loss is detection/heads.py's.
+
+  As train_step: padding rows ('mask' 0) count for nothing, and a non-finite step changes nothing
+  but the counters.
+  """
+  images = preprocess.normalize(batch["image"], normalization, model.dtype)
+  mask = batch["mask"].astype(jnp.float32)
+  weights = mask / jnp.maximum(jnp.sum(mask), 1.0)
+
+  def loss_fn(params):
+    variables = {"params": params}
+    mutable = []
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+      mutable.append("batch_stats")
+    output, updates = model.apply(
+      variables, images, train=True, rngs={"dropout": state.rng}, mutable=mutable
+    )
+    losses, terms = detection_heads.loss(output, batch["boxes"], batch["box_mask"])
+    return jnp.sum(losses * weights), (losses, terms, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (losses, terms, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params
+  )
+  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, param_updates)
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep_if_bad(new_params, state.params),
+    batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
+    opt_state=keep_if_bad(new_opt_state, state.opt_state),
+    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+    first_nonfinite_step=jnp.where(
+      (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+    ),
+  )
+  step_metrics = metrics_lib.DetectionTrainMetrics.single_from_model_output(
+    loss=losses,
+    mask=mask,
+    learning_rate=jnp.full(
+      mask.shape, optim.applied_learning_rate(new_state.opt_state), jnp.float32
+    ),
+    **terms,
+  )
+  return new_state, step_metrics

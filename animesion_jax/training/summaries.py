@@ -90,14 +90,14 @@ class Progress:
     """Logs the progress line of a log step; returns the images/s."""
     rate, eta = self.rate(step)
     logging.info(
-      "step %d/%d epoch %.2f | %.1f img/s | loss %.4f top1 %.4f lr %.3g | %s to go "
-      "(%s evaluating so far)",
+      "step %d/%d epoch %.2f | %.1f img/s | loss %.4f %s lr %.3g | %s to go (%s evaluating so far)",
       step,
       self.total_steps,
       epoch,
       rate,
       train["loss"],
-      train["top1"],
+      # A classifier's top-1; the detector's loss terms.
+      " ".join(f"{k} {train[k]:.4f}" for k in ("top1", "heatmap", "size", "offset") if k in train),
       train.get("learning_rate", float("nan")),
       format_seconds(eta),
       format_seconds(self.eval_seconds),

@@ -333,6 +333,12 @@ def _draw_character_layer(character: Character, rng: np.random.Generator) -> Ima
   return layer
 
 
+def character_layer(character: Character, rng: np.random.Generator) -> Image.Image:
+  """The character centred, unrotated, on a transparent 128 px RGBA square: a whole training
+  crop's region (synthetic scenes paste it; its square is the head box)."""
+  return _draw_character_layer(character, rng)
+
+
 def _place(layer: Image.Image, rng: np.random.Generator) -> Image.Image:
   """Random scale, small rotation and shift about the canvas centre."""
   scale = rng.uniform(0.75, 1.05)

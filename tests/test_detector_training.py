@@ -1,0 +1,115 @@
+"""The head detector trained by the train command's loop, resumed, and used by predict (slow)."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from animesion_jax import calibrate
+from animesion_jax import predict
+from animesion_jax import recognizer
+from animesion_jax import run_dir
+from animesion_jax.data import datasets
+from animesion_jax.inference import crops
+from animesion_jax.inference import head_detector
+from animesion_jax.inference import image_files
+from configs import detector_quickstart
+from tests import helpers
+from tests import trained_run
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_detector_config(**overrides):
+  config = detector_quickstart.get_config()
+  config.data_dir = helpers.session_dir("scenes")
+  config.dataset_config = "tiny"
+  config.image_size = 64
+  config.model.widths = (8, 8, 16, 16)
+  config.model.head_width = 8
+  config.batch_size = 8  # The tests' 8 CPU devices.
+  config.eval_batch_size = 8
+  config.num_epochs = 3  # 12 pictures: 2 steps per epoch.
+  config.log_every_steps = 1
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("detector"))
+  halted = calibrate.train_and_calibrate(_tiny_detector_config(halt_after_steps=2), workdir)
+  assert not halted["completed"] and halted["steps"] == 2
+  results = calibrate.train_and_calibrate(_tiny_detector_config(), workdir)  # Resumes.
+  assert results["completed"] and results["steps"] == 6
+  return workdir, results
+
+
+def test_training_reports_coco_metrics_and_keeps_a_best_checkpoint(detector_run):
+  workdir, results = detector_run
+  for split in ("validation", "test"):
+    metrics = results[split]
+    assert metrics["num_examples"] == 4
+    for key in ("ap50", "ap", "recall", "precision", "empty_clean"):
+      assert 0.0 <= metrics[key] <= 1.0
+  assert results["best"]["value"] == results["validation"]["ap50"]
+  assert run_dir.RunDir(workdir).load_class_names() == ["head"]
+
+
+def _scene_file(folder, index: int) -> str:
+  config = _tiny_detector_config()
+  builder = datasets.open_dataset(config.dataset, config.data_dir, config.dataset_config)
+  record = datasets.data_source(builder, "test")[index]
+  path = folder / f"scene{index}.png"
+  Image.open(io.BytesIO(record["image"])).save(path)
+  return str(path)
+
+
+def test_predict_answers_each_box_or_says_none_was_found(detector_run, tmp_path):
+  workdir, _ = detector_run
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), "latest")
+  files, _ = image_files.find_images([_scene_file(tmp_path, 0), _scene_file(tmp_path, 1)])
+  everything = head_detector.HeadDetector(workdir, threshold=0.0)
+  results, errors = predict.predict_files(run, files, top_k=2, detector=everything)
+  assert not errors
+  per_file = {f.path: [r for r in results if r["file"] == f.path] for f in files}
+  for file, rows in per_file.items():
+    # Every peak is a head (but those wholly off the picture).
+    assert 0 < len(rows) <= everything.config.detection.max_detections
+    width, height = Image.open(file).size
+    for row in rows:
+      left, top, right, bottom = row["box"]
+      assert 0 <= left < right <= width and 0 <= top < bottom <= height
+      assert len(row["predictions"]) == 2 and "confidence" in row
+  nothing = head_detector.HeadDetector(workdir, threshold=1.01)
+  results, _ = predict.predict_files(run, files, detector=nothing)
+  assert [r["note"] for r in results] == [crops.NO_CHARACTER] * 2
+  assert all(r["box"] is None and r["predictions"] == [] for r in results)
+  assert crops.NO_CHARACTER in predict.format_table(results)
+
+
+def test_a_classifier_run_is_refused_as_detector():
+  with pytest.raises(head_detector.NotADetector, match="not a head detector"):
+    head_detector.HeadDetector(trained_run.tiny_trained_workdir())
+
+
+def test_detect_many_maps_boxes_onto_each_picture(detector_run):
+  workdir, _ = detector_run
+  detector = head_detector.HeadDetector(workdir, threshold=0.0)
+  pictures = [Image.new("RGB", (300, 120), (90, 160, 220)), Image.new("RGB", (50, 200))]
+  for picture, (boxes, scores) in zip(pictures, detector.detect_many(pictures)):
+    assert len(boxes) == len(scores) > 0 and np.all(np.diff(scores) <= 0)
+    assert (boxes[:, 0] + boxes[:, 2] <= picture.width + 1e-3).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= picture.height + 1e-3).all()
+
+
+def test_evaluate_gives_the_metrics_training_reported(detector_run):
+  workdir, results = detector_run
+  assert head_detector.is_detector_run(workdir)
+  assert not head_detector.is_detector_run(trained_run.tiny_trained_workdir())
+  final = head_detector.HeadDetector(f"{workdir}/checkpoints/6")
+  report = final.evaluate("test", batch_size=8)
+  for key in ("ap50", "ap", "recall", "precision", "empty_clean"):
+    assert report[key] == pytest.approx(results["test"][key], abs=1e-6)
+  assert "AP50" in head_detector.format_report(report)
