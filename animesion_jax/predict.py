@@ -268,12 +268,6 @@ def define_flags() -> None:
   common.define_face_flags(
     "Find anime faces first and classify each face (for whole illustrations)."
   )
-  flags.DEFINE_string(
-    "detector",
-    None,
-    "A head detector run (trained with configs/detector_quickstart.py): answer every head it "
-    "finds in each picture (docs/detector.md).",
-  )
   flags.DEFINE_integer(
     "batch_size",
     256,
@@ -302,12 +296,7 @@ def main(argv):
   for given, problem in problems:
     print(f"Skipping {given}: {problem}")
   try:
-    if flag.detector and flag.detect_faces:
-      raise app.UsageError("Give --detector or --detect_faces, not both.")
-    if flag.detector:
-      detector = head_detector.HeadDetector(run_dir.resolve(flag.detector))
-    else:
-      detector = common.face_detector(flag)
+    detector = common.face_detector(flag)  # --detector, --detect_faces or none.
     run = common.load_from_flags(flag)  # Tau-normalised as --tau_norm or the run's config say.
     if flag.output_dir is not None:
       output_dir = run_dir.resolve(flag.output_dir)

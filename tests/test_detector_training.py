@@ -113,3 +113,26 @@ def test_evaluate_gives_the_metrics_training_reported(detector_run):
   for key in ("ap50", "ap", "recall", "precision", "empty_clean"):
     assert report[key] == pytest.approx(results["test"][key], abs=1e-6)
   assert "AP50" in head_detector.format_report(report)
+
+
+def test_enrol_organize_and_the_page_take_the_head_detector(detector_run, tmp_path):
+  """The crop reader of enroll and organize, and the page's picture reader, with --detector: a
+  head per box; a picture with no head found is reported, never classified whole."""
+  from animesion_jax.serve import pictures  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = detector_run
+  files, _ = image_files.find_images([_scene_file(tmp_path, 0), _scene_file(tmp_path, 1)])
+  everything = head_detector.HeadDetector(workdir, threshold=0.0)
+  found = crops.read_crops(files, 32, everything)
+  assert found.problems == [] and len(found.pixels) >= 2
+  assert all(box is not None for box in found.boxes)
+  nothing = head_detector.HeadDetector(workdir, threshold=1.01)
+  none = crops.read_crops(files, 32, nothing)
+  assert len(none.pixels) == 0
+  assert [p["error"] for p in none.problems] == [crops.NO_CHARACTER] * 2
+  data = open(files[0].path, "rb").read()
+  picture = pictures.read_picture(data, 32, nothing, pictures.Limits())
+  assert (picture.boxes, len(picture.crops)) == ([], 0)
+  assert crops.NO_CHARACTER in picture.notes
+  picture = pictures.read_picture(data, 32, everything, pictures.Limits())
+  assert len(picture.boxes) == len(picture.crops) > 0 and not picture.whole

@@ -29,9 +29,11 @@ import numpy as np
 
 from animesion_jax import convert
 from animesion_jax import recognizer
+from animesion_jax import run_dir
 from animesion_jax.cli import xla_flags
 from animesion_jax.data import datasets
 from animesion_jax.inference import faces
+from animesion_jax.inference import head_detector
 from animesion_jax.open_set import answering
 from animesion_jax.training import checkpointing
 from animesion_jax.training import config_validation
@@ -153,15 +155,28 @@ def define_face_flags(detect_faces_help: str | None, cascade_default: str = "") 
   )
   flags.DEFINE_float("face_margin", 0.25, "Grow each face box by this fraction per side.")
   flags.DEFINE_integer("min_face", 24, "Smallest face side to detect, in pixels.")
+  flags.DEFINE_string(
+    "detector",
+    None,
+    "A head detector run (trained with configs/detector_quickstart.py): find every head in each "
+    "picture and answer each (docs/detector.md); instead of the face cascade.",
+  )
 
 
-def face_detector(flag: Any) -> faces.FaceDetector | None:
-  """The detector the flags of `define_face_flags` ask for: None without --detect_faces.
+def face_detector(flag: Any) -> faces.FaceDetector | head_detector.HeadDetector | None:
+  """The detector the flags of `define_face_flags` ask for: the head detector run of --detector,
+  the face cascade with --detect_faces, else None.
 
   Raises:
+    app.UsageError: both --detector and --detect_faces.
     faces.CascadeNotFound: (a user error) the cascade or OpenCV is missing.
+    FileNotFoundError, head_detector.NotADetector: (user errors) --detector is not a detector run.
   """
-  if not flag.detect_faces:
+  if flag.detector:
+    if flag.get_flag_value("detect_faces", False):
+      raise app.UsageError("Give --detector or --detect_faces, not both.")
+    return head_detector.HeadDetector(run_dir.resolve(flag.detector))
+  if not flag.get_flag_value("detect_faces", False):
     return None
   return faces.create_detector(flag.cascade, margin=flag.face_margin, min_size=flag.min_face)
 

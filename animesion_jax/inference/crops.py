@@ -135,7 +135,12 @@ def read_crops(
   problems = []
   workers = workers or min(16, (os.cpu_count() or 2) + 2)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    found = list(read_ahead(files, image_size, detector, pool, problems, 2 * workers, **options))
+    found = []
+    for crop in read_ahead(files, image_size, detector, pool, problems, 2 * workers, **options):
+      if crop.pixels is None:  # A head detector found no character: nothing to classify.
+        problems.append({"file": crop.file.path, "error": crop.note})
+      else:
+        found.append(crop)
   pixels = np.zeros((0, image_size, image_size, 3), np.uint8)
   return Crops(
     files=[c.file for c in found],

@@ -82,7 +82,10 @@ def main(argv):
   sock = _listen(flag.host, flag.port)  # Before loading: a taken port fails at once.
   common.start_jax(flag)
   try:
-    detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
+    if flag.detector:  # A head detector run: every head found is answered.
+      detector, face_note = common.face_detector(flag), ""
+    else:
+      detector, face_note = model.face_detector(flag.cascade, flag.face_margin, flag.min_face)
     run = common.load_from_flags(flag)  # With its calibration and gallery.
   except common.USER_ERRORS as error:  # The message says what is wrong; no usage dump.
     sock.close()

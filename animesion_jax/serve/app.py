@@ -279,13 +279,16 @@ async def predict(request: Request) -> Response:
     if service.batcher.waiting >= service.batcher.queue_size:
       raise _busy()  # Refused before the upload is read or decoded.
     picture = await _read_picture(request, await _upload(request, service.limits))
-    try:
-      future = service.batcher.submit(picture.crops)
-    except batcher_lib.QueueFull:
-      raise _busy() from None
-    logits, embeddings = await asyncio.wrap_future(future)
+    if not len(picture.crops):  # A head detector found no character: no box, no answer.
+      logits = embeddings = np.zeros((0, 0), np.float32)
+    else:
+      try:
+        future = service.batcher.submit(picture.crops)
+      except batcher_lib.QueueFull:
+        raise _busy() from None
+      logits, embeddings = await asyncio.wrap_future(future)
     overlays = None
-    if want_attention:
+    if want_attention and len(picture.crops):
       overlays = await anyio.to_thread.run_sync(
         _attention_overlays, request.app.state, picture, limiter=request.app.state.decode_limiter
       )

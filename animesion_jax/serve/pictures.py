@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from animesion_jax.inference import crops as crops_lib
 from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
 from tfds_builders.synthetic_characters import drawing
@@ -101,6 +102,10 @@ def read_picture(
     notes.append(f"{len(boxes)} faces found; the {limits.max_faces} largest were classified")
     largest = sorted(boxes, key=lambda b: (b.right - b.left) * (b.bottom - b.top), reverse=True)
     boxes = sorted(largest[: limits.max_faces], key=lambda box: (box.top, box.left))
+  if detector and not boxes and not getattr(detector, "whole_image_fallback", True):
+    # A head detector found no character: no box, nothing to classify, and the page says so.
+    notes.append(crops_lib.NO_CHARACTER)
+    return Picture(image, [], np.zeros((0, image_size, image_size, 3), np.uint8), False, notes)
   crops = faces.square_crops(image, boxes, image_size)
   if not boxes:
     if detector:
