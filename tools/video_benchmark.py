@@ -35,21 +35,23 @@ from animesion_jax.video_index import indexer
 from animesion_jax.video_index import timeline
 from animesion_jax.video_index import tracking
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "A trained, calibrated run on synthetic characters."
-)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a step directory.")
-_EPISODES = flags.DEFINE_integer("episodes", 4, "Random episodes drawn.")
-_SECONDS = flags.DEFINE_float("seconds", 60.0, "Length of each episode.")
-_SIZE = flags.DEFINE_string("size", "640x360", "Width x height of the episodes.")
-_FPS = flags.DEFINE_integer("fps", 24, "Frames per second of the episodes.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the first episode (then seed + 1, ...).")
-_TOLERANCE = flags.DEFINE_float("tolerance", 0.25, "Seconds a found boundary may be off.")
-_SAMPLE_EVERY = flags.DEFINE_float("sample_every", 0.25, "Seconds between sampled frames.")
-_DETECTOR = flags.DEFINE_enum(
-  "detector", "synthetic_markers", sorted(detectors.DETECTORS), "Boxes per sampled frame."
-)
-_JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
+
+def define_flags() -> None:
+  """The flags of the command line (defined when run, not when imported by tests)."""
+  flags.DEFINE_string("workdir", None, "A trained, calibrated run on synthetic characters.")
+  flags.DEFINE_string("checkpoint", "best", "best, latest or a step directory.")
+  flags.DEFINE_integer("episodes", 4, "Random episodes drawn.")
+  flags.DEFINE_float("seconds", 60.0, "Length of each episode.")
+  flags.DEFINE_string("size", "640x360", "Width x height of the episodes.")
+  flags.DEFINE_integer("fps", 24, "Frames per second of the episodes.")
+  flags.DEFINE_integer("seed", 0, "Seed of the first episode (then seed + 1, ...).")
+  flags.DEFINE_float("tolerance", 0.25, "Seconds a found boundary may be off.")
+  flags.DEFINE_float("sample_every", 0.25, "Seconds between sampled frames.")
+  flags.DEFINE_enum(
+    "detector", "synthetic_markers", sorted(detectors.DETECTORS), "Boxes per sampled frame."
+  )
+  flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
+
 
 GOALS = {
   "shot_f1": ">= 0.95",
@@ -113,21 +115,21 @@ def true_screen_time(truth) -> dict[str, float]:
 def measure_episode(run, seed: int, folder: str) -> dict:
   from tfds_builders.synthetic_characters import episodes  # pylint: disable=g-import-not-at-top
 
-  width, height = (int(v) for v in _SIZE.value.split("x"))
+  width, height = (int(v) for v in flags.FLAGS.size.split("x"))
   path = os.path.join(folder, f"episode{seed}.mp4")
   truth = episodes.render(
-    episodes.random_script(seed, _SECONDS.value), path, (width, height), _FPS.value, seed
+    episodes.random_script(seed, flags.FLAGS.seconds), path, (width, height), flags.FLAGS.fps, seed
   )
-  settings = indexer.Settings(sample_every=_SAMPLE_EVERY.value)
+  settings = indexer.Settings(sample_every=flags.FLAGS.sample_every)
   started = time.perf_counter()
-  index = indexer.index_video(run, path, detectors.make(_DETECTOR.value), settings)
+  index = indexer.index_video(run, path, detectors.make(flags.FLAGS.detector), settings)
   appearances = timeline.answer_tracks(run, [index])
   rows = timeline.screen_time(appearances, [index])
   seconds = time.perf_counter() - started
   found = [s.start for s in index.shots[1:]]
   true = [s["start"] for s in truth["shots"][1:]]
   indexed = {r["group"]: r["seconds"] for r in rows}
-  naming = naming_scores(index, appearances, truth, _FPS.value)
+  naming = naming_scores(index, appearances, truth, flags.FLAGS.fps)
   # Timing alone: each track given the character most of its boxes truly show.
   truly: dict[str, list] = {}
   for a in appearances:
@@ -147,7 +149,7 @@ def measure_episode(run, seed: int, folder: str) -> dict:
   }
   return {
     "seed": seed,
-    "boundaries": boundary_scores(found, true, _TOLERANCE.value),
+    "boundaries": boundary_scores(found, true, flags.FLAGS.tolerance),
     "naming": naming,
     "timing_errors": timing_errors,
     "screen_time_errors": errors,
@@ -202,23 +204,27 @@ def summarise(results) -> dict:
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  if not flags.FLAGS.workdir:
     raise app.UsageError("Give --workdir=RUN (a run trained on synthetic_characters).")
   logging.set_verbosity(logging.WARNING)
-  run = recognizer.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  run = recognizer.load_run(flags.FLAGS.workdir, flags.FLAGS.checkpoint)
   with tempfile.TemporaryDirectory() as folder:
-    measure_episode(run, _SEED.value, folder)  # Warm-up: compiles the recognizer's batch shape.
-    results = [measure_episode(run, _SEED.value + i, folder) for i in range(_EPISODES.value)]
+    measure_episode(
+      run, flags.FLAGS.seed, folder
+    )  # Warm-up: compiles the recognizer's batch shape.
+    results = [
+      measure_episode(run, flags.FLAGS.seed + i, folder) for i in range(flags.FLAGS.episodes)
+    ]
   summary = summarise(results)
   summary["calibration"] = run.answerer.note or "calibrated"
-  summary["size"] = _SIZE.value
+  summary["size"] = flags.FLAGS.size
   summary["cpu_count"] = os.cpu_count()
   for key, value in summary.items():
     goal = f"   (goal {GOALS[key]})" if key in GOALS else ""
     shown = f"{value:.4f}" if isinstance(value, float) else value
     print(f"{key:30} {shown}{goal}")
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
+  if flags.FLAGS.json:
+    with open(flags.FLAGS.json, "w", encoding="utf-8") as f:
       json.dump(
         {
           "summary": summary,
@@ -230,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
