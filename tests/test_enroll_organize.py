@@ -105,15 +105,17 @@ def test_enrol_then_predict_and_organize(trained_workdir, tmp_path):
   assert page.count("<section") == len(record["groups"]) and "thumbnails/0.png" in page
   _check_contact_sheet_in_a_browser(tmp_path, record)
 
-  # A gallery made for another checkpoint step is refused with a message naming it.
+  # A gallery made for another checkpoint (other parameters: another fingerprint) is refused with
+  # a message naming what differs; the step alone does not decide where both have fingerprints.
   gallery_file = tmp_path / "run" / "gallery" / "gallery.json"
   stored = json.loads(gallery_file.read_text())
-  stored["provenance"]["step"] = 999
+  assert stored["provenance"]["fingerprint"]
+  stored["provenance"]["fingerprint"] = "0" * len(stored["provenance"]["fingerprint"])
   gallery_file.write_text(json.dumps(stored))
   refused = _command(tmp_path, "predict", "--workdir=run", "pics/01.png")
   assert refused.returncode == 1 and "another model or checkpoint" in refused.stderr
   removed = _command(tmp_path, "enroll", "--workdir=run", "--remove=newbie")
-  assert removed.returncode == 1 and "step: gallery 999" in removed.stderr
+  assert removed.returncode == 1 and "fingerprint: gallery '0000" in removed.stderr
 
 
 @pytest.mark.slow
