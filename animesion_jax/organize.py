@@ -52,12 +52,7 @@ def organize(run, files, detector=None, batch_size=256):
     return [], crops
   logits, embeddings = run.embed(crops.pixels, batch_size)
   answers = run.answer(logits, embeddings, top_k=1)
-  answerer = run.answerer
-  distance = (
-    answerer.calibration.cluster_distance
-    if answerer.calibration is not None
-    else grouping.DEFAULT_CLUSTER_DISTANCE
-  )
+  distance = grouping.cluster_distance_of(run.answerer.calibration)
   names = grouping.group_names(answers, embeddings, distance)
   duplicates = grouping.near_duplicates(embeddings)
   members = collections.defaultdict(list)

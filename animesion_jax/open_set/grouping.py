@@ -137,3 +137,11 @@ def group_names(answers: Sequence[Any], embeddings: np.ndarray, distance: float)
     for i, c in zip(unknown, ids):
       groups[i] = f"unknown-{rank[int(c)]}"
   return groups
+
+
+def cluster_distance_of(calibration: Any) -> float:
+  """The cut of the clustering of unknown pictures: the calibration's (fitted on validation), or
+  DEFAULT_CLUSTER_DISTANCE for an uncalibrated model."""
+  if calibration is None:
+    return DEFAULT_CLUSTER_DISTANCE
+  return calibration.cluster_distance

@@ -181,21 +181,7 @@ def train_step(
     losses, hits = losses.reshape(-1), hits.reshape(-1)
 
   loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, param_updates)
-
-  finite = jnp.isfinite(loss) & _all_finite(grads)
-  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=keep_if_bad(new_params, state.params),
-    batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
-    opt_state=keep_if_bad(new_opt_state, state.opt_state),
-    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-    first_nonfinite_step=jnp.where(
-      (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
-    ),
-  )
+  new_state = _guarded_update(state, tx, grads, loss, new_batch_stats)
   # Masked averages over the real rows (the learning rate per row, so the mask applies to all).
   step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
     loss=losses,
@@ -206,6 +192,27 @@ def train_step(
     ),
   )
   return new_state, step_metrics
+
+
+def _guarded_update(
+  state: TrainState, tx: optax.GradientTransformation, grads: Any, loss: jax.Array, batch_stats: Any
+) -> TrainState:
+  """The optimizer's update of `state`, kept only where the loss and gradients are finite (a
+  non-finite step changes nothing but the counters that report it)."""
+  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, param_updates)
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return state.replace(
+    step=state.step + 1,
+    params=keep_if_bad(new_params, state.params),
+    batch_stats=keep_if_bad(batch_stats, state.batch_stats),
+    opt_state=keep_if_bad(new_opt_state, state.opt_state),
+    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+    first_nonfinite_step=jnp.where(
+      (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+    ),
+  )
 
 
 def eval_step(
@@ -271,20 +278,7 @@ def detection_train_step(
   (loss, (losses, terms, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params
   )
-  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, param_updates)
-  finite = jnp.isfinite(loss) & _all_finite(grads)
-  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=keep_if_bad(new_params, state.params),
-    batch_stats=keep_if_bad(new_batch_stats, state.batch_stats),
-    opt_state=keep_if_bad(new_opt_state, state.opt_state),
-    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-    first_nonfinite_step=jnp.where(
-      (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
-    ),
-  )
+  new_state = _guarded_update(state, tx, grads, loss, new_batch_stats)
   step_metrics = metrics_lib.DetectionTrainMetrics.single_from_model_output(
     loss=losses,
     mask=mask,

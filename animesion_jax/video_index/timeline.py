@@ -34,12 +34,7 @@ def answer_tracks(run, indexes) -> list[dict]:
   logits = np.stack([o[0] for o in outputs])
   embeddings = np.stack([o[1] for o in outputs])
   answers = run.answer(logits, embeddings, top_k=3)
-  answerer = run.answerer
-  distance = (
-    answerer.calibration.cluster_distance
-    if answerer.calibration is not None
-    else grouping.DEFAULT_CLUSTER_DISTANCE
-  )
+  distance = grouping.cluster_distance_of(run.answerer.calibration)
   groups = grouping.group_names(answers, embeddings, distance)
   appearances = []
   for (v, track), answer, group in zip(tracks, answers, groups):
