@@ -22,7 +22,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from absl import logging
 from flax import linen as nn
@@ -40,6 +40,7 @@ from animesion_jax.errors import CheckpointMismatch
 from animesion_jax.errors import ClassNamesError
 from animesion_jax.errors import LoadError
 from animesion_jax.inference import attention
+from animesion_jax.inference import faces
 from animesion_jax.inference import image_files
 from animesion_jax.inference import longtail
 from animesion_jax.models import vit
@@ -63,6 +64,12 @@ SOURCES = tuple(sorted([*convert.SOURCES, RUN_SOURCE]))  # Every source load_che
 
 # One image: a file path, a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+class HeadFinder(Protocol):
+  """What `find_and_predict` takes: a head detector (inference/head_detector.HeadDetector)."""
+
+  def detect(self, image: Image.Image) -> list[faces.Box]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,26 +183,54 @@ class Recognizer:
   def pixels(self, image: ImageLike) -> np.ndarray:
     """The uint8 [S, S, 3] model input of one image, resized as predict and the web page do."""
     size = self.config.image_size
-    if isinstance(image, (str, os.PathLike)):
-      image = image_files.load_image(os.fspath(image), min_size=size)
-    elif isinstance(image, np.ndarray):
-      if image.dtype != np.uint8 or not (image.ndim == 2 or image.shape[2:] in ((3,), (4,))):
-        raise ValueError(
-          f"An image array must be uint8 pixels (0-255) of shape (H, W), (H, W, 3) or "
-          f"(H, W, 4); got {image.dtype} {image.shape}."
+    return np.asarray(preprocess.resize_square(_picture(image, min_size=size), size))
+
+  def find_and_predict(
+    self, images: Sequence[ImageLike], detector: HeadFinder, top_k: int = 5, batch_size: int = 64
+  ) -> list[list[answering.Answer]]:
+    """Names every character `detector` finds in each image: one list of answers per image.
+
+    Each box (a `faces.Box`, in the picture's pixels, as `detector.detect` gives them: reading
+    order) is cropped and resized as the predict command's --detector does
+    (`faces.square_crops`), and answered by the calibration and gallery (`answer`); each answer's
+    `box` is that box as [left, top, right, bottom]. An image where no head is found gets [].
+    `detector`: a trained head detector (`inference.head_detector.HeadDetector(run)`) or anything
+    with `detect(PIL RGB image) -> list[faces.Box]`.
+
+    Raises:
+      FileNotFoundError, image_files.UnreadableImage: a path that is not a readable image.
+      ValueError, TypeError: something that is not an image.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (
+      isinstance(images, np.ndarray) and images.ndim < 4
+    ):
+      raise TypeError("find_and_predict takes a sequence of images: pass [image] for one.")
+    images, found = list(images), []
+    for start in range(0, len(images), batch_size):  # Decoded batch by batch.
+      per_image, crops = [], []
+      for image in images[start : start + batch_size]:
+        picture = _picture(image)
+        boxes = detector.detect(picture)
+        per_image.append(boxes)
+        if boxes:
+          crops.append(faces.square_crops(picture, boxes, self.config.image_size))
+      if not crops:
+        found.extend([] for _ in per_image)
+        continue
+      answers = iter(self.answer(*self.embed(np.concatenate(crops), batch_size), top_k))
+      for boxes in per_image:
+        found.append(
+          [dataclasses.replace(next(answers), box=tuple(box.as_list())) for box in boxes]
         )
-      image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
-      raise TypeError(f"Expected a file path, a PIL image or a uint8 array; got {type(image)}.")
-    return np.asarray(preprocess.resize_square(image_files.to_rgb(image), size))
+    return found
 
   def predict(
     self, images: Sequence[ImageLike], top_k: int = 5, batch_size: int = 64
   ) -> list[answering.Answer]:
     """Names the characters in `images` (paths, PIL images or uint8 arrays): one per image.
 
-    Each whole image is resized to the model's input (to classify faces in illustrations, use
-    the predict command's --detect_faces). On several processes each process passes its own
+    Each whole image is resized to the model's input (to name every character a head detector
+    finds in a picture, use `find_and_predict`). On several processes each process passes its own
     images, all processes the same number.
 
     Raises:
@@ -226,6 +261,23 @@ class Recognizer:
     """
     normalized = preprocess.normalize(images, self.config.normalization, self.model.dtype)
     return attention.maps(self.model, self.variables, normalized)
+
+
+def _picture(image: ImageLike, min_size: int | None = None) -> Image.Image:
+  """One image as an RGB PIL image (a JPEG path may be decoded at a reduced scale whose sides
+  are still at least `min_size`; None: full size)."""
+  if isinstance(image, (str, os.PathLike)):
+    image = image_files.load_image(os.fspath(image), min_size=min_size)
+  elif isinstance(image, np.ndarray):
+    if image.dtype != np.uint8 or not (image.ndim == 2 or image.shape[2:] in ((3,), (4,))):
+      raise ValueError(
+        f"An image array must be uint8 pixels (0-255) of shape (H, W), (H, W, 3) or "
+        f"(H, W, 4); got {image.dtype} {image.shape}."
+      )
+    image = Image.fromarray(image)
+  elif not isinstance(image, Image.Image):
+    raise TypeError(f"Expected a file path, a PIL image or a uint8 array; got {type(image)}.")
+  return image_files.to_rgb(image)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:

@@ -89,6 +89,30 @@ def test_predict_answers_each_box_or_says_none_was_found(detector_run, tmp_path)
   assert crops.NO_CHARACTER in predict.format_table(results)
 
 
+def test_find_and_predict_answers_each_box_as_predict_does(detector_run, tmp_path):
+  workdir, _ = detector_run
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), "latest")
+  paths = [_scene_file(tmp_path, 0), _scene_file(tmp_path, 1)]
+  files, _ = image_files.find_images(paths)
+  everything = head_detector.HeadDetector(workdir, threshold=0.0)
+  rows, _ = predict.predict_files(run, files, top_k=3, detector=everything)
+  pictures = [paths[0], np.asarray(Image.open(paths[1]).convert("RGB"))]  # A path, an array.
+  found = run.find_and_predict(pictures, everything, top_k=3, batch_size=3)
+  assert [len(answers) for answers in found] == [
+    sum(r["file"] == f.path for r in rows) for f in files
+  ]
+  answers = [answer for per_picture in found for answer in per_picture]
+  assert [list(a.box) for a in answers] == [r["box"] for r in rows]
+  assert [a.names for a in answers] == [[p["name"] for p in r["predictions"]] for r in rows]
+  for answer, row in zip(answers, rows):
+    assert answer.character == row["character"]
+    assert answer.confidence == pytest.approx(row["confidence"], abs=1e-5)
+  nothing = head_detector.HeadDetector(workdir, threshold=1.01)
+  assert run.find_and_predict(pictures, nothing) == [[], []]
+  with pytest.raises(TypeError, match="pass \\[image\\]"):
+    run.find_and_predict(paths[0], everything)
+
+
 def test_a_classifier_run_is_refused_as_detector():
   with pytest.raises(head_detector.NotADetector, match="not a head detector"):
     head_detector.HeadDetector(trained_run.tiny_trained_workdir())
