@@ -1,6 +1,9 @@
 """The head detector trained by the train command's loop, resumed, and used by predict (slow)."""
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -111,6 +114,31 @@ def test_find_and_predict_answers_each_box_as_predict_does(detector_run, tmp_pat
   assert run.find_and_predict(pictures, nothing) == [[], []]
   with pytest.raises(TypeError, match="pass \\[image\\]"):
     run.find_and_predict(paths[0], everything)
+
+
+def test_the_export_command_writes_the_detector_as_onnx(detector_run, tmp_path):
+  workdir, _ = detector_run
+  result = subprocess.run(
+    [sys.executable, "-m", "animesion_jax.export", f"--workdir={workdir}", "--format=onnx"]
+    + ["--output_dir=exported/"],
+    cwd=tmp_path,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert float(result.stdout.strip().rsplit(" ", 1)[-1]) <= 1e-4  # Largest difference vs JAX.
+  contents = json.loads((tmp_path / "exported" / "model.json").read_text())
+  assert contents["files"] == {"model": "model.onnx"}
+  assert (tmp_path / "exported" / "model.onnx").stat().st_size > 1000
+  assert contents["input"]["size"] == [64, 64] and contents["output"]["name"] == "heads"
+  assert contents["output"]["shape"] == ["batch", 16, 16, 5]
+  config = _tiny_detector_config()
+  assert contents["detection"]["score_threshold"] == config.detection.score_threshold
+  assert contents["detection"]["max_detections"] == config.detection.max_detections
+  assert contents["source"]["step"] == 6
 
 
 def test_a_classifier_run_is_refused_as_detector():

@@ -250,3 +250,52 @@ def test_one_jax2onnx_pin_everywhere():
   assert line in formats._INSTALL_HINT  # pylint: disable=protected-access
   setup = (ROOT / "setup.py").read_text()
   assert line in setup and '"export": EXPORT_REQUIRES' in setup
+
+
+def tiny_detector() -> recognizer.Recognizer:
+  """A freshly initialised tiny CenterNet head detector as the export sees a detector run."""
+  model = models.create_model("centernet", 1, widths=(4, 4, 8, 8), head_width=4)
+  config = ml_collections.ConfigDict(
+    {
+      "task": "detect",
+      "image_size": 32,
+      "normalization": "imagenet",
+      "model": {"name": "centernet"},
+      "dtype": "float32",
+      "detection": {"score_threshold": 0.4, "max_detections": 32},
+    }
+  )
+  return recognizer.Recognizer(
+    config=config,
+    model=model,
+    variables=_random_variables(model, 32),
+    class_names=["head"],
+    mesh=sharding.create_mesh(jax.local_devices()),
+    checkpoint="(random centernet)",
+  )
+
+
+def test_a_head_detector_exports_its_heads_and_how_to_decode_them(tmp_path):
+  run = tiny_detector()
+  contents = formats.export(run, "onnx", tmp_path)
+  session = onnxruntime.InferenceSession(
+    str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]
+  )
+  assert [o.name for o in session.get_outputs()] == ["heads"]
+  for count in (1, 3):
+    images = _images(run, count)
+    got, expected = session.run(None, {"images": images})[0], _jax_logits(run, images)
+    assert got.shape == expected.shape == (count, 8, 8, 5) and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-4, np.abs(got - expected).max()
+    assert np.ptp(expected[..., 0]) > 0.1  # Heatmaps that vary: the check has teeth.
+  assert contents["output"]["shape"] == ["batch", 8, 8, 5]
+  assert contents["input"]["resize"]["aspect"] == "letterbox"
+  assert contents["input"]["mean"] == [0.485, 0.456, 0.406]
+  detection = contents["detection"]
+  assert (detection["stride"], detection["score_threshold"], detection["max_detections"]) == (
+    4,
+    0.4,
+    32,
+  )
+  assert detection["box_format"] == "[x, y, w, h] in the picture's pixels"
+  assert contents["class_names"] == ["head"]

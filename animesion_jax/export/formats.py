@@ -1,7 +1,7 @@
 """The model of a run as an ONNX file or as serialized StableHLO, in float32.
 
 Both take float32 NHWC images already normalised as model.json says, with any batch size, and
-give float32 logits [batch, classes]. A run trained in bfloat16 is exported computing in float32
+give float32 logits [batch, classes] (a head detector: its CenterNet output, model_json.py). A run trained in bfloat16 is exported computing in float32
 (its parameters are float32 either way).
 
   ONNX:       model.onnx, through jax2onnx (an opset-23 graph with the weights inside).
@@ -78,7 +78,7 @@ def onnx_proto(run: recognizer.Recognizer) -> Any:
       model_name=type(model).__name__,
       opset=ONNX_OPSET,
       input_names=[model_json.INPUT_NAME],
-      output_names=[model_json.OUTPUT_NAME],
+      output_names=[model_json.output_name(run)],
     )
   # jax2onnx stamps some intermediate values with their NHWC shapes where the graph holds them in
   # NCHW; onnxruntime then warns once per value. The annotations are optional: drop them all.
@@ -96,7 +96,8 @@ def write_onnx(run: recognizer.Recognizer, output_dir: str | os.PathLike) -> dic
 def exported_stablehlo(
   run: recognizer.Recognizer, platforms: Sequence[str] = STABLEHLO_PLATFORMS
 ) -> tuple[jax.export.Exported, dict[str, Any]]:
-  """jax.export of fn(variables, images) -> logits with a symbolic batch, and the variables."""
+  """jax.export of fn(variables, images) -> logits (a detector: its output) with a symbolic
+  batch, and the variables."""
   model, variables = float32_model_and_variables(run)
   size = int(run.config.image_size)
   (batch,) = jax.export.symbolic_shape("batch")
