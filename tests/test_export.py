@@ -299,3 +299,8 @@ def test_a_head_detector_exports_its_heads_and_how_to_decode_them(tmp_path):
   )
   assert detection["box_format"] == "[x, y, w, h] in the picture's pixels"
   assert contents["class_names"] == ["head"]
+  hlo = formats.export(run, "stablehlo", tmp_path / "hlo")
+  images = _images(run, 2)
+  got = np.asarray(formats.load_stablehlo(tmp_path / "hlo")(images))
+  assert np.abs(got - _jax_logits(run, images)).max() <= 1e-4
+  assert hlo["detection"] == detection and hlo["input"] == contents["input"]
