@@ -14,6 +14,7 @@ from animesion_jax import predict
 from animesion_jax import recognizer
 from animesion_jax import run_dir
 from animesion_jax.data import datasets
+from animesion_jax.export import formats
 from animesion_jax.inference import crops
 from animesion_jax.inference import head_detector
 from animesion_jax.inference import image_files
@@ -139,6 +140,39 @@ def test_the_export_command_writes_the_detector_as_onnx(detector_run, tmp_path):
   assert contents["detection"]["score_threshold"] == config.detection.score_threshold
   assert contents["detection"]["max_detections"] == config.detection.max_detections
   assert contents["source"]["step"] == 6
+
+
+def test_onnx_predict_names_each_head_as_predict_does(detector_run, tmp_path):
+  """tools/onnx_predict.py --detector: the detector's and recognizer's exports, without JAX's
+  code, give predict --detector's boxes, names and probabilities."""
+  workdir, _ = detector_run
+  onnx_predict = helpers.load_tool("onnx_predict")
+  run = recognizer.load_run(trained_run.tiny_trained_workdir(), "latest", read_open_set=False)
+  formats.export(run, "onnx", tmp_path / "recognizer")
+  detector_run_loaded = recognizer.load_run(workdir, read_open_set=False)
+  formats.export(detector_run_loaded, "onnx", tmp_path / "detector")
+  files, _ = image_files.find_images([_scene_file(tmp_path, 0), _scene_file(tmp_path, 1)])
+  pairs = [(f.path, f.relative) for f in files]
+  model = onnx_predict.Model(str(tmp_path / "recognizer"))
+  for threshold in (0.05, 1.01):  # Some heads in each picture; none.
+    expected, _ = predict.predict_files(
+      run, files, top_k=2, detector=head_detector.HeadDetector(workdir, threshold=threshold)
+    )
+    detector = onnx_predict.Detector(str(tmp_path / "detector"), threshold=threshold)
+    got, errors = onnx_predict.predict_files(model, pairs, top=2, batch_size=3, detector=detector)
+    assert not errors
+    if threshold < 1:
+      assert all(row["box"] is not None for row in expected)
+      assert {row["file"] for row in expected} == {f.path for f in files}
+    else:
+      assert [row["note"] for row in expected] == [crops.NO_CHARACTER] * 2
+    for row in expected:
+      for p in row["predictions"]:
+        p["probability"] = pytest.approx(p["probability"], abs=1e-5)
+      if row["predictions"]:
+        row.update(confidence=pytest.approx(row["confidence"], abs=1e-5), note="")
+    assert got == expected
+  assert onnx_predict.format_table(got) == predict.format_table(expected)
 
 
 def test_a_classifier_run_is_refused_as_detector():
